@@ -1,0 +1,214 @@
+"""Model configurations: one frozen dataclass per size, overridden with ``dataclasses.replace``.
+
+``build_sam.py`` is the only place that turns a config into modules; this file only holds numbers and the
+reason for each. A checkpoint stores ``asdict(config)`` so that it can rebuild its own model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Tuple, Type, Union
+
+__all__ = [
+    "SamViTConfig",
+    "BigLittleConfig",
+    "SAM_CONFIGS",
+    "BIGLITTLE_CONFIGS",
+    "get_config",
+    "config_from_dict",
+    "capacity",
+    "validate_keep_ratio",
+    "config_to_dict",
+]
+
+
+def validate_keep_ratio(keep_ratio: float) -> float:
+    """Return ``keep_ratio`` as a float, or raise ``ValueError`` unless it lies in (0, 1]."""
+    try:
+        value = float(keep_ratio)
+    except (TypeError, ValueError):
+        raise ValueError(f"keep_ratio must be a number in (0, 1], got {keep_ratio!r}") from None
+    if not (0.0 < value <= 1.0) or math.isnan(value):
+        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio!r}")
+    return value
+
+
+def capacity(keep_ratio: float, group_size: int) -> int:
+    """Tokens a group of ``group_size`` sends to the big block: ``ceil(keep_ratio * group_size)``.
+
+    Fixed by the ratio, never by the data, so every shape in the encoder is static. The small epsilon
+    keeps binary rounding (0.3 * 10 = 3.0000000000000004) from adding a token.
+    """
+    return max(1, min(group_size, math.ceil(keep_ratio * group_size - 1e-9)))
+
+
+@dataclass(frozen=True)
+class SamViTConfig:
+    """A SAM model with a ViT image encoder, as ``segment_anything`` builds it.
+
+    The defaults are SAM ViT-B's. Every size choice for plain SAM and for big.LITTLE lives in these fields
+    so that a tiny model is just another config.
+    """
+
+    name: str = "vit_b"  # registry key; also recorded in checkpoints
+    img_size: int = 1024  # input side after ResizeLongestSide and padding
+    patch_size: int = 16  # 1024 / 16 = 64 x 64 image embedding, as SAM's decoder expects
+    in_chans: int = 3  # RGB
+    embed_dim: int = 768  # ViT width C
+    depth: int = 12  # number of transformer blocks
+    num_heads: int = 12  # attention heads (head dim 64 for every SAM size)
+    mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * C
+    window_size: int = 14  # windowed attention side; 64 pads to 70 = 5 x 14
+    global_attn_indexes: Tuple[int, ...] = (2, 5, 8, 11)  # blocks with global attention
+    qkv_bias: bool = True  # SAM's attention has biases
+    use_rel_pos: bool = True  # SAM's decomposed relative position bias
+    out_chans: int = 256  # neck width = prompt embedding width
+    decoder_depth: int = 2  # TwoWayTransformer depth
+    decoder_mlp_dim: int = 2048  # TwoWayTransformer MLP width
+    decoder_heads: int = 8  # TwoWayTransformer heads
+    iou_head_hidden_dim: int = 256  # IoU prediction head width
+    mask_in_chans: int = 16  # prompt encoder mask-downscaling width
+
+    @property
+    def grid_size(self) -> int:
+        """Side of the token grid: ``img_size // patch_size`` (64 for 1024 / 16)."""
+        return self.img_size // self.patch_size
+
+    def __post_init__(self) -> None:
+        if self.img_size % self.patch_size:
+            raise ValueError(
+                f"img_size ({self.img_size}) must be a multiple of patch_size ({self.patch_size})"
+            )
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})"
+            )
+        bad = [i for i in self.global_attn_indexes if not 0 <= i < self.depth]
+        if bad:
+            raise ValueError(f"global_attn_indexes {bad} are outside 0..{self.depth - 1}")
+        if self.window_size < 1:
+            raise ValueError(f"window_size must be >= 1, got {self.window_size}")
+
+
+@dataclass(frozen=True)
+class BigLittleConfig(SamViTConfig):
+    """A SAM model whose image encoder is the big.LITTLE encoder.
+
+    The P-blocks (big) are shaped exactly like the blocks of the SAM config named by ``teacher``, so they
+    inherit its weights. The E-blocks (LITTLE) and routers are new.
+    """
+
+    name: str = "bl_b"
+    teacher: str = "vit_b"  # SAM variant whose weights the P-blocks inherit and that distillation uses
+    little_dim: int = 192  # E-block width d = C / 4: its cost is ~2NCd + 12Nd^2, small against 12NC^2
+    little_heads: int = 3  # head dim 64 at d = 192, like SAM's heads
+    little_mlp_ratio: float = 4.0  # E-block MLP width = little_mlp_ratio * d
+    keep_ratio: float = 0.5  # default share of each group's tokens that take the big path
+    fused_attn: bool = True  # scaled_dot_product_attention; False runs the explicit reference path
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.little_dim % self.little_heads:
+            raise ValueError(
+                f"little_dim ({self.little_dim}) must be divisible by little_heads "
+                f"({self.little_heads})"
+            )
+        validate_keep_ratio(self.keep_ratio)
+
+
+_VIT_B = SamViTConfig()
+_VIT_L = dataclasses.replace(
+    _VIT_B,
+    name="vit_l",
+    embed_dim=1024,
+    depth=24,
+    num_heads=16,
+    global_attn_indexes=(5, 11, 17, 23),
+)
+_VIT_H = dataclasses.replace(
+    _VIT_B,
+    name="vit_h",
+    embed_dim=1280,
+    depth=32,
+    num_heads=16,
+    global_attn_indexes=(7, 15, 23, 31),
+)
+# Small enough for a unit test to run a forward pass in milliseconds, with a 16 x 16 grid that window 6
+# pads to 18 x 18, so padded windows are always exercised.
+_VIT_TINY = SamViTConfig(
+    name="vit_tiny",
+    img_size=256,
+    patch_size=16,
+    embed_dim=64,
+    depth=4,
+    num_heads=2,
+    window_size=6,
+    global_attn_indexes=(1, 3),
+    out_chans=32,
+    decoder_mlp_dim=128,
+    decoder_heads=4,
+    iou_head_hidden_dim=64,
+    mask_in_chans=8,
+)
+
+
+def _big_little(sam: SamViTConfig, name: str, **fields: Any) -> BigLittleConfig:
+    base = {f.name: getattr(sam, f.name) for f in dataclasses.fields(SamViTConfig)}
+    base.update(name=name, teacher=sam.name, **fields)
+    return BigLittleConfig(**base)
+
+
+SAM_CONFIGS: Dict[str, SamViTConfig] = {
+    "vit_b": _VIT_B,
+    "vit_l": _VIT_L,
+    "vit_h": _VIT_H,
+    "vit_tiny": _VIT_TINY,
+}
+
+BIGLITTLE_CONFIGS: Dict[str, BigLittleConfig] = {
+    "bl_b": _big_little(_VIT_B, "bl_b", little_dim=192, little_heads=3),
+    "bl_l": _big_little(_VIT_L, "bl_l", little_dim=256, little_heads=4),
+    "bl_h": _big_little(_VIT_H, "bl_h", little_dim=320, little_heads=5),
+    "bl_tiny": _big_little(_VIT_TINY, "bl_tiny", little_dim=16, little_heads=2),
+}
+
+AnyConfig = Union[SamViTConfig, BigLittleConfig]
+
+
+def get_config(name: str) -> AnyConfig:
+    """The registered config called ``name`` (``vit_b``, ``bl_b``, ``bl_tiny``, ...)."""
+    if name in BIGLITTLE_CONFIGS:
+        return BIGLITTLE_CONFIGS[name]
+    if name in SAM_CONFIGS:
+        return SAM_CONFIGS[name]
+    known = ", ".join(sorted({**SAM_CONFIGS, **BIGLITTLE_CONFIGS}))
+    raise KeyError(f"unknown model config {name!r}; known configs: {known}")
+
+
+def config_from_dict(data: Mapping[str, Any]) -> AnyConfig:
+    """Rebuild a config from ``asdict(config)`` as stored in a checkpoint.
+
+    A dict with big.LITTLE fields gives a ``BigLittleConfig``. Unknown keys raise ``ValueError`` so that a
+    checkpoint from a newer, incompatible version is not silently misread.
+    """
+    if not isinstance(data, Mapping):
+        raise ValueError(f"a model config must be a dict, got {type(data).__name__}")
+    cls: Type[SamViTConfig] = BigLittleConfig if "little_dim" in data else SamViTConfig
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}; expected a subset of {sorted(names)}")
+    values = dict(data)
+    if "global_attn_indexes" in values:
+        values["global_attn_indexes"] = tuple(int(i) for i in values["global_attn_indexes"])
+    return cls(**values)
+
+
+def config_to_dict(config: SamViTConfig) -> Dict[str, Any]:
+    """``asdict(config)`` with tuples turned into lists, safe for ``weights_only`` loading and JSON."""
+    out = dataclasses.asdict(config)
+    out["global_attn_indexes"] = list(out["global_attn_indexes"])
+    return out
+

@@ -1,0 +1,219 @@
+"""Attention with SAM's parameters, computed for all tokens or only for routed query tokens.
+
+``Attention`` has exactly the parameters of ``segment_anything.modeling.image_encoder.Attention``
+(``qkv``, ``proj``, ``rel_pos_h``, ``rel_pos_w``), so SAM's weights load into it unchanged. It adds one
+thing: the queries may be a routed subset of the tokens while every token of the group stays a key and a
+value (semi-cross attention). SAM's decomposed relative position bias is gathered for the positions of
+those queries.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["Attention", "window_partition", "window_unpartition", "resize_rel_pos"]
+
+
+def window_partition(
+    x: Tensor, window_size: int, pad_value: float = 0.0
+) -> Tuple[Tensor, Tuple[int, int]]:
+    """Split a grid into non-overlapping windows, padding the bottom and right edges.
+
+    Arguments:
+      x: B x H x W x C.
+      window_size: window side w.
+      pad_value: value of padded positions (SAM pads its normalized tokens with zeros).
+
+    Returns:
+      windows: (B * nW) x (w * w) x C, windows in row-major order per image.
+      (Hp, Wp): the padded grid size.
+    """
+    B, H, W, C = x.shape
+    pad_h = (window_size - H % window_size) % window_size
+    pad_w = (window_size - W % window_size) % window_size
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h), value=pad_value)  # (B, Hp, Wp, C)
+    Hp, Wp = H + pad_h, W + pad_w
+    x = x.view(B, Hp // window_size, window_size, Wp // window_size, window_size, C)
+    # (B, nH, w, nW, w, C) -> (B, nH, nW, w, w, C) -> (B * nH * nW, w * w, C)
+    windows = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size * window_size, C)
+    return windows, (Hp, Wp)
+
+
+def window_unpartition(
+    windows: Tensor, window_size: int, pad_hw: Tuple[int, int], hw: Tuple[int, int]
+) -> Tensor:
+    """Inverse of :func:`window_partition`, dropping the padding.
+
+    Arguments:
+      windows: (B * nW) x (w * w) x C.
+      window_size: window side w.
+      pad_hw: padded grid size (Hp, Wp).
+      hw: original grid size (H, W).
+
+    Returns:
+      B x H x W x C.
+    """
+    Hp, Wp = pad_hw
+    H, W = hw
+    nh, nw = Hp // window_size, Wp // window_size
+    B = windows.shape[0] // (nh * nw)
+    C = windows.shape[-1]
+    x = windows.view(B, nh, nw, window_size, window_size, C)  # (B, nH, nW, w, w, C)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, C)  # (B, nH, w, nW, w, C) -> (B, Hp, Wp, C)
+    if Hp > H or Wp > W:
+        x = x[:, :H, :W, :].contiguous()  # (B, H, W, C)
+    return x
+
+
+def resize_rel_pos(rel_pos: Tensor, length: int) -> Tensor:
+    """Resize a relative-position table to ``length`` rows, as ``segment_anything``'s ``get_rel_pos``.
+
+    Arguments:
+      rel_pos: L x head_dim.
+      length: 2 * size - 1 for a grid side ``size``.
+
+    Returns:
+      length x head_dim.
+    """
+    if rel_pos.shape[0] == length:
+        return rel_pos
+    resized = F.interpolate(
+        rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1),  # (1, head_dim, L)
+        size=length,
+        mode="linear",
+    )
+    return resized.reshape(-1, length).permute(1, 0)  # (length, head_dim)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with SAM's parameter names and optional decomposed relative positions.
+
+    The same module serves SAM-style self-attention over a group of tokens (a window or the whole grid)
+    and semi-cross attention, where only routed tokens are queries. ``fused`` selects
+    ``scaled_dot_product_attention``; the explicit path is kept as the reference.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        use_rel_pos: bool = False,
+        input_size: Optional[Tuple[int, int]] = None,
+        fused: bool = True,
+    ) -> None:
+        """
+        Arguments:
+          dim: token width C.
+          num_heads: number of heads.
+          qkv_bias: whether the qkv projection has a bias.
+          use_rel_pos: add SAM's decomposed relative position bias.
+          input_size: grid side (window or image) the relative tables are made for.
+          fused: use ``F.scaled_dot_product_attention``.
+        """
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.scale = head_dim**-0.5
+        self.fused = fused
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.use_rel_pos = use_rel_pos
+        if use_rel_pos:
+            if input_size is None:
+                raise ValueError("input_size is required when use_rel_pos is True")
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
+
+    def project_q(self, x: Tensor) -> Tensor:
+        """Queries. x: G x L x C -> G x heads x L x head_dim."""
+        dim = x.shape[-1]
+        bias = self.qkv.bias[:dim] if self.qkv.bias is not None else None
+        q = F.linear(x, self.qkv.weight[:dim], bias)  # (G, L, C)
+        return q.view(x.shape[0], x.shape[1], self.num_heads, -1).transpose(1, 2)
+
+    def project_kv(self, x: Tensor, bias: bool = True) -> Tensor:
+        """Keys and values, concatenated. x: ... x C -> ... x 2C (keys first, as in SAM's qkv)."""
+        dim = x.shape[-1]
+        b = self.qkv.bias[dim:] if (bias and self.qkv.bias is not None) else None
+        return F.linear(x, self.qkv.weight[dim:], b)
+
+    def kv_bias(self, dim: int) -> Optional[Tensor]:
+        """The key/value bias (2C), or None: what SAM's zero-padded tokens project to."""
+        return self.qkv.bias[dim:] if self.qkv.bias is not None else None
+
+    def rel_pos_bias(self, q: Tensor, q_pos: Optional[Tensor], grid: Tuple[int, int]) -> Tensor:
+        """SAM's decomposed relative position bias for the given query positions.
+
+        Arguments:
+          q: G x heads x L x head_dim, unscaled queries (SAM uses them unscaled here).
+          q_pos: G x L flat positions (row * gw + col) of the queries in the group's grid, or None
+            when the queries are every token of the grid in order.
+          grid: (gh, gw), the group's grid; keys are all gh * gw positions.
+
+        Returns:
+          G x heads x L x (gh * gw).
+        """
+        G, nh, L, _ = q.shape
+        gh, gw = grid
+        table_h = resize_rel_pos(self.rel_pos_h, 2 * gh - 1)  # (2gh-1, hd)
+        table_w = resize_rel_pos(self.rel_pos_w, 2 * gw - 1)  # (2gw-1, hd)
+        if q_pos is None:
+            pos = torch.arange(gh * gw, device=q.device).expand(G, -1)  # (G, L)
+        else:
+            pos = q_pos
+        qh = pos // gw  # (G, L)
+        qw = pos % gw  # (G, L)
+        # Relative index of key row kh for a query in row qh: qh - kh + (gh - 1), as in get_rel_pos.
+        kh = torch.arange(gh, device=q.device)
+        kw = torch.arange(gw, device=q.device)
+        idx_h = (qh.unsqueeze(-1) - kh + (gh - 1)).unsqueeze(1).expand(G, nh, L, gh)  # (G,nh,L,gh)
+        idx_w = (qw.unsqueeze(-1) - kw + (gw - 1)).unsqueeze(1).expand(G, nh, L, gw)  # (G,nh,L,gw)
+        rel_h = (q @ table_h.t()).gather(-1, idx_h)  # (G, nh, L, 2gh-1) -> (G, nh, L, gh)
+        rel_w = (q @ table_w.t()).gather(-1, idx_w)  # (G, nh, L, 2gw-1) -> (G, nh, L, gw)
+        bias = rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)  # (G, nh, L, gh, gw)
+        return bias.view(G, nh, L, gh * gw)
+
+    def attend(
+        self,
+        q_tokens: Tensor,
+        kv: Tensor,
+        q_pos: Optional[Tensor],
+        grid: Tuple[int, int],
+    ) -> Tensor:
+        """Semi-cross attention: ``q_tokens`` attend to every token of their group.
+
+        Arguments:
+          q_tokens: G x L x C normalized query tokens (L = all M tokens when ``q_pos`` is None).
+          kv: G x M x 2C keys and values of every token of the group (from :meth:`project_kv`).
+          q_pos: G x L flat grid positions of the queries, or None for all positions in order.
+          grid: (gh, gw) with gh * gw = M.
+
+        Returns:
+          G x L x C, after the output projection.
+        """
+        G, L, C = q_tokens.shape
+        M = kv.shape[1]
+        q = self.project_q(q_tokens)  # (G, nh, L, hd)
+        k, v = kv.view(G, M, 2, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (G,nh,M,hd)
+        bias = self.rel_pos_bias(q, q_pos, grid) if self.use_rel_pos else None  # (G, nh, L, M)
+        if self.fused:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # (G, nh, L, M)
+            if bias is not None:
+                attn = attn + bias
+            out = attn.softmax(dim=-1) @ v  # (G, nh, L, hd)
+        out = out.transpose(1, 2).reshape(G, L, C)  # (G, nh, L, hd) -> (G, L, C)
+        return self.proj(out)
+
+    def forward(self, x: Tensor, grid: Tuple[int, int]) -> Tensor:
+        """Self-attention over each group. x: G x M x C (M = gh * gw) -> G x M x C."""
+        return self.attend(x, self.project_kv(x), None, grid)

@@ -1,0 +1,313 @@
+"""The P-block (big, SAM's own block), the E-block (LITTLE) and the layer that combines them.
+
+One big.LITTLE layer:
+
+    x = x + gamma * Up(Little(Down(LN(x))))                 # E-block: every token, width d, windowed
+    s = Router(norm1(x))                                     # one logit per token
+    idx = top_k(s, ceil(r * group))                          # group: a w x w window or the whole grid
+    x[idx] += BigAttn(q = norm1(x)[idx], kv = norm1(x)[group])   # semi-cross attention
+    x[idx] += BigMLP(norm2(x[idx]))
+
+``BigLittleBlock`` subclasses ``BigBlock``, so its state-dict keys for the big path (``norm1``,
+``attn.qkv``, ``attn.proj``, ``attn.rel_pos_h/w``, ``norm2``, ``mlp.lin1/lin2``) are exactly those of
+``segment_anything``'s ``Block`` and a SAM checkpoint loads into it without renaming.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Optional, Tuple
+
+import torch
+from segment_anything.modeling.common import MLPBlock
+from torch import Tensor, nn
+
+from ..config import capacity
+from .attention import Attention, window_partition, window_unpartition
+from .router import Router, select_tokens
+
+__all__ = ["BigBlock", "LittleBlock", "BigLittleBlock", "LayerRouting"]
+
+NormLayer = Callable[[int], nn.Module]
+_default_norm: NormLayer = partial(nn.LayerNorm, eps=1e-6)  # SAM's norm layer
+
+
+@dataclass
+class LayerRouting:
+    """Where one layer sent its compute.
+
+    Attributes:
+      layer: block index.
+      kind: "window" or "global".
+      capacity: tokens per group that take the big path (static).
+      scores: B x H x W router logits.
+      selected: B x H x W bool, True for tokens the big block updated.
+      indices: B x S flat positions (row * W + col) of the selected tokens, ascending; S is the same
+        for every image of the batch because capacity is static.
+    """
+
+    layer: int
+    kind: str
+    capacity: int
+    scores: Tensor
+    selected: Tensor
+    indices: Tensor
+
+
+class BigBlock(nn.Module):
+    """SAM's transformer block (``segment_anything.modeling.image_encoder.Block``), same parameters.
+
+    ``forward`` runs it on every token exactly as SAM does. ``BigLittleBlock`` runs it on routed tokens.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        norm_layer: NormLayer = _default_norm,
+        act_layer: type = nn.GELU,
+        use_rel_pos: bool = True,
+        window_size: int = 0,
+        input_size: Tuple[int, int] = (64, 64),
+        fused_attn: bool = True,
+    ) -> None:
+        """
+        Arguments:
+          dim: token width C.
+          num_heads: attention heads.
+          mlp_ratio: MLP hidden width / C.
+          qkv_bias: bias on the qkv projection.
+          norm_layer: normalization (SAM: LayerNorm, eps 1e-6).
+          act_layer: MLP activation (SAM: GELU).
+          use_rel_pos: SAM's decomposed relative position bias.
+          window_size: window side; 0 for global attention.
+          input_size: token grid (H, W) of the image.
+          fused_attn: use scaled_dot_product_attention.
+        """
+        super().__init__()
+        self.window_size = window_size
+        self.norm1 = norm_layer(dim)
+        self.attn = Attention(
+            dim,
+            num_heads=num_heads,
+            qkv_bias=qkv_bias,
+            use_rel_pos=use_rel_pos,
+            input_size=input_size if window_size == 0 else (window_size, window_size),
+            fused=fused_attn,
+        )
+        self.norm2 = norm_layer(dim)
+        self.mlp = MLPBlock(embedding_dim=dim, mlp_dim=int(dim * mlp_ratio), act=act_layer)
+
+    def _kv_groups(self, xn: Tensor) -> Tuple[Tensor, Tensor, Tuple[int, int], Tuple[int, int]]:
+        """Normalized tokens and their keys/values, laid out by attention group.
+
+        Arguments:
+          xn: B x H x W x C, ``norm1`` of the residual stream.
+
+        Returns:
+          xn_g: G x M x C normalized tokens per group (windows: padded with zeros, as SAM pads).
+          kv_g: G x M x 2C keys and values per group.
+          grid: (gh, gw) of one group.
+          pad_hw: padded grid (Hp, Wp) (equal to (H, W) for global attention).
+        """
+        B, H, W, C = xn.shape
+        if self.window_size == 0:
+            xn_g = xn.reshape(B, H * W, C)  # (B, N, C)
+            return xn_g, self.attn.project_kv(xn_g), (H, W), (H, W)
+        w = self.window_size
+        xn_g, pad_hw = window_partition(xn, w)  # (B*nW, w*w, C)
+        # SAM projects its zero-padded tokens, which gives exactly the bias. Projecting only the H x W
+        # real tokens and padding with the bias afterwards is the same result at (Hp*Wp - H*W) fewer
+        # projected tokens.
+        kv_grid = self.attn.project_kv(xn, bias=False)  # (B, H, W, 2C)
+        kv_g, _ = window_partition(kv_grid, w)  # (B*nW, w*w, 2C)
+        kv_bias = self.attn.kv_bias(C)
+        if kv_bias is not None:
+            kv_g = kv_g + kv_bias
+        return xn_g, kv_g, (w, w), pad_hw
+
+    def _to_groups(self, x: Tensor, pad_value: float = 0.0) -> Tensor:
+        """B x H x W x ... -> G x M x ..., the group layout of :meth:`_kv_groups`."""
+        if self.window_size == 0:
+            return x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])  # (B, N, ...)
+        squeeze = x.dim() == 3
+        if squeeze:
+            x = x.unsqueeze(-1)  # (B, H, W, 1)
+        groups, _ = window_partition(x, self.window_size, pad_value)  # (G, M, ...)
+        return groups.squeeze(-1) if squeeze else groups
+
+    def _from_groups(self, g: Tensor, hw: Tuple[int, int], pad_hw: Tuple[int, int]) -> Tensor:
+        """G x M x C -> B x H x W x C, inverse of :meth:`_to_groups`."""
+        if self.window_size == 0:
+            return g.view(g.shape[0], hw[0], hw[1], g.shape[-1])  # (B, H, W, C)
+        return window_unpartition(g, self.window_size, pad_hw, hw)
+
+    def forward_dense(self, x: Tensor, xn: Tensor) -> Tensor:
+        """SAM's block on every token. x, xn: B x H x W x C (xn = norm1(x)) -> B x H x W x C."""
+        xn_g, kv_g, grid, pad_hw = self._kv_groups(xn)
+        out = self.attn.attend(xn_g, kv_g, None, grid)  # (G, M, C)
+        x = x + self._from_groups(out, x.shape[1:3], pad_hw)  # (B, H, W, C)
+        return x + self.mlp(self.norm2(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: B x H x W x C -> B x H x W x C, as ``segment_anything``'s ``Block``."""
+        return self.forward_dense(x, self.norm1(x))
+
+
+class LittleBlock(nn.Module):
+    """The E-block: a narrow windowed transformer block that updates every token cheaply.
+
+    ``x -> gamma * Up(Block_d(Down(LN(x))))``, returned as the update to add to x. ``gamma`` starts at
+    0 (LayerScale), so a fresh E-block changes nothing and the encoder starts exactly at SAM.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        little_dim: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float = 4.0,
+        norm_layer: NormLayer = _default_norm,
+        act_layer: type = nn.GELU,
+        fused_attn: bool = True,
+    ) -> None:
+        """
+        Arguments:
+          dim: residual width C.
+          little_dim: E-block width d.
+          num_heads: E-block attention heads.
+          window_size: attention window side (E-blocks are windowed in every layer).
+          mlp_ratio: E-block MLP width / d.
+          norm_layer: normalization.
+          act_layer: MLP activation.
+          fused_attn: use scaled_dot_product_attention.
+        """
+        super().__init__()
+        self.window_size = window_size
+        self.norm = norm_layer(dim)
+        self.down = nn.Linear(dim, little_dim)
+        self.norm1 = norm_layer(little_dim)
+        self.attn = Attention(
+            little_dim,
+            num_heads=num_heads,
+            use_rel_pos=True,
+            input_size=(window_size, window_size),
+            fused=fused_attn,
+        )
+        self.norm2 = norm_layer(little_dim)
+        self.mlp = MLPBlock(little_dim, int(little_dim * mlp_ratio), act=act_layer)
+        self.up = nn.Linear(little_dim, dim)
+        self.gamma = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: B x H x W x C -> the update, B x H x W x C."""
+        B, H, W, _ = x.shape
+        w = self.window_size
+        h = self.down(self.norm(x))  # (B, H, W, d)
+        hw, pad_hw = window_partition(h, w)  # (B*nW, w*w, d)
+        hw = hw + self.attn(self.norm1(hw), (w, w))  # (B*nW, w*w, d)
+        h = window_unpartition(hw, w, pad_hw, (H, W))  # (B, H, W, d)
+        h = h + self.mlp(self.norm2(h))
+        return self.gamma * self.up(h)
+
+
+class BigLittleBlock(BigBlock):
+    """One big.LITTLE layer: an E-block on every token, then SAM's block on the routed tokens."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        little_dim: int,
+        little_heads: int,
+        mlp_ratio: float = 4.0,
+        little_mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        norm_layer: NormLayer = _default_norm,
+        act_layer: type = nn.GELU,
+        use_rel_pos: bool = True,
+        window_size: int = 0,
+        little_window_size: int = 14,
+        input_size: Tuple[int, int] = (64, 64),
+        fused_attn: bool = True,
+    ) -> None:
+        """
+        Arguments:
+          dim, num_heads, mlp_ratio, qkv_bias, norm_layer, act_layer, use_rel_pos, window_size,
+            input_size, fused_attn: as :class:`BigBlock` (the P-block, SAM's block).
+          little_dim, little_heads, little_mlp_ratio: E-block width, heads and MLP ratio.
+          little_window_size: E-block window side (the E-block is windowed in global layers too).
+        """
+        super().__init__(
+            dim,
+            num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            norm_layer=norm_layer,
+            act_layer=act_layer,
+            use_rel_pos=use_rel_pos,
+            window_size=window_size,
+            input_size=input_size,
+            fused_attn=fused_attn,
+        )
+        self.little = LittleBlock(
+            dim,
+            little_dim,
+            little_heads,
+            little_window_size,
+            mlp_ratio=little_mlp_ratio,
+            norm_layer=norm_layer,
+            act_layer=act_layer,
+            fused_attn=fused_attn,
+        )
+        self.router = Router(dim)
+
+    def forward(  # type: ignore[override]
+        self, x: Tensor, keep_ratio: float = 1.0, return_routing: bool = False
+    ) -> Tuple[Tensor, Optional[Tuple[Tensor, Tensor, int]]]:
+        """
+        Arguments:
+          x: B x H x W x C residual stream.
+          keep_ratio: share of each group's tokens that take the big path.
+          return_routing: also return what :class:`LayerRouting` needs.
+
+        Returns:
+          x: B x H x W x C.
+          routing: (scores B x H x W, selected B x H x W bool, capacity) or None.
+        """
+        x = x + self.little(x)
+        xn = self.norm1(x)  # (B, H, W, C)
+        B, H, W, C = x.shape
+        group = H * W if self.window_size == 0 else self.window_size**2
+        k = capacity(keep_ratio, group)
+        if k >= group:
+            out = self.forward_dense(x, xn)
+            if not return_routing:
+                return out, None
+            scores = self.router(xn)  # (B, H, W)
+            return out, (scores, torch.ones_like(scores, dtype=torch.bool), k)
+
+        scores = self.router(xn)  # (B, H, W)
+        xn_g, kv_g, grid, pad_hw = self._kv_groups(xn)  # (G, M, C), (G, M, 2C)
+        logits_g = self._to_groups(scores, pad_value=float("-inf"))  # (G, M); padding never wins
+        x_g = self._to_groups(x)  # (G, M, C)
+        indices, weights = select_tokens(logits_g, k)  # (G, k), (G, k, 1) or None
+        gather_idx = indices.unsqueeze(-1).expand(-1, -1, C)  # (G, k, C)
+        q_tokens = xn_g.gather(1, gather_idx)  # (G, M, C) -> (G, k, C)
+        update = self.attn.attend(q_tokens, kv_g, indices, grid)  # (G, k, C)
+        h = x_g.gather(1, gather_idx)  # (G, M, C) -> (G, k, C)
+        h = h + (update if weights is None else weights * update)
+        update = self.mlp(self.norm2(h))  # (G, k, C)
+        h = h + (update if weights is None else weights * update)
+        x_g = x_g.scatter(1, gather_idx, h)  # (G, k, C) -> (G, M, C)
+        out = self._from_groups(x_g, (H, W), pad_hw)  # (B, H, W, C)
+        if not return_routing:
+            return out, None
+        chosen = torch.zeros_like(logits_g, dtype=torch.bool)
+        chosen = chosen.scatter(1, indices, True)  # (G, k) -> (G, M)
+        selected = self._from_groups(chosen.unsqueeze(-1), (H, W), pad_hw).squeeze(-1)  # (B, H, W)
+        return out, (scores, selected, k)

@@ -1,0 +1,148 @@
+"""``ImageEncoderBigLittle``: a drop-in replacement for SAM's ``ImageEncoderViT``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+import torch
+from segment_anything.modeling.common import LayerNorm2d
+from segment_anything.modeling.image_encoder import PatchEmbed
+from torch import Tensor, nn
+
+from ..config import BigLittleConfig, validate_keep_ratio
+from .blocks import BigLittleBlock, LayerRouting
+
+__all__ = ["ImageEncoderBigLittle", "BigLittleAux"]
+
+
+@dataclass
+class BigLittleAux:
+    """Routing details of one forward pass, one entry per layer."""
+
+    layers: List[LayerRouting] = field(default_factory=list)
+
+    def usage(self) -> Tensor:
+        """B x H x W: the share of layers in which each token took the big path."""
+        if not self.layers:
+            raise ValueError("no layers were recorded")
+        stacked = torch.stack([r.selected for r in self.layers]).float()  # (L, B, H, W)
+        return stacked.mean(dim=0)
+
+
+class ImageEncoderBigLittle(nn.Module):
+    """The big.LITTLE image encoder.
+
+    Contract (the one every ``segment_anything`` consumer relies on): ``forward`` takes B x 3 x S x S
+    normalized, padded images (S = ``img_size``, 1024 for the full-size configs) and returns one tensor,
+    B x ``out_chans`` x S/16 x S/16. ``patch_embed``, ``pos_embed``, the big path of every block and
+    ``neck`` have exactly the names and shapes of SAM's ``ImageEncoderViT``.
+    """
+
+    def __init__(self, config: BigLittleConfig) -> None:
+        """
+        Arguments:
+          config: the encoder's sizes; ``config.keep_ratio`` is the initial keep ratio.
+        """
+        super().__init__()
+        self.config = config
+        self.img_size = config.img_size
+        self.patch_size = config.patch_size
+        self.out_chans = config.out_chans
+        self.in_chans = config.in_chans
+        grid = config.grid_size
+        self.patch_embed = PatchEmbed(
+            kernel_size=(config.patch_size, config.patch_size),
+            stride=(config.patch_size, config.patch_size),
+            in_chans=config.in_chans,
+            embed_dim=config.embed_dim,
+        )
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, config.embed_dim))
+        self.blocks = nn.ModuleList(
+            BigLittleBlock(
+                config.embed_dim,
+                config.num_heads,
+                little_dim=config.little_dim,
+                little_heads=config.little_heads,
+                mlp_ratio=config.mlp_ratio,
+                little_mlp_ratio=config.little_mlp_ratio,
+                qkv_bias=config.qkv_bias,
+                use_rel_pos=config.use_rel_pos,
+                window_size=0 if i in config.global_attn_indexes else config.window_size,
+                little_window_size=config.window_size,
+                input_size=(grid, grid),
+                fused_attn=config.fused_attn,
+            )
+            for i in range(config.depth)
+        )
+        self.neck = nn.Sequential(
+            nn.Conv2d(config.embed_dim, config.out_chans, kernel_size=1, bias=False),
+            LayerNorm2d(config.out_chans),
+            nn.Conv2d(config.out_chans, config.out_chans, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(config.out_chans),
+        )
+        self._keep_ratio = validate_keep_ratio(config.keep_ratio)
+
+    @property
+    def keep_ratio(self) -> float:
+        """Share of each group's tokens that take the big path, in (0, 1]; settable at run time."""
+        return self._keep_ratio
+
+    @keep_ratio.setter
+    def keep_ratio(self, value: float) -> None:
+        self._keep_ratio = validate_keep_ratio(value)
+
+    @property
+    def fused_attn(self) -> bool:
+        """Whether attention runs through ``scaled_dot_product_attention`` (else the reference)."""
+        return all(m.fused for m in self._attentions())
+
+    @fused_attn.setter
+    def fused_attn(self, value: bool) -> None:
+        for m in self._attentions():
+            m.fused = bool(value)
+
+    def _attentions(self) -> List[nn.Module]:
+        return [m for blk in self.blocks for m in (blk.attn, blk.little.attn)]
+
+    def _check_input(self, x: Tensor) -> None:
+        expected = f"B x {self.in_chans} x {self.img_size} x {self.img_size}"
+        if not isinstance(x, Tensor):
+            raise TypeError(f"expected a torch.Tensor of shape {expected}, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise ValueError(
+                f"expected a floating-point image tensor ({expected}, normalized as "
+                f"Sam.preprocess does), got dtype {x.dtype}"
+            )
+        if x.dim() != 4 or tuple(x.shape[1:]) != (self.in_chans, self.img_size, self.img_size):
+            raise ValueError(
+                f"expected input of shape {expected} (normalized and padded by Sam.preprocess), "
+                f"got {tuple(x.shape)}"
+            )
+
+    def _run(self, x: Tensor, record: bool) -> Tuple[Tensor, Optional[BigLittleAux]]:
+        self._check_input(x)
+        x = self.patch_embed(x)  # (B, H, W, C)
+        x = x + self.pos_embed
+        aux = BigLittleAux() if record else None
+        for i, blk in enumerate(self.blocks):
+            x, routing = blk(x, self._keep_ratio, return_routing=record)
+            if aux is not None and routing is not None:
+                scores, selected, k = routing
+                B = selected.shape[0]
+                # Capacity is static, so every image selects the same number of tokens.
+                indices = selected.flatten(1).nonzero()[:, 1].view(B, -1)  # (B, S)
+                kind = "global" if blk.window_size == 0 else "window"
+                aux.layers.append(LayerRouting(i, kind, k, scores.detach(), selected, indices))
+        x = self.neck(x.permute(0, 3, 1, 2))  # (B, H, W, C) -> (B, C, H, W) -> (B, out, H, W)
+        return x, aux
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: B x 3 x S x S -> B x out_chans x S/16 x S/16 image embeddings."""
+        return self._run(x, record=False)[0]
+
+    def forward_with_aux(self, x: Tensor) -> Tuple[Tensor, BigLittleAux]:
+        """As :meth:`forward`, plus per-layer routing (selected tokens and router scores)."""
+        out, aux = self._run(x, record=True)
+        assert aux is not None
+        return out, aux

@@ -1,0 +1,162 @@
+"""Analytic multiply-accumulate (MAC) counts for SAM ViT and big.LITTLE image encoders.
+
+The counts follow the code, operation by operation (the DESIGN.md cost model, with the padding and
+static capacities the encoder really computes), and are checked against fvcore in the tests. They count
+matrix products, convolutions and LayerNorms (5 per element, as fvcore counts them); activations, softmax,
+gathers and scatters are a few tenths of a percent and are left out, as fvcore leaves them out.
+
+For bl_b (C = 768, d = 192) at 1024 x 1024: about 463 GMACs for SAM ViT-B's trunk against roughly 300 at
+r = 0.5, 200 at r = 0.25 and 140 at r = 0.1 (see ``python -m biglittle_sam.flops``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Dict, List, Optional, Sequence, Union
+
+from torch import nn
+
+from .config import BigLittleConfig, SamViTConfig, capacity, get_config, validate_keep_ratio
+
+__all__ = ["encoder_macs", "encoder_gmacs", "format_table"]
+
+ModelOrConfig = Union[nn.Module, SamViTConfig, str]
+
+
+_LN = 5  # fvcore's cost of a LayerNorm per element
+
+
+def _padded(n: int, w: int) -> int:
+    return n + (w - n % w) % w
+
+
+def _attention_macs(queries: int, keys: int, dim: int, rel_len: int) -> int:
+    """q @ k^T, attn @ v and the decomposed relative-position products for ``queries`` queries."""
+    return 2 * queries * keys * dim + queries * dim * rel_len
+
+
+def _sam_block(cfg: SamViTConfig, windowed: bool) -> Dict[str, int]:
+    C, g, w = cfg.embed_dim, cfg.grid_size, cfg.window_size
+    N = g * g
+    hidden = int(C * cfg.mlp_ratio)
+    if windowed:
+        Np = _padded(g, w) ** 2
+        # SAM runs qkv, attention and proj on the zero-padded windows, the MLP after cropping.
+        linear = 3 * Np * C * C + Np * C * C + 2 * N * C * hidden
+        attn = _attention_macs(Np, w * w, C, 2 * w if cfg.use_rel_pos else 0)
+    else:
+        linear = 4 * N * C * C + 2 * N * C * hidden
+        attn = _attention_macs(N, N, C, 2 * g if cfg.use_rel_pos else 0)
+    return {"big_linear": linear, "big_attention": attn, "norm": 2 * _LN * N * C}
+
+
+def _little_block(cfg: BigLittleConfig) -> int:
+    C, d, g, w = cfg.embed_dim, cfg.little_dim, cfg.grid_size, cfg.window_size
+    N = g * g
+    Np = _padded(g, w) ** 2
+    hidden = int(d * cfg.little_mlp_ratio)
+    down_up = 2 * N * C * d
+    attn = 4 * Np * d * d + _attention_macs(Np, w * w, d, 2 * (2 * w - 1))
+    mlp = 2 * N * d * hidden
+    norms = _LN * (N * C + (Np + N) * d)  # input norm; norm1 runs on the padded windows
+    return down_up + attn + mlp + norms
+
+
+def _big_block(cfg: BigLittleConfig, windowed: bool, keep_ratio: float) -> Dict[str, int]:
+    C, g, w = cfg.embed_dim, cfg.grid_size, cfg.window_size
+    N = g * g
+    hidden = int(C * cfg.mlp_ratio)
+    group = w * w if windowed else N
+    groups = (_padded(g, w) // w) ** 2 if windowed else 1
+    rel = (2 * (2 * w - 1) if windowed else 2 * (2 * g - 1)) if cfg.use_rel_pos else 0
+    k = capacity(keep_ratio, group)
+    kv = 2 * N * C * C  # keys and values of every real token (padding is the bias)
+    if k >= group:  # dense: SAM's block, queries for every (padded) position
+        q_tokens = groups * group
+        linear = kv + 2 * q_tokens * C * C + 2 * N * C * hidden
+        attn = _attention_macs(q_tokens, group, C, rel)
+        return {"big_linear": linear, "big_attention": attn, "router": 0, "norm": 2 * _LN * N * C}
+    q_tokens = groups * k
+    linear = kv + 2 * q_tokens * C * C + 2 * q_tokens * C * hidden
+    attn = _attention_macs(q_tokens, group, C, rel)
+    norm = _LN * (N + q_tokens) * C  # norm1 on every token, norm2 on the routed ones
+    return {"big_linear": linear, "big_attention": attn, "router": N * C, "norm": norm}
+
+
+def _resolve(model: ModelOrConfig) -> SamViTConfig:
+    if isinstance(model, SamViTConfig):
+        return model
+    if isinstance(model, str):
+        return get_config(model)
+    from .build_sam import model_config  # local: build_sam imports modeling, which is heavier
+
+    return model_config(model)
+
+
+def encoder_macs(model: ModelOrConfig, keep_ratio: Optional[float] = None) -> Dict[str, int]:
+    """MACs of one image through the image encoder, by part.
+
+    Arguments:
+      model: a config, a registry name, a ``Sam`` or an image encoder.
+      keep_ratio: for big.LITTLE encoders; defaults to the model's current (or the config's) ratio.
+
+    Returns:
+      {"patch_embed", "little", "router", "big_linear", "big_attention", "norm", "neck", "total"}.
+    """
+    cfg = _resolve(model)
+    if keep_ratio is None and isinstance(model, nn.Module):
+        from .build_sam import get_keep_ratio
+
+        keep_ratio = get_keep_ratio(model)
+    C, g = cfg.embed_dim, cfg.grid_size
+    N = g * g
+    out: Dict[str, int] = {
+        k: 0 for k in ("patch_embed", "little", "router", "big_linear", "big_attention", "norm")
+    }
+    out["patch_embed"] = N * C * cfg.in_chans * cfg.patch_size**2
+    r = validate_keep_ratio(keep_ratio if keep_ratio is not None else getattr(cfg, "keep_ratio", 1))
+    for i in range(cfg.depth):
+        windowed = i not in cfg.global_attn_indexes
+        if isinstance(cfg, BigLittleConfig):
+            out["little"] += _little_block(cfg)
+            parts = _big_block(cfg, windowed, r)
+        else:
+            parts = _sam_block(cfg, windowed)
+        for name, value in parts.items():
+            out[name] += value
+    out["neck"] = N * C * cfg.out_chans + N * cfg.out_chans * cfg.out_chans * 9
+    out["total"] = sum(out.values())
+    return out
+
+
+def encoder_gmacs(model: ModelOrConfig, keep_ratio: Optional[float] = None) -> float:
+    """Total GMACs (1e9 multiply-adds) of one image through the encoder."""
+    return encoder_macs(model, keep_ratio)["total"] / 1e9
+
+
+def format_table(names: Sequence[str], ratios: Sequence[float]) -> str:
+    """A markdown table of GMACs for registry ``names`` (big.LITTLE ones at each of ``ratios``)."""
+    rows: List[str] = ["| model | keep ratio | GMACs | vs teacher |", "|---|---|---|---|"]
+    for name in names:
+        cfg = get_config(name)
+        if isinstance(cfg, BigLittleConfig):
+            base = encoder_gmacs(cfg.teacher)
+            for r in ratios:
+                g = encoder_gmacs(cfg, r)
+                rows.append(f"| {name} | {r:g} | {g:.1f} | {base / g:.2f}x fewer |")
+        else:
+            rows.append(f"| {name} | - | {encoder_gmacs(cfg):.1f} | - |")
+    return "\n".join(rows)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Print the GMACs table: ``python -m biglittle_sam.flops --models vit_b bl_b``."""
+    parser = argparse.ArgumentParser(description="Analytic encoder GMACs (1024 x 1024, batch 1).")
+    parser.add_argument("--models", nargs="+", default=["vit_b", "bl_b"])
+    parser.add_argument("--ratios", nargs="+", type=float, default=[1.0, 0.5, 0.25, 0.1])
+    args = parser.parse_args(argv)
+    print(format_table(args.models, args.ratios))
+
+
+if __name__ == "__main__":
+    main()

@@ -56,6 +56,7 @@ __all__ = [
     "set_keep_ratio",
     "get_keep_ratio",
     "model_config",
+    "inherit_from_sam",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -223,23 +224,11 @@ def _build_biglittle(name: str) -> Callable[..., Sam]:
         if keep_ratio is not None:
             config = dataclasses.replace(config, keep_ratio=validate_keep_ratio(keep_ratio))
         sam = build_sam_from_config(config)
-        encoder = sam.image_encoder
         if sam_checkpoint is not None:
-            sam_state, _ = split_checkpoint(read_checkpoint(sam_checkpoint), sam_checkpoint)
-            _check_sam_flat(sam_state, sam_checkpoint)
-            looks_like = guess_model_name(sam_state)
-            if looks_like is not None and looks_like.startswith("bl_"):
-                raise CheckpointError(
-                    f"{sam_checkpoint}: is a big.LITTLE checkpoint ({looks_like}); pass it as "
-                    "checkpoint=..., sam_checkpoint is for official SAM files"
-                )
-            load_state_dict_strict(
-                sam, sam_state, sam_checkpoint, name, allowed_missing=NEW_IN_BIGLITTLE
-            )
-            teacher = f"{config.teacher}:{Path(sam_checkpoint).name}"
+            teacher = inherit_from_sam(sam, sam_checkpoint)
         if state is not None:
             load_state_dict_strict(sam, state, checkpoint or "", name)
-        encoder.teacher = teacher or config.teacher
+        sam.image_encoder.teacher = teacher or config.teacher
         sam.eval()
         return sam
 
@@ -249,6 +238,29 @@ def _build_biglittle(name: str) -> Callable[..., Sam]:
         "sam_checkpoint: an official SAM checkpoint to inherit from; keep_ratio in (0, 1]."
     )
     return builder
+
+
+def inherit_from_sam(sam: Sam, sam_checkpoint: PathLike) -> str:
+    """Load an official SAM checkpoint into a big.LITTLE ``Sam``: every SAM weight, strictly.
+
+    The patch and position embeddings, the P-blocks, the neck, the prompt encoder and the mask decoder
+    come from the file; E-blocks (gamma 0) and routers keep their fresh values. Returns the teacher tag
+    recorded in checkpoints, ``"<sam name>:<file name>"``.
+    """
+    encoder = sam.image_encoder
+    if not isinstance(encoder, ImageEncoderBigLittle):
+        raise TypeError(f"expected a big.LITTLE SAM model, got encoder {type(encoder).__name__}")
+    name = encoder.config.name
+    sam_state, _ = split_checkpoint(read_checkpoint(sam_checkpoint), sam_checkpoint)
+    _check_sam_flat(sam_state, sam_checkpoint)
+    looks_like = guess_model_name(sam_state)
+    if looks_like is not None and looks_like.startswith("bl_"):
+        raise CheckpointError(
+            f"{sam_checkpoint}: is a big.LITTLE checkpoint ({looks_like}); pass it as "
+            "checkpoint=..., sam_checkpoint is for official SAM files"
+        )
+    load_state_dict_strict(sam, sam_state, sam_checkpoint, name, allowed_missing=NEW_IN_BIGLITTLE)
+    return f"{encoder.config.teacher}:{Path(sam_checkpoint).name}"
 
 
 sam_model_registry: Dict[str, Callable[..., Sam]] = {

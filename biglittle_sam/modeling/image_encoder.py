@@ -82,6 +82,8 @@ class ImageEncoderBigLittle(nn.Module):
             LayerNorm2d(config.out_chans),
         )
         self._keep_ratio = validate_keep_ratio(config.keep_ratio)
+        # Which SAM the weights came from ("vit_b:sam_vit_b_01ec64.pth"); saved into checkpoints.
+        self.teacher: str = config.teacher
 
     @property
     def keep_ratio(self) -> float:

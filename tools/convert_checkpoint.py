@@ -1,0 +1,44 @@
+"""Merge a distilled big.LITTLE encoder with SAM's prompt encoder and mask decoder into one file.
+
+    biglittle-sam-convert --encoder bl_b_encoder.pth --sam-checkpoint sam_vit_b_01ec64.pth \
+        --model bl_b --output bl_b.pth
+
+The output loads with ``sam_model_registry["bl_b"](checkpoint="bl_b.pth")``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from biglittle_sam.checkpoint import CheckpointError
+from biglittle_sam.convert import convert_checkpoint
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    parser.add_argument("--encoder", required=True, help="distilled big.LITTLE encoder checkpoint")
+    parser.add_argument("--sam-checkpoint", required=True, help="official SAM checkpoint (.pth)")
+    parser.add_argument("--output", required=True, help="merged checkpoint to write")
+    parser.add_argument("--model", default=None, help="bl_b, bl_l, ... (if the encoder has no config)")
+    parser.add_argument("--teacher", default=None, help="teacher tag to record")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Path:
+    args = build_parser().parse_args(argv)
+    try:
+        out = convert_checkpoint(
+            args.encoder, args.sam_checkpoint, args.output, model=args.model, teacher=args.teacher
+        )
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

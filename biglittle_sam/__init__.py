@@ -1,4 +1,4 @@
-"""biglittle-sam: Segment Anything with a big.LITTLE image encoder, as a drop-in for segment_anything.
+"""biglittle-sam: Segment Anything with a big.LITTLE image encoder, a drop-in for segment_anything.
 
     from biglittle_sam import sam_model_registry
     from segment_anything import SamPredictor

@@ -1,12 +1,12 @@
-"""Measured encoder speed: SAM ViT against big.LITTLE at several keep ratios, with peers for context.
+"""Measured encoder speed: SAM ViT against big.LITTLE at several keep ratios, peers for context.
 
-All models are timed in one process, interleaved round by round (SAM, then each big.LITTLE ratio, then
-the peers, then again), so that a slow moment of a noisy machine hits every model alike; the reported
-latency is the median of the rounds. Speedups and FLOPs-to-latency efficiency are taken against the SAM
-encoder measured in the same run.
+All models are timed in one process, interleaved round by round (SAM, then each big.LITTLE ratio,
+then the peers, then again), so that a slow moment of a noisy machine hits every model alike; the
+reported latency is the median of the rounds. Speedups and FLOPs-to-latency efficiency are taken
+against the SAM encoder measured in the same run.
 
-Weights are random (nothing is downloaded): speed does not depend on the weights' values, except through
-routing, whose capacity is static.
+Weights are random (nothing is downloaded): speed does not depend on the weights' values, except
+through routing, whose capacity is static.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# timm backbones of the peers, at the input size their SAM variant feeds them. Backbone only: the peers'
-# SAM necks (and MobileSAM's / EdgeSAM's stride changes) are not included, so these are lower bounds.
+# timm backbones of the peers, at the input size their SAM variant feeds them. Backbone only: the
+# peers' SAM necks (and MobileSAM's / EdgeSAM's stride changes) are not included, so these are
+# lower bounds.
 PEERS: Dict[str, Dict[str, Any]] = {
     "repvit_m1": {"paper": "EdgeSAM (RepViT-M1)", "size": 1024},
     "tiny_vit_5m_224": {"paper": "MobileSAM (TinyViT-5M)", "size": 1024},
@@ -401,8 +402,9 @@ def to_markdown(report: Dict[str, Any]) -> str:
     lines.append("")
     lines.append(
         f"{meta['hardware']}; torch {meta['torch']}, {meta['dtype']}, median of "
-        f"{meta['config']['repeats']} interleaved rounds at batch {sizes[0]}. Speedup and efficiency "
-        "(speedup / GMACs ratio) are against the SAM encoder of the same run. Peers: timm backbones "
+        f"{meta['config']['repeats']} interleaved rounds at batch {sizes[0]}. Speedup and "
+        "efficiency (speedup / GMACs ratio) are against the SAM encoder of the same run. "
+        "Peers: timm backbones "
         "only, random weights."
     )
     return "\n".join(lines)

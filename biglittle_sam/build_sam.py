@@ -1,15 +1,16 @@
 """The model registry: every size choice is made here, from the configs in ``config.py``.
 
-``sam_model_registry[name](checkpoint=None, sam_checkpoint=None, keep_ratio=None, **overrides)`` returns
-an upstream ``segment_anything.modeling.Sam`` in eval mode, so ``SamPredictor`` and
+``sam_model_registry[name](checkpoint=None, sam_checkpoint=None, keep_ratio=None, **overrides)``
+returns an upstream ``segment_anything.modeling.Sam`` in eval mode, so ``SamPredictor`` and
 ``SamAutomaticMaskGenerator`` take it unchanged.
 
-- ``default``, ``vit_h``, ``vit_l``, ``vit_b``: built by ``segment_anything`` itself; ``checkpoint`` is an
-  official SAM checkpoint.
+- ``default``, ``vit_h``, ``vit_l``, ``vit_b``: built by ``segment_anything`` itself; ``checkpoint``
+  is an official SAM checkpoint.
 - ``vit_tiny``: a plain SAM at test size (the toy benchmark's teacher).
-- ``bl_b``, ``bl_l``, ``bl_h``, ``bl_tiny``: big.LITTLE. ``checkpoint`` is a full big.LITTLE SAM checkpoint
-  (loaded strictly); ``sam_checkpoint`` is an official SAM checkpoint to inherit the patch and position
-  embeddings, the P-blocks, the neck, the prompt encoder and the mask decoder from.
+- ``bl_b``, ``bl_l``, ``bl_h``, ``bl_tiny``: big.LITTLE. ``checkpoint`` is a full big.LITTLE SAM
+  checkpoint (loaded strictly); ``sam_checkpoint`` is an official SAM checkpoint to inherit the
+  patch and position embeddings, the P-blocks, the neck, the prompt encoder and the mask decoder
+  from.
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def build_sam_from_config(config: SamViTConfig) -> Sam:
     """An upstream ``Sam`` with freshly initialized weights, in eval mode.
 
     A ``BigLittleConfig`` gets an :class:`ImageEncoderBigLittle`; a ``SamViTConfig`` gets SAM's own
-    ``ImageEncoderViT``. Prompt encoder and mask decoder are ``segment_anything``'s, sized by the config.
+    ``ImageEncoderViT``. Prompt encoder and mask decoder are ``segment_anything``'s, sized by
+    the config.
     """
     encoder: nn.Module
     if isinstance(config, BigLittleConfig):
@@ -139,13 +141,18 @@ def _build_upstream(name: str) -> Callable[..., Sam]:
         **overrides: Any,
     ) -> Sam:
         if checkpoint is not None and sam_checkpoint is not None:
-            raise ValueError(f"{name}: give checkpoint or sam_checkpoint, not both (they are the same)")
+            raise ValueError(
+                f"{name}: give checkpoint or sam_checkpoint, not both (they are the same)"
+            )
         if keep_ratio is not None and validate_keep_ratio(keep_ratio) != 1.0:
-            raise ValueError(f"{name} is plain SAM and has no keep ratio below 1 (got {keep_ratio})")
+            raise ValueError(
+                f"{name} is plain SAM and has no keep ratio below 1 (got {keep_ratio})"
+            )
         if overrides:
             raise TypeError(
                 f"{name} is built by segment_anything unchanged and takes no overrides "
-                f"(got {sorted(overrides)}); use 'vit_tiny' or build_sam_from_config for custom sizes"
+                f"(got {sorted(overrides)}); use 'vit_tiny' or build_sam_from_config for "
+                "custom sizes"
             )
         sam = upstream_registry[name](checkpoint=None)
         path = checkpoint if checkpoint is not None else sam_checkpoint
@@ -157,7 +164,9 @@ def _build_upstream(name: str) -> Callable[..., Sam]:
         return sam
 
     builder.__name__ = f"build_sam_{name}"
-    builder.__doc__ = f"SAM '{name}' as segment_anything builds it; checkpoint: an official SAM file."
+    builder.__doc__ = (
+        f"SAM '{name}' as segment_anything builds it; checkpoint: an official SAM file."
+    )
     return builder
 
 
@@ -169,7 +178,9 @@ def _build_tiny_sam(
 ) -> Sam:
     """A plain SAM at test size (``vit_tiny``); ``overrides`` replace config fields."""
     if checkpoint is not None and sam_checkpoint is not None:
-        raise ValueError("vit_tiny: give checkpoint or sam_checkpoint, not both (they are the same)")
+        raise ValueError(
+            "vit_tiny: give checkpoint or sam_checkpoint, not both (they are the same)"
+        )
     if keep_ratio is not None and validate_keep_ratio(keep_ratio) != 1.0:
         raise ValueError(f"vit_tiny is plain SAM and has no keep ratio below 1 (got {keep_ratio})")
     config = SAM_CONFIGS["vit_tiny"]
@@ -216,7 +227,8 @@ def _build_biglittle(name: str) -> Callable[..., Sam]:
                 config = _config_in_checkpoint(meta["config"], checkpoint, BigLittleConfig)
                 if config.name != name:
                     raise CheckpointError(
-                        f"{checkpoint}: is a '{config.name}' checkpoint, not '{name}'; build it with "
+                        f"{checkpoint}: is a '{config.name}' checkpoint, not '{name}'; "
+                        "build it with "
                         f"sam_model_registry['{config.name}']"
                     )
             teacher = meta.get("teacher") if isinstance(meta.get("teacher"), str) else None
@@ -243,9 +255,9 @@ def _build_biglittle(name: str) -> Callable[..., Sam]:
 def inherit_from_sam(sam: Sam, sam_checkpoint: PathLike) -> str:
     """Load an official SAM checkpoint into a big.LITTLE ``Sam``: every SAM weight, strictly.
 
-    The patch and position embeddings, the P-blocks, the neck, the prompt encoder and the mask decoder
-    come from the file; E-blocks (gamma 0) and routers keep their fresh values. Returns the teacher tag
-    recorded in checkpoints, ``"<sam name>:<file name>"``.
+    The patch and position embeddings, the P-blocks, the neck, the prompt encoder and the mask
+    decoder come from the file; E-blocks (gamma 0) and routers keep their fresh values. Returns the
+    teacher tag recorded in checkpoints, ``"<sam name>:<file name>"``.
     """
     encoder = sam.image_encoder
     if not isinstance(encoder, ImageEncoderBigLittle):
@@ -310,7 +322,9 @@ def set_keep_ratio(model: Union[Sam, nn.Module], keep_ratio: float) -> None:
     """Set the keep ratio of a big.LITTLE SAM model or encoder (ValueError outside (0, 1])."""
     encoder = _encoder(model)
     if not isinstance(encoder, ImageEncoderBigLittle):
-        raise TypeError(f"{type(encoder).__name__} is not a big.LITTLE encoder; it has no keep ratio")
+        raise TypeError(
+            f"{type(encoder).__name__} is not a big.LITTLE encoder; it has no keep ratio"
+        )
     encoder.keep_ratio = keep_ratio
 
 

@@ -1,7 +1,8 @@
 """Model configurations: one frozen dataclass per size, overridden with ``dataclasses.replace``.
 
-``build_sam.py`` is the only place that turns a config into modules; this file only holds numbers and the
-reason for each. A checkpoint stores ``asdict(config)`` so that it can rebuild its own model.
+``build_sam.py`` is the only place that turns a config into modules; this file only holds numbers
+and the reason for each. A checkpoint stores ``asdict(config)`` so that it can rebuild its own
+model.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def validate_keep_ratio(keep_ratio: float) -> float:
 def capacity(keep_ratio: float, group_size: int) -> int:
     """Tokens a group of ``group_size`` sends to the big block: ``ceil(keep_ratio * group_size)``.
 
-    Fixed by the ratio, never by the data, so every shape in the encoder is static. The small epsilon
-    keeps binary rounding (0.3 * 10 = 3.0000000000000004) from adding a token.
+    Fixed by the ratio, never by the data, so every shape in the encoder is static. The small
+    epsilon keeps binary rounding (0.3 * 10 = 3.0000000000000004) from adding a token.
     """
     return max(1, min(group_size, math.ceil(keep_ratio * group_size - 1e-9)))
 
@@ -48,8 +49,8 @@ def capacity(keep_ratio: float, group_size: int) -> int:
 class SamViTConfig:
     """A SAM model with a ViT image encoder, as ``segment_anything`` builds it.
 
-    The defaults are SAM ViT-B's. Every size choice for plain SAM and for big.LITTLE lives in these fields
-    so that a tiny model is just another config.
+    The defaults are SAM ViT-B's. Every size choice for plain SAM and for big.LITTLE lives in these
+    fields so that a tiny model is just another config.
     """
 
     name: str = "vit_b"  # registry key; also recorded in checkpoints
@@ -96,13 +97,13 @@ class SamViTConfig:
 class BigLittleConfig(SamViTConfig):
     """A SAM model whose image encoder is the big.LITTLE encoder.
 
-    The P-blocks (big) are shaped exactly like the blocks of the SAM config named by ``teacher``, so they
-    inherit its weights. The E-blocks (LITTLE) and routers are new.
+    The P-blocks (big) are shaped exactly like the blocks of the SAM config named by ``teacher``, so
+    they inherit its weights. The E-blocks (LITTLE) and routers are new.
     """
 
     name: str = "bl_b"
-    teacher: str = "vit_b"  # SAM variant whose weights the P-blocks inherit and that distillation uses
-    little_dim: int = 192  # E-block width d = C / 4: its cost is ~2NCd + 12Nd^2, small against 12NC^2
+    teacher: str = "vit_b"  # SAM whose weights the P-blocks inherit; distillation's teacher
+    little_dim: int = 192  # E-block width d = C / 4: ~2NCd + 12Nd^2 MACs, small against 12NC^2
     little_heads: int = 3  # head dim 64 at d = 192, like SAM's heads
     little_mlp_ratio: float = 4.0  # E-block MLP width = little_mlp_ratio * d
     keep_ratio: float = 0.5  # default share of each group's tokens that take the big path
@@ -135,8 +136,8 @@ _VIT_H = dataclasses.replace(
     num_heads=16,
     global_attn_indexes=(7, 15, 23, 31),
 )
-# Small enough for a unit test to run a forward pass in milliseconds, with a 16 x 16 grid that window 6
-# pads to 18 x 18, so padded windows are always exercised.
+# Small enough for a unit test to run a forward pass in milliseconds, with a 16 x 16 grid that
+# window 6 pads to 18 x 18, so padded windows are always exercised.
 _VIT_TINY = SamViTConfig(
     name="vit_tiny",
     img_size=256,
@@ -190,8 +191,8 @@ def get_config(name: str) -> AnyConfig:
 def config_from_dict(data: Mapping[str, Any]) -> AnyConfig:
     """Rebuild a config from ``asdict(config)`` as stored in a checkpoint.
 
-    A dict with big.LITTLE fields gives a ``BigLittleConfig``. Unknown keys raise ``ValueError`` so that a
-    checkpoint from a newer, incompatible version is not silently misread.
+    A dict with big.LITTLE fields gives a ``BigLittleConfig``. Unknown keys raise ``ValueError`` so
+    that a checkpoint from a newer, incompatible version is not silently misread.
     """
     if not isinstance(data, Mapping):
         raise ValueError(f"a model config must be a dict, got {type(data).__name__}")
@@ -199,7 +200,9 @@ def config_from_dict(data: Mapping[str, Any]) -> AnyConfig:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields {unknown}; expected a subset of {sorted(names)}")
+        raise ValueError(
+            f"unknown {cls.__name__} fields {unknown}; expected a subset of {sorted(names)}"
+        )
     values = dict(data)
     if "global_attn_indexes" in values:
         values["global_attn_indexes"] = tuple(int(i) for i in values["global_attn_indexes"])
@@ -207,8 +210,7 @@ def config_from_dict(data: Mapping[str, Any]) -> AnyConfig:
 
 
 def config_to_dict(config: SamViTConfig) -> Dict[str, Any]:
-    """``asdict(config)`` with tuples turned into lists, safe for ``weights_only`` loading and JSON."""
+    """``asdict(config)`` with tuples as lists: safe for ``weights_only`` loading and JSON."""
     out = dataclasses.asdict(config)
     out["global_attn_indexes"] = list(out["global_attn_indexes"])
     return out
-

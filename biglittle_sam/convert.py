@@ -31,8 +31,8 @@ PathLike = Union[str, os.PathLike]
 def encoder_state_dict(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """The image-encoder part of a state dict, without the ``image_encoder.`` prefix.
 
-    Accepts an encoder-only state dict (``patch_embed.*``, ``blocks.*``, ``neck.*``) or a whole-model
-    one (``image_encoder.*`` plus the rest, which is dropped).
+    Accepts an encoder-only state dict (``patch_embed.*``, ``blocks.*``, ``neck.*``) or a whole-
+    model one (``image_encoder.*`` plus the rest, which is dropped).
     """
     prefix = "image_encoder."
     if any(k.startswith(prefix) for k in state):
@@ -55,7 +55,8 @@ def convert_checkpoint(
       sam_checkpoint: the official SAM checkpoint whose prompt encoder and mask decoder to use.
       output: where to write the merged checkpoint (atomically).
       model: registry name (``bl_b``...); required when ``encoder`` stores no config.
-      teacher: teacher tag to record; default: the encoder file's, else derived from ``sam_checkpoint``.
+      teacher: teacher tag to record; default: the encoder file's, else derived from
+      ``sam_checkpoint``.
 
     Returns:
       The written path, after a strict reload through ``sam_model_registry`` succeeded.
@@ -81,5 +82,6 @@ def convert_checkpoint(
     load_state_dict_strict(sam.image_encoder, enc_state, encoder, f"{config.name} image encoder")
     tag = teacher or (meta.get("teacher") if isinstance(meta.get("teacher"), str) else None)
     out = save_model_checkpoint(output, sam, config, teacher=tag or derived)
-    sam_model_registry[config.name](checkpoint=out)  # the promise: a strict load through the registry
+    # The promise made to the user: the file loads strictly through the registry.
+    sam_model_registry[config.name](checkpoint=out)
     return out

@@ -24,7 +24,8 @@ from biglittle_sam.benchmark import (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Measured latency, throughput, memory and GMACs of SAM and big.LITTLE encoders.",
+        description="Measured latency, throughput, memory and GMACs of SAM and big.LITTLE "
+        "encoders.",
     )
     models = parser.add_argument_group("models")
     models.add_argument("--sam", default=None, help="baseline SAM registry name (default vit_b)")

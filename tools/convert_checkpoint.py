@@ -22,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--encoder", required=True, help="distilled big.LITTLE encoder checkpoint")
     parser.add_argument("--sam-checkpoint", required=True, help="official SAM checkpoint (.pth)")
     parser.add_argument("--output", required=True, help="merged checkpoint to write")
-    parser.add_argument("--model", default=None, help="bl_b, bl_l, ... (if the encoder has no config)")
+    parser.add_argument(
+        "--model", default=None, help="bl_b, bl_l, ... (if the encoder has no config)"
+    )
     parser.add_argument("--teacher", default=None, help="teacher tag to record")
     return parser
 

@@ -1,10 +1,10 @@
 """Attention with SAM's parameters, computed for all tokens or only for routed query tokens.
 
 ``Attention`` has exactly the parameters of ``segment_anything.modeling.image_encoder.Attention``
-(``qkv``, ``proj``, ``rel_pos_h``, ``rel_pos_w``), so SAM's weights load into it unchanged. It adds one
-thing: the queries may be a routed subset of the tokens while every token of the group stays a key and a
-value (semi-cross attention). SAM's decomposed relative position bias is gathered for the positions of
-those queries.
+(``qkv``, ``proj``, ``rel_pos_h``, ``rel_pos_w``), so SAM's weights load into it unchanged. It adds
+one thing: the queries may be a routed subset of the tokens while every token of the group stays a
+key and a value (semi-cross attention). SAM's decomposed relative position bias is gathered for the
+positions of those queries.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def window_unpartition(
 
 
 def resize_rel_pos(rel_pos: Tensor, length: int) -> Tensor:
-    """Resize a relative-position table to ``length`` rows, as ``segment_anything``'s ``get_rel_pos``.
+    """Resize a relative-position table to ``length`` rows, as ``segment_anything``'s
+    ``get_rel_pos``.
 
     Arguments:
       rel_pos: L x head_dim.
@@ -93,8 +94,8 @@ def resize_rel_pos(rel_pos: Tensor, length: int) -> Tensor:
 class Attention(nn.Module):
     """Multi-head attention with SAM's parameter names and optional decomposed relative positions.
 
-    The same module serves SAM-style self-attention over a group of tokens (a window or the whole grid)
-    and semi-cross attention, where only routed tokens are queries. ``fused`` selects
+    The same module serves SAM-style self-attention over a group of tokens (a window or the whole
+    grid) and semi-cross attention, where only routed tokens are queries. ``fused`` selects
     ``scaled_dot_product_attention``; the explicit path is kept as the reference.
     """
 

@@ -2,15 +2,16 @@
 
 One big.LITTLE layer:
 
-    x = x + gamma * Up(Little(Down(LN(x))))                 # E-block: every token, width d, windowed
+    x = x + gamma * Up(Little(Down(LN(x))))                 # E-block: every token, width d,
+    windowed
     s = Router(norm1(x))                                     # one logit per token
-    idx = top_k(s, ceil(r * group))                          # group: a w x w window or the whole grid
-    x[idx] += BigAttn(q = norm1(x)[idx], kv = norm1(x)[group])   # semi-cross attention
+    idx = top_k(s, ceil(r * group))                          # group: a w x w window or the whole
+    grid x[idx] += BigAttn(q = norm1(x)[idx], kv = norm1(x)[group])   # semi-cross attention
     x[idx] += BigMLP(norm2(x[idx]))
 
 ``BigLittleBlock`` subclasses ``BigBlock``, so its state-dict keys for the big path (``norm1``,
-``attn.qkv``, ``attn.proj``, ``attn.rel_pos_h/w``, ``norm2``, ``mlp.lin1/lin2``) are exactly those of
-``segment_anything``'s ``Block`` and a SAM checkpoint loads into it without renaming.
+``attn.qkv``, ``attn.proj``, ``attn.rel_pos_h/w``, ``norm2``, ``mlp.lin1/lin2``) are exactly those
+of ``segment_anything``'s ``Block`` and a SAM checkpoint loads into it without renaming.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class LayerRouting:
 class BigBlock(nn.Module):
     """SAM's transformer block (``segment_anything.modeling.image_encoder.Block``), same parameters.
 
-    ``forward`` runs it on every token exactly as SAM does. ``BigLittleBlock`` runs it on routed tokens.
+    ``forward`` runs it on every token exactly as SAM does. ``BigLittleBlock`` runs it on routed
+    tokens.
     """
 
     def __init__(
@@ -119,7 +121,8 @@ class BigBlock(nn.Module):
             return xn_g, self.attn.project_kv(xn_g), (H, W), (H, W)
         w = self.window_size
         xn_g, pad_hw = window_partition(xn, w)  # (B*nW, w*w, C)
-        # SAM projects its zero-padded tokens, which gives exactly the bias. Projecting only the H x W
+        # SAM projects its zero-padded tokens, which gives exactly the bias. Projecting only the H x
+        # W
         # real tokens and padding with the bias afterwards is the same result at (Hp*Wp - H*W) fewer
         # projected tokens.
         kv_grid = self.attn.project_kv(xn, bias=False)  # (B, H, W, 2C)
@@ -160,8 +163,8 @@ class BigBlock(nn.Module):
 class LittleBlock(nn.Module):
     """The E-block: a narrow windowed transformer block that updates every token cheaply.
 
-    ``x -> gamma * Up(Block_d(Down(LN(x))))``, returned as the update to add to x. ``gamma`` starts at
-    0 (LayerScale), so a fresh E-block changes nothing and the encoder starts exactly at SAM.
+    ``x -> gamma * Up(Block_d(Down(LN(x))))``, returned as the update to add to x. ``gamma`` starts
+    at 0 (LayerScale), so a fresh E-block changes nothing and the encoder starts exactly at SAM.
     """
 
     def __init__(

@@ -33,10 +33,10 @@ class BigLittleAux:
 class ImageEncoderBigLittle(nn.Module):
     """The big.LITTLE image encoder.
 
-    Contract (the one every ``segment_anything`` consumer relies on): ``forward`` takes B x 3 x S x S
-    normalized, padded images (S = ``img_size``, 1024 for the full-size configs) and returns one tensor,
-    B x ``out_chans`` x S/16 x S/16. ``patch_embed``, ``pos_embed``, the big path of every block and
-    ``neck`` have exactly the names and shapes of SAM's ``ImageEncoderViT``.
+    Contract (the one every ``segment_anything`` consumer relies on): ``forward`` takes B x 3 x S x
+    S normalized, padded images (S = ``img_size``, 1024 for the full-size configs) and returns one
+    tensor, B x ``out_chans`` x S/16 x S/16. ``patch_embed``, ``pos_embed``, the big path of every
+    block and ``neck`` have exactly the names and shapes of SAM's ``ImageEncoderViT``.
     """
 
     def __init__(self, config: BigLittleConfig) -> None:

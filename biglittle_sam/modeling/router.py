@@ -13,8 +13,8 @@ __all__ = ["Router", "select_tokens"]
 class Router(nn.Module):
     """Scores every token with a linear map of the (already normalized) token.
 
-    The router reads the P-block's ``norm1`` output, which the P-block needs for its keys anyway, so it
-    adds only N x C multiply-adds per layer.
+    The router reads the P-block's ``norm1`` output, which the P-block needs for its keys anyway, so
+    it adds only N x C multiply-adds per layer.
     """
 
     def __init__(self, dim: int) -> None:
@@ -33,16 +33,17 @@ def select_tokens(logits: Tensor, k: int) -> Tuple[Tensor, Optional[Tensor]]:
 
     Arguments:
       logits: G x M router logits; positions that must never be chosen (padding) hold -inf, so they
-        fill a slot only when a group has fewer than ``k`` real tokens, and then only a slot whose result
-        the caller discards.
+        fill a slot only when a group has fewer than ``k`` real tokens, and then only a slot whose
+        result the caller discards.
       k: tokens per group, static (``capacity(keep_ratio, M)``).
 
     Returns:
       indices: G x k positions within each group.
-      weights: G x k x 1 when gradients flow to the router, else None (the caller skips the multiply).
-        They are ``p / p.detach()`` with ``p`` the softmax over the group: exactly 1 in the forward pass
-        (0 at a padded slot), and in the backward pass they give the router a gradient through the hard
-        top-k (d weight / d logit_j = delta_ij - p_j).
+      weights: G x k x 1 when gradients flow to the router, else None (the caller skips the
+        multiply). They are ``p / p.detach()`` with ``p`` the softmax over the group: exactly 1 in
+        the forward pass
+        (0 at a padded slot), and in the backward pass they give the router a gradient through the
+        hard top-k (d weight / d logit_j = delta_ij - p_j).
     """
     indices = logits.topk(k, dim=1, sorted=False).indices  # (G, k)
     if not (torch.is_grad_enabled() and logits.requires_grad):

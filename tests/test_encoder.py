@@ -1,0 +1,216 @@
+"""The encoder contract, exactness against SAM, routing and gradients."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from segment_anything.modeling.image_encoder import get_rel_pos
+
+from biglittle_sam import BIGLITTLE_CONFIGS, ImageEncoderBigLittle, sam_model_registry
+from biglittle_sam.config import capacity
+from biglittle_sam.modeling import resize_rel_pos, select_tokens, window_partition
+
+from .conftest import randomize_
+
+TINY = BIGLITTLE_CONFIGS["bl_tiny"]
+
+
+def _tiny_encoder(keep_ratio: float = 0.5, **overrides: object) -> ImageEncoderBigLittle:
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(TINY, keep_ratio=keep_ratio, **overrides)
+    return randomize_(ImageEncoderBigLittle(cfg), std=0.1).eval()
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("keep_ratio", [1.0, 0.5, 0.1])
+def test_shape_contract(batch: int, keep_ratio: float) -> None:
+    enc = _tiny_encoder(keep_ratio)
+    x = torch.randn(batch, 3, TINY.img_size, TINY.img_size)
+    with torch.no_grad():
+        y = enc(x)
+        y2, aux = enc.forward_with_aux(x)
+    g = TINY.img_size // TINY.patch_size
+    assert isinstance(y, torch.Tensor)
+    assert y.shape == (batch, TINY.out_chans, g, g)
+    assert (enc.img_size, enc.patch_size, enc.out_chans) == (256, 16, TINY.out_chans)
+    torch.testing.assert_close(y, y2)
+    assert len(aux.layers) == TINY.depth
+    assert aux.usage().shape == (batch, g, g)
+
+
+def test_full_size_contract_on_meta_device() -> None:
+    cfg = BIGLITTLE_CONFIGS["bl_b"]
+    with torch.device("meta"):
+        enc = ImageEncoderBigLittle(dataclasses.replace(cfg, keep_ratio=0.25))
+        y = enc(torch.empty(1, 3, 1024, 1024))
+    assert y.shape == (1, 256, 64, 64)
+    assert (enc.img_size, enc.patch_size, enc.out_chans) == (1024, 16, 256)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_exact_at_keep_ratio_one(tiny_sam_checkpoint, fused: bool) -> None:
+    sam = sam_model_registry["vit_tiny"](checkpoint=tiny_sam_checkpoint)
+    bl = sam_model_registry["bl_tiny"](
+        sam_checkpoint=tiny_sam_checkpoint, keep_ratio=1.0, fused_attn=fused
+    )
+    assert all(float(b.little.gamma.detach().abs().max()) == 0.0 for b in bl.image_encoder.blocks)
+    x = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        expected = sam.image_encoder(x)
+        got = bl.image_encoder(x)
+    assert (expected - got).abs().max().item() < 1e-4
+
+
+@pytest.mark.slow
+def test_exact_at_keep_ratio_one_vit_b(tmp_path) -> None:
+    torch.manual_seed(0)
+    sam = sam_model_registry["vit_b"]()
+    randomize_(sam.image_encoder, std=0.02)
+    path = tmp_path / "sam_vit_b.pth"
+    torch.save(sam.state_dict(), path)
+    bl = sam_model_registry["bl_b"](sam_checkpoint=path, keep_ratio=1.0)
+    x = torch.randn(1, 3, 1024, 1024)
+    with torch.no_grad():
+        diff = (sam.image_encoder(x) - bl.image_encoder(x)).abs().max().item()
+    assert diff < 1e-4
+
+
+@pytest.mark.parametrize("keep_ratio", [0.05, 0.25, 0.5, 0.9, 1.0])
+def test_capacity_and_padding(keep_ratio: float) -> None:
+    enc = _tiny_encoder(keep_ratio)
+    x = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        _, aux = enc.forward_with_aux(x)
+    g = TINY.grid_size  # 16 x 16 grid, windows of 6: padded to 18 x 18, 9 windows
+    w = TINY.window_size
+    for layer in aux.layers:
+        group = g * g if layer.kind == "global" else w * w
+        assert layer.capacity == math.ceil(keep_ratio * group - 1e-9)
+        if layer.kind == "global":
+            expected = torch.full((2,), layer.capacity)
+        else:
+            # Per window: capacity tokens, or every real token of an edge window that has fewer.
+            real, _ = window_partition(torch.ones(1, g, g, 1), w)  # (9, 36, 1), padding 0
+            per_window = real.sum(dim=(1, 2)).clamp(max=layer.capacity)
+            expected = torch.full((2,), int(per_window.sum()))
+        assert torch.equal(layer.selected.flatten(1).sum(1), expected)
+        assert layer.indices.shape == (2, int(expected[0]))
+        assert int(layer.indices.max()) < g * g  # indices address the real (unpadded) grid only
+        assert layer.selected.shape == (2, g, g)
+
+
+def test_selection_follows_router_scores() -> None:
+    enc = _tiny_encoder(0.25)
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        _, aux = enc.forward_with_aux(x)
+    layer = next(a for a in aux.layers if a.kind == "global")
+    chosen = layer.scores.flatten()[layer.selected.flatten()]
+    others = layer.scores.flatten()[~layer.selected.flatten()]
+    assert chosen.min() >= others.max()
+
+
+def test_keep_ratio_changes_output_and_validates() -> None:
+    enc = _tiny_encoder(1.0)
+    for b in enc.blocks:
+        torch.nn.init.constant_(b.little.gamma, 0.5)
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        full = enc(x)
+        enc.keep_ratio = 0.25
+        quarter = enc(x)
+    assert not torch.allclose(full, quarter)
+    for bad in [0.0, -0.1, 1.5, float("nan"), "half"]:
+        with pytest.raises(ValueError, match=r"\(0, 1\]"):
+            enc.keep_ratio = bad  # type: ignore[assignment]
+    with pytest.raises(ValueError, match="keep_ratio"):
+        sam_model_registry["bl_tiny"](keep_ratio=2.0)
+
+
+@pytest.mark.parametrize("keep_ratio", [1.0, 0.3])
+def test_fused_equals_reference(keep_ratio: float) -> None:
+    enc = _tiny_encoder(keep_ratio)
+    for b in enc.blocks:
+        torch.nn.init.constant_(b.little.gamma, 0.3)
+    x = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        enc.fused_attn = True
+        fused = enc(x)
+        enc.fused_attn = False
+        reference = enc(x)
+    assert (fused - reference).abs().max().item() < 1e-4
+
+
+def test_every_parameter_gets_a_gradient() -> None:
+    enc = _tiny_encoder(0.3).train()
+    for b in enc.blocks:
+        torch.nn.init.constant_(b.little.gamma, 0.1)
+    y = enc(torch.randn(2, 3, 256, 256))
+    (y**2).mean().backward()
+    missing = [n for n, p in enc.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert missing == []
+
+
+def test_straight_through_weights() -> None:
+    logits = torch.tensor([[3.0, -200.0, 1.0, float("-inf")], [0.0, 1.0, 2.0, 3.0]])
+    logits.requires_grad_(True)
+    idx, weights = select_tokens(logits, 3)
+    assert weights is not None
+    picked = logits.detach().gather(1, idx)
+    # Exactly 1 for real tokens (even far below the max), 0 for a padded slot.
+    assert torch.equal(weights.squeeze(-1), torch.isfinite(picked).float())
+    weights.sum().backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+    assert logits.grad.abs().sum() > 0
+    with torch.no_grad():
+        idx2, none = select_tokens(logits, 3)
+    assert none is None and torch.equal(idx2, idx)
+
+
+def test_rel_pos_resize_matches_segment_anything() -> None:
+    table = torch.randn(27, 8)
+    for size in (14, 20):
+        full = get_rel_pos(size, size, table)  # (size, size, 8), SAM's
+        ours = resize_rel_pos(table, 2 * size - 1)
+        q = torch.arange(size)
+        idx = q[:, None] - q[None, :] + size - 1
+        torch.testing.assert_close(ours[idx], full)
+
+
+def test_capacity_rounding() -> None:
+    assert capacity(0.3, 10) == 3
+    assert capacity(0.5, 196) == 98
+    assert capacity(0.01, 10) == 1
+    assert capacity(1.0, 4096) == 4096
+
+
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        (torch.randn(1, 3, 128, 128), "1 x 3 x 256 x 256|B x 3 x 256 x 256"),
+        (torch.randn(3, 256, 256), "B x 3 x 256 x 256"),
+        (torch.randn(1, 1, 256, 256), "B x 3 x 256 x 256"),
+        (torch.zeros(1, 3, 256, 256, dtype=torch.uint8), "floating-point"),
+    ],
+)
+def test_bad_input(x: torch.Tensor, message: str) -> None:
+    enc = _tiny_encoder()
+    with pytest.raises(ValueError, match=message):
+        enc(x)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        enc([1, 2, 3])  # type: ignore[arg-type]
+
+
+def test_bf16_autocast_stays_close() -> None:
+    enc = _tiny_encoder(0.5)
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        ref = enc(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = enc(x)
+    assert torch.isfinite(low).all()
+    cos = torch.nn.functional.cosine_similarity(ref.flatten(), low.float().flatten(), dim=0)
+    assert cos > 0.99

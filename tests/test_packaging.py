@@ -1,0 +1,35 @@
+"""Packaging: every package folder is declared, and every console script points at a real main()."""
+
+from __future__ import annotations
+
+import configparser
+import importlib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _setup_cfg() -> configparser.ConfigParser:
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read(ROOT / "setup.cfg")
+    return cfg
+
+
+def test_every_package_folder_is_listed() -> None:
+    listed = set(_setup_cfg()["options"]["packages"].split())
+    found = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for p in (ROOT / "biglittle_sam").rglob("__init__.py")
+    }
+    assert found <= listed, f"add to setup.cfg [options] packages: {sorted(found - listed)}"
+
+
+def test_console_scripts_resolve() -> None:
+    scripts = _setup_cfg()["options.entry_points"]["console_scripts"].strip().splitlines()
+    assert scripts
+    for line in scripts:
+        name, target = (s.strip() for s in line.split("="))
+        module, func = target.split(":")
+        assert module.startswith("biglittle_sam_tools.")
+        local = importlib.import_module("tools." + module.split(".", 1)[1])
+        assert callable(getattr(local, func)), name

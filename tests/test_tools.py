@@ -1,0 +1,66 @@
+"""The command-line tools: --help, and a real tiny run of each."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from biglittle_sam import sam_model_registry
+from tools import benchmark, convert_checkpoint
+
+TOOLS = [benchmark, convert_checkpoint]
+
+
+@pytest.mark.parametrize("tool", TOOLS, ids=lambda t: t.__name__)
+def test_help(tool, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        tool.main(["--help"])
+    assert info.value.code == 0
+    assert "usage" in capsys.readouterr().out
+
+
+def test_benchmark_tiny_run(tmp_path: Path, capsys) -> None:
+    report = benchmark.main(
+        [
+            "--sam", "vit_tiny", "--model", "bl_tiny", "--keep-ratios", "1.0", "0.25",
+            "--peers", "none", "--repeats", "2", "--batch-sizes", "1", "2", "--batch-repeats", "1",
+            "--json", str(tmp_path / "b.json"), "--markdown", str(tmp_path / "b.md"),
+            "--plot", str(tmp_path / "b.png"),
+        ]
+    )  # fmt: skip
+    rows = {r["name"]: r for r in report["results"]}
+    assert set(rows) == {"SAM vit_tiny (segment_anything)", "bl_tiny r=1", "bl_tiny r=0.25"}
+    base = rows["SAM vit_tiny (segment_anything)"]
+    assert base["speedup"] == pytest.approx(1.0)
+    for r in rows.values():
+        assert len(r["latency_runs_s"]) == 2 and r["latency_s"] > 0
+        assert set(r["images_per_s"]) == {1, 2}
+        assert r["efficiency"] == pytest.approx(r["speedup"] / r["flops_ratio"])
+    assert rows["bl_tiny r=0.25"]["gmacs"] < rows["bl_tiny r=1"]["gmacs"]
+    saved = json.loads((tmp_path / "b.json").read_text())
+    assert saved["meta"]["hardware"] and len(saved["results"]) == 3
+    assert (tmp_path / "b.md").read_text().startswith("| model |")
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+    assert "bl_tiny r=0.25" in capsys.readouterr().out
+
+
+def test_benchmark_rejects_unknown_peer() -> None:
+    with pytest.raises(ValueError, match="unknown peer"):
+        benchmark.main(["--sam", "vit_tiny", "--model", "bl_tiny", "--peers", "nope"])
+
+
+def test_convert_cli(tiny_sam_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    student = sam_model_registry["bl_tiny"](sam_checkpoint=tiny_sam_checkpoint)
+    enc = tmp_path / "enc.pth"
+    torch.save(student.image_encoder.state_dict(), enc)
+    out = tmp_path / "merged.pth"
+    args = ["--encoder", str(enc), "--sam-checkpoint", str(tiny_sam_checkpoint)]
+    convert_checkpoint.main(args + ["--output", str(out), "--model", "bl_tiny"])
+    assert out.exists() and "wrote" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        convert_checkpoint.main(args + ["--output", str(out), "--model", "bl_b"])
+    assert info.value.code == 2
+    assert "does not fit" in capsys.readouterr().err

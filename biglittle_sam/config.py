@@ -21,7 +21,10 @@ __all__ = [
     "config_from_dict",
     "capacity",
     "validate_keep_ratio",
+    "validate_routing",
+    "ROUTING_MODES",
     "config_to_dict",
+    "biglittle_config_for",
 ]
 
 
@@ -34,6 +37,16 @@ def validate_keep_ratio(keep_ratio: float) -> float:
     if not (0.0 < value <= 1.0) or math.isnan(value):
         raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio!r}")
     return value
+
+
+ROUTING_MODES = ("learned", "random")
+
+
+def validate_routing(routing: str) -> str:
+    """Return ``routing``, or raise ``ValueError`` unless it is one of :data:`ROUTING_MODES`."""
+    if routing not in ROUTING_MODES:
+        raise ValueError(f"routing must be one of {ROUTING_MODES}, got {routing!r}")
+    return routing
 
 
 def capacity(keep_ratio: float, group_size: int) -> int:
@@ -108,6 +121,7 @@ class BigLittleConfig(SamViTConfig):
     little_mlp_ratio: float = 4.0  # E-block MLP width = little_mlp_ratio * d
     keep_ratio: float = 0.5  # default share of each group's tokens that take the big path
     fused_attn: bool = True  # scaled_dot_product_attention; False runs the explicit reference path
+    routing: str = "learned"  # "random" scores tokens with noise: the ablation a router must beat
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -117,6 +131,7 @@ class BigLittleConfig(SamViTConfig):
                 f"({self.little_heads})"
             )
         validate_keep_ratio(self.keep_ratio)
+        validate_routing(self.routing)
 
 
 _VIT_B = SamViTConfig()
@@ -155,7 +170,12 @@ _VIT_TINY = SamViTConfig(
 )
 
 
-def _big_little(sam: SamViTConfig, name: str, **fields: Any) -> BigLittleConfig:
+def biglittle_config_for(sam: SamViTConfig, name: str, **fields: Any) -> BigLittleConfig:
+    """A big.LITTLE config whose P-blocks are shaped like ``sam`` (and inherit its weights).
+
+    ``fields`` sets the big.LITTLE fields (``little_dim``, ``little_heads``, ``keep_ratio``...) or
+    overrides any other. Use it for a custom-size teacher, e.g. a wider ``vit_tiny``.
+    """
     base = {f.name: getattr(sam, f.name) for f in dataclasses.fields(SamViTConfig)}
     base.update(name=name, teacher=sam.name, **fields)
     return BigLittleConfig(**base)
@@ -169,10 +189,10 @@ SAM_CONFIGS: Dict[str, SamViTConfig] = {
 }
 
 BIGLITTLE_CONFIGS: Dict[str, BigLittleConfig] = {
-    "bl_b": _big_little(_VIT_B, "bl_b", little_dim=192, little_heads=3),
-    "bl_l": _big_little(_VIT_L, "bl_l", little_dim=256, little_heads=4),
-    "bl_h": _big_little(_VIT_H, "bl_h", little_dim=320, little_heads=5),
-    "bl_tiny": _big_little(_VIT_TINY, "bl_tiny", little_dim=16, little_heads=2),
+    "bl_b": biglittle_config_for(_VIT_B, "bl_b", little_dim=192, little_heads=3),
+    "bl_l": biglittle_config_for(_VIT_L, "bl_l", little_dim=256, little_heads=4),
+    "bl_h": biglittle_config_for(_VIT_H, "bl_h", little_dim=320, little_heads=5),
+    "bl_tiny": biglittle_config_for(_VIT_TINY, "bl_tiny", little_dim=16, little_heads=2),
 }
 
 AnyConfig = Union[SamViTConfig, BigLittleConfig]

@@ -214,3 +214,22 @@ def test_bf16_autocast_stays_close() -> None:
     assert torch.isfinite(low).all()
     cos = torch.nn.functional.cosine_similarity(ref.flatten(), low.float().flatten(), dim=0)
     assert cos > 0.99
+
+
+def test_random_routing_ablation() -> None:
+    enc = _tiny_encoder(0.25)
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        _, learned = enc.forward_with_aux(x)
+        enc.routing = "random"
+        torch.manual_seed(1)
+        _, random_a = enc.forward_with_aux(x)
+        torch.manual_seed(1)
+        _, random_b = enc.forward_with_aux(x)
+    assert torch.equal(random_a.usage(), random_b.usage())  # seeded by torch's RNG
+    assert not torch.equal(learned.usage(), random_a.usage())
+    assert learned.layers[0].capacity == random_a.layers[0].capacity
+    with pytest.raises(ValueError, match="routing"):
+        enc.routing = "smart"
+    with pytest.raises(ValueError, match="routing"):
+        sam_model_registry["bl_tiny"](routing="smart")

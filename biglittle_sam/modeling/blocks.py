@@ -268,6 +268,13 @@ class BigLittleBlock(BigBlock):
             fused_attn=fused_attn,
         )
         self.router = Router(dim)
+        self.routing = "learned"  # or "random": noise instead of the router (an ablation)
+
+    def _scores(self, xn: Tensor) -> Tensor:
+        """Router logits, B x H x W (uniform noise when ``routing`` is "random")."""
+        if self.routing == "random":
+            return torch.rand(xn.shape[:-1], device=xn.device, dtype=xn.dtype)
+        return self.router(xn)
 
     def forward(  # type: ignore[override]
         self, x: Tensor, keep_ratio: float = 1.0, return_routing: bool = False
@@ -291,10 +298,10 @@ class BigLittleBlock(BigBlock):
             out = self.forward_dense(x, xn)
             if not return_routing:
                 return out, None
-            scores = self.router(xn)  # (B, H, W)
+            scores = self._scores(xn)  # (B, H, W)
             return out, (scores, torch.ones_like(scores, dtype=torch.bool), k)
 
-        scores = self.router(xn)  # (B, H, W)
+        scores = self._scores(xn)  # (B, H, W)
         xn_g, kv_g, grid, pad_hw = self._kv_groups(xn)  # (G, M, C), (G, M, 2C)
         logits_g = self._to_groups(scores, pad_value=float("-inf"))  # (G, M); padding never wins
         x_g = self._to_groups(x)  # (G, M, C)

@@ -10,7 +10,7 @@ from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.image_encoder import PatchEmbed
 from torch import Tensor, nn
 
-from ..config import BigLittleConfig, validate_keep_ratio
+from ..config import BigLittleConfig, validate_keep_ratio, validate_routing
 from .blocks import BigLittleBlock, LayerRouting
 
 __all__ = ["ImageEncoderBigLittle", "BigLittleAux"]
@@ -82,6 +82,7 @@ class ImageEncoderBigLittle(nn.Module):
             LayerNorm2d(config.out_chans),
         )
         self._keep_ratio = validate_keep_ratio(config.keep_ratio)
+        self.routing = config.routing
         # Which SAM the weights came from ("vit_b:sam_vit_b_01ec64.pth"); saved into checkpoints.
         self.teacher: str = config.teacher
 
@@ -93,6 +94,16 @@ class ImageEncoderBigLittle(nn.Module):
     @keep_ratio.setter
     def keep_ratio(self, value: float) -> None:
         self._keep_ratio = validate_keep_ratio(value)
+
+    @property
+    def routing(self) -> str:
+        """"learned" (the routers) or "random" (uniform noise scores, seeded by torch's global RNG)."""
+        return self.blocks[0].routing if len(self.blocks) else "learned"
+
+    @routing.setter
+    def routing(self, value: str) -> None:
+        for blk in self.blocks:
+            blk.routing = validate_routing(value)
 
     @property
     def fused_attn(self) -> bool:

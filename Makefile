@@ -24,8 +24,11 @@ test: venv
 test-slow: venv
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
+# Writes outputs/benchmark.{json,md,png}; the README's table came from the same command with
+# docs/benchmarks/ as the output folder.
 benchmark: venv
-	$(PY) -m biglittle_sam_tools.benchmark $(BENCH_ARGS)
+	$(PY) -m biglittle_sam_tools.benchmark --json outputs/benchmark.json \
+		--markdown outputs/benchmark.md --plot outputs/benchmark.png $(BENCH_ARGS)
 
 lint: venv
 	$(PY) -m black --check biglittle_sam tools tests

@@ -12,6 +12,7 @@ through routing, whose capacity is static.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import json
 import logging
@@ -97,7 +98,11 @@ class ModelResult:
 
 
 class _PeakRSS:
-    """Peak resident memory growth of this process while the context is open (CPU), in bytes."""
+    """Peak resident memory growth of this process while the context is open (CPU), in bytes.
+
+    glibc keeps freed memory for reuse, which would hide a pass's allocations from the resident set
+    size, so the heap is trimmed (``malloc_trim``) before the baseline is read.
+    """
 
     def __init__(self, interval: float = 0.002) -> None:
         self.interval = interval
@@ -115,6 +120,8 @@ class _PeakRSS:
             time.sleep(self.interval)
 
     def __enter__(self) -> "_PeakRSS":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
         self.base = self._rss()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()

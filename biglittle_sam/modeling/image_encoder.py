@@ -97,7 +97,10 @@ class ImageEncoderBigLittle(nn.Module):
 
     @property
     def routing(self) -> str:
-        """"learned" (the routers) or "random" (uniform noise scores, seeded by torch's global RNG)."""
+        """How tokens are scored: ``"learned"`` (the routers) or ``"random"`` (uniform noise).
+
+        Random scores come from torch's global RNG, so ``torch.manual_seed`` makes them repeatable.
+        """
         return self.blocks[0].routing if len(self.blocks) else "learned"
 
     @routing.setter

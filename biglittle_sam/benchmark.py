@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
-import json
 import logging
 import os
 import platform
@@ -30,6 +29,7 @@ from torch import nn
 
 from .build_sam import build_sam_from_config, sam_model_registry, set_keep_ratio
 from .config import BigLittleConfig, get_config
+from .fileio import atomic_write_json
 from .flops import encoder_gmacs
 
 __all__ = [
@@ -454,9 +454,4 @@ def save_plot(report: Dict[str, Any], path: str) -> Path:
 
 def save_json(report: Dict[str, Any], path: str) -> Path:
     """Write the report as JSON (atomically: temp file, then rename)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out)
-    return out
+    return atomic_write_json(path, report, indent=2)

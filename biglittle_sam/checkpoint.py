@@ -13,7 +13,6 @@ import datetime
 import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
@@ -21,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import SamViTConfig, config_to_dict
+from .fileio import atomic_open
 
 __all__ = [
     "CheckpointError",
@@ -119,20 +119,9 @@ def split_checkpoint(obj: Any, path: PathLike = "<checkpoint>") -> Tuple[StateDi
 
 def atomic_save(obj: Any, path: PathLike) -> Path:
     """``torch.save`` to a temporary file next to ``path``, fsync, then rename over ``path``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def save_model_checkpoint(

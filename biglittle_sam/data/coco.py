@@ -32,6 +32,7 @@ from .records import (
     _is_number,
     _numbers,
     _short,
+    apply_limit,
 )
 
 __all__ = ["CocoDataset", "load_annotation_json", "read_json_file", "sort_key"]
@@ -194,11 +195,7 @@ class CocoDataset(EvalDataset):
         ids = sorted(self._images, key=sort_key)
         if require_instances:
             ids = [i for i in ids if self._anns.get(i)]
-        if limit is not None:
-            if limit < 0:
-                raise ValueError(f"limit must be >= 0, got {limit}")
-            ids = ids[:limit]
-        self.image_ids: List[Any] = ids
+        self.image_ids: List[Any] = apply_limit(ids, limit)
 
     def __len__(self) -> int:
         return len(self.image_ids)

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from .records import DatasetError, EvalDataset, ImageRecord, PathLike, read_image
+from .records import DatasetError, EvalDataset, ImageRecord, PathLike, apply_limit, read_image
 
 __all__ = ["ImageFolder", "IMAGE_SUFFIXES"]
 
@@ -35,11 +35,7 @@ class ImageFolder(EvalDataset):
             raise DatasetError(
                 f"{self.root}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder"
             )
-        if limit is not None:
-            if limit < 0:
-                raise ValueError(f"limit must be >= 0, got {limit}")
-            files = files[:limit]
-        self.files: List[Path] = files
+        self.files: List[Path] = apply_limit(files, limit)
 
     def __len__(self) -> int:
         return len(self.files)

@@ -10,7 +10,7 @@ import abc
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 
@@ -200,6 +200,18 @@ def check_image_size(record: ImageRecord, image: np.ndarray) -> None:
                     f"{inst.width}x{inst.height} (w x h) but the image is {w}x{h}",
                 )
             )
+
+
+T = TypeVar("T")
+
+
+def apply_limit(items: List[T], limit: Optional[int]) -> List[T]:
+    """The first ``limit`` items (all when ``limit`` is None); a negative limit is a ValueError."""
+    if limit is None:
+        return items
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    return items[:limit]
 
 
 def stable_key(value: Any) -> int:

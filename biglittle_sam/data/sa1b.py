@@ -32,6 +32,7 @@ from .records import (
     _is_number,
     _numbers,
     _short,
+    apply_limit,
     stable_key,
 )
 
@@ -109,11 +110,7 @@ class SA1BDataset(EvalDataset):
         if not stems:
             raise DatasetError(f"{self.root}: no SA-1B annotation files (sa_<id>.json) found")
         stems.sort(key=lambda s: int(s[3:]))
-        if limit is not None:
-            if limit < 0:
-                raise ValueError(f"limit must be >= 0, got {limit}")
-            stems = stems[:limit]
-        self.stems: List[str] = stems
+        self.stems: List[str] = apply_limit(stems, limit)
 
     def __len__(self) -> int:
         return len(self.stems)

@@ -7,11 +7,10 @@ matplotlib is imported only here, with the Agg backend.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
+
+from ..fileio import atomic_write_json
 
 __all__ = [
     "write_json",
@@ -34,18 +33,7 @@ def _setting_title(name: str) -> str:
 
 def write_json(path: Path, payload: Any) -> Path:
     """Write ``payload`` as JSON atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_json(path, payload)
 
 
 def _num(value: Optional[float], digits: int = 2) -> str:

@@ -133,6 +133,20 @@ def _check_sam_flat(state: Dict[str, torch.Tensor], path: PathLike) -> None:
         )
 
 
+def _plain_sam_path(
+    name: str,
+    checkpoint: Optional[PathLike],
+    sam_checkpoint: Optional[PathLike],
+    keep_ratio: Optional[float],
+) -> Optional[PathLike]:
+    """The checkpoint of a plain SAM builder call (either argument names it), after checks."""
+    if checkpoint is not None and sam_checkpoint is not None:
+        raise ValueError(f"{name}: give checkpoint or sam_checkpoint, not both (they are the same)")
+    if keep_ratio is not None and validate_keep_ratio(keep_ratio) != 1.0:
+        raise ValueError(f"{name} is plain SAM and has no keep ratio below 1 (got {keep_ratio})")
+    return checkpoint if checkpoint is not None else sam_checkpoint
+
+
 def _build_upstream(name: str) -> Callable[..., Sam]:
     def builder(
         checkpoint: Optional[PathLike] = None,
@@ -140,14 +154,7 @@ def _build_upstream(name: str) -> Callable[..., Sam]:
         keep_ratio: Optional[float] = None,
         **overrides: Any,
     ) -> Sam:
-        if checkpoint is not None and sam_checkpoint is not None:
-            raise ValueError(
-                f"{name}: give checkpoint or sam_checkpoint, not both (they are the same)"
-            )
-        if keep_ratio is not None and validate_keep_ratio(keep_ratio) != 1.0:
-            raise ValueError(
-                f"{name} is plain SAM and has no keep ratio below 1 (got {keep_ratio})"
-            )
+        path = _plain_sam_path(name, checkpoint, sam_checkpoint, keep_ratio)
         if overrides:
             raise TypeError(
                 f"{name} is built by segment_anything unchanged and takes no overrides "
@@ -155,7 +162,6 @@ def _build_upstream(name: str) -> Callable[..., Sam]:
                 "custom sizes"
             )
         sam = upstream_registry[name](checkpoint=None)
-        path = checkpoint if checkpoint is not None else sam_checkpoint
         if path is not None:
             state, _ = split_checkpoint(read_checkpoint(path), path)
             _check_sam_flat(state, path)
@@ -177,14 +183,8 @@ def _build_tiny_sam(
     **overrides: Any,
 ) -> Sam:
     """A plain SAM at test size (``vit_tiny``); ``overrides`` replace config fields."""
-    if checkpoint is not None and sam_checkpoint is not None:
-        raise ValueError(
-            "vit_tiny: give checkpoint or sam_checkpoint, not both (they are the same)"
-        )
-    if keep_ratio is not None and validate_keep_ratio(keep_ratio) != 1.0:
-        raise ValueError(f"vit_tiny is plain SAM and has no keep ratio below 1 (got {keep_ratio})")
+    path = _plain_sam_path("vit_tiny", checkpoint, sam_checkpoint, keep_ratio)
     config = SAM_CONFIGS["vit_tiny"]
-    path = checkpoint if checkpoint is not None else sam_checkpoint
     state: Optional[Dict[str, torch.Tensor]] = None
     if path is not None:
         state, meta = split_checkpoint(read_checkpoint(path), path)

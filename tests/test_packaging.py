@@ -7,6 +7,8 @@ import importlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Installed package name -> source folder (setup.cfg package_dir).
+SOURCE_FOLDERS = {"biglittle_sam_tools": "tools", "biglittle_sam_demo": "demo"}
 
 
 def _setup_cfg() -> configparser.ConfigParser:
@@ -30,6 +32,7 @@ def test_console_scripts_resolve() -> None:
     for line in scripts:
         name, target = (s.strip() for s in line.split("="))
         module, func = target.split(":")
-        assert module.startswith("biglittle_sam_tools.")
-        local = importlib.import_module("tools." + module.split(".", 1)[1])
+        installed, rest = module.split(".", 1)
+        assert installed in SOURCE_FOLDERS, f"{name}: {module} is not in tools/ or demo/"
+        local = importlib.import_module(f"{SOURCE_FOLDERS[installed]}.{rest}")
         assert callable(getattr(local, func)), name

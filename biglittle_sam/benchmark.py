@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -30,6 +30,7 @@ from torch import nn
 from .build_sam import build_sam_from_config, sam_model_registry, set_keep_ratio
 from .config import BigLittleConfig, get_config
 from .fileio import atomic_write_json
+from .modeling import ImageEncoderViTFused
 from .flops import encoder_gmacs
 
 __all__ = [
@@ -61,6 +62,7 @@ class BenchmarkConfig:
     """What to measure. Defaults: SAM ViT-B against bl_b at 1.0, 0.5, 0.25 and 0.1, with peers."""
 
     sam: str = "vit_b"  # baseline SAM encoder (registry name)
+    fast_sam: bool = True  # also time SAM's weights on our fused dense path, to split the speedup
     model: str = "bl_b"  # big.LITTLE config (registry name)
     keep_ratios: Sequence[float] = (1.0, 0.5, 0.25, 0.1)
     peers: Sequence[str] = tuple(PEERS)  # timm backbones; empty to skip
@@ -81,7 +83,7 @@ class ModelResult:
     """One row of the benchmark."""
 
     name: str
-    family: str  # "sam", "biglittle" or "peer"
+    family: str  # "sam", "fast_sam", "biglittle" or "peer"
     keep_ratio: Optional[float]
     input_size: int
     params_m: float
@@ -94,6 +96,8 @@ class ModelResult:
     speedup: Optional[float] = None  # baseline latency / this latency
     flops_ratio: Optional[float] = None  # baseline GMACs / this GMACs
     efficiency: Optional[float] = None  # speedup / flops_ratio
+    speedup_vs_fast: Optional[float] = None  # against SAM on the fused path: routing alone
+    efficiency_vs_fast: Optional[float] = None  # speedup_vs_fast / its GMACs ratio
     note: str = ""
 
 
@@ -202,6 +206,10 @@ class _Entry:
     prepare: Callable[[], None]  # sets the keep ratio before each timed pass
 
 
+def _params_m(module: nn.Module) -> float:
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
 def _entries(cfg: BenchmarkConfig) -> List[_Entry]:
     entries: List[_Entry] = []
     overrides: Dict[str, Any] = {}
@@ -228,7 +236,7 @@ def _entries(cfg: BenchmarkConfig) -> List[_Entry]:
                     family="sam",
                     keep_ratio=None,
                     input_size=size,
-                    params_m=sum(p.numel() for p in enc.parameters()) / 1e6,
+                    params_m=_params_m(enc),
                     gmacs=encoder_gmacs(enc),
                     gmacs_source="analytic",
                 ),
@@ -236,9 +244,27 @@ def _entries(cfg: BenchmarkConfig) -> List[_Entry]:
                 noop,
             )
         )
+        if cfg.fast_sam:
+            fast = ImageEncoderViTFused.from_sam(enc)
+            entries.append(
+                _Entry(
+                    ModelResult(
+                        name=f"SAM {cfg.sam}, fused attention (ours)",
+                        family="fast_sam",
+                        keep_ratio=None,
+                        input_size=size,
+                        params_m=_params_m(fast),
+                        gmacs=encoder_gmacs(fast),
+                        gmacs_source="analytic",
+                        note="SAM's weights on the big block's dense path (SDPA)",
+                    ),
+                    fast,
+                    noop,
+                )
+            )
     if cfg.model:
         bl = sam_model_registry[cfg.model](**overrides).image_encoder
-        params = sum(p.numel() for p in bl.parameters()) / 1e6
+        params = _params_m(bl)
         for r in cfg.keep_ratios:
 
             def prepare(r: float = r, bl: nn.Module = bl) -> None:
@@ -272,7 +298,7 @@ def _entries(cfg: BenchmarkConfig) -> List[_Entry]:
                     family="peer",
                     keep_ratio=None,
                     input_size=size,
-                    params_m=sum(p.numel() for p in module.parameters()) / 1e6,
+                    params_m=_params_m(module),
                     gmacs=gmacs,
                     gmacs_source="fvcore" if gmacs is not None else "n/a",
                     note="timm backbone only, at its SAM input size",
@@ -339,14 +365,13 @@ def run_benchmark(
         for e in entries:
             e.result.images_per_s[b] = b / statistics.median(runs[id(e)])
     baseline = next((e.result for e in entries if e.result.family == "sam"), None)
+    fast = next((e.result for e in entries if e.result.family == "fast_sam"), None)
     for e in entries:
         r = e.result
-        if baseline is None or r.latency_s is None or baseline.latency_s is None:
-            continue
-        r.speedup = baseline.latency_s / r.latency_s
-        if r.gmacs and baseline.gmacs:
-            r.flops_ratio = baseline.gmacs / r.gmacs
-            r.efficiency = r.speedup / r.flops_ratio
+        if baseline is not None:
+            r.speedup, r.flops_ratio, r.efficiency = _relative(r, baseline)
+        if fast is not None and r.family == "biglittle":
+            r.speedup_vs_fast, _, r.efficiency_vs_fast = _relative(r, fast)
     return {
         "meta": {
             "hardware": hardware_description(cfg.device),
@@ -359,6 +384,19 @@ def run_benchmark(
         },
         "results": [asdict(e.result) for e in entries],
     }
+
+
+def _relative(
+    r: ModelResult, base: ModelResult
+) -> Tuple[Optional[float], Optional[float], Optional[float]]:
+    """(speedup, GMACs ratio, efficiency = speedup / GMACs ratio) of ``r`` against ``base``."""
+    if r.latency_s is None or base.latency_s is None:
+        return None, None, None
+    speedup = base.latency_s / r.latency_s
+    if not (r.gmacs and base.gmacs):
+        return speedup, None, None
+    ratio = base.gmacs / r.gmacs
+    return speedup, ratio, speedup / ratio
 
 
 def _peak_memory_mb(entry: _Entry, x: torch.Tensor, cfg: BenchmarkConfig) -> float:
@@ -387,6 +425,7 @@ def to_markdown(report: Dict[str, Any]) -> str:
     head = ["model", "input", "params (M)", "GMACs", "latency (s)"]
     head += [f"img/s @{b}" for b in sizes]
     head += ["peak mem (MB)", "speedup", "GMACs ratio", "efficiency"]
+    head += ["speedup vs fused SAM", "efficiency vs fused SAM"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["results"]:
         ips = r["images_per_s"]
@@ -403,6 +442,8 @@ def to_markdown(report: Dict[str, Any]) -> str:
             _fmt(r["speedup"], ".2f", "x"),
             _fmt(r["flops_ratio"], ".2f", "x"),
             _fmt(r["efficiency"], ".2f"),
+            _fmt(r.get("speedup_vs_fast"), ".2f", "x"),
+            _fmt(r.get("efficiency_vs_fast"), ".2f"),
         ]
         lines.append("| " + " | ".join(row) + " |")
     meta = report["meta"]
@@ -410,7 +451,8 @@ def to_markdown(report: Dict[str, Any]) -> str:
     lines.append(
         f"{meta['hardware']}; torch {meta['torch']}, {meta['dtype']}, median of "
         f"{meta['config']['repeats']} interleaved rounds at batch {sizes[0]}. Speedup and "
-        "efficiency (speedup / GMACs ratio) are against the SAM encoder of the same run. "
+        "efficiency (speedup / GMACs ratio) are against upstream SAM's encoder in the same run; "
+        "the last two columns are against SAM's weights on our fused dense path (routing alone). "
         "Peers: timm backbones "
         "only, random weights."
     )
@@ -425,8 +467,19 @@ def save_plot(report: Dict[str, Any], path: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    colors = {"sam": "tab:red", "biglittle": "tab:blue", "peer": "tab:gray"}
-    for fam, label in (("sam", "SAM"), ("biglittle", "big.LITTLE"), ("peer", "peer backbones")):
+    colors = {
+        "sam": "tab:red",
+        "fast_sam": "tab:orange",
+        "biglittle": "tab:blue",
+        "peer": "tab:gray",
+    }
+    families = (
+        ("sam", "SAM"),
+        ("fast_sam", "SAM, fused attention"),
+        ("biglittle", "big.LITTLE"),
+        ("peer", "peer backbones"),
+    )
+    for fam, label in families:
         rows = [r for r in report["results"] if r["family"] == fam and r["gmacs"] is not None]
         if not rows:
             continue

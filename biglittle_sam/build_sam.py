@@ -48,7 +48,7 @@ from .config import (
     config_from_dict,
     validate_keep_ratio,
 )
-from .modeling import ImageEncoderBigLittle
+from .modeling import ImageEncoderBigLittle, ImageEncoderViTFused
 
 __all__ = [
     "sam_model_registry",
@@ -337,7 +337,7 @@ def get_keep_ratio(model: Union[Sam, nn.Module]) -> float:
 def model_config(model: Union[Sam, nn.Module]) -> SamViTConfig:
     """The config a model was built from, recovered from its encoder's sizes when not stored."""
     encoder = _encoder(model)
-    if isinstance(encoder, ImageEncoderBigLittle):
+    if isinstance(encoder, (ImageEncoderBigLittle, ImageEncoderViTFused)):
         return encoder.config
     if not isinstance(encoder, ImageEncoderViT):
         raise TypeError(f"unsupported image encoder {type(encoder).__name__}")

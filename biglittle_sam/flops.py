@@ -13,7 +13,7 @@ For bl_b (C = 768, d = 192) at 1024 x 1024: about 463 GMACs for SAM ViT-B's trun
 from __future__ import annotations
 
 import argparse
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
@@ -63,7 +63,7 @@ def _little_block(cfg: BigLittleConfig) -> int:
     return down_up + attn + mlp + norms
 
 
-def _big_block(cfg: BigLittleConfig, windowed: bool, keep_ratio: float) -> Dict[str, int]:
+def _big_block(cfg: SamViTConfig, windowed: bool, keep_ratio: float) -> Dict[str, int]:
     C, g, w = cfg.embed_dim, cfg.grid_size, cfg.window_size
     N = g * g
     hidden = int(C * cfg.mlp_ratio)
@@ -84,27 +84,32 @@ def _big_block(cfg: BigLittleConfig, windowed: bool, keep_ratio: float) -> Dict[
     return {"big_linear": linear, "big_attention": attn, "router": N * C, "norm": norm}
 
 
-def _resolve(model: ModelOrConfig) -> SamViTConfig:
+def _resolve(model: ModelOrConfig) -> Tuple[SamViTConfig, bool]:
+    """The config, and whether a plain SAM config runs on the fused dense path (fast SAM)."""
     if isinstance(model, SamViTConfig):
-        return model
+        return model, False
     if isinstance(model, str):
-        return get_config(model)
-    from .build_sam import model_config  # local: build_sam imports modeling, which is heavier
+        return get_config(model), False
+    # Local imports: build_sam and modeling are heavier than this module.
+    from .build_sam import model_config
+    from .modeling import ImageEncoderViTFused
 
-    return model_config(model)
+    encoder = getattr(model, "image_encoder", model)
+    return model_config(model), isinstance(encoder, ImageEncoderViTFused)
 
 
 def encoder_macs(model: ModelOrConfig, keep_ratio: Optional[float] = None) -> Dict[str, int]:
     """MACs of one image through the image encoder, by part.
 
     Arguments:
-      model: a config, a registry name, a ``Sam`` or an image encoder.
+      model: a config, a registry name, a ``Sam`` or an image encoder (SAM's own, big.LITTLE, or
+        :class:`ImageEncoderViTFused`, which is counted as it computes).
       keep_ratio: for big.LITTLE encoders; defaults to the model's current (or the config's) ratio.
 
     Returns:
       {"patch_embed", "little", "router", "big_linear", "big_attention", "norm", "neck", "total"}.
     """
-    cfg = _resolve(model)
+    cfg, fused = _resolve(model)
     if keep_ratio is None and isinstance(model, nn.Module):
         from .build_sam import get_keep_ratio
 
@@ -121,6 +126,8 @@ def encoder_macs(model: ModelOrConfig, keep_ratio: Optional[float] = None) -> Di
         if isinstance(cfg, BigLittleConfig):
             out["little"] += _little_block(cfg)
             parts = _big_block(cfg, windowed, r)
+        elif fused:  # BigBlock's dense path: keys and values of real tokens only
+            parts = _big_block(cfg, windowed, 1.0)
         else:
             parts = _sam_block(cfg, windowed)
         for name, value in parts.items():

@@ -233,3 +233,18 @@ def test_random_routing_ablation() -> None:
         enc.routing = "smart"
     with pytest.raises(ValueError, match="routing"):
         sam_model_registry["bl_tiny"](routing="smart")
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_fused_sam_baseline_equals_sam(tiny_sam, fused: bool) -> None:
+    from biglittle_sam.modeling import ImageEncoderViTFused
+
+    fast = ImageEncoderViTFused.from_sam(tiny_sam.image_encoder)
+    for blk in fast.blocks:
+        blk.attn.fused = fused
+    x = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        diff = (fast(x) - tiny_sam.image_encoder(x)).abs().max().item()
+    assert diff < 1e-4
+    with pytest.raises(ValueError, match="B x 3 x 256 x 256"):
+        fast(torch.randn(1, 3, 64, 64))

@@ -42,3 +42,13 @@ def test_full_size_numbers_follow_the_cost_model() -> None:
     # DESIGN.md: ~301 / ~200 / ~139 with a rN capacity; windows pad 64 -> 70, so a little more here.
     assert 290 < ratios[0.5] < 345 and 195 < ratios[0.25] < 230 and 135 < ratios[0.1] < 160
     assert "bl_b" in format_table(["vit_b", "bl_b"], [0.5])
+
+
+def test_fused_sam_baseline_matches_fvcore() -> None:
+    from biglittle_sam.modeling import ImageEncoderViTFused
+
+    fast = ImageEncoderViTFused.from_sam(sam_model_registry["vit_tiny"]().image_encoder)
+    for blk in fast.blocks:
+        blk.attn.fused = False  # fvcore cannot see inside SDPA
+    ours = encoder_macs(fast)["total"]
+    assert abs(ours - _fvcore(fast, 256)) / ours < 0.03

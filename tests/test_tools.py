@@ -32,16 +32,25 @@ def test_benchmark_tiny_run(tmp_path: Path, capsys) -> None:
         ]
     )  # fmt: skip
     rows = {r["name"]: r for r in report["results"]}
-    assert set(rows) == {"SAM vit_tiny (segment_anything)", "bl_tiny r=1", "bl_tiny r=0.25"}
+    fast_name = "SAM vit_tiny, fused attention (ours)"
+    assert set(rows) == {
+        "SAM vit_tiny (segment_anything)",
+        fast_name,
+        "bl_tiny r=1",
+        "bl_tiny r=0.25",
+    }
     base = rows["SAM vit_tiny (segment_anything)"]
     assert base["speedup"] == pytest.approx(1.0)
+    ours = rows["bl_tiny r=0.25"]
+    fast = rows[fast_name]
+    assert ours["speedup_vs_fast"] == pytest.approx(fast["latency_s"] / ours["latency_s"])
     for r in rows.values():
         assert len(r["latency_runs_s"]) == 2 and r["latency_s"] > 0
         assert set(r["images_per_s"]) == {1, 2}
         assert r["efficiency"] == pytest.approx(r["speedup"] / r["flops_ratio"])
     assert rows["bl_tiny r=0.25"]["gmacs"] < rows["bl_tiny r=1"]["gmacs"]
     saved = json.loads((tmp_path / "b.json").read_text())
-    assert saved["meta"]["hardware"] and len(saved["results"]) == 3
+    assert saved["meta"]["hardware"] and len(saved["results"]) == 4
     assert (tmp_path / "b.md").read_text().startswith("| model |")
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
     assert "bl_tiny r=0.25" in capsys.readouterr().out

@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"timm peer backbones, or 'none' (default: {' '.join(PEERS)})",
     )
     models.add_argument("--img-size", type=int, default=None, help="override the input size")
+    models.add_argument(
+        "--no-fast-sam",
+        action="store_true",
+        help="skip the row of SAM's weights on our fused attention path",
+    )
     run = parser.add_argument_group("run")
     run.add_argument("--device", default=None, help="cpu (default) or cuda")
     run.add_argument("--dtype", choices=["fp32", "bf16"], default=None)
@@ -73,6 +78,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         given["peers"] = tuple(peers)
     if args.no_memory:
         given["memory"] = False
+    if args.no_fast_sam:
+        given["fast_sam"] = False
     report = run_benchmark(
         BenchmarkConfig(**given), progress=lambda m: print(m, file=sys.stderr, flush=True)
     )

@@ -2,7 +2,7 @@
 
 from .attention import Attention, resize_rel_pos, window_partition, window_unpartition
 from .blocks import BigBlock, BigLittleBlock, LayerRouting, LittleBlock
-from .image_encoder import BigLittleAux, ImageEncoderBigLittle
+from .image_encoder import BigLittleAux, ImageEncoderBigLittle, ImageEncoderViTFused
 from .router import Router, select_tokens
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "BigLittleAux",
     "BigLittleBlock",
     "ImageEncoderBigLittle",
+    "ImageEncoderViTFused",
     "LayerRouting",
     "LittleBlock",
     "Router",

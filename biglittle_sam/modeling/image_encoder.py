@@ -10,10 +10,10 @@ from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.image_encoder import PatchEmbed
 from torch import Tensor, nn
 
-from ..config import BigLittleConfig, validate_keep_ratio, validate_routing
-from .blocks import BigLittleBlock, LayerRouting
+from ..config import BigLittleConfig, SamViTConfig, validate_keep_ratio, validate_routing
+from .blocks import BigBlock, BigLittleBlock, LayerRouting
 
-__all__ = ["ImageEncoderBigLittle", "BigLittleAux"]
+__all__ = ["ImageEncoderBigLittle", "ImageEncoderViTFused", "BigLittleAux"]
 
 
 @dataclass
@@ -28,6 +28,33 @@ class BigLittleAux:
             raise ValueError("no layers were recorded")
         stacked = torch.stack([r.selected for r in self.layers]).float()  # (L, B, H, W)
         return stacked.mean(dim=0)
+
+
+def _sam_neck(config: SamViTConfig) -> nn.Sequential:
+    """SAM's neck: conv1x1 -> LayerNorm2d -> conv3x3 -> LayerNorm2d, no biases."""
+    return nn.Sequential(
+        nn.Conv2d(config.embed_dim, config.out_chans, kernel_size=1, bias=False),
+        LayerNorm2d(config.out_chans),
+        nn.Conv2d(config.out_chans, config.out_chans, kernel_size=3, padding=1, bias=False),
+        LayerNorm2d(config.out_chans),
+    )
+
+
+def _check_input(x: Tensor, in_chans: int, img_size: int) -> None:
+    """Raise a clear error unless x is a floating B x in_chans x img_size x img_size tensor."""
+    expected = f"B x {in_chans} x {img_size} x {img_size}"
+    if not isinstance(x, Tensor):
+        raise TypeError(f"expected a torch.Tensor of shape {expected}, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(
+            f"expected a floating-point image tensor ({expected}, normalized as "
+            f"Sam.preprocess does), got dtype {x.dtype}"
+        )
+    if x.dim() != 4 or tuple(x.shape[1:]) != (in_chans, img_size, img_size):
+        raise ValueError(
+            f"expected input of shape {expected} (normalized and padded by Sam.preprocess), "
+            f"got {tuple(x.shape)}"
+        )
 
 
 class ImageEncoderBigLittle(nn.Module):
@@ -75,12 +102,7 @@ class ImageEncoderBigLittle(nn.Module):
             )
             for i in range(config.depth)
         )
-        self.neck = nn.Sequential(
-            nn.Conv2d(config.embed_dim, config.out_chans, kernel_size=1, bias=False),
-            LayerNorm2d(config.out_chans),
-            nn.Conv2d(config.out_chans, config.out_chans, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(config.out_chans),
-        )
+        self.neck = _sam_neck(config)
         self._keep_ratio = validate_keep_ratio(config.keep_ratio)
         self.routing = config.routing
         # Which SAM the weights came from ("vit_b:sam_vit_b_01ec64.pth"); saved into checkpoints.
@@ -121,23 +143,8 @@ class ImageEncoderBigLittle(nn.Module):
     def _attentions(self) -> List[nn.Module]:
         return [m for blk in self.blocks for m in (blk.attn, blk.little.attn)]
 
-    def _check_input(self, x: Tensor) -> None:
-        expected = f"B x {self.in_chans} x {self.img_size} x {self.img_size}"
-        if not isinstance(x, Tensor):
-            raise TypeError(f"expected a torch.Tensor of shape {expected}, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise ValueError(
-                f"expected a floating-point image tensor ({expected}, normalized as "
-                f"Sam.preprocess does), got dtype {x.dtype}"
-            )
-        if x.dim() != 4 or tuple(x.shape[1:]) != (self.in_chans, self.img_size, self.img_size):
-            raise ValueError(
-                f"expected input of shape {expected} (normalized and padded by Sam.preprocess), "
-                f"got {tuple(x.shape)}"
-            )
-
     def _run(self, x: Tensor, record: bool) -> Tuple[Tensor, Optional[BigLittleAux]]:
-        self._check_input(x)
+        _check_input(x, self.in_chans, self.img_size)
         x = self.patch_embed(x)  # (B, H, W, C)
         x = x + self.pos_embed
         aux = BigLittleAux() if record else None
@@ -162,3 +169,64 @@ class ImageEncoderBigLittle(nn.Module):
         out, aux = self._run(x, record=True)
         assert aux is not None
         return out, aux
+
+
+class ImageEncoderViTFused(nn.Module):
+    """SAM's ViT image encoder on the fused-attention path: the "fast SAM" baseline.
+
+    Same parameters and state-dict keys as ``segment_anything``'s ``ImageEncoderViT`` (so SAM's
+    weights load strictly), computed by :class:`BigBlock`'s dense path, which uses
+    ``scaled_dot_product_attention`` and projects keys and values only for real (unpadded) tokens.
+    It separates what fused kernels buy from what routing buys: big.LITTLE at keep ratio r against
+    this encoder is the speedup of routing alone.
+    """
+
+    def __init__(self, config: SamViTConfig) -> None:
+        """
+        Arguments:
+          config: a plain SAM config (``vit_b``...).
+        """
+        super().__init__()
+        self.config = config
+        self.img_size = config.img_size
+        self.patch_size = config.patch_size
+        self.out_chans = config.out_chans
+        self.in_chans = config.in_chans
+        grid = config.grid_size
+        self.patch_embed = PatchEmbed(
+            kernel_size=(config.patch_size, config.patch_size),
+            stride=(config.patch_size, config.patch_size),
+            in_chans=config.in_chans,
+            embed_dim=config.embed_dim,
+        )
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, config.embed_dim))
+        self.blocks = nn.ModuleList(
+            BigBlock(
+                config.embed_dim,
+                config.num_heads,
+                mlp_ratio=config.mlp_ratio,
+                qkv_bias=config.qkv_bias,
+                use_rel_pos=config.use_rel_pos,
+                window_size=0 if i in config.global_attn_indexes else config.window_size,
+                input_size=(grid, grid),
+            )
+            for i in range(config.depth)
+        )
+        self.neck = _sam_neck(config)
+
+    @classmethod
+    def from_sam(cls, encoder: nn.Module) -> "ImageEncoderViTFused":
+        """The fused twin of a ``segment_anything`` ``ImageEncoderViT``, with its weights."""
+        from ..build_sam import model_config  # build_sam imports this module
+
+        fused = cls(model_config(encoder))
+        fused.load_state_dict(encoder.state_dict(), strict=True)
+        return fused.to(next(encoder.parameters()).device).train(encoder.training)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: B x 3 x S x S -> B x out_chans x S/16 x S/16, as SAM's encoder."""
+        _check_input(x, self.in_chans, self.img_size)
+        x = self.patch_embed(x) + self.pos_embed  # (B, H, W, C)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.neck(x.permute(0, 3, 1, 2))  # (B, H, W, C) -> (B, C, H, W) -> (B, out, H, W)

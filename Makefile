@@ -7,8 +7,9 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+DEMO_ARGS ?=
 
-.PHONY: venv test test-slow benchmark lint format clean
+.PHONY: venv browser test test-slow benchmark demo lint format clean
 
 venv: $(VENV)/.installed
 
@@ -18,7 +19,14 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e ".[all]" $(TORCH_SPEC)
 	touch $@
 
-test: venv
+# Debian's Chromium for the demo's real-browser test (Playwright drives /usr/bin/chromium; nothing is
+# downloaded by a test tool). Where it cannot be installed, that one test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+		|| echo "Chromium is not installed (needs root and apt-get): the browser test will skip"
+
+test: venv browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-slow: venv
@@ -30,14 +38,21 @@ benchmark: venv
 	$(PY) -m biglittle_sam_tools.benchmark --json outputs/benchmark.json \
 		--markdown outputs/benchmark.md --plot outputs/benchmark.png $(BENCH_ARGS)
 
+# The interactive demo on http://127.0.0.1:7860 (built-in toy models and examples). More models:
+# make demo DEMO_ARGS="--sam-checkpoint sam_vit_b_01ec64.pth --checkpoint bl_b=bl_b.pth"
+demo: venv
+	$(PY) -m biglittle_sam_demo.app $(DEMO_ARGS)
+
+LINT_PATHS := biglittle_sam tools demo tests
+
 lint: venv
-	$(PY) -m black --check biglittle_sam tools tests
-	$(PY) -m isort --check-only biglittle_sam tools tests
-	$(PY) -m flake8 biglittle_sam tools tests
+	$(PY) -m black --check $(LINT_PATHS)
+	$(PY) -m isort --check-only $(LINT_PATHS)
+	$(PY) -m flake8 $(LINT_PATHS)
 
 format: venv
-	$(PY) -m isort biglittle_sam tools tests
-	$(PY) -m black biglittle_sam tools tests
+	$(PY) -m isort $(LINT_PATHS)
+	$(PY) -m black $(LINT_PATHS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

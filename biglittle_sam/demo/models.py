@@ -1,0 +1,204 @@
+"""The models the demo serves: the built-in toy models and checkpoints from the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from segment_anything.modeling import Sam
+
+from ..build_sam import build_sam_from_config, get_keep_ratio, model_config, sam_model_registry
+from ..checkpoint import (
+    CheckpointError,
+    guess_model_name,
+    load_state_dict_strict,
+    read_checkpoint,
+    split_checkpoint,
+)
+from ..config import BigLittleConfig, SamViTConfig, config_from_dict
+from ..flops import encoder_gmacs
+from ..modeling import ImageEncoderBigLittle
+
+__all__ = [
+    "ASSETS_DIR",
+    "DemoModel",
+    "default_model_paths",
+    "load_demo_model",
+    "load_models",
+    "parse_checkpoint_arg",
+    "teacher_config",
+]
+
+PathLike = Union[str, os.PathLike]
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
+
+
+def teacher_config(config: SamViTConfig) -> SamViTConfig:
+    """The plain SAM config of the same size: the config itself, or a big.LITTLE config's teacher.
+
+    A big.LITTLE model's big blocks are shaped exactly like its teacher's, so the teacher is
+    rebuilt from those fields (this also covers custom-size teachers that are not in the registry).
+    """
+    if not isinstance(config, BigLittleConfig):
+        return config
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(SamViTConfig)}
+    fields["name"] = config.teacher
+    return SamViTConfig(**fields)
+
+
+@dataclass
+class DemoModel:
+    """One servable model.
+
+    Attributes:
+      name: shown in the model menu; unique.
+      sam: the model, in eval mode, on its device.
+      source: where it came from (a path or "built-in").
+      lock: held while the encoder runs, because the keep ratio is set on the shared encoder.
+    """
+
+    name: str
+    sam: Sam
+    source: str = "built-in"
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def is_biglittle(self) -> bool:
+        return isinstance(self.sam.image_encoder, ImageEncoderBigLittle)
+
+    @property
+    def config(self) -> SamViTConfig:
+        return model_config(self.sam)
+
+    @property
+    def default_keep_ratio(self) -> float:
+        return get_keep_ratio(self.sam)
+
+    @property
+    def teacher(self) -> SamViTConfig:
+        """Config of the plain SAM encoder of the same size (the model's own for plain SAM)."""
+        return teacher_config(self.config)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.sam.parameters()).device
+
+    def gmacs(self, keep_ratio: float) -> float:
+        """Encoder GMACs per image at ``keep_ratio`` (ignored for plain SAM)."""
+        return encoder_gmacs(self.config, keep_ratio if self.is_biglittle else None)
+
+    def teacher_gmacs(self) -> float:
+        return encoder_gmacs(self.teacher)
+
+    def same_size_as(self, other: "DemoModel") -> bool:
+        """True when ``other`` is a plain SAM shaped exactly like this model's teacher."""
+        if other.is_biglittle:
+            return False
+        mine = dataclasses.replace(self.teacher, name="")
+        theirs = dataclasses.replace(other.config, name="")
+        return mine == theirs
+
+    def describe(self) -> str:
+        kind = "big.LITTLE" if self.is_biglittle else "plain SAM"
+        cfg = self.config
+        return f"{kind}, {cfg.embed_dim}-wide x {cfg.depth} blocks at {cfg.img_size} px"
+
+
+def parse_checkpoint_arg(text: str) -> Tuple[Optional[str], Path]:
+    """``NAME=PATH`` or ``PATH`` -> (name or None, path)."""
+    name, sep, path = text.partition("=")
+    if sep and name and path and not Path(text).exists():
+        return name.strip(), Path(path)
+    return None, Path(text)
+
+
+def load_demo_model(
+    path: PathLike,
+    name: Optional[str] = None,
+    device: Union[str, torch.device] = "cpu",
+    model_type: Optional[str] = None,
+) -> DemoModel:
+    """Load a SAM or big.LITTLE checkpoint, whichever it is.
+
+    Checkpoints in this project's format store their config and rebuild exactly; other files (the
+    official SAM ones) are recognised from their weights, or built as ``model_type`` (a registry
+    name) when given.
+
+    Raises:
+      CheckpointError: the file is missing, unreadable, or not a SAM / big.LITTLE checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    state, meta = split_checkpoint(read_checkpoint(path), path)
+    sam: Sam
+    if isinstance(meta.get("config"), dict):
+        try:
+            config = config_from_dict(meta["config"])
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: its stored config is not valid: {e}") from None
+        sam = build_sam_from_config(config)
+        load_state_dict_strict(sam, state, path, config.name)
+        if isinstance(sam.image_encoder, ImageEncoderBigLittle):
+            teacher = meta.get("teacher")
+            sam.image_encoder.teacher = teacher if isinstance(teacher, str) else config.teacher
+    else:
+        kind = model_type or guess_model_name(state)
+        if kind is None or kind not in sam_model_registry:
+            raise CheckpointError(
+                f"{path}: cannot tell which model this checkpoint is for (no stored config, and "
+                f"its weights match no known size); expected one of {sorted(sam_model_registry)}"
+            )
+        sam = sam_model_registry[kind](checkpoint=path)
+    sam.eval()
+    sam.to(device)
+    return DemoModel(name or path.stem, sam, str(path))
+
+
+def default_model_paths(assets: Path = ASSETS_DIR) -> List[Path]:
+    """The built-in models: every ``*.pth`` shipped in ``biglittle_sam/assets``."""
+    if not assets.is_dir():
+        return []
+    return sorted(p for p in assets.glob("*.pth") if p.is_file())
+
+
+def _unique(name: str, taken: Dict[str, DemoModel]) -> str:
+    if name not in taken:
+        return name
+    i = 2
+    while f"{name} ({i})" in taken:
+        i += 1
+    return f"{name} ({i})"
+
+
+def load_models(
+    checkpoints: Sequence[str] = (),
+    sam_checkpoints: Sequence[str] = (),
+    device: Union[str, torch.device] = "cpu",
+    builtin: bool = True,
+    assets: Path = ASSETS_DIR,
+) -> Dict[str, DemoModel]:
+    """Everything the demo serves, by menu name: the built-in models first, then the given ones.
+
+    Arguments:
+      checkpoints: ``[NAME=]PATH`` of big.LITTLE (or plain SAM) checkpoints; NAME may be a registry
+        name (``bl_b``) to say which model a bare state dict is for.
+      sam_checkpoints: official SAM checkpoints (their size is recognised from the weights).
+    """
+    models: Dict[str, DemoModel] = {}
+    if builtin:
+        for path in default_model_paths(assets):
+            model = load_demo_model(path, f"{path.stem} (built-in)", device)
+            models[_unique(model.name, models)] = model
+    for text in list(sam_checkpoints) + list(checkpoints):
+        name, path = parse_checkpoint_arg(text)
+        model_type = name if name in sam_model_registry else None
+        model = load_demo_model(path, name, device, model_type)
+        model.name = _unique(model.name, models)
+        models[model.name] = model
+    return models

@@ -1,0 +1,124 @@
+"""Models, images and a live server for the demo tests.
+
+The demo tests use the trained toy models from ``biglittle_sam/assets`` when they are there (then a
+click on a shape must give a mask of that shape); otherwise a random-weight ``vit_tiny`` and a
+``bl_tiny`` that inherits from it, which exercise every code path but cannot segment anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+import urllib.request
+from pathlib import Path
+from typing import Dict, Iterator, List, Tuple
+
+import numpy as np
+import torch
+
+from biglittle_sam import model_config, sam_model_registry, save_model_checkpoint
+from biglittle_sam.data.shapes import render_shapes_image
+from biglittle_sam.demo.examples import EXAMPLE_CONFIG, EXAMPLE_INDICES
+from biglittle_sam.demo.models import DemoModel, default_model_paths, load_demo_model, load_models
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "demo" / "examples"
+SCREENSHOTS = ROOT / "outputs" / "screenshots"
+
+
+def trained_models_available() -> bool:
+    """True when the built-in trained models are committed (then mask quality is checkable)."""
+    paths = default_model_paths()
+    if not paths:
+        return False
+    models = load_models(builtin=True)
+    kinds = {m.is_biglittle for m in models.values()}
+    return kinds == {True, False}
+
+
+def random_models(folder: Path) -> Dict[str, DemoModel]:
+    """A random plain ``vit_tiny`` and a ``bl_tiny`` inheriting from it, loaded like user files."""
+    torch.manual_seed(0)
+    sam = sam_model_registry["vit_tiny"]()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in sam.image_encoder.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    sam_path = folder / "tiny_sam.pth"
+    torch.save(sam.state_dict(), sam_path)  # the official layout: a bare state dict
+    bl = sam_model_registry["bl_tiny"](sam_checkpoint=sam_path, keep_ratio=0.5)
+    bl_path = folder / "tiny_bl.pth"
+    save_model_checkpoint(bl_path, bl, model_config(bl), teacher="vit_tiny")
+    return {
+        "tiny SAM": load_demo_model(sam_path, "tiny SAM"),
+        "tiny big.LITTLE": load_demo_model(bl_path, "tiny big.LITTLE"),
+    }
+
+
+def demo_models(folder: Path) -> Tuple[Dict[str, DemoModel], bool]:
+    """(models, trained): the built-in trained models if committed, else random ones."""
+    if trained_models_available():
+        return load_models(builtin=True), True
+    return random_models(folder), False
+
+
+def example_image(n: int = 1) -> Tuple[np.ndarray, List[dict]]:
+    """Example ``n`` (1-based) as rendered, with its exact instance masks."""
+    return render_shapes_image(EXAMPLE_INDICES[n - 1], EXAMPLE_CONFIG)
+
+
+def interior_point(mask: np.ndarray) -> Tuple[int, int]:
+    """(x, y) of the mask pixel farthest from the mask's border: a click surely on the object."""
+    import cv2
+
+    dist = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return int(x), int(y)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch CPU threads: the tiny models' decoder is faster on one thread than on
+    two contended ones, which keeps these tests quick on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def running_demo(models: Dict[str, DemoModel], export_dir: Path) -> Iterator[str]:
+    """Serve :func:`demo.app.build_demo` on a free localhost port; yields its URL."""
+    from demo.app import build_demo
+
+    demo = build_demo(models, export_dir=export_dir)
+    demo.queue(default_concurrency_limit=2)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_for(url)
+        yield url
+    finally:
+        demo.close()

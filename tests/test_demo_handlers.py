@@ -1,0 +1,326 @@
+"""The demo's handlers, called directly: points, box, undo, clear, everything, keep ratio, compare,
+download, and the bad inputs a user can give."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Dict, Iterator, List, Tuple
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from biglittle_sam.data.masks import decode_rle
+from biglittle_sam.demo import engine
+from biglittle_sam.demo import session as session_module
+from biglittle_sam.demo.engine import decode_prompts, encode_image, mask_iou
+from biglittle_sam.demo.models import DemoModel
+from biglittle_sam.demo.session import (
+    MODE_BOX,
+    MODE_NEGATIVE,
+    NO_IMAGE,
+    DemoController,
+    DemoSession,
+    Settings,
+)
+from demo.app import parse_prompts_json
+
+from .demo_fixtures import demo_models, example_image, interior_point, torch_threads
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def models_and_trained(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Tuple[Dict[str, DemoModel], bool]:
+    return demo_models(tmp_path_factory.mktemp("demo_models"))
+
+
+@pytest.fixture()
+def controller(
+    models_and_trained: Tuple[Dict[str, DemoModel], bool], tmp_path: Path
+) -> DemoController:
+    return DemoController(models_and_trained[0], export_dir=tmp_path)
+
+
+@pytest.fixture()
+def settings(controller: DemoController) -> Settings:
+    return Settings(model=controller.default_model(), keep_ratio=0.5)
+
+
+def _loaded(controller: DemoController, settings: Settings) -> Tuple[DemoSession, List[dict]]:
+    session = DemoSession()
+    image, instances = example_image(1)
+    view = controller.load(session, image, settings)
+    assert view.canvas is not None and view.level == "info", view.message
+    return session, instances
+
+
+def _canvas_xy(session: DemoSession, x: float, y: float) -> Tuple[float, float]:
+    """Image pixel -> canvas pixel, as the browser reports a click."""
+    return x * session.scale, y * session.scale
+
+
+def test_positive_point_gives_three_masks_and_reuses_features(
+    controller: DemoController,
+    settings: Settings,
+    models_and_trained: Tuple[Dict[str, DemoModel], bool],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    session, instances = _loaded(controller, settings)
+    calls = []
+    real = engine.encode_image
+    monkeypatch.setattr(session_module, "encode_image", lambda *a: calls.append(a) or real(*a))
+    target = max(instances, key=lambda d: d["mask"].sum())["mask"]
+    x, y = interior_point(target)
+    view = controller.click(session, settings, *_canvas_xy(session, x, y))
+    assert calls == [], "a click must not run the image encoder again"
+    assert session.prediction is not None
+    assert session.prediction.masks.shape == (3,) + target.shape
+    assert len(view.choices) == 3 and all("predicted IoU" in c for c in view.choices)
+    assert view.choice == int(np.argmax(session.prediction.scores))
+    assert len(view.masks) == 3
+    assert session.prompts.points[0].positive and session.prompts.points[0].x == pytest.approx(x)
+    assert view.canvas is not None and view.canvas.shape[:2] == session.display.shape[:2]
+    assert "decoder time" in view.cost and "encoder GMACs" in view.cost
+    # The result is exactly what the model gives for this prompt.
+    model = controller.model(settings.model)
+    expected = decode_prompts(
+        model,
+        encode_image(model, session.image.rgb, 0.5),
+        np.array([[x, y]], np.float32),
+        np.array([1]),
+        None,
+        True,
+    )
+    assert np.array_equal(expected.masks, session.prediction.masks)
+    if models_and_trained[1]:  # trained built-in models: the mask is the clicked shape
+        chosen = session.prediction.masks[view.choice]
+        assert mask_iou(chosen, target) > 0.5
+
+
+def test_negative_point_single_mask_and_choose(
+    controller: DemoController, settings: Settings
+) -> None:
+    session, _ = _loaded(controller, settings)
+    controller.click(session, settings, 10, 10)
+    settings.mode = MODE_NEGATIVE
+    settings.multimask = False
+    view = controller.click(session, settings, 300, 300)
+    assert [p.positive for p in session.prompts.points] == [True, False]
+    assert session.prediction.masks.shape[0] == 1 and len(view.choices) == 1
+    assert "1 positive point, 1 negative point" in view.message
+    assert controller.choose(session, settings, 5).level == "warning"
+    settings.multimask = True
+    controller.refresh(session, settings)
+    view = controller.choose(session, settings, 2)
+    assert session.choice == 2 and view.choice == 2
+
+
+def test_box_from_two_corner_clicks_then_undo_and_clear(
+    controller: DemoController, settings: Settings
+) -> None:
+    session, _ = _loaded(controller, settings)
+    settings.mode = MODE_BOX
+    view = controller.click(session, settings, *_canvas_xy(session, 200, 150))
+    assert "opposite corner" in view.message and session.prediction is None
+    assert session.prompts.pending_corner == pytest.approx((200, 150))
+    controller.click(session, settings, *_canvas_xy(session, 40, 20))
+    box = session.prompts.box
+    assert (box.x0, box.y0, box.x1, box.y1) == pytest.approx((40, 20, 200, 150))
+    assert session.prediction is not None
+    # A second box replaces the first; undo brings the first back.
+    controller.click(session, settings, *_canvas_xy(session, 0, 0))
+    controller.click(session, settings, *_canvas_xy(session, 50, 50))
+    assert session.prompts.box.x1 == pytest.approx(50)
+    controller.undo(session, settings)
+    assert session.prompts.box.x1 == pytest.approx(200)
+    controller.click(session, settings, *_canvas_xy(session, 5, 5))  # a pending corner
+    controller.undo(session, settings)  # removes the pending corner only
+    assert session.prompts.pending_corner is None and session.prompts.box is not None
+    controller.undo(session, settings)
+    assert session.prompts.empty and session.prediction is None
+    assert controller.undo(session, settings).message == "Nothing to undo."
+    settings.mode = MODE_BOX
+    controller.click(session, settings, 1, 1)
+    controller.click(session, settings, 90, 90)
+    view = controller.clear(session, settings)
+    assert session.prompts.empty and session.prediction is None and view.choices == []
+
+
+def test_keep_ratio_reencodes_once_per_ratio_and_heat_map(
+    controller: DemoController, settings: Settings
+) -> None:
+    session, _ = _loaded(controller, settings)
+    model = controller.model(settings.model)
+    if not model.is_biglittle:
+        pytest.skip("no big.LITTLE model")
+    controller.click(session, settings, 300, 200)
+    settings.keep_ratio = 0.25
+    settings.heat = True
+    view = controller.refresh(session, settings)
+    keys = list(session.cache)
+    assert (model.name, 0.5) in keys and (model.name, 0.25) in keys
+    low = session.cache[(model.name, 0.25)]
+    high = session.cache[(model.name, 0.5)]
+    assert low.keep_ratio == 0.25 and not np.allclose(low.features, high.features)
+    # The heat map is the share of layers that sent each pixel's token through the big blocks.
+    assert low.usage.shape == session.image.rgb.shape[:2]
+    assert 0.0 <= low.usage.min() and low.usage.max() <= 1.0
+    assert low.usage.mean() < high.usage.mean()
+    assert "0.25" in view.cost and "fewer MACs" in view.cost
+    assert session.prediction is not None  # the same prompts were decoded again
+    heat_canvas = view.canvas
+    settings.heat = False
+    assert not np.array_equal(controller.refresh(session, settings).canvas, heat_canvas)
+    cached = len(session.cache)
+    settings.keep_ratio = 0.5
+    controller.refresh(session, settings)
+    assert len(session.cache) == cached  # back to a cached ratio: no new encoder pass
+
+
+def test_compare_side_by_side_with_iou(controller: DemoController, settings: Settings) -> None:
+    session, _ = _loaded(controller, settings)
+    settings.compare = True
+    view = controller.click(session, settings, 300, 200)
+    partner = controller.compare_partner(settings)
+    assert partner is not None and partner != settings.model
+    assert view.compare_canvas is not None and view.compare_canvas.shape == view.canvas.shape
+    iou = mask_iou(
+        session.prediction.masks[session.choice],
+        session.compare_prediction.masks[session.choice],
+    )
+    assert f"{iou:.3f}" in view.compare_text
+    assert "measured encoder speedup" in view.cost and "ms for" in view.cost
+    settings.compare_model = settings.model  # comparing a model with itself is not offered
+    assert controller.compare_partner(settings) == partner
+
+
+def test_segment_everything_with_progress(controller: DemoController, settings: Settings) -> None:
+    session, _ = _loaded(controller, settings)
+    progress: List[Tuple[float, str]] = []
+    view = controller.everything(session, settings, 8, lambda f, t: progress.append((f, t)))
+    assert progress and progress[-1][0] == pytest.approx(1.0)
+    assert session.everything is not None
+    assert "masks from 8x8 points" in view.message
+    areas = [int(m["area"]) for m in session.everything]
+    assert areas == sorted(areas, reverse=True)
+    for record in session.everything:
+        assert record["segmentation"].shape == session.image.rgb.shape[:2]
+    controller.refresh(session, settings)  # e.g. the heat map toggled: the masks stay
+    assert session.everything is not None
+    if controller.model(settings.model).is_biglittle:
+        settings.keep_ratio = 0.3
+        controller.refresh(session, settings)  # another ratio: those masks are stale
+        assert session.everything is None
+    assert controller.everything(session, settings, 0).level == "warning"
+
+
+def test_download_png_and_coco_rle(
+    controller: DemoController, settings: Settings, tmp_path: Path
+) -> None:
+    session, _ = _loaded(controller, settings)
+    files, view = controller.export(session, settings)
+    assert files == [] and view.level == "warning"
+    controller.click(session, settings, 300, 200)
+    files, view = controller.export(session, settings)
+    png, js = files
+    assert png.suffix == ".png" and js.suffix == ".json" and tmp_path in png.parents
+    mask = session.prediction.masks[session.choice]
+    saved = np.asarray(Image.open(png)) > 0
+    assert np.array_equal(saved, mask)
+    document = json.loads(js.read_text())
+    (annotation,) = document["annotations"]
+    assert np.array_equal(decode_rle(annotation["segmentation"]).astype(bool), mask)
+    assert annotation["area"] == int(mask.sum())
+    assert document["images"][0]["height"] == mask.shape[0]
+
+
+def test_download_is_at_original_size_for_downscaled_images(
+    controller: DemoController, settings: Settings
+) -> None:
+    session = DemoSession()
+    big = np.zeros((600, 4600, 3), dtype=np.uint8)
+    big[:, 2000:3000] = 255
+    view = controller.load(session, big, settings)
+    assert "downscaled" in view.message and view.level == "warning"
+    assert max(session.image.rgb.shape[:2]) == 4096
+    assert max(view.canvas.shape[:2]) == 1024  # the canvas is small, whatever the upload
+    controller.click(session, settings, 500, 60)
+    png, _ = controller.export(session, settings)[0]
+    assert Image.open(png).size == (4600, 600)
+
+
+def test_bad_input_gives_messages_not_exceptions(
+    controller: DemoController, settings: Settings, tmp_path: Path
+) -> None:
+    empty = DemoSession()
+    for view in (
+        controller.click(empty, settings, 5, 5),
+        controller.undo(empty, settings),
+        controller.clear(empty, settings),
+        controller.everything(empty, settings, 8),
+        controller.export(empty, settings)[1],
+        controller.add_prompts(empty, settings, [(1, 1, True)]),
+    ):
+        assert view.message == NO_IMAGE and view.canvas is None
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"GIF89a not really")
+    view = controller.load(empty, bad, settings)
+    assert view.level == "error" and "Could not load the image" in view.message
+    session, _ = _loaded(controller, settings)
+    view = controller.click(session, settings, -3, 10)
+    assert "outside the image" in view.message and session.prompts.empty
+    view = controller.click(session, settings, float("nan"), 10)
+    assert "outside the image" in view.message
+    view = controller.add_prompts(session, settings, [(10, 10, True), (9999, 5, True)])
+    assert "1 prompt(s) outside the image were ignored" in view.message
+    assert len(session.prompts.points) == 1
+    assert controller.load(session, None, settings).message == NO_IMAGE
+
+
+def test_concurrent_sessions_at_different_keep_ratios(controller: DemoController) -> None:
+    """The keep ratio is set on the shared encoder; the model lock keeps sessions apart."""
+    model = controller.model(controller.default_model())
+    if not model.is_biglittle:
+        pytest.skip("no big.LITTLE model")
+    image, _ = example_image(2)
+    expected = {r: encode_image(model, image, r).features for r in (0.25, 0.75)}
+    results: List[Tuple[float, bool]] = []
+
+    def work(ratio: float) -> None:
+        for _ in range(3):
+            got = encode_image(model, image, ratio).features
+            results.append((ratio, torch.equal(got, expected[ratio])))
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in (0.25, 0.75, 0.25, 0.75)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 12 and all(ok for _, ok in results)
+
+
+def test_parse_prompts_json() -> None:
+    points, box = parse_prompts_json('{"points": [[1, 2, 1], [3, 4, 0], [5, 6]], "box": [0,0,9,9]}')
+    assert points == [(1.0, 2.0, True), (3.0, 4.0, False), (5.0, 6.0, True)]
+    assert box == (0.0, 0.0, 9.0, 9.0)
+    assert parse_prompts_json("") == ([], None)
+    for text, match in [
+        ("[1, 2]", "expected an object"),
+        ("{nope", "not JSON"),
+        ('{"points": [[1]]}', "a point must be"),
+        ('{"points": [[1, 2, 5]]}', "label must be"),
+        ('{"points": [["a", 2]]}', "numbers"),
+        ('{"box": [1, 2, 3]}', "the box must be"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            parse_prompts_json(text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -36,12 +37,17 @@ def server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Tuple[str, Dict[str, DemoModel], bool]]:
     models, trained = demo_models(tmp_path_factory.mktemp("server_models"))
-    with torch_threads(1), running_demo(models, tmp_path_factory.mktemp("exports")) as url:
-        yield url, models, trained
+    # gradio_client leaves an empty folder in the system temp dir per downloaded file: point the
+    # temp dir at pytest's (the exports must live inside it, Gradio only serves files from there).
+    temp = tmp_path_factory.mktemp("tempdir")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", str(temp))
+        with torch_threads(1), running_demo(models, temp / "exports") as url:
+            yield url, models, trained
 
 
 def _client(url: str) -> Any:
-    return gradio_client.Client(url, verbose=False)
+    return gradio_client.Client(url, verbose=False, download_files=tempfile.gettempdir())
 
 
 def test_point_prompt_on_example_returns_the_mask(

@@ -51,6 +51,23 @@ def teacher_config(config: SamViTConfig) -> SamViTConfig:
     return SamViTConfig(**fields)
 
 
+ENCODER_FIELDS = (
+    "img_size",
+    "patch_size",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "window_size",
+    "global_attn_indexes",
+    "out_chans",
+)
+
+
+def _encoder_shape(config: SamViTConfig) -> Tuple[object, ...]:
+    return tuple(getattr(config, f) for f in ENCODER_FIELDS)
+
+
 @dataclass
 class DemoModel:
     """One servable model.
@@ -99,9 +116,9 @@ class DemoModel:
         """True when ``other`` is a plain SAM shaped exactly like this model's teacher."""
         if other.is_biglittle:
             return False
-        mine = dataclasses.replace(self.teacher, name="")
-        theirs = dataclasses.replace(other.config, name="")
-        return mine == theirs
+        # Only the encoder's shape matters (a plain SAM's config is recovered from its encoder, so
+        # decoder fields may differ from the stored ones).
+        return _encoder_shape(self.teacher) == _encoder_shape(other.config)
 
     def describe(self) -> str:
         kind = "big.LITTLE" if self.is_biglittle else "plain SAM"

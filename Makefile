@@ -8,8 +8,9 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 DEMO_ARGS ?=
+TOY_ARGS ?=
 
-.PHONY: venv browser test test-slow benchmark demo lint format clean
+.PHONY: venv browser test test-slow benchmark toy-benchmark demo lint format clean
 
 venv: $(VENV)/.installed
 
@@ -37,6 +38,11 @@ test-slow: venv
 benchmark: venv
 	$(PY) -m biglittle_sam_tools.benchmark --json outputs/benchmark.json \
 		--markdown outputs/benchmark.md --plot outputs/benchmark.png $(BENCH_ARGS)
+
+# The whole distillation pipeline on synthetic shapes, on CPU (~15 min on 2 cores): writes
+# outputs/toy/. The committed demo models came from the same tool with --assets-dir biglittle_sam/assets.
+toy-benchmark: venv
+	$(PY) -m biglittle_sam_tools.toy_benchmark --out-dir outputs/toy $(TOY_ARGS)
 
 # The interactive demo on http://127.0.0.1:7860 (built-in toy models and examples). More models:
 # make demo DEMO_ARGS="--sam-checkpoint sam_vit_b_01ec64.pth --checkpoint bl_b=bl_b.pth"

@@ -1,0 +1,143 @@
+"""Command-line helpers shared by ``tools/distill.py`` and ``tools/finetune.py``.
+
+Every flag defaults to None and only the flags a user gives are passed on, so the dataclass
+defaults (``TrainSettings``, ``DistillSettings``, ``FinetuneSettings``) stay the only defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+
+from .settings import AMP_MODES, TrainSettings
+
+__all__ = [
+    "add_train_arguments",
+    "train_settings_from_args",
+    "parse_overrides",
+    "given",
+    "run_cli",
+]
+
+T = TypeVar("T")
+
+# (flag attribute, TrainSettings field)
+_TRAIN_FIELDS = (
+    "steps",
+    "batch_size",
+    "grad_accum",
+    "lr",
+    "min_lr_ratio",
+    "warmup_steps",
+    "weight_decay",
+    "clip_grad",
+    "amp",
+    "seed",
+    "device",
+    "num_workers",
+    "threads",
+    "out_dir",
+    "checkpoint_every",
+    "log_every",
+    "resume",
+    "stop_after",
+)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``optimization`` and ``run`` argument groups (``TrainSettings``)."""
+    opt = parser.add_argument_group("optimization")
+    opt.add_argument("--steps", type=int, default=None, help="optimizer steps")
+    opt.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per step over all processes and accumulation steps",
+    )
+    opt.add_argument("--grad-accum", type=int, default=None, help="micro-batches per step")
+    opt.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    opt.add_argument("--min-lr-ratio", type=float, default=None, help="final lr / peak lr")
+    opt.add_argument("--warmup-steps", type=int, default=None, help="default: 5%% of steps")
+    opt.add_argument("--weight-decay", type=float, default=None)
+    opt.add_argument("--betas", type=float, nargs=2, default=None, metavar=("B1", "B2"))
+    opt.add_argument("--clip-grad", type=float, default=None, help="max gradient norm; 0: off")
+    opt.add_argument("--amp", choices=AMP_MODES, default=None, help="bf16 autocast (auto: CUDA)")
+    opt.add_argument("--seed", type=int, default=None)
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    run.add_argument("--num-workers", type=int, default=None, help="data loader processes")
+    run.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    run.add_argument("--out-dir", default=None, help="checkpoints, metrics, plot, model.pth")
+    run.add_argument("--checkpoint-every", type=int, default=None, help="steps between saves")
+    run.add_argument(
+        "--keep-checkpoints", action="store_true", default=None, help="keep step_<N>.pth too"
+    )
+    run.add_argument("--log-every", type=int, default=None, help="steps between metric lines")
+    run.add_argument(
+        "--tensorboard", action="store_true", default=None, help="also write TensorBoard events"
+    )
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--resume", default=None, help="a training checkpoint, or 'auto' (out-dir's last.pth)"
+    )
+    run.add_argument(
+        "--stop-after", type=int, default=None, help="stop (with a checkpoint) after N steps"
+    )
+
+
+def train_settings_from_args(args: argparse.Namespace, defaults: TrainSettings) -> TrainSettings:
+    """``defaults`` with the train flags that were given."""
+    changes: Dict[str, Any] = {
+        f: getattr(args, f) for f in _TRAIN_FIELDS if getattr(args, f, None) is not None
+    }
+    if getattr(args, "betas", None) is not None:
+        changes["betas"] = tuple(args.betas)
+    for flag in ("keep_checkpoints", "tensorboard"):
+        if getattr(args, flag, None):
+            changes[flag] = True
+    if getattr(args, "no_progress", False):
+        changes["progress"] = False
+    return dataclasses.replace(defaults, **changes)
+
+
+def _value(text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    return tuple(value) if isinstance(value, list) else value
+
+
+def parse_overrides(items: Optional[Sequence[str]]) -> Tuple[Tuple[str, Any], ...]:
+    """``["embed_dim=128", "global_attn_indexes=[1,3]"]`` -> ``(("embed_dim", 128), ...)``.
+
+    Values are read as JSON (numbers, booleans, lists become tuples), else kept as text.
+    """
+    out: List[Tuple[str, Any]] = []
+    for item in items or ():
+        if "=" not in item:
+            raise ValueError(f"--override {item!r}: expected KEY=VALUE, e.g. embed_dim=128")
+        key, text = item.split("=", 1)
+        out.append((key.strip(), _value(text.strip())))
+    return tuple(out)
+
+
+def given(args: argparse.Namespace, names: Sequence[str]) -> Dict[str, Any]:
+    """The flags among ``names`` that were given (not None)."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def run_cli(work: Callable[[], T]) -> T:
+    """Run ``work``; a user error (bad path, checkpoint, cache, setting) exits with status 2 and
+    one ``error:`` line instead of a traceback."""
+    from ..checkpoint import CheckpointError
+    from ..data.records import DatasetError
+
+    try:
+        return work()
+    except (CheckpointError, DatasetError, ValueError, FileNotFoundError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

@@ -1,0 +1,169 @@
+"""Prompts drawn from ground-truth masks for training, and decoding them with SAM's own parts.
+
+All coordinates are in the model's input frame (pixels of the resized, padded image), which is
+what ``PromptEncoder`` expects. Masks here live at the decoder's low resolution (one pixel per
+``stride`` x ``stride`` input pixels: 4 x 4 for SAM). Every random draw comes from a
+``torch.Generator`` the caller seeds from the image's stream position, so prompts are the same in
+every process, run and resume.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "decode_prompts",
+    "point_from_mask",
+    "jitter_boxes",
+    "refinement_click",
+    "random_split",
+    "decoder_stride",
+]
+
+
+def decoder_stride(prompt_encoder: nn.Module) -> int:
+    """Input pixels per side of one pixel of the decoder's low-resolution masks (4 for SAM)."""
+    return int(prompt_encoder.input_image_size[0]) // int(prompt_encoder.mask_input_size[0])
+
+
+def _uniform(shape: Tuple[int, ...], gen: torch.Generator, device: torch.device) -> Tensor:
+    """U(0, 1) drawn on the CPU from ``gen`` (the same numbers on every device), then moved."""
+    return torch.rand(shape, generator=gen).to(device)
+
+
+def random_split(n: int, share: float, gen: torch.Generator, device: torch.device) -> Tensor:
+    """(n,) bool: True with probability ``share`` (which instances get a point, not a box)."""
+    return _uniform((n,), gen, device) < share
+
+
+def _pick(region: Tensor, gen: torch.Generator) -> Tensor:
+    """One pixel per mask, uniformly among the True pixels of ``region`` (K x h x w bool).
+
+    A mask with no True pixel gets its (0, 0). Returns K flat indices (row * w + col).
+    """
+    K, h, w = region.shape
+    u = _uniform((K, h, w), gen, region.device)
+    score = torch.where(region, u, torch.full_like(u, -1.0))  # (K, h, w)
+    return score.flatten(1).argmax(dim=1)  # (K,)
+
+
+def _to_input_xy(flat: Tensor, width: int, stride: int) -> Tensor:
+    """K flat low-resolution indices -> K x 2 (x, y) input pixels at each cell's centre."""
+    rows = torch.div(flat, width, rounding_mode="floor")
+    cols = flat - rows * width
+    xy = torch.stack([cols, rows], dim=-1).float()  # (K, 2)
+    return xy * stride + (stride - 1) / 2
+
+
+def point_from_mask(targets: Tensor, gen: torch.Generator, stride: int) -> Tensor:
+    """A positive click inside each object, uniform over its mask.
+
+    Arguments:
+      targets: K x h x w soft masks in [0, 1] (the valid region only).
+      gen: the image's generator.
+      stride: input pixels per mask pixel (:func:`decoder_stride`).
+
+    Returns:
+      K x 2 (x, y) in input pixels. An object with no pixel above 0.5 gets its strongest pixel.
+    """
+    inside = targets >= 0.5  # (K, h, w)
+    empty = ~inside.flatten(1).any(dim=1)  # (K,)
+    if bool(empty.any()):
+        strongest = targets.flatten(1).argmax(dim=1)  # (K,)
+        fill = torch.zeros_like(inside).flatten(1)
+        fill[torch.arange(len(fill), device=fill.device), strongest] = True
+        inside = torch.where(empty[:, None, None], fill.view_as(inside), inside)
+    return _to_input_xy(_pick(inside, gen), targets.shape[-1], stride)
+
+
+def jitter_boxes(
+    boxes: Tensor, input_size: Tuple[int, int], img_size: int, gen: torch.Generator
+) -> Tensor:
+    """SAM's box noise: each coordinate moves by N(0, (0.1 x box side)^2), at most 20 px at 1024.
+
+    Arguments:
+      boxes: K x 4 (x0, y0, x1, y1) input pixels.
+      input_size: (h', w'), to clip to the image.
+      img_size: S, the input side (the 20 px cap scales with it).
+
+    Returns:
+      K x 4 noisy boxes inside the image, with x1 > x0 and y1 > y0.
+    """
+    K = boxes.shape[0]
+    noise = torch.randn((K, 4), generator=gen).to(boxes.device)
+    side = torch.stack(
+        [boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]] * 2, dim=1
+    )  # (K, 4): w, h, w, h
+    cap = 20.0 * img_size / 1024.0
+    delta = (noise * 0.1 * side).clamp(-cap, cap)
+    out = boxes + delta
+    h, w = input_size
+    x0 = out[:, 0].clamp(0, w - 1)
+    y0 = out[:, 1].clamp(0, h - 1)
+    x1 = torch.maximum(out[:, 2].clamp(0, w), x0 + 1)
+    y1 = torch.maximum(out[:, 3].clamp(0, h), y0 + 1)
+    return torch.stack([x0, y0, x1, y1], dim=1)  # (K, 4)
+
+
+def refinement_click(
+    pred: Tensor, target: Tensor, gen: torch.Generator, stride: int
+) -> Tuple[Tensor, Tensor]:
+    """A correcting click drawn uniformly from the error region, as in SAM's training.
+
+    Arguments:
+      pred: K x h x w bool current masks (the valid region).
+      target: K x h x w bool target masks.
+      gen: the image's generator.
+      stride: input pixels per mask pixel.
+
+    Returns:
+      coords: K x 1 x 2 (x, y) input pixels; labels: K x 1 (1 where the click lies in a false
+      negative, 0 in a false positive). A mask without error gets a positive click inside the
+      target (or anywhere when the target is empty too, labelled by the target).
+    """
+    error = pred != target  # (K, h, w)
+    none = ~error.flatten(1).any(dim=1)  # (K,)
+    region = torch.where(none[:, None, None], target, error)
+    flat = _pick(region, gen)  # (K,)
+    labels = target.flatten(1).gather(1, flat[:, None]).long()  # (K, h*w) -> (K, 1)
+    coords = _to_input_xy(flat, target.shape[-1], stride).unsqueeze(1)  # (K, 1, 2)
+    return coords, labels
+
+
+def decode_prompts(
+    prompt_encoder: nn.Module,
+    mask_decoder: nn.Module,
+    embedding: Tensor,
+    coords: Optional[Tensor],
+    labels: Optional[Tensor],
+    boxes: Optional[Tensor],
+    mask_input: Optional[Tensor],
+    multimask: bool,
+) -> Tuple[Tensor, Tensor]:
+    """SAM's prompt encoder and mask decoder on K prompts of one image, with gradients.
+
+    (``Sam.forward`` runs under ``no_grad``, so training calls the parts.)
+
+    Arguments:
+      embedding: 1 x C x g x g image embedding.
+      coords: K x n x 2 input pixels, with labels K x n (1 positive, 0 negative), or None.
+      boxes: K x 4 input pixels, or None.
+      mask_input: K x 1 x 4g x 4g low-resolution logits from a previous round, or None.
+      multimask: three outputs (for an ambiguous prompt) instead of one.
+
+    Returns:
+      logits: K x m x 4g x 4g low-resolution mask logits (m = 3 or 1); iou: K x m predicted IoU.
+    """
+    points = (coords, labels) if coords is not None else None
+    sparse, dense = prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+    logits, iou = mask_decoder(
+        image_embeddings=embedding,
+        image_pe=prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+    )
+    return logits, iou

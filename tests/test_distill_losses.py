@@ -1,0 +1,125 @@
+"""Distillation losses and gradients: the padded region is ignored, gradients reach the E-blocks
+and routers, and a few steps of phase 1 and phase 2 lower the loss on a fixed batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from biglittle_sam.build_sam import set_keep_ratio
+from biglittle_sam.data import ShapesDataset
+from biglittle_sam.distill import DistillSettings, build_distill_task
+from biglittle_sam.distill.losses import embedding_distill_loss, valid_region
+from biglittle_sam.eval.distributed import DistContext
+from biglittle_sam.train import collate_items
+
+from .train_fixtures import *  # noqa: F401,F403 (fixtures)
+from .train_fixtures import STUDENT_OVERRIDES, fast_train
+
+
+def test_valid_region_is_the_top_left_block() -> None:
+    region = valid_region(torch.tensor([[2, 3], [4, 4]]), 4)  # (2, 1, 4, 4)
+    assert region.shape == (2, 1, 4, 4)
+    assert int(region[0].sum()) == 6 and bool(region[0, 0, :2, :3].all())
+    assert bool(region[1].all())
+
+
+def test_masked_loss_ignores_the_padded_region() -> None:
+    gen = torch.Generator().manual_seed(0)
+    student = torch.randn(2, 8, 6, 6, generator=gen)
+    teacher = torch.randn(2, 8, 6, 6, generator=gen)
+    valid = torch.tensor([[4, 3], [6, 5]])
+    loss, mse, cos = embedding_distill_loss(student, teacher, valid)
+    # Change only positions outside each image's valid block: nothing moves.
+    outside = ~valid_region(valid, 6).expand_as(student)  # (2, 8, 6, 6)
+    noisy = torch.where(outside, student + 100 * torch.randn(student.shape, generator=gen), student)
+    loss2, mse2, cos2 = embedding_distill_loss(noisy, teacher, valid)
+    assert torch.equal(loss, loss2) and torch.equal(mse, mse2) and torch.equal(cos, cos2)
+    # A change inside the valid block does move it, for that image only.
+    inside = student.clone()
+    inside[0, :, 0, 0] += 5.0
+    loss3, _, _ = embedding_distill_loss(inside, teacher, valid)
+    assert loss3[0] > loss[0] and loss3[1] == loss[1]
+    # The MSE is the mean over channels and valid positions.
+    expected = ((student[0, :, :4, :3] - teacher[0, :, :4, :3]) ** 2).mean()
+    assert torch.allclose(mse[0], expected)
+    same, _, _ = embedding_distill_loss(teacher, teacher, valid)
+    assert torch.allclose(same, torch.zeros(2), atol=1e-6)
+
+
+def _task(tmp_path: Path, shapes: ShapesDataset, cache: Path, teacher: Path, **kw):  # noqa
+    settings = DistillSettings(
+        cache=str(cache),
+        images=str(shapes.coco_images),
+        annotations=str(shapes.coco_annotations) if kw.get("phase") == 2 else None,
+        student="bl_tiny",
+        teacher_checkpoint=str(teacher),
+        student_overrides=STUDENT_OVERRIDES,
+        train=fast_train(tmp_path),
+        **kw,
+    )
+    return build_distill_task(settings, DistContext(), torch.device("cpu"))
+
+
+def test_gradients_reach_little_blocks_and_routers(
+    tmp_path: Path, shapes: ShapesDataset, teacher_cache: Path, teacher_ckpt: Path, one_thread
+) -> None:
+    task = _task(tmp_path, shapes, teacher_cache, teacher_ckpt)
+    set_keep_ratio(task.sam, 0.5)
+    batch = collate_items([task.dataset[(i, i)] for i in range(2)])
+    trainable = {n: p for n, p in task.sam.named_parameters() if p.requires_grad}
+    assert trainable and all(".little." in n or ".router." in n for n in trainable)
+    loss, _ = task.module(batch)
+    loss.sum().backward()
+    # gamma starts at 0, so inside the E-blocks only gamma learns first; the routers learn
+    # through the straight-through weights of the top-k.
+    for name, p in trainable.items():
+        if name.endswith("little.gamma") or ".router." in name:
+            assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
+    task.sam.zero_grad()
+    with torch.no_grad():
+        for name, p in trainable.items():
+            if name.endswith("little.gamma"):
+                p.fill_(0.1)
+    loss, _ = task.module(batch)
+    loss.sum().backward()
+    for name, p in trainable.items():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert float(p.grad.abs().sum()) > 0, f"{name} received no gradient"
+    frozen = [n for n, p in task.sam.named_parameters() if not p.requires_grad]
+    assert all(dict(task.sam.named_parameters())[n].grad is None for n in frozen)
+
+
+@pytest.mark.parametrize("phase", [1, 2])
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(
+    phase: int,
+    tmp_path: Path,
+    shapes: ShapesDataset,
+    teacher_cache: Path,
+    teacher_ckpt: Path,
+    one_thread,
+) -> None:
+    task = _task(tmp_path, shapes, teacher_cache, teacher_ckpt, phase=phase)
+    batch = collate_items([task.dataset[(i, i)] for i in range(3)])
+    # At keep ratio 1 the fresh student computes exactly the teacher: the loss's floor (0 for the
+    # embeddings; BCE + soft Dice of the teacher's logits against their own masks in phase 2).
+    set_keep_ratio(task.sam, 1.0)
+    with torch.no_grad():
+        floor = float(task.module(batch)[0].mean())
+    set_keep_ratio(task.sam, 0.25)
+    params = [p for p in task.sam.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    losses = []
+    for _ in range(12):
+        loss, metrics = task.module(batch)
+        total = loss.mean()
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        losses.append(float(total.detach()))
+    assert losses[0] > floor + 1e-3
+    assert losses[-1] - floor < 0.8 * (losses[0] - floor), (floor, losses)
+    if phase == 2:
+        assert "loss_mask" in metrics and float(metrics["loss_mask"]) > 0

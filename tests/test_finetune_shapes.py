@@ -1,0 +1,114 @@
+"""Fine-tuning: a tiny SAM trained on shapes gets better mIoU; bad images and bad settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Dict
+
+import pytest
+
+from biglittle_sam.data import DatasetError, ShapesDataset
+from biglittle_sam.eval import EvalSettings, run_evaluation
+from biglittle_sam.train import FinetuneSettings, run_finetune
+from tools import finetune
+
+from .train_fixtures import *  # noqa: F401,F403 (fixtures)
+from .train_fixtures import TEACHER_FIELDS, fast_train, make_shapes, save_teacher
+
+
+def _miou(checkpoint: Path, shapes: ShapesDataset, out: Path) -> Dict[str, float]:
+    result = run_evaluation(
+        EvalSettings(
+            models=(f"vit_tiny={checkpoint}",),
+            annotations=str(shapes.coco_annotations),
+            images=str(shapes.coco_images),
+            clicks=(1,),
+            device="cpu",
+            progress=False,
+            out_dir=str(out),
+        )
+    )
+    assert result is not None
+    return {k: v["all"] for k, v in result["models"][0]["miou"].items()}
+
+
+def test_finetuning_a_tiny_sam_on_shapes_improves_miou(
+    tmp_path: Path, shapes: ShapesDataset, one_thread
+) -> None:
+    # A decoder 64 wide: its upscaled mask features are 64 / 8 = 8 channels (the test teacher's
+    # 16 / 8 = 2 are too few to learn shapes in a few dozen steps).
+    start = save_teacher(
+        tmp_path / "start.pth", embed_dim=64, out_chans=64, decoder_mlp_dim=128, randomize=False
+    )
+    before = _miou(start, shapes, tmp_path / "before")
+    result = finetune.main(
+        ["--images", str(shapes.coco_images), "--annotations", str(shapes.coco_annotations),
+         "--model", "vit_tiny", "--checkpoint", str(start), "--train-parts", "all",
+         "--steps", "60", "--batch-size", "4", "--lr", "1e-2", "--warmup-steps", "5",
+         "--max-instances", "4", "--refine-clicks", "1", "--focal-weight", "2",
+         "--num-workers", "0",
+         "--threads", "1", "--no-progress", "--log-every", "10", "--device", "cpu",
+         "--out-dir", str(tmp_path / "ft")]
+    )  # fmt: skip
+    assert result.finished and result.model_path is not None
+    after = _miou(result.model_path, shapes, tmp_path / "after")
+    assert after["box"] > before["box"] + 8, (before, after)
+    assert after["click1"] > before["click1"] + 5, (before, after)
+    lines = [json.loads(x) for x in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [10, 20, 30, 40, 50, 60]
+    assert lines[-1]["loss"] < lines[0]["loss"]
+    assert {"loss_focal", "loss_dice", "loss_iou", "train_iou", "lr", "images_per_s"} <= set(
+        lines[0]
+    )
+
+
+def test_unreadable_training_image_is_skipped_and_counted_or_fails_with_strict(
+    tmp_path: Path, teacher_ckpt: Path, one_thread
+) -> None:
+    data = make_shapes(tmp_path / "shapes", num_images=4)
+    bad = sorted(data.coco_images.iterdir())[1]  # type: ignore[union-attr]
+    bad.write_bytes(b"\xff\xd8 truncated")
+    settings = FinetuneSettings(
+        images=str(data.coco_images),
+        annotations=str(data.coco_annotations),
+        model="vit_tiny",
+        checkpoint=str(teacher_ckpt),
+        train=fast_train(tmp_path / "ft", steps=2),
+    )
+    result = run_finetune(settings)
+    assert result.finished and result.skipped_images == 2  # two visits in 8 stream positions
+    last = json.loads((tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["skipped_images"] == 2
+    with pytest.raises(DatasetError, match=f"{bad.name}.*--strict"):
+        run_finetune(
+            dataclasses.replace(settings, strict=True, train=fast_train(tmp_path / "s", steps=2))
+        )
+
+
+def test_finetune_settings_that_cannot_work(
+    tmp_path: Path, shapes: ShapesDataset, teacher_ckpt: Path, capsys: pytest.CaptureFixture
+) -> None:
+    base = ["--images", str(shapes.coco_images), "--annotations", str(shapes.coco_annotations),
+            "--out-dir", str(tmp_path / "x"), "--num-workers", "0", "--no-progress"]  # fmt: skip
+    cases = [
+        (["--model", "vit_tiny", "--checkpoint", str(teacher_ckpt), "--train-parts", "little"],
+         "not big.LITTLE"),
+        (["--model", "vit_b", "--checkpoint", str(teacher_ckpt)], "holds a 'vit_tiny' model"),
+        (["--model", "vit_tiny", "--override", "embed_dim=48", "--checkpoint", str(teacher_ckpt)],
+         "does not fit"),
+        (["--model", "nope"], "unknown model config 'nope'"),
+        (["--model", "vit_tiny", "--batch-size", "3", "--grad-accum", "2"], "divisible"),
+    ]  # fmt: skip
+    for extra, message in cases:
+        with pytest.raises(SystemExit) as info:
+            finetune.main(base + extra)
+        assert info.value.code == 2
+        assert message in capsys.readouterr().err, message
+    with pytest.raises(SystemExit):
+        finetune.main(["--images", str(shapes.coco_images), "--dataset", "folder"])
+    folder = FinetuneSettings(images=str(shapes.coco_images), dataset="folder")
+    with pytest.raises(ValueError, match="ground-truth masks are needed"):
+        run_finetune(folder)
+    assert TEACHER_FIELDS["img_size"] == 64

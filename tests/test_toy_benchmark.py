@@ -1,0 +1,120 @@
+"""The toy benchmark's pipeline at a tiny budget, the committed toy models, and ``launch``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+import torch
+
+from biglittle_sam.build_sam import sam_model_registry
+from biglittle_sam.checkpoint import read_checkpoint
+from biglittle_sam.distill.toy_benchmark import check_targets
+from biglittle_sam.train.launch import launch
+from tools import toy_benchmark
+
+from .train_fixtures import *  # noqa: F401,F403 (fixtures)
+
+ASSETS = Path(__file__).resolve().parents[1] / "biglittle_sam" / "assets"
+
+
+def test_toy_benchmark_runs_end_to_end(tmp_path: Path, one_thread, capsys) -> None:
+    assets = tmp_path / "assets"
+    result = toy_benchmark.main(
+        ["--out-dir", str(tmp_path / "toy"), "--train-images", "8", "--val-images", "3",
+         "--teacher-steps", "3", "--student-steps", "2", "--batch-size", "4",
+         "--processes", "1", "--threads", "1", "--assets-dir", str(assets), "--no-progress"]
+    )  # fmt: skip
+    rows = {(r["model"], r["keep_ratio"]) for r in result["rows"]}
+    assert ("teacher", None) in rows
+    for variant in ("student", "no teacher init"):
+        assert {(variant, r) for r in (1.0, 0.5, 0.25, 0.1)} <= rows
+    for variant in (
+        "before distillation",
+        "random router",
+        "routers only",
+        "routers only, random routing",
+    ):
+        assert {(variant, r) for r in (0.5, 0.25, 0.1)} <= rows and (variant, 1.0) not in rows
+    assert all(0.0 <= r[k] <= 100.0 for r in result["rows"] for k in ("box", "click1", "click3"))
+    gmacs = {r["keep_ratio"]: r["gmacs"] for r in result["rows"] if r["model"] == "student"}
+    assert gmacs[0.1] < gmacs[0.25] < gmacs[0.5] < gmacs[1.0]
+    assert len(result["targets"]) == 5 and set(result["stage_s"]) == {
+        "data", "teacher", "cache", "student", "routers", "scratch", "eval"
+    }  # fmt: skip
+    out = tmp_path / "toy"
+    md = (out / "toy_benchmark.md").read_text()
+    assert md.startswith("| model | keep ratio |") and "| random router | 0.25 |" in md
+    assert "Command: `biglittle-sam-toy-benchmark --out-dir" in md and "Wall time" in md
+    assert (out / "toy_benchmark.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "toy_benchmark.json").read_text())["rows"] == result["rows"]
+    assert "| teacher |" in capsys.readouterr().out
+    # The undistilled student is the inherited one: at keep ratio 1 it is the teacher exactly.
+    init = read_checkpoint(out / "student" / "init.pth")
+    assert all(
+        float(v.abs().sum()) == 0 for k, v in init["model"].items() if k.endswith("little.gamma")
+    )
+    # The fp16 assets load through the registry and fit in a few hundred KB.
+    teacher = sam_model_registry["vit_tiny"](checkpoint=assets / "toy_teacher.pth")
+    student = sam_model_registry["bl_tiny"](checkpoint=assets / "toy_student.pth", keep_ratio=0.25)
+    assert teacher.image_encoder.img_size == student.image_encoder.img_size == 64
+    for name in ("toy_teacher.pth", "toy_student.pth"):
+        assert (assets / name).stat().st_size < 1_000_000
+        payload = read_checkpoint(assets / name)
+        assert "train" not in payload
+        assert all(v.dtype == torch.float16 for v in payload["model"].values())
+    described = json.loads((assets / "toy_models.json").read_text())
+    assert described["command"].startswith("biglittle-sam-toy-benchmark")
+    assert "| teacher |" in (assets / "toy_models.md").read_text()
+
+
+def test_targets_are_checked_against_the_teacher() -> None:
+    rows = [
+        {"model": "teacher", "keep_ratio": None, "click1": 80.0},
+        {"model": "student", "keep_ratio": 0.5, "click1": 77.0},
+        {"model": "student", "keep_ratio": 0.25, "click1": 71.0},
+        {"model": "before distillation", "keep_ratio": 0.25, "click1": 40.0},
+        {"model": "random router", "keep_ratio": 0.25, "click1": 70.0},
+        {"model": "routers only", "keep_ratio": 0.25, "click1": 60.0},
+        {"model": "routers only, random routing", "keep_ratio": 0.25, "click1": 50.0},
+    ]
+    met = [t["met"] for t in check_targets(rows)]
+    assert met == [True, False, True, False, True]  # 96%, 88.75%, +31, +1, +10 points
+
+
+@pytest.mark.skipif(not (ASSETS / "toy_student.pth").exists(), reason="no committed toy models")
+def test_committed_toy_models_load_and_segment() -> None:
+    from segment_anything import SamPredictor
+
+    described = json.loads((ASSETS / "toy_models.json").read_text())
+    assert described["teacher"]["file"] == "toy_teacher.pth"
+    teacher = sam_model_registry["vit_tiny"](checkpoint=ASSETS / "toy_teacher.pth")
+    student = sam_model_registry["bl_tiny"](checkpoint=ASSETS / "toy_student.pth", keep_ratio=0.5)
+    assert student.image_encoder.teacher.startswith("vit_tiny:")
+    image = torch.zeros(64, 64, 3, dtype=torch.uint8).numpy()
+    image[16:48, 16:48] = 200
+    for sam in (teacher, student):
+        predictor = SamPredictor(sam)
+        predictor.set_image(image)
+        masks, scores, _ = predictor.predict(box=torch.tensor([16, 16, 48, 48]).numpy())
+        assert masks.shape[-2:] == (64, 64) and scores.shape == (3,)
+
+
+def _rank_and_sum(_: Any) -> Dict[str, Any]:
+    from biglittle_sam.eval.distributed import init_distributed
+
+    ctx, _device = init_distributed("cpu")
+    try:
+        import torch.distributed as dist
+
+        value = torch.tensor([float(ctx.rank + 1)])
+        dist.all_reduce(value)
+        return {"world": ctx.world_size, "backend": ctx.backend, "sum": float(value)}
+    finally:
+        ctx.close()
+
+
+def test_launch_runs_a_gloo_job() -> None:
+    assert launch(_rank_and_sum, None, 2, threads=1) == {"world": 2, "backend": "gloo", "sum": 3.0}

@@ -1,0 +1,200 @@
+"""The shared loop: exact resume, refused resumes, accumulation, schedule, sampler, outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+import torch
+
+from biglittle_sam.build_sam import sam_model_registry
+from biglittle_sam.checkpoint import CheckpointError, read_checkpoint
+from biglittle_sam.data import ShapesDataset
+from biglittle_sam.distill import DistillSettings, run_distillation
+from biglittle_sam.train import FinetuneSettings, StreamSampler, run_finetune
+from biglittle_sam.train.amp import autocast_context, keep_norms_fp32
+from biglittle_sam.train.optim import lr_factor
+
+from .train_fixtures import *  # noqa: F401,F403 (fixtures)
+from .train_fixtures import STUDENT_OVERRIDES, fast_train
+
+
+def _distill(out: Path, shapes: ShapesDataset, cache: Path, teacher: Path, **train: Any):
+    return DistillSettings(
+        cache=str(cache),
+        images=str(shapes.coco_images),
+        student="bl_tiny",
+        teacher_checkpoint=str(teacher),
+        student_overrides=STUDENT_OVERRIDES,
+        train=fast_train(out, **train),
+    )
+
+
+def _finetune(out: Path, shapes: ShapesDataset, teacher: Path, **train: Any) -> FinetuneSettings:
+    return FinetuneSettings(
+        images=str(shapes.coco_images),
+        annotations=str(shapes.coco_annotations),
+        model="bl_tiny",
+        sam_checkpoint=str(teacher),
+        overrides=STUDENT_OVERRIDES,
+        train_parts="all",
+        max_instances=3,
+        refine_clicks=1,
+        train=fast_train(out, **train),
+    )
+
+
+def _state(path: Path) -> Dict[str, torch.Tensor]:
+    return read_checkpoint(path)["model"]
+
+
+def _losses(out: Path) -> Dict[int, float]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return {json.loads(x)["step"]: json.loads(x)["loss"] for x in lines}
+
+
+@pytest.mark.parametrize("task", ["distill", "finetune"])
+def test_resume_continues_exactly(
+    task: str,
+    tmp_path: Path,
+    shapes: ShapesDataset,
+    teacher_cache: Path,
+    teacher_ckpt: Path,
+    one_thread,
+) -> None:
+    def settings(out: Path, **train: Any) -> Any:
+        if task == "distill":
+            return _distill(out, shapes, teacher_cache, teacher_ckpt, steps=6, **train)
+        return _finetune(out, shapes, teacher_ckpt, steps=6, **train)
+
+    run = run_distillation if task == "distill" else run_finetune
+    whole = run(settings(tmp_path / "whole"))
+    assert whole.finished and whole.step == 6
+    # 6 images, 4 per step: step 2 straddles the first epoch boundary, so the data position is
+    # mid-epoch at the interruption.
+    first = run(settings(tmp_path / "split", stop_after=3))
+    assert not first.finished and first.step == 3 and first.model_path is None
+    assert read_checkpoint(first.last_checkpoint)["train"]["samples_seen"] == 12
+    second = run(settings(tmp_path / "split", resume="auto"))
+    assert second.finished and second.step == 6
+    a, b = _state(whole.model_path), _state(second.model_path)  # type: ignore[arg-type]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+    assert _losses(tmp_path / "whole") == _losses(tmp_path / "split")
+    opt_a = read_checkpoint(whole.last_checkpoint)["train"]["optimizer"]["state"]
+    opt_b = read_checkpoint(second.last_checkpoint)["train"]["optimizer"]["state"]
+    for i in opt_a:
+        for k in opt_a[i]:
+            assert torch.equal(opt_a[i][k], opt_b[i][k])
+    # The model and the training checkpoint load back through the registry.
+    name = "bl_tiny"
+    sam = sam_model_registry[name](checkpoint=second.model_path)
+    assert sam.image_encoder.teacher.startswith("vit_tiny:")
+    sam_model_registry[name](checkpoint=second.last_checkpoint)
+    assert (tmp_path / "split" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_from_another_configuration_fails_before_any_step(
+    tmp_path: Path, shapes: ShapesDataset, teacher_cache: Path, teacher_ckpt: Path, one_thread
+) -> None:
+    out = tmp_path / "run"
+    run_distillation(_distill(out, shapes, teacher_cache, teacher_ckpt, steps=4, stop_after=2))
+    last = out / "checkpoints" / "last.pth"
+    before = (last.read_bytes(), (out / "metrics.jsonl").read_text())
+    changed = _distill(out, shapes, teacher_cache, teacher_ckpt, steps=4, lr=5e-4, resume="auto")
+    with pytest.raises(CheckpointError, match=r"different configuration.*lr: checkpoint 0\.001"):
+        run_distillation(changed)
+    other = dataclasses.replace(
+        _distill(out, shapes, teacher_cache, teacher_ckpt, steps=4, resume="auto"),
+        keep_ratios=(0.5,),
+    )
+    with pytest.raises(CheckpointError, match="keep_ratios"):
+        run_distillation(other)
+    assert (last.read_bytes(), (out / "metrics.jsonl").read_text()) == before
+    # A finetune checkpoint cannot resume a distillation, and a model file is no training state.
+    ft = run_finetune(_finetune(tmp_path / "ft", shapes, teacher_ckpt, steps=1))
+    wrong_task = _distill(out, shapes, teacher_cache, teacher_ckpt, steps=4)
+    wrong_task = dataclasses.replace(
+        wrong_task, train=dataclasses.replace(wrong_task.train, resume=str(ft.last_checkpoint))
+    )
+    with pytest.raises(CheckpointError, match="'finetune' training checkpoint"):
+        run_distillation(wrong_task)
+    model_only = dataclasses.replace(
+        wrong_task, train=dataclasses.replace(wrong_task.train, resume=str(ft.model_path))
+    )
+    with pytest.raises(CheckpointError, match="not a training checkpoint"):
+        run_distillation(model_only)
+
+
+def test_gradient_accumulation_matches_one_big_batch(
+    tmp_path: Path, shapes: ShapesDataset, teacher_cache: Path, teacher_ckpt: Path, one_thread
+) -> None:
+    one = run_distillation(_distill(tmp_path / "a", shapes, teacher_cache, teacher_ckpt))
+    two = run_distillation(
+        _distill(tmp_path / "b", shapes, teacher_cache, teacher_ckpt, grad_accum=2)
+    )
+    a, b = _state(one.model_path), _state(two.model_path)  # type: ignore[arg-type]
+    # Summation order differs, so equal within float tolerance, far below one step (lr 1e-3).
+    # (A router bias has an exactly-zero gradient, shifting a softmax group; Adam turns its
+    # rounding noise into updates of ~1e-5, hence the absolute tolerance.)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=2e-5, rtol=1e-4), k
+    assert _losses(tmp_path / "a") == pytest.approx(_losses(tmp_path / "b"), rel=1e-4, abs=1e-7)
+
+
+def test_warmup_then_cosine() -> None:
+    factors = [lr_factor(s, total=10, warmup=2, min_ratio=0.1) for s in range(10)]
+    assert factors[:2] == [0.5, 1.0]
+    assert factors[2] == pytest.approx(1.0) and factors[-1] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(factors[1:], factors[2:]))
+
+
+def test_stream_sampler_shards_the_same_global_batches() -> None:
+    def take(sampler: StreamSampler, n: int):
+        it = iter(sampler)
+        return [next(it) for _ in range(n)]
+
+    single = take(StreamSampler(7, 4, rank=0, world_size=1, seed=3), 12)
+    r0 = take(StreamSampler(7, 2, rank=0, world_size=2, seed=3), 6)
+    r1 = take(StreamSampler(7, 2, rank=1, world_size=2, seed=3), 6)
+    for m in range(3):
+        merged = r0[2 * m : 2 * m + 2] + r1[2 * m : 2 * m + 2]
+        assert merged == single[4 * m : 4 * m + 4]
+    # Every epoch is a permutation; a sampler started mid-stream continues the same stream.
+    assert sorted(i for i, _ in single[:7]) == list(range(7))
+    assert take(StreamSampler(7, 4, 0, 1, seed=3, start=8), 4) == single[8:12]
+    with pytest.raises(ValueError, match="multiple"):
+        StreamSampler(7, 4, 0, 1, seed=3, start=5)
+
+
+def test_bf16_autocast_keeps_layer_norms_in_fp32() -> None:
+    sam = sam_model_registry["bl_tiny"](img_size=64, patch_size=8, window_size=4)
+    assert keep_norms_fp32(sam) > 0 and keep_norms_fp32(sam) == 0  # idempotent
+    seen = []
+    norm = sam.image_encoder.blocks[0].norm1
+    hook = norm.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    x = torch.randn(1, 3, 64, 64)
+    with autocast_context(torch.device("cpu"), torch.bfloat16):
+        out = sam.image_encoder(x)
+    hook.remove()
+    assert seen == [torch.float32]
+    assert torch.isfinite(out).all()
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(
+    tmp_path: Path, shapes: ShapesDataset, teacher_cache: Path, teacher_ckpt: Path, one_thread
+) -> None:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("tensorboard is installed")
+    settings = _distill(tmp_path, shapes, teacher_cache, teacher_ckpt, tensorboard=True)
+    with pytest.raises(ImportError, match="pip install tensorboard"):
+        run_distillation(settings)
+    assert not (tmp_path / "checkpoints").exists()

@@ -1,0 +1,120 @@
+"""Distil a big.LITTLE student from its SAM teacher (phase 1: embeddings; phase 2: masks).
+
+    biglittle-sam-distill --cache cache/vit_b --images sa1b/ --student bl_b \
+        --teacher-checkpoint sam_vit_b_01ec64.pth --steps 20000 --batch-size 64 \
+        --out-dir outputs/bl_b
+    torchrun --nproc_per_node=8 tools/distill.py ... --resume auto
+    biglittle-sam-distill --phase 2 --init-checkpoint outputs/bl_b/model.pth \
+        --annotations instances_train2017.json ...
+
+Flags left out keep the library's defaults (``biglittle_sam.distill.DistillSettings`` and
+``biglittle_sam.train.TrainSettings``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Optional, Sequence
+
+from biglittle_sam.distill.distill import DistillSettings, run_distillation
+from biglittle_sam.train.cli import (
+    add_train_arguments,
+    given,
+    parse_overrides,
+    run_cli,
+    train_settings_from_args,
+)
+from biglittle_sam.train.loop import TrainResult
+from biglittle_sam.train.models import STUDENT_INITS
+from biglittle_sam.train.parts import PARTS
+
+_FIELDS = (
+    "cache",
+    "images",
+    "annotations",
+    "dataset",
+    "limit",
+    "student",
+    "teacher_checkpoint",
+    "sam_checkpoint",
+    "init",
+    "init_checkpoint",
+    "phase",
+    "train_parts",
+    "mse_weight",
+    "cosine_weight",
+    "mask_weight",
+    "max_instances",
+    "point_prob",
+    "refine_click",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Distil a big.LITTLE SAM student from cached teacher embeddings."
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--cache", required=True, help="teacher embedding cache folder")
+    data.add_argument("--images", required=True, help="the images the cache was made from")
+    data.add_argument("--annotations", default=None, help="COCO / LVIS json (phase 2 masks)")
+    data.add_argument("--dataset", choices=["coco", "lvis", "sa1b", "folder"], default=None)
+    data.add_argument("--limit", type=int, default=None, help="only the first N images")
+    data.add_argument(
+        "--allow-partial-cache", action="store_true", help="train on the cached images only"
+    )
+    data.add_argument("--strict", action="store_true", help="stop at an unreadable image")
+    model = parser.add_argument_group("student and teacher")
+    model.add_argument("--student", default=None, help="bl_b (default), bl_l, bl_h, bl_tiny")
+    model.add_argument("--teacher-checkpoint", default=None, help="the SAM the cache came from")
+    model.add_argument(
+        "--sam-checkpoint", default=None, help="SAM the student inherits from (default teacher)"
+    )
+    model.add_argument("--init", choices=STUDENT_INITS, default=None)
+    model.add_argument("--init-checkpoint", default=None, help="start from a big.LITTLE model")
+    model.add_argument(
+        "--override", action="append", default=None, metavar="KEY=VALUE", help="student config"
+    )
+    model.add_argument("--no-save-init", action="store_true", help="do not write init.pth")
+    model.add_argument(
+        "--train-parts", default=None, help=f"comma-separated subset of {', '.join(PARTS)}"
+    )
+    model.add_argument("--keep-ratios", type=float, nargs="+", default=None)
+    loss = parser.add_argument_group("loss")
+    loss.add_argument("--phase", type=int, choices=[1, 2], default=None)
+    loss.add_argument("--mse-weight", type=float, default=None)
+    loss.add_argument("--cosine-weight", type=float, default=None)
+    loss.add_argument("--mask-weight", type=float, default=None, help="phase 2")
+    loss.add_argument("--max-instances", type=int, default=None, help="phase 2")
+    loss.add_argument("--point-prob", type=float, default=None, help="phase 2")
+    loss.add_argument(
+        "--refine-click", action=argparse.BooleanOptionalAction, default=None, help="phase 2"
+    )
+    add_train_arguments(parser)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> DistillSettings:
+    changes = given(args, _FIELDS)
+    if args.keep_ratios is not None:
+        changes["keep_ratios"] = tuple(args.keep_ratios)
+    if args.override:
+        changes["student_overrides"] = parse_overrides(args.override)
+    for flag in ("allow_partial_cache", "strict"):
+        if getattr(args, flag):
+            changes[flag] = True
+    if args.no_save_init:
+        changes["save_init"] = False
+    base = DistillSettings(cache=args.cache, images=args.images)
+    changes["train"] = train_settings_from_args(args, base.train)
+    return dataclasses.replace(base, **changes)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> TrainResult:
+    args = build_parser().parse_args(argv)
+    return run_cli(lambda: run_distillation(settings_from_args(args)))
+
+
+if __name__ == "__main__":
+    main()

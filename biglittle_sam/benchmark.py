@@ -30,8 +30,8 @@ from torch import nn
 from .build_sam import build_sam_from_config, sam_model_registry, set_keep_ratio
 from .config import BigLittleConfig, get_config
 from .fileio import atomic_write_json
-from .modeling import ImageEncoderViTFused
 from .flops import encoder_gmacs
+from .modeling import ImageEncoderViTFused
 
 __all__ = [
     "BenchmarkConfig",

@@ -40,6 +40,23 @@ def _sam_neck(config: SamViTConfig) -> nn.Sequential:
     )
 
 
+def _init_stem(module: nn.Module, config: SamViTConfig) -> None:
+    """Contract attributes, patch embedding and position embedding, with SAM's names and shapes."""
+    module.config = config
+    module.img_size = config.img_size
+    module.patch_size = config.patch_size
+    module.out_chans = config.out_chans
+    module.in_chans = config.in_chans
+    module.patch_embed = PatchEmbed(
+        kernel_size=(config.patch_size, config.patch_size),
+        stride=(config.patch_size, config.patch_size),
+        in_chans=config.in_chans,
+        embed_dim=config.embed_dim,
+    )
+    grid = config.grid_size
+    module.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, config.embed_dim))
+
+
 def _check_input(x: Tensor, in_chans: int, img_size: int) -> None:
     """Raise a clear error unless x is a floating B x in_chans x img_size x img_size tensor."""
     expected = f"B x {in_chans} x {img_size} x {img_size}"
@@ -72,19 +89,8 @@ class ImageEncoderBigLittle(nn.Module):
           config: the encoder's sizes; ``config.keep_ratio`` is the initial keep ratio.
         """
         super().__init__()
-        self.config = config
-        self.img_size = config.img_size
-        self.patch_size = config.patch_size
-        self.out_chans = config.out_chans
-        self.in_chans = config.in_chans
+        _init_stem(self, config)
         grid = config.grid_size
-        self.patch_embed = PatchEmbed(
-            kernel_size=(config.patch_size, config.patch_size),
-            stride=(config.patch_size, config.patch_size),
-            in_chans=config.in_chans,
-            embed_dim=config.embed_dim,
-        )
-        self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, config.embed_dim))
         self.blocks = nn.ModuleList(
             BigLittleBlock(
                 config.embed_dim,
@@ -187,19 +193,8 @@ class ImageEncoderViTFused(nn.Module):
           config: a plain SAM config (``vit_b``...).
         """
         super().__init__()
-        self.config = config
-        self.img_size = config.img_size
-        self.patch_size = config.patch_size
-        self.out_chans = config.out_chans
-        self.in_chans = config.in_chans
+        _init_stem(self, config)
         grid = config.grid_size
-        self.patch_embed = PatchEmbed(
-            kernel_size=(config.patch_size, config.patch_size),
-            stride=(config.patch_size, config.patch_size),
-            in_chans=config.in_chans,
-            embed_dim=config.embed_dim,
-        )
-        self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, config.embed_dim))
         self.blocks = nn.ModuleList(
             BigBlock(
                 config.embed_dim,

@@ -8,6 +8,7 @@ model.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Tuple, Type, Union
@@ -20,7 +21,9 @@ __all__ = [
     "get_config",
     "config_from_dict",
     "capacity",
+    "window_capacities",
     "validate_keep_ratio",
+    "validate_pool_kv",
     "validate_routing",
     "ROUTING_MODES",
     "config_to_dict",
@@ -49,6 +52,15 @@ def validate_routing(routing: str) -> str:
     return routing
 
 
+def validate_pool_kv(grid_size: int, window_size: int) -> None:
+    """Raise ``ValueError`` unless 2 x 2 key pooling tiles the grid and every window exactly."""
+    if grid_size % 2 or window_size % 2:
+        raise ValueError(
+            "pool_kv averages keys and values over 2 x 2 token blocks, so it needs an even token "
+            f"grid and an even window size; got grid {grid_size} and window {window_size}"
+        )
+
+
 def capacity(keep_ratio: float, group_size: int) -> int:
     """Tokens a group of ``group_size`` sends to the big block: ``ceil(keep_ratio * group_size)``.
 
@@ -56,6 +68,30 @@ def capacity(keep_ratio: float, group_size: int) -> int:
     epsilon keeps binary rounding (0.3 * 10 = 3.0000000000000004) from adding a token.
     """
     return max(1, min(group_size, math.ceil(keep_ratio * group_size - 1e-9)))
+
+
+@functools.lru_cache(maxsize=256)
+def window_capacities(keep_ratio: float, grid: Tuple[int, int], window: int) -> Tuple[int, ...]:
+    """Per-window capacities of a windowed layer, in row-major window order.
+
+    A window at the bottom or right edge of the padded grid holds fewer real tokens than w * w
+    (64 tokens in windows of 14: the last row and column of windows hold 8 x 14, 14 x 8 and 8 x 8).
+    Each window sends ``capacity(keep_ratio, real tokens)`` to the big block, so the layer routes
+    about ``keep_ratio * H * W`` tokens in all rather than ``keep_ratio * w * w`` per padded window
+    (20% more at 64 / 14). Static: it depends on the grid and the ratio only.
+
+    Arguments:
+      keep_ratio: share of each window's real tokens that take the big path.
+      grid: (H, W) token grid.
+      window: window side w.
+
+    Returns:
+      one capacity per window, nH * nW of them.
+    """
+    H, W = grid
+    rows = [min(window, H - i) for i in range(0, H, window)]
+    cols = [min(window, W - j) for j in range(0, W, window)]
+    return tuple(capacity(keep_ratio, r * c) for r in rows for c in cols)
 
 
 @dataclass(frozen=True)
@@ -122,6 +158,9 @@ class BigLittleConfig(SamViTConfig):
     keep_ratio: float = 0.5  # default share of each group's tokens that take the big path
     fused_attn: bool = True  # scaled_dot_product_attention; False runs the explicit reference path
     routing: str = "learned"  # "random" scores tokens with noise: the ablation a router must beat
+    # Semi-cross attention's keys/values: routed tokens at full resolution, unrouted ones averaged
+    # 2x2 (2 (rN + N/4) C^2 MACs for k/v instead of 2 N C^2). Exact at keep ratio 1.
+    pool_kv: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -132,6 +171,8 @@ class BigLittleConfig(SamViTConfig):
             )
         validate_keep_ratio(self.keep_ratio)
         validate_routing(self.routing)
+        if self.pool_kv:
+            validate_pool_kv(self.grid_size, self.window_size)
 
 
 _VIT_B = SamViTConfig()

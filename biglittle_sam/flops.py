@@ -17,7 +17,14 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
-from .config import BigLittleConfig, SamViTConfig, capacity, get_config, validate_keep_ratio
+from .config import (
+    BigLittleConfig,
+    SamViTConfig,
+    capacity,
+    get_config,
+    validate_keep_ratio,
+    window_capacities,
+)
 
 __all__ = ["encoder_macs", "encoder_gmacs", "format_table"]
 
@@ -63,7 +70,9 @@ def _little_block(cfg: BigLittleConfig) -> int:
     return down_up + attn + mlp + norms
 
 
-def _big_block(cfg: SamViTConfig, windowed: bool, keep_ratio: float) -> Dict[str, int]:
+def _big_block(
+    cfg: SamViTConfig, windowed: bool, keep_ratio: float, pool_kv: bool = False
+) -> Dict[str, int]:
     C, g, w = cfg.embed_dim, cfg.grid_size, cfg.window_size
     N = g * g
     hidden = int(C * cfg.mlp_ratio)
@@ -71,16 +80,25 @@ def _big_block(cfg: SamViTConfig, windowed: bool, keep_ratio: float) -> Dict[str
     groups = (_padded(g, w) // w) ** 2 if windowed else 1
     rel = (2 * (2 * w - 1) if windowed else 2 * (2 * g - 1)) if cfg.use_rel_pos else 0
     k = capacity(keep_ratio, group)
-    kv = 2 * N * C * C  # keys and values of every real token (padding is the bias)
     if k >= group:  # dense: SAM's block, queries for every (padded) position
         q_tokens = groups * group
+        kv = 2 * N * C * C  # keys and values of every real token (padding is the bias)
         linear = kv + 2 * q_tokens * C * C + 2 * N * C * hidden
         attn = _attention_macs(q_tokens, group, C, rel)
         return {"big_linear": linear, "big_attention": attn, "router": 0, "norm": 2 * _LN * N * C}
-    q_tokens = groups * k
-    linear = kv + 2 * q_tokens * C * C + 2 * q_tokens * C * hidden
-    attn = _attention_macs(q_tokens, group, C, rel)
-    norm = _LN * (N + q_tokens) * C  # norm1 on every token, norm2 on the routed ones
+    # Routed tokens: each window's share of its real tokens (edge windows route fewer); attention
+    # runs on kmax slots per window, the projections and the MLP on the routed tokens only.
+    routed = sum(window_capacities(keep_ratio, (g, g), w)) if windowed else k
+    slots = groups * k
+    if pool_kv:  # routed keys at full resolution, every 2 x 2 block of the grid pooled
+        kv = 2 * routed * C * C + 2 * (N // 4) * C * C
+        keys = k + group // 4
+    else:
+        kv = 2 * N * C * C
+        keys = group
+    linear = kv + 2 * routed * C * C + 2 * routed * C * hidden
+    attn = _attention_macs(slots, keys, C, rel)
+    norm = _LN * (N + routed) * C  # norm1 on every token, norm2 on the routed ones
     return {"big_linear": linear, "big_attention": attn, "router": N * C, "norm": norm}
 
 
@@ -98,13 +116,16 @@ def _resolve(model: ModelOrConfig) -> Tuple[SamViTConfig, bool]:
     return model_config(model), isinstance(encoder, ImageEncoderViTFused)
 
 
-def encoder_macs(model: ModelOrConfig, keep_ratio: Optional[float] = None) -> Dict[str, int]:
+def encoder_macs(
+    model: ModelOrConfig, keep_ratio: Optional[float] = None, pool_kv: Optional[bool] = None
+) -> Dict[str, int]:
     """MACs of one image through the image encoder, by part.
 
     Arguments:
       model: a config, a registry name, a ``Sam`` or an image encoder (SAM's own, big.LITTLE, or
         :class:`ImageEncoderViTFused`, which is counted as it computes).
       keep_ratio: for big.LITTLE encoders; defaults to the model's current (or the config's) ratio.
+      pool_kv: count pooled keys/values; defaults to the model's current (or the config's) setting.
 
     Returns:
       {"patch_embed", "little", "router", "big_linear", "big_attention", "norm", "neck", "total"}.
@@ -114,6 +135,9 @@ def encoder_macs(model: ModelOrConfig, keep_ratio: Optional[float] = None) -> Di
         from .build_sam import get_keep_ratio
 
         keep_ratio = get_keep_ratio(model)
+    if pool_kv is None:
+        encoder = getattr(model, "image_encoder", model)
+        pool_kv = bool(getattr(encoder, "pool_kv", getattr(cfg, "pool_kv", False)))
     C, g = cfg.embed_dim, cfg.grid_size
     N = g * g
     out: Dict[str, int] = {
@@ -125,7 +149,7 @@ def encoder_macs(model: ModelOrConfig, keep_ratio: Optional[float] = None) -> Di
         windowed = i not in cfg.global_attn_indexes
         if isinstance(cfg, BigLittleConfig):
             out["little"] += _little_block(cfg)
-            parts = _big_block(cfg, windowed, r)
+            parts = _big_block(cfg, windowed, r, pool_kv)
         elif fused:  # BigBlock's dense path: keys and values of real tokens only
             parts = _big_block(cfg, windowed, 1.0)
         else:
@@ -137,9 +161,11 @@ def encoder_macs(model: ModelOrConfig, keep_ratio: Optional[float] = None) -> Di
     return out
 
 
-def encoder_gmacs(model: ModelOrConfig, keep_ratio: Optional[float] = None) -> float:
+def encoder_gmacs(
+    model: ModelOrConfig, keep_ratio: Optional[float] = None, pool_kv: Optional[bool] = None
+) -> float:
     """Total GMACs (1e9 multiply-adds) of one image through the encoder."""
-    return encoder_macs(model, keep_ratio)["total"] / 1e9
+    return encoder_macs(model, keep_ratio, pool_kv)["total"] / 1e9
 
 
 def format_table(names: Sequence[str], ratios: Sequence[float]) -> str:

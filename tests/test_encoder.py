@@ -10,7 +10,7 @@ import torch
 from segment_anything.modeling.image_encoder import get_rel_pos
 
 from biglittle_sam import BIGLITTLE_CONFIGS, ImageEncoderBigLittle, sam_model_registry
-from biglittle_sam.config import capacity
+from biglittle_sam.config import capacity, window_capacities
 from biglittle_sam.modeling import resize_rel_pos, select_tokens, window_partition
 
 from .conftest import randomize_
@@ -92,10 +92,17 @@ def test_capacity_and_padding(keep_ratio: float) -> None:
         if layer.kind == "global":
             expected = torch.full((2,), layer.capacity)
         else:
-            # Per window: capacity tokens, or every real token of an edge window that has fewer.
+            # Per window: ceil(r * its real tokens), so edge windows route their share, not more.
             real, _ = window_partition(torch.ones(1, g, g, 1), w)  # (9, 36, 1), padding 0
-            per_window = real.sum(dim=(1, 2)).clamp(max=layer.capacity)
-            expected = torch.full((2,), int(per_window.sum()))
+            per_window = [math.ceil(keep_ratio * n - 1e-9) for n in real.sum(dim=(1, 2)).tolist()]
+            assert tuple(per_window) == window_capacities(keep_ratio, (g, g), w)
+            expected = torch.full((2,), sum(per_window))
+            # Within each window the routed tokens are the best-scored real tokens.
+            scores, _ = window_partition(layer.scores[..., None], w, float("-inf"))  # (18, 36, 1)
+            chosen, _ = window_partition(layer.selected[..., None].float(), w)  # (18, 36, 1)
+            for s_w, c_w in zip(scores[..., 0], chosen[..., 0].bool()):
+                if c_w.any() and (~c_w).any():
+                    assert s_w[c_w].min() >= s_w[~c_w].max()
         assert torch.equal(layer.selected.flatten(1).sum(1), expected)
         assert layer.indices.shape == (2, int(expected[0]))
         assert int(layer.indices.max()) < g * g  # indices address the real (unpadded) grid only

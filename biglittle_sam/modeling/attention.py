@@ -134,11 +134,10 @@ class Attention(nn.Module):
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
 
     def project_q(self, x: Tensor) -> Tensor:
-        """Queries. x: G x L x C -> G x heads x L x head_dim."""
+        """Queries. x: ... x C -> ... x C (heads not yet split)."""
         dim = x.shape[-1]
         bias = self.qkv.bias[:dim] if self.qkv.bias is not None else None
-        q = F.linear(x, self.qkv.weight[:dim], bias)  # (G, L, C)
-        return q.view(x.shape[0], x.shape[1], self.num_heads, -1).transpose(1, 2)
+        return F.linear(x, self.qkv.weight[:dim], bias)
 
     def project_kv(self, x: Tensor, bias: bool = True) -> Tensor:
         """Keys and values, concatenated. x: ... x C -> ... x 2C (keys first, as in SAM's qkv)."""
@@ -150,17 +149,24 @@ class Attention(nn.Module):
         """The key/value bias (2C), or None: what SAM's zero-padded tokens project to."""
         return self.qkv.bias[dim:] if self.qkv.bias is not None else None
 
-    def rel_pos_bias(self, q: Tensor, q_pos: Optional[Tensor], grid: Tuple[int, int]) -> Tensor:
-        """SAM's decomposed relative position bias for the given query positions.
+    def heads(self, x: Tensor) -> Tensor:
+        """G x L x C -> G x heads x L x head_dim."""
+        return x.view(x.shape[0], x.shape[1], self.num_heads, -1).transpose(1, 2)
+
+    def rel_pos_parts(
+        self, q: Tensor, q_pos: Optional[Tensor], grid: Tuple[int, int]
+    ) -> Tuple[Tensor, Tensor]:
+        """The row and column terms of SAM's decomposed relative position bias.
 
         Arguments:
           q: G x heads x L x head_dim, unscaled queries (SAM uses them unscaled here).
           q_pos: G x L flat positions (row * gw + col) of the queries in the group's grid, or None
             when the queries are every token of the grid in order.
-          grid: (gh, gw), the group's grid; keys are all gh * gw positions.
+          grid: (gh, gw), the group's grid.
 
         Returns:
-          G x heads x L x (gh * gw).
+          rel_h: G x heads x L x gh, the term for each key row.
+          rel_w: G x heads x L x gw, the term for each key column.
         """
         G, nh, L, _ = q.shape
         gh, gw = grid
@@ -179,8 +185,119 @@ class Attention(nn.Module):
         idx_w = (qw.unsqueeze(-1) - kw + (gw - 1)).unsqueeze(1).expand(G, nh, L, gw)  # (G,nh,L,gw)
         rel_h = (q @ table_h.t()).gather(-1, idx_h)  # (G, nh, L, 2gh-1) -> (G, nh, L, gh)
         rel_w = (q @ table_w.t()).gather(-1, idx_w)  # (G, nh, L, 2gw-1) -> (G, nh, L, gw)
+        return rel_h, rel_w
+
+    def rel_pos_bias(self, q: Tensor, q_pos: Optional[Tensor], grid: Tuple[int, int]) -> Tensor:
+        """SAM's decomposed relative position bias for the given query positions.
+
+        Arguments:
+          q, q_pos, grid: as :meth:`rel_pos_parts`; keys are all gh * gw positions.
+
+        Returns:
+          G x heads x L x (gh * gw).
+        """
+        rel_h, rel_w = self.rel_pos_parts(q, q_pos, grid)
+        G, nh, L, gh = rel_h.shape
         bias = rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)  # (G, nh, L, gh, gw)
-        return bias.view(G, nh, L, gh * gw)
+        return bias.view(G, nh, L, gh * grid[1])
+
+    def core(self, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor]) -> Tensor:
+        """softmax(q k^T * scale + bias) v, fused or explicit.
+
+        Arguments:
+          q: G x heads x L x hd; k, v: G x heads x M x hd; bias: G x heads x L x M or None.
+
+        Returns:
+          G x L x C, before the output projection.
+        """
+        if self.fused:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # (G, nh, L, M)
+            if bias is not None:
+                attn = attn + bias
+            out = attn.softmax(dim=-1) @ v  # (G, nh, L, hd)
+        G, nh, L, hd = out.shape
+        return out.transpose(1, 2).reshape(G, L, nh * hd)  # (G, nh, L, hd) -> (G, L, C)
+
+    def attend_heads(
+        self, q: Tensor, kv: Tensor, q_pos: Optional[Tensor], grid: Tuple[int, int]
+    ) -> Tensor:
+        """Projected queries attend to every token of their group (no output projection).
+
+        Arguments:
+          q: G x L x C projected queries (:meth:`project_q` without the head split).
+          kv: G x M x 2C keys and values of every token of the group.
+          q_pos: G x L flat grid positions of the queries, or None for all positions in order.
+          grid: (gh, gw) with gh * gw = M.
+
+        Returns:
+          G x L x C.
+        """
+        G, M = kv.shape[:2]
+        qh = self.heads(q)  # (G, nh, L, hd)
+        k, v = kv.view(G, M, 2, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (G,nh,M,hd)
+        bias = self.rel_pos_bias(qh, q_pos, grid) if self.use_rel_pos else None  # (G, nh, L, M)
+        return self.core(qh, k, v, bias)
+
+    def attend_pooled(
+        self,
+        q: Tensor,
+        kv_sel: Tensor,
+        key_valid: Optional[Tensor],
+        kv_pool: Tensor,
+        log_count: Tensor,
+        q_pos: Tensor,
+        grid: Tuple[int, int],
+    ) -> Tensor:
+        """Semi-cross attention with routed keys at full resolution and the rest pooled 2 x 2.
+
+        The keys are the routed tokens themselves (the queries) plus one averaged key/value per
+        2 x 2 block of unrouted tokens. A block's logit gets ``log(count)``, so it carries the
+        softmax weight of its ``count`` unrouted tokens as if they were equal; its relative
+        position bias is the mean over the block's four positions. Blocks with no unrouted token
+        (count 0) are masked out. Every routed token is a query and a full-resolution key, so with
+        everything routed this is plain self-attention (the layer then takes the dense path).
+
+        Arguments:
+          q: G x L x C projected queries at positions ``q_pos``.
+          kv_sel: G x L x 2C keys/values of the same tokens.
+          key_valid: G x L bool, False for query slots that hold no routed token (their key is
+            masked out), or None when every slot is real.
+          kv_pool: G x P x 2C pooled keys/values, P = (gh / 2) * (gw / 2) blocks in row-major order.
+          log_count: G x P, log of the unrouted tokens in each block (-inf for none).
+          q_pos: G x L flat grid positions of the queries (and of the routed keys).
+          grid: (gh, gw), both even.
+
+        Returns:
+          G x L x C, before the output projection.
+        """
+        G, L, C = q.shape
+        P = kv_pool.shape[1]
+        qh = self.heads(q)  # (G, nh, L, hd)
+        kv = torch.cat([kv_sel, kv_pool], dim=1)  # (G, L + P, 2C)
+        k, v = kv.view(G, L + P, 2, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        mask_sel = torch.zeros_like(q[..., 0])  # (G, L)
+        if key_valid is not None:
+            mask_sel = mask_sel.masked_fill(~key_valid, float("-inf"))
+        if self.use_rel_pos:
+            nh = self.num_heads
+            gw = grid[1]
+            rel_h, rel_w = self.rel_pos_parts(qh, q_pos, grid)  # (G,nh,L,gh), (G,nh,L,gw)
+            key_h = (q_pos // gw).view(G, 1, 1, L).expand(G, nh, L, L)  # rows of the routed keys
+            key_w = (q_pos % gw).view(G, 1, 1, L).expand(G, nh, L, L)  # columns of routed keys
+            bias_sel = rel_h.gather(-1, key_h) + rel_w.gather(-1, key_w)  # (G, nh, L, L)
+            pool_h = 0.5 * (rel_h[..., 0::2] + rel_h[..., 1::2])  # (G, nh, L, gh / 2)
+            pool_w = 0.5 * (rel_w[..., 0::2] + rel_w[..., 1::2])  # (G, nh, L, gw / 2)
+            bias_pool = (pool_h.unsqueeze(-1) + pool_w.unsqueeze(-2)).view(G, nh, L, P)
+            bias = torch.cat(
+                [bias_sel + mask_sel[:, None, None, :], bias_pool + log_count[:, None, None, :]],
+                dim=-1,
+            )  # (G, nh, L, L + P)
+        else:
+            bias = torch.cat([mask_sel, log_count], dim=-1)[:, None, None, :]  # (G, 1, 1, L + P)
+            bias = bias.expand(G, self.num_heads, L, L + P)
+        return self.core(qh, k, v, bias.to(q.dtype))
 
     def attend(
         self,
@@ -200,20 +317,7 @@ class Attention(nn.Module):
         Returns:
           G x L x C, after the output projection.
         """
-        G, L, C = q_tokens.shape
-        M = kv.shape[1]
-        q = self.project_q(q_tokens)  # (G, nh, L, hd)
-        k, v = kv.view(G, M, 2, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (G,nh,M,hd)
-        bias = self.rel_pos_bias(q, q_pos, grid) if self.use_rel_pos else None  # (G, nh, L, M)
-        if self.fused:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-        else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)  # (G, nh, L, M)
-            if bias is not None:
-                attn = attn + bias
-            out = attn.softmax(dim=-1) @ v  # (G, nh, L, hd)
-        out = out.transpose(1, 2).reshape(G, L, C)  # (G, nh, L, hd) -> (G, L, C)
-        return self.proj(out)
+        return self.proj(self.attend_heads(self.project_q(q_tokens), kv, q_pos, grid))
 
     def forward(self, x: Tensor, grid: Tuple[int, int]) -> Tensor:
         """Self-attention over each group. x: G x M x C (M = gh * gw) -> G x M x C."""

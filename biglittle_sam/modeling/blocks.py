@@ -2,12 +2,14 @@
 
 One big.LITTLE layer:
 
-    x = x + gamma * Up(Little(Down(LN(x))))                 # E-block: every token, width d,
-    windowed
-    s = Router(norm1(x))                                     # one logit per token
-    idx = top_k(s, ceil(r * group))                          # group: a w x w window or the whole
-    grid x[idx] += BigAttn(q = norm1(x)[idx], kv = norm1(x)[group])   # semi-cross attention
+    x = x + gamma * Up(Little(Down(LN(x))))     # E-block: every token, width d, windowed
+    s = Router(norm1(x))                         # one logit per token
+    idx = top_k(s, ceil(r * group))              # group: a w x w window or the whole grid
+    x[idx] += BigAttn(q = norm1(x)[idx], kv = norm1(x)[group])   # semi-cross attention
     x[idx] += BigMLP(norm2(x[idx]))
+
+An edge window of a padded grid routes ceil(r * its real tokens). With ``pool_kv`` the keys and
+values are the routed tokens plus the others averaged over 2 x 2 blocks.
 
 ``BigLittleBlock`` subclasses ``BigBlock``, so its state-dict keys for the big path (``norm1``,
 ``attn.qkv``, ``attn.proj``, ``attn.rel_pos_h/w``, ``norm2``, ``mlp.lin1/lin2``) are exactly those
@@ -24,7 +26,7 @@ import torch
 from segment_anything.modeling.common import MLPBlock
 from torch import Tensor, nn
 
-from ..config import capacity
+from ..config import capacity, window_capacities
 from .attention import Attention, window_partition, window_unpartition
 from .router import Router, select_tokens
 
@@ -269,12 +271,74 @@ class BigLittleBlock(BigBlock):
         )
         self.router = Router(dim)
         self.routing = "learned"  # or "random": noise instead of the router (an ablation)
+        self.pool_kv = False  # unrouted keys/values averaged 2 x 2 (see Attention.attend_pooled)
 
     def _scores(self, xn: Tensor) -> Tensor:
         """Router logits, B x H x W (uniform noise when ``routing`` is "random")."""
         if self.routing == "random":
             return torch.rand(xn.shape[:-1], device=xn.device, dtype=xn.dtype)
         return self.router(xn)
+
+    def _slots(self, B: int, grid: Tuple[int, int], keep_ratio: float, device: torch.device):
+        """Which query slots of a windowed layer hold a routed token (static, from the grid).
+
+        Every window is given ``kmax = capacity(r, w * w)`` slots so the attention stays one
+        batched call, but an edge window routes only ``capacity(r, its real tokens)`` (see
+        :func:`~biglittle_sam.config.window_capacities`); its remaining slots are dropped before
+        the MLP and masked as keys.
+
+        Returns:
+          kmax: slots per window.
+          slots: T flat slot indices into (B * nW) x kmax, ascending, or None when every slot is
+            used (global layers; grids the windows tile exactly).
+          valid: (B * nW) x kmax bool, True at used slots, or None with ``slots``.
+        """
+        if self.window_size == 0:
+            return capacity(keep_ratio, grid[0] * grid[1]), None, None
+        w = self.window_size
+        kmax = capacity(keep_ratio, w * w)
+        caps = window_capacities(keep_ratio, grid, w)
+        if all(c == kmax for c in caps):
+            return kmax, None, None
+        cap = torch.tensor(caps, device=device).repeat(B)  # (B * nW,)
+        valid = torch.arange(kmax, device=device) < cap.unsqueeze(1)  # (B * nW, kmax)
+        per_image = [g * kmax + j for g, c in enumerate(caps) for j in range(c)]
+        base = torch.tensor(per_image, device=device)  # (T / B,)
+        offsets = torch.arange(B, device=device).unsqueeze(1) * (len(caps) * kmax)  # (B, 1)
+        return kmax, (offsets + base).flatten(), valid  # (T,)
+
+    def _pooled_kv(self, xn: Tensor, selected: Tensor) -> Tuple[Tensor, Tensor]:
+        """Keys/values of the unrouted tokens, averaged over 2 x 2 blocks, in group layout.
+
+        Arguments:
+          xn: B x H x W x C normalized tokens.
+          selected: B x H x W bool, the routed tokens.
+
+        Returns:
+          kv_pool: G x P x 2C (P = M / 4 blocks per group, row-major). Padded blocks of edge
+            windows hold the projection of zeros (the bias), as SAM's padded tokens do.
+          log_count: G x P, log of the unrouted tokens per block (-inf where all four are routed;
+            log 4 for padded blocks, whose four zero tokens are keys in SAM's windows).
+        """
+        B, H, W, C = xn.shape
+        rest = (~selected).to(xn.dtype).unsqueeze(-1)  # (B, H, W, 1)
+        # Sum over 2 x 2 blocks: (B, H, W, .) -> (B, H/2, 2, W/2, 2, .) -> (B, H/2, W/2, .)
+        total = (xn * rest).view(B, H // 2, 2, W // 2, 2, C).sum(dim=(2, 4))
+        count = rest.view(B, H // 2, 2, W // 2, 2).sum(dim=(2, 4))  # (B, H/2, W/2)
+        mean = total / count.clamp(min=1).unsqueeze(-1)  # (B, H/2, W/2, C)
+        kv = self.attn.project_kv(mean, bias=False)  # (B, H/2, W/2, 2C)
+        if self.window_size == 0:
+            kv_g = kv.reshape(B, -1, 2 * C)  # (B, P, 2C)
+            count_g = count.reshape(B, -1)  # (B, P)
+        else:
+            half = self.window_size // 2
+            kv_g, _ = window_partition(kv, half)  # (G, P, 2C); padded blocks: 0
+            count_g, _ = window_partition(count.unsqueeze(-1), half, pad_value=4.0)  # (G, P, 1)
+            count_g = count_g.squeeze(-1)  # (G, P)
+        bias = self.attn.kv_bias(C)
+        if bias is not None:
+            kv_g = kv_g + bias
+        return kv_g, count_g.log()
 
     def forward(  # type: ignore[override]
         self, x: Tensor, keep_ratio: float = 1.0, return_routing: bool = False
@@ -293,31 +357,74 @@ class BigLittleBlock(BigBlock):
         xn = self.norm1(x)  # (B, H, W, C)
         B, H, W, C = x.shape
         group = H * W if self.window_size == 0 else self.window_size**2
-        k = capacity(keep_ratio, group)
-        if k >= group:
+        if capacity(keep_ratio, group) >= group:
             out = self.forward_dense(x, xn)
             if not return_routing:
                 return out, None
             scores = self._scores(xn)  # (B, H, W)
-            return out, (scores, torch.ones_like(scores, dtype=torch.bool), k)
+            return out, (scores, torch.ones_like(scores, dtype=torch.bool), group)
 
+        kmax, slots, valid = self._slots(B, (H, W), keep_ratio, x.device)
         scores = self._scores(xn)  # (B, H, W)
-        xn_g, kv_g, grid, pad_hw = self._kv_groups(xn)  # (G, M, C), (G, M, 2C)
         logits_g = self._to_groups(scores, pad_value=float("-inf"))  # (G, M); padding never wins
-        x_g = self._to_groups(x)  # (G, M, C)
-        indices, weights = select_tokens(logits_g, k)  # (G, k), (G, k, 1) or None
-        gather_idx = indices.unsqueeze(-1).expand(-1, -1, C)  # (G, k, C)
-        q_tokens = xn_g.gather(1, gather_idx)  # (G, M, C) -> (G, k, C)
-        update = self.attn.attend(q_tokens, kv_g, indices, grid)  # (G, k, C)
-        h = x_g.gather(1, gather_idx)  # (G, M, C) -> (G, k, C)
+        G, M = logits_g.shape
+        grid = (H, W) if self.window_size == 0 else (self.window_size, self.window_size)
+        # Sorted when an edge window keeps fewer than kmax: its first slots are its best tokens.
+        indices, weights = select_tokens(logits_g, kmax, sorted=slots is not None)  # (G, kmax)
+        flat = indices + torch.arange(G, device=x.device).unsqueeze(1) * M  # (G, kmax) in G * M
+        pos = flat.flatten() if slots is None else flat.flatten().index_select(0, slots)  # (T,)
+        T = pos.shape[0]
+        x_flat = self._to_groups(x).reshape(G * M, C)  # (G * M, C)
+        xn_flat = self._to_groups(xn).reshape(G * M, C)  # (G * M, C)
+        gather_idx = pos.unsqueeze(-1).expand(T, C)  # (T, C)
+        xn_sel = xn_flat.gather(0, gather_idx)  # (G * M, C) -> (T, C)
+
+        def to_slots(t: Tensor) -> Tensor:
+            """T x D routed rows -> G x kmax x D query slots (unused slots zero)."""
+            if slots is None:
+                return t.view(G, kmax, -1)
+            full = t.new_zeros(G * kmax, t.shape[-1])
+            return full.index_copy(0, slots, t).view(G, kmax, -1)  # (T, D) -> (G, kmax, D)
+
+        selected: Optional[Tensor] = None
+        if self.pool_kv or return_routing:
+            chosen = torch.zeros(G * M, dtype=torch.bool, device=x.device)
+            routed = torch.ones_like(pos, dtype=torch.bool)  # (T,)
+            chosen = chosen.scatter(0, pos, routed).view(G, M)  # (T,) -> (G * M,) -> (G, M)
+            selected = self._from_groups(chosen.unsqueeze(-1), (H, W), self._pad_hw(H, W))
+            selected = selected.squeeze(-1)  # (B, H, W)
+        if self.pool_kv:
+            assert selected is not None
+            qkv = self.attn.qkv(xn_sel)  # (T, 3C): queries, and the routed tokens' keys/values
+            kv_pool, log_count = self._pooled_kv(xn, selected)  # (G, P, 2C), (G, P)
+            attn = self.attn.attend_pooled(
+                to_slots(qkv[:, :C]), to_slots(qkv[:, C:]), valid, kv_pool, log_count, indices, grid
+            )  # (G, kmax, C)
+        else:
+            _, kv_g, _, _ = self._kv_groups(xn)  # (G, M, 2C): every token is a key and a value
+            attn = self.attn.attend_heads(
+                to_slots(self.attn.project_q(xn_sel)), kv_g, indices, grid
+            )  # (G, kmax, C)
+        attn = attn.reshape(G * kmax, C)
+        if slots is not None:
+            attn = attn.index_select(0, slots)  # (G * kmax, C) -> (T, C)
+        if weights is not None:
+            weights = weights.reshape(G * kmax, 1)
+            weights = weights if slots is None else weights.index_select(0, slots)  # (T, 1)
+        h = x_flat.gather(0, gather_idx)  # (G * M, C) -> (T, C)
+        update = self.attn.proj(attn)  # (T, C)
         h = h + (update if weights is None else weights * update)
-        update = self.mlp(self.norm2(h))  # (G, k, C)
+        update = self.mlp(self.norm2(h))  # (T, C)
         h = h + (update if weights is None else weights * update)
-        x_g = x_g.scatter(1, gather_idx, h)  # (G, k, C) -> (G, M, C)
-        out = self._from_groups(x_g, (H, W), pad_hw)  # (B, H, W, C)
-        if not return_routing:
+        x_flat = x_flat.scatter(0, gather_idx, h)  # (T, C) -> (G * M, C)
+        out = self._from_groups(x_flat.view(G, M, C), (H, W), self._pad_hw(H, W))  # (B, H, W, C)
+        if selected is None:
             return out, None
-        chosen = torch.zeros_like(logits_g, dtype=torch.bool)
-        chosen = chosen.scatter(1, indices, True)  # (G, k) -> (G, M)
-        selected = self._from_groups(chosen.unsqueeze(-1), (H, W), pad_hw).squeeze(-1)  # (B, H, W)
-        return out, (scores, selected, k)
+        return out, (scores, selected, kmax)
+
+    def _pad_hw(self, H: int, W: int) -> Tuple[int, int]:
+        """The grid padded to whole windows ((H, W) for global layers)."""
+        if self.window_size == 0:
+            return H, W
+        w = self.window_size
+        return H + (w - H % w) % w, W + (w - W % w) % w

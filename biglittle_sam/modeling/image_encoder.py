@@ -10,7 +10,13 @@ from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.image_encoder import PatchEmbed
 from torch import Tensor, nn
 
-from ..config import BigLittleConfig, SamViTConfig, validate_keep_ratio, validate_routing
+from ..config import (
+    BigLittleConfig,
+    SamViTConfig,
+    validate_keep_ratio,
+    validate_pool_kv,
+    validate_routing,
+)
 from .blocks import BigBlock, BigLittleBlock, LayerRouting
 
 __all__ = ["ImageEncoderBigLittle", "ImageEncoderViTFused", "BigLittleAux"]
@@ -111,6 +117,7 @@ class ImageEncoderBigLittle(nn.Module):
         self.neck = _sam_neck(config)
         self._keep_ratio = validate_keep_ratio(config.keep_ratio)
         self.routing = config.routing
+        self.pool_kv = config.pool_kv
         # Which SAM the weights came from ("vit_b:sam_vit_b_01ec64.pth"); saved into checkpoints.
         self.teacher: str = config.teacher
 
@@ -135,6 +142,25 @@ class ImageEncoderBigLittle(nn.Module):
     def routing(self, value: str) -> None:
         for blk in self.blocks:
             blk.routing = validate_routing(value)
+
+    @property
+    def pool_kv(self) -> bool:
+        """Whether semi-cross attention pools the unrouted tokens' keys/values 2 x 2.
+
+        Off, every token of a group is a key and a value at full resolution. On, the routed
+        tokens stay full-resolution keys and the others are averaged over 2 x 2 blocks (see
+        :meth:`~biglittle_sam.modeling.attention.Attention.attend_pooled`): k/v projections cost
+        2 (rN + N/4) C^2 instead of 2 N C^2. Layers that route every token are unchanged, so at keep
+        ratio 1 the output is the same either way. Needs an even grid and window size.
+        """
+        return bool(self.blocks[0].pool_kv) if len(self.blocks) else False
+
+    @pool_kv.setter
+    def pool_kv(self, value: bool) -> None:
+        if value:
+            validate_pool_kv(self.config.grid_size, self.config.window_size)
+        for blk in self.blocks:
+            blk.pool_kv = bool(value)
 
     @property
     def fused_attn(self) -> bool:

@@ -28,7 +28,7 @@ class Router(nn.Module):
         return self.score(x).squeeze(-1)
 
 
-def select_tokens(logits: Tensor, k: int) -> Tuple[Tensor, Optional[Tensor]]:
+def select_tokens(logits: Tensor, k: int, sorted: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
     """The ``k`` highest-scoring tokens of each group and their straight-through weights.
 
     Arguments:
@@ -36,6 +36,7 @@ def select_tokens(logits: Tensor, k: int) -> Tuple[Tensor, Optional[Tensor]]:
         fill a slot only when a group has fewer than ``k`` real tokens, and then only a slot whose
         result the caller discards.
       k: tokens per group, static (``capacity(keep_ratio, M)``).
+      sorted: return each group's tokens best first (needed when a caller keeps only a prefix).
 
     Returns:
       indices: G x k positions within each group.
@@ -45,7 +46,7 @@ def select_tokens(logits: Tensor, k: int) -> Tuple[Tensor, Optional[Tensor]]:
         (0 at a padded slot), and in the backward pass they give the router a gradient through the
         hard top-k (d weight / d logit_j = delta_ij - p_j).
     """
-    indices = logits.topk(k, dim=1, sorted=False).indices  # (G, k)
+    indices = logits.topk(k, dim=1, sorted=sorted).indices  # (G, k)
     if not (torch.is_grad_enabled() and logits.requires_grad):
         return indices, None
     # exp(log p - log p.detach()) is exactly 1 forward, whatever the logits' spread (p itself can

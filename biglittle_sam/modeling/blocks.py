@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from segment_anything.modeling.common import MLPBlock
@@ -272,6 +272,8 @@ class BigLittleBlock(BigBlock):
         self.router = Router(dim)
         self.routing = "learned"  # or "random": noise instead of the router (an ablation)
         self.pool_kv = False  # unrouted keys/values averaged 2 x 2 (see Attention.attend_pooled)
+        # Static slot plans of edge windows per (batch, grid, ratio, device); see _slots.
+        self._slot_cache: Dict[Tuple[Any, ...], Tuple[int, Optional[Tensor], Optional[Tensor]]] = {}
 
     def _scores(self, xn: Tensor) -> Tensor:
         """Router logits, B x H x W (uniform noise when ``routing`` is "random")."""
@@ -279,7 +281,9 @@ class BigLittleBlock(BigBlock):
             return torch.rand(xn.shape[:-1], device=xn.device, dtype=xn.dtype)
         return self.router(xn)
 
-    def _slots(self, B: int, grid: Tuple[int, int], keep_ratio: float, device: torch.device):
+    def _slots(
+        self, B: int, grid: Tuple[int, int], keep_ratio: float, device: torch.device
+    ) -> Tuple[int, Optional[Tensor], Optional[Tensor]]:
         """Which query slots of a windowed layer hold a routed token (static, from the grid).
 
         Every window is given ``kmax = capacity(r, w * w)`` slots so the attention stays one
@@ -295,17 +299,24 @@ class BigLittleBlock(BigBlock):
         """
         if self.window_size == 0:
             return capacity(keep_ratio, grid[0] * grid[1]), None, None
+        key = (B, grid, keep_ratio, str(device))
+        cached = self._slot_cache.get(key)
+        if cached is not None:  # built once per shape: no host-to-device copy in later passes
+            return cached
         w = self.window_size
         kmax = capacity(keep_ratio, w * w)
         caps = window_capacities(keep_ratio, grid, w)
         if all(c == kmax for c in caps):
-            return kmax, None, None
-        cap = torch.tensor(caps, device=device).repeat(B)  # (B * nW,)
-        valid = torch.arange(kmax, device=device) < cap.unsqueeze(1)  # (B * nW, kmax)
-        per_image = [g * kmax + j for g, c in enumerate(caps) for j in range(c)]
-        base = torch.tensor(per_image, device=device)  # (T / B,)
-        offsets = torch.arange(B, device=device).unsqueeze(1) * (len(caps) * kmax)  # (B, 1)
-        return kmax, (offsets + base).flatten(), valid  # (T,)
+            plan: Tuple[int, Optional[Tensor], Optional[Tensor]] = (kmax, None, None)
+        else:
+            cap = torch.tensor(caps, device=device).repeat(B)  # (B * nW,)
+            valid = torch.arange(kmax, device=device) < cap.unsqueeze(1)  # (B * nW, kmax)
+            per_image = [g * kmax + j for g, c in enumerate(caps) for j in range(c)]
+            base = torch.tensor(per_image, device=device)  # (T / B,)
+            offsets = torch.arange(B, device=device).unsqueeze(1) * (len(caps) * kmax)  # (B, 1)
+            plan = (kmax, (offsets + base).flatten(), valid)  # (T,)
+        self._slot_cache[key] = plan
+        return plan
 
     def _pooled_kv(self, xn: Tensor, selected: Tensor) -> Tuple[Tensor, Tensor]:
         """Keys/values of the unrouted tokens, averaged over 2 x 2 blocks, in group layout.

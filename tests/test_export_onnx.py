@@ -1,0 +1,247 @@
+"""ONNX export: the exported encoder and prompt decoder match PyTorch in onnxruntime (tiny SAM)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Callable, Dict
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from biglittle_sam import sam_model_registry  # noqa: E402
+from biglittle_sam.config import BigLittleConfig  # noqa: E402
+from biglittle_sam.export import (  # noqa: E402
+    MIN_OPSET,
+    OnnxImageEncoder,
+    compare_image_encoder,
+    compare_prompt_decoder,
+    export_image_encoder,
+    export_prompt_decoder,
+    max_opset,
+    read_metadata,
+)
+from tools import export_onnx  # noqa: E402
+
+TOL = 1e-3
+TOY_STUDENT = Path(__file__).resolve().parents[1] / "biglittle_sam/assets/toy_student.pth"
+
+
+def _tiny_biglittle(**overrides: object) -> torch.nn.Module:
+    torch.manual_seed(0)
+    sam = sam_model_registry["bl_tiny"](**overrides)
+    # A fresh E-block has gamma 0 and changes nothing; give it weight so it is exported for real.
+    for blk in sam.image_encoder.blocks:
+        nn.init.normal_(blk.little.gamma, std=0.1)
+    # A zero position embedding makes equal router scores on constant inputs, and ONNX and torch
+    # break top-k ties differently (docs/export.md); trained models have none.
+    nn.init.normal_(sam.image_encoder.pos_embed, std=0.02)
+    return sam
+
+
+@pytest.fixture(scope="module")
+def bl_sam() -> torch.nn.Module:
+    return _tiny_biglittle()
+
+
+@pytest.fixture(scope="module")
+def exported(bl_sam: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Files exported once per module: "r0.25", "r0.5", "r1" encoders and the "decoder"."""
+    folder = tmp_path_factory.mktemp("onnx")
+    cache: Dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            if name == "decoder":
+                cache[name] = export_prompt_decoder(bl_sam, folder / "decoder.onnx")
+            else:
+                ratio = float(name[1:])
+                cache[name] = export_image_encoder(
+                    bl_sam, folder / f"{name}.onnx", keep_ratio=ratio
+                )
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def image() -> torch.Tensor:
+    return torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 1.0])
+def test_biglittle_encoder_matches_pytorch(
+    bl_sam: nn.Module, image: torch.Tensor, exported: Callable[[str], Path], ratio: float
+) -> None:
+    path = exported(f"r{ratio:g}")
+    assert bl_sam.image_encoder.keep_ratio == 0.5  # the model is left as it was
+    encoder = OnnxImageEncoder(path, threads=1)
+    assert encoder.keep_ratio == ratio and encoder.img_size == 256
+    out = encoder(image)  # batch 2; batch 1 below: the batch dimension is dynamic
+    assert out.shape == (2, 32, 16, 16)
+    bl_sam.image_encoder.keep_ratio = ratio
+    try:
+        with torch.no_grad():
+            expected = bl_sam.image_encoder(image)
+    finally:
+        bl_sam.image_encoder.keep_ratio = 0.5
+    assert (out - expected).abs().max() < TOL
+    assert compare_image_encoder(bl_sam, path, image[:1]) < TOL
+    if ratio < 1.0:  # routing is in the graph: the dense encoder gives something else
+        bl_sam.image_encoder.keep_ratio = 1.0
+        try:
+            with torch.no_grad():
+                dense = bl_sam.image_encoder(image)
+        finally:
+            bl_sam.image_encoder.keep_ratio = 0.5
+        assert (out - dense).abs().max() > 10 * TOL
+
+
+@pytest.mark.skipif(
+    "pool_kv" not in {f.name for f in dataclasses.fields(BigLittleConfig)},
+    reason="this version has no pool_kv option",
+)
+def test_pooled_kv_encoder_matches_pytorch(image: torch.Tensor, tmp_path: Path) -> None:
+    sam = _tiny_biglittle(pool_kv=True)
+    path = export_image_encoder(sam, tmp_path / "pooled.onnx", keep_ratio=0.5)
+    assert compare_image_encoder(sam, path, image) < TOL
+
+
+def test_trained_encoder_on_padded_image(tmp_path: Path) -> None:
+    """The packaged toy student on a real, padded input: routing agrees in the padded region too
+    (a fresh model's zero position embedding makes ties there; docs/export.md)."""
+    sam = sam_model_registry["bl_tiny"](checkpoint=TOY_STUDENT, keep_ratio=0.25)
+    size = sam.image_encoder.img_size
+    pixels = torch.rand(3, size * 3 // 4, size, generator=torch.Generator().manual_seed(2)) * 255
+    x = sam.preprocess(pixels[None])  # 1 x 3 x S x S, the bottom quarter zero padding
+    path = export_image_encoder(sam, tmp_path / "toy.onnx")
+    assert read_metadata(path)["keep_ratio"] == "0.25"
+    assert compare_image_encoder(sam, path, x) < TOL
+
+
+def test_plain_sam_encoder_matches_pytorch(image: torch.Tensor, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    sam = sam_model_registry["vit_tiny"]()
+    path = export_image_encoder(sam.image_encoder, tmp_path / "vit.onnx", keep_ratio=1.0)
+    assert compare_image_encoder(sam, path, image) < TOL
+    meta = read_metadata(path)
+    assert meta["model_name"] == "vit_tiny" and meta["keep_ratio"] == "1.0"
+
+
+def test_prompt_decoder_matches_sam_onnx_model(
+    bl_sam: nn.Module, exported: Callable[[str], Path], tmp_path: Path
+) -> None:
+    path = exported("decoder")
+    for points in (1, 4):
+        assert compare_prompt_decoder(bl_sam, path, num_points=points) < TOL
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == [
+        "image_embeddings",
+        "point_coords",
+        "point_labels",
+        "mask_input",
+        "has_mask_input",
+        "orig_im_size",
+    ]
+    assert [o.name for o in session.get_outputs()] == ["masks", "iou_predictions", "low_res_masks"]
+
+    multi = export_prompt_decoder(bl_sam, tmp_path / "multi.onnx", return_single_mask=False)
+    assert read_metadata(multi)["return_single_mask"] == "False"
+    assert compare_prompt_decoder(bl_sam, multi) < TOL
+
+
+def test_metadata(exported: Callable[[str], Path]) -> None:
+    path = exported("r0.25")
+    meta = read_metadata(path)
+    assert meta["model_name"] == "bl_tiny"
+    assert float(meta["keep_ratio"]) == 0.25
+    assert meta["img_size"] == "256"
+    assert meta["teacher"] == "vit_tiny"
+    assert meta["kind"] == "image_encoder"
+    assert [float(v) for v in meta["pixel_mean"].split(",")] == pytest.approx(
+        [123.675, 116.28, 103.53]
+    )
+    # Written atomically: no temporary file is left beside the exports.
+    assert all(not p.name.startswith(".") for p in path.parent.iterdir())
+    dec = read_metadata(exported("decoder"))
+    assert dec["kind"] == "prompt_decoder" and dec["model_name"] == "bl_tiny"
+
+
+@pytest.mark.parametrize("ratio", [0, -0.5, 1.5, float("nan"), "half", "0.5", True])
+def test_bad_keep_ratio(bl_sam: nn.Module, tmp_path: Path, ratio: object) -> None:
+    with pytest.raises(ValueError, match=r"keep_ratio must be .*\(0, 1\]"):
+        export_image_encoder(bl_sam, tmp_path / "x.onnx", keep_ratio=ratio)  # type: ignore
+    assert not list(tmp_path.iterdir())
+
+
+def test_plain_sam_rejects_ratio_below_one(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    sam = sam_model_registry["vit_tiny"]()
+    with pytest.raises(ValueError, match="plain SAM and has no keep ratio below 1"):
+        export_image_encoder(sam, tmp_path / "x.onnx", keep_ratio=0.5)
+
+
+@pytest.mark.parametrize("opset", [9, MIN_OPSET - 1, "17", 17.0, None])
+def test_bad_opset(bl_sam: nn.Module, tmp_path: Path, opset: object) -> None:
+    opset = max_opset() + 1 if opset is None else opset
+    with pytest.raises(ValueError, match=rf"opset.*from {MIN_OPSET} to {max_opset()}"):
+        export_image_encoder(bl_sam, tmp_path / "x.onnx", opset=opset)  # type: ignore
+    with pytest.raises(ValueError, match="opset"):
+        export_prompt_decoder(bl_sam, tmp_path / "x.onnx", opset=opset)  # type: ignore
+    assert not list(tmp_path.iterdir())
+
+
+def test_bad_model_and_input(
+    bl_sam: nn.Module, exported: Callable[[str], Path], tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="expected a segment_anything Sam .* got Linear"):
+        export_image_encoder(nn.Linear(2, 2), tmp_path / "x.onnx")
+    with pytest.raises(ValueError, match="needs a whole segment_anything Sam"):
+        export_prompt_decoder(bl_sam.image_encoder, tmp_path / "x.onnx")  # type: ignore
+    with pytest.raises(ValueError, match="img_size must be the encoder's img_size 256"):
+        export_image_encoder(bl_sam, tmp_path / "x.onnx", img_size=1024)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        OnnxImageEncoder(tmp_path / "missing.onnx")
+    with pytest.raises(ValueError, match=r"B x 3 x 256 x 256"):
+        OnnxImageEncoder(exported("r0.5"))(torch.zeros(1, 3, 128, 128))
+    with pytest.raises(ValueError, match="not an image encoder export"):
+        OnnxImageEncoder(exported("decoder"))
+
+
+def test_cli_writes_and_checks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        export_onnx.main(["--help"])
+    assert info.value.code == 0 and "--keep-ratio" in capsys.readouterr().out
+    written = export_onnx.main(
+        ["--model", "bl_tiny", "--keep-ratio", "0.5", "--out-dir", str(tmp_path), "--check"]
+    )
+    assert written == {
+        "encoder": tmp_path / "bl_tiny_r0.5_encoder.onnx",
+        "decoder": tmp_path / "bl_tiny_decoder.onnx",
+    }
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'bl_tiny_r0.5_encoder.onnx'}" in out
+    diffs = [float(line.rsplit("=", 1)[1]) for line in out.splitlines() if "max abs diff" in line]
+    assert len(diffs) == 2 and max(diffs) < TOL
+
+    for bad in (["--keep-ratio", "2"], ["--opset", "11"], ["--checkpoint", "nope.pth"]):
+        with pytest.raises(SystemExit) as e:
+            export_onnx.main(["--model", "bl_tiny", "--out-dir", str(tmp_path)] + bad)
+        assert e.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_missing_onnx_says_how_to_install(
+    bl_sam: nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ImportError, match=r'pip install "biglittle-sam\[export\]"'):
+        export_image_encoder(bl_sam, tmp_path / "x.onnx")
+    with pytest.raises(ImportError, match=r'pip install "biglittle-sam\[export\]"'):
+        OnnxImageEncoder(tmp_path / "x.onnx")

@@ -8,7 +8,6 @@ model.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Tuple, Type, Union
@@ -70,7 +69,6 @@ def capacity(keep_ratio: float, group_size: int) -> int:
     return max(1, min(group_size, math.ceil(keep_ratio * group_size - 1e-9)))
 
 
-@functools.lru_cache(maxsize=256)
 def window_capacities(keep_ratio: float, grid: Tuple[int, int], window: int) -> Tuple[int, ...]:
     """Per-window capacities of a windowed layer, in row-major window order.
 

@@ -255,3 +255,14 @@ def test_fused_sam_baseline_equals_sam(tiny_sam, fused: bool) -> None:
     assert diff < 1e-4
     with pytest.raises(ValueError, match="B x 3 x 256 x 256"):
         fast(torch.randn(1, 3, 64, 64))
+
+
+def test_plan_cached_under_inference_mode_does_not_break_training() -> None:
+    enc = _tiny_encoder(0.25)  # 16 x 16 grid in windows of 6: edge windows, so a slot plan
+    x = torch.randn(2, 3, 256, 256)
+    with torch.inference_mode():
+        expected = enc(x)
+    enc.train()
+    y = enc(x)
+    y.sum().backward()  # would fail if inference tensors had been cached and reused
+    torch.testing.assert_close(y.detach(), expected)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 from segment_anything.modeling.common import MLPBlock
@@ -56,6 +56,26 @@ class LayerRouting:
     scores: Tensor
     selected: Tensor
     indices: Tensor
+
+
+class _Plan(NamedTuple):
+    """The static layout of a routed layer (shapes only, never data).
+
+    Attributes:
+      kmax: query slots per group (``capacity(r, group)``).
+      slots: T indices into (G x kmax) of the slots that hold a routed token, ascending, or None
+        when every slot does. Edge windows of a padded grid route only ``capacity(r, real
+        tokens)`` (:func:`~biglittle_sam.config.window_capacities`); their other slots are dropped
+        before the projections and the MLP and masked as keys.
+      valid: G x kmax bool, True at used slots (None with ``slots``).
+      grid_index: G * M row of the B x H x W stream for each window position (-1 at padding), or
+        None for global layers, whose group layout is the stream itself.
+    """
+
+    kmax: int
+    slots: Optional[Tensor]
+    valid: Optional[Tensor]
+    grid_index: Optional[Tensor]
 
 
 class BigBlock(nn.Module):
@@ -272,8 +292,7 @@ class BigLittleBlock(BigBlock):
         self.router = Router(dim)
         self.routing = "learned"  # or "random": noise instead of the router (an ablation)
         self.pool_kv = False  # unrouted keys/values averaged 2 x 2 (see Attention.attend_pooled)
-        # Static slot plans of edge windows per (batch, grid, ratio, device); see _slots.
-        self._slot_cache: Dict[Tuple[Any, ...], Tuple[int, Optional[Tensor], Optional[Tensor]]] = {}
+        self._plans: Dict[Tuple[Any, ...], _Plan] = {}  # static layouts, see _plan
 
     def _scores(self, xn: Tensor) -> Tensor:
         """Router logits, B x H x W (uniform noise when ``routing`` is "random")."""
@@ -281,41 +300,41 @@ class BigLittleBlock(BigBlock):
             return torch.rand(xn.shape[:-1], device=xn.device, dtype=xn.dtype)
         return self.router(xn)
 
-    def _slots(
+    def _plan(
         self, B: int, grid: Tuple[int, int], keep_ratio: float, device: torch.device
-    ) -> Tuple[int, Optional[Tensor], Optional[Tensor]]:
-        """Which query slots of a windowed layer hold a routed token (static, from the grid).
+    ) -> _Plan:
+        """The static layout of one routed layer for a batch of ``B`` grids (see :class:`_Plan`).
 
-        Every window is given ``kmax = capacity(r, w * w)`` slots so the attention stays one
-        batched call, but an edge window routes only ``capacity(r, its real tokens)`` (see
-        :func:`~biglittle_sam.config.window_capacities`); its remaining slots are dropped before
-        the MLP and masked as keys.
-
-        Returns:
-          kmax: slots per window.
-          slots: T flat slot indices into (B * nW) x kmax, ascending, or None when every slot is
-            used (global layers; grids the windows tile exactly).
-          valid: (B * nW) x kmax bool, True at used slots, or None with ``slots``.
+        Built from shapes only, once per (batch, grid, ratio, device) and cached, so later passes
+        make no host-to-device copies. Not cached while ``torch.compile`` traces (the tensors
+        become graph constants) or under inference mode (its tensors cannot be saved for a later
+        backward pass).
         """
-        if self.window_size == 0:
-            return capacity(keep_ratio, grid[0] * grid[1]), None, None
         key = (B, grid, keep_ratio, str(device))
-        cached = self._slot_cache.get(key)
-        if cached is not None:  # built once per shape: no host-to-device copy in later passes
-            return cached
-        w = self.window_size
-        kmax = capacity(keep_ratio, w * w)
-        caps = window_capacities(keep_ratio, grid, w)
-        if all(c == kmax for c in caps):
-            plan: Tuple[int, Optional[Tensor], Optional[Tensor]] = (kmax, None, None)
+        cache = not (torch.compiler.is_compiling() or torch.is_inference_mode_enabled())
+        if cache and key in self._plans:
+            return self._plans[key]
+        H, W = grid
+        if self.window_size == 0:
+            plan = _Plan(capacity(keep_ratio, H * W), None, None, None)
         else:
-            cap = torch.tensor(caps, device=device).repeat(B)  # (B * nW,)
-            valid = torch.arange(kmax, device=device) < cap.unsqueeze(1)  # (B * nW, kmax)
-            per_image = [g * kmax + j for g, c in enumerate(caps) for j in range(c)]
-            base = torch.tensor(per_image, device=device)  # (T / B,)
-            offsets = torch.arange(B, device=device).unsqueeze(1) * (len(caps) * kmax)  # (B, 1)
-            plan = (kmax, (offsets + base).flatten(), valid)  # (T,)
-        self._slot_cache[key] = plan
+            w = self.window_size
+            kmax = capacity(keep_ratio, w * w)
+            caps = window_capacities(keep_ratio, grid, w)
+            # Where each window position lives in the B x H x W stream (-1: padding).
+            rows = torch.arange(B * H * W, device=device).view(B, H, W, 1)
+            grid_index, _ = window_partition(rows, w, pad_value=-1)  # (G, M, 1)
+            slots = valid = None
+            if any(c != kmax for c in caps):
+                cap = torch.tensor(caps, device=device).repeat(B)  # (B * nW,)
+                valid = torch.arange(kmax, device=device) < cap.unsqueeze(1)  # (B * nW, kmax)
+                per_image = [g * kmax + j for g, c in enumerate(caps) for j in range(c)]
+                base = torch.tensor(per_image, device=device)  # (T / B,)
+                offsets = torch.arange(B, device=device).unsqueeze(1) * (len(caps) * kmax)
+                slots = (offsets + base).flatten()  # (B, T / B) -> (T,)
+            plan = _Plan(kmax, slots, valid, grid_index.flatten())
+        if cache:
+            self._plans[key] = plan
         return plan
 
     def _pooled_kv(self, xn: Tensor, selected: Tensor) -> Tuple[Tensor, Tensor]:
@@ -362,7 +381,8 @@ class BigLittleBlock(BigBlock):
 
         Returns:
           x: B x H x W x C.
-          routing: (scores B x H x W, selected B x H x W bool, capacity) or None.
+          routing: (scores B x H x W, selected B x H x W bool, capacity per group, routed tokens
+            per image) or None.
         """
         x = x + self.little(x)
         xn = self.norm1(x)  # (B, H, W, C)
@@ -373,9 +393,10 @@ class BigLittleBlock(BigBlock):
             if not return_routing:
                 return out, None
             scores = self._scores(xn)  # (B, H, W)
-            return out, (scores, torch.ones_like(scores, dtype=torch.bool), group)
+            return out, (scores, torch.ones_like(scores, dtype=torch.bool), group, H * W)
 
-        kmax, slots, valid = self._slots(B, (H, W), keep_ratio, x.device)
+        plan = self._plan(B, (H, W), keep_ratio, x.device)
+        kmax, slots = plan.kmax, plan.slots
         scores = self._scores(xn)  # (B, H, W)
         logits_g = self._to_groups(scores, pad_value=float("-inf"))  # (G, M); padding never wins
         G, M = logits_g.shape
@@ -384,11 +405,12 @@ class BigLittleBlock(BigBlock):
         indices, weights = select_tokens(logits_g, kmax, sorted=slots is not None)  # (G, kmax)
         flat = indices + torch.arange(G, device=x.device).unsqueeze(1) * M  # (G, kmax) in G * M
         pos = flat.flatten() if slots is None else flat.flatten().index_select(0, slots)  # (T,)
+        if plan.grid_index is not None:  # window position -> row of the B x H x W stream
+            pos = plan.grid_index.index_select(0, pos)  # (T,); routed tokens are never padding
         T = pos.shape[0]
-        x_flat = self._to_groups(x).reshape(G * M, C)  # (G * M, C)
-        xn_flat = self._to_groups(xn).reshape(G * M, C)  # (G * M, C)
+        x_rows = x.reshape(B * H * W, C)  # (B * H * W, C), no window layout: no copies
         gather_idx = pos.unsqueeze(-1).expand(T, C)  # (T, C)
-        xn_sel = xn_flat.gather(0, gather_idx)  # (G * M, C) -> (T, C)
+        xn_sel = xn.reshape(B * H * W, C).gather(0, gather_idx)  # (B * H * W, C) -> (T, C)
 
         def to_slots(t: Tensor) -> Tensor:
             """T x D routed rows -> G x kmax x D query slots (unused slots zero)."""
@@ -399,17 +421,21 @@ class BigLittleBlock(BigBlock):
 
         selected: Optional[Tensor] = None
         if self.pool_kv or return_routing:
-            chosen = torch.zeros(G * M, dtype=torch.bool, device=x.device)
+            chosen = torch.zeros(B * H * W, dtype=torch.bool, device=x.device)
             routed = torch.ones_like(pos, dtype=torch.bool)  # (T,)
-            chosen = chosen.scatter(0, pos, routed).view(G, M)  # (T,) -> (G * M,) -> (G, M)
-            selected = self._from_groups(chosen.unsqueeze(-1), (H, W), self._pad_hw(H, W))
-            selected = selected.squeeze(-1)  # (B, H, W)
+            selected = chosen.scatter(0, pos, routed).view(B, H, W)  # (T,) -> (B * H * W,)
         if self.pool_kv:
             assert selected is not None
             qkv = self.attn.qkv(xn_sel)  # (T, 3C): queries, and the routed tokens' keys/values
             kv_pool, log_count = self._pooled_kv(xn, selected)  # (G, P, 2C), (G, P)
             attn = self.attn.attend_pooled(
-                to_slots(qkv[:, :C]), to_slots(qkv[:, C:]), valid, kv_pool, log_count, indices, grid
+                to_slots(qkv[:, :C]),
+                to_slots(qkv[:, C:]),
+                plan.valid,
+                kv_pool,
+                log_count,
+                indices,
+                grid,
             )  # (G, kmax, C)
         else:
             _, kv_g, _, _ = self._kv_groups(xn)  # (G, M, 2C): every token is a key and a value
@@ -422,20 +448,12 @@ class BigLittleBlock(BigBlock):
         if weights is not None:
             weights = weights.reshape(G * kmax, 1)
             weights = weights if slots is None else weights.index_select(0, slots)  # (T, 1)
-        h = x_flat.gather(0, gather_idx)  # (G * M, C) -> (T, C)
+        h = x_rows.gather(0, gather_idx)  # (B * H * W, C) -> (T, C)
         update = self.attn.proj(attn)  # (T, C)
         h = h + (update if weights is None else weights * update)
         update = self.mlp(self.norm2(h))  # (T, C)
         h = h + (update if weights is None else weights * update)
-        x_flat = x_flat.scatter(0, gather_idx, h)  # (T, C) -> (G * M, C)
-        out = self._from_groups(x_flat.view(G, M, C), (H, W), self._pad_hw(H, W))  # (B, H, W, C)
+        out = x_rows.scatter(0, gather_idx, h).view(B, H, W, C)  # (T, C) -> (B * H * W, C)
         if selected is None:
             return out, None
-        return out, (scores, selected, kmax)
-
-    def _pad_hw(self, H: int, W: int) -> Tuple[int, int]:
-        """The grid padded to whole windows ((H, W) for global layers)."""
-        if self.window_size == 0:
-            return H, W
-        w = self.window_size
-        return H + (w - H % w) % w, W + (w - W % w) % w
+        return out, (scores, selected, kmax, T // B)

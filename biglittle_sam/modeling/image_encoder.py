@@ -183,10 +183,11 @@ class ImageEncoderBigLittle(nn.Module):
         for i, blk in enumerate(self.blocks):
             x, routing = blk(x, self._keep_ratio, return_routing=record)
             if aux is not None and routing is not None:
-                scores, selected, k = routing
-                B = selected.shape[0]
-                # Capacity is static, so every image selects the same number of tokens.
-                indices = selected.flatten(1).nonzero()[:, 1].view(B, -1)  # (B, S)
+                scores, selected, k, routed = routing
+                # Capacity is static, so every image routes the same number of tokens; a stable
+                # sort puts them first, in ascending order, without a data-dependent shape.
+                rest = (~selected).flatten(1).to(torch.uint8)  # (B, H * W), 0 where routed
+                indices = torch.argsort(rest, dim=1, stable=True)[:, :routed]  # (B, S)
                 kind = "global" if blk.window_size == 0 else "window"
                 aux.layers.append(LayerRouting(i, kind, k, scores.detach(), selected, indices))
         x = self.neck(x.permute(0, 3, 1, 2))  # (B, H, W, C) -> (B, C, H, W) -> (B, out, H, W)

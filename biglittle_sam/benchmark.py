@@ -5,6 +5,11 @@ then the peers, then again), so that a slow moment of a noisy machine hits every
 reported latency is the median of the rounds. Speedups and FLOPs-to-latency efficiency are taken
 against the SAM encoder measured in the same run.
 
+Optional rows: big.LITTLE with pooled keys/values (``pool_kv_ratios``), and with ``onnx`` the
+exported encoders (SAM and big.LITTLE at each ratio) in onnxruntime. With ``compile`` every PyTorch
+model goes through ``torch.compile`` first; the first call at each batch size (compilation included)
+is timed apart, as ``compile_s``, and never counted in the latency.
+
 Weights are random (nothing is downloaded): speed does not depend on the weights' values, except
 through routing, whose capacity is static.
 """
@@ -18,6 +23,7 @@ import logging
 import os
 import platform
 import statistics
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,6 +38,7 @@ from .config import BigLittleConfig, get_config
 from .fileio import atomic_write_json
 from .flops import encoder_gmacs
 from .modeling import ImageEncoderViTFused
+from .train.amp import keep_norms_fp32
 
 __all__ = [
     "BenchmarkConfig",
@@ -59,7 +66,8 @@ PEERS: Dict[str, Dict[str, Any]] = {
 
 @dataclass
 class BenchmarkConfig:
-    """What to measure. Defaults: SAM ViT-B against bl_b at 1.0, 0.5, 0.25 and 0.1, with peers."""
+    """What to measure. Defaults: SAM ViT-B against bl_b at 1.0, 0.5, 0.25 and 0.1 (and pooled k/v
+    at 0.5, 0.25 and 0.1), with peers, at batch 1, 4 and 8."""
 
     sam: str = "vit_b"  # baseline SAM encoder (registry name)
     fast_sam: bool = True  # also time SAM's weights on our fused dense path, to split the speedup
@@ -68,8 +76,16 @@ class BenchmarkConfig:
     peers: Sequence[str] = tuple(PEERS)  # timm backbones; empty to skip
     device: str = "cpu"
     dtype: str = "fp32"  # "fp32" or "bf16" (autocast; LayerNorm stays fp32)
-    batch_sizes: Sequence[int] = (1, 4)  # latency at the first; images/s at every one
-    warmup: int = 1  # untimed passes per model and batch size
+    batch_sizes: Sequence[int] = (1, 4, 8)  # latency at the first; images/s at every one
+    # Peers, pooled-k/v and ONNX rows are measured only up to this batch size (None: every one):
+    # batch 8 of every row would double the run for rows that only give context.
+    max_batch_others: Optional[int] = 4
+    pool_kv_ratios: Sequence[float] = (0.5, 0.25, 0.1)  # big.LITTLE with pooled keys/values
+    onnx: bool = False  # also time the exported SAM and big.LITTLE encoders in onnxruntime
+    onnx_opset: int = 17
+    compile: bool = False  # torch.compile every PyTorch model first (compile time reported apart)
+    compile_backend: str = "inductor"
+    warmup: int = 1  # untimed passes per model at the first batch size
     repeats: int = 5  # timed rounds at the first batch size (median reported)
     batch_repeats: int = 2  # timed rounds at the other batch sizes
     img_size: Optional[int] = None  # default: the config's (1024)
@@ -83,7 +99,7 @@ class ModelResult:
     """One row of the benchmark."""
 
     name: str
-    family: str  # "sam", "fast_sam", "biglittle" or "peer"
+    family: str  # "sam", "fast_sam", "biglittle", "biglittle_pooled", "onnx" or "peer"
     keep_ratio: Optional[float]
     input_size: int
     params_m: float
@@ -98,6 +114,8 @@ class ModelResult:
     efficiency: Optional[float] = None  # speedup / flops_ratio
     speedup_vs_fast: Optional[float] = None  # against SAM on the fused path: routing alone
     efficiency_vs_fast: Optional[float] = None  # speedup_vs_fast / its GMACs ratio
+    runtime: str = "pytorch"  # "pytorch", "pytorch+compile" or "onnxruntime"
+    compile_s: Dict[int, float] = field(default_factory=dict)  # first call per batch (compiling)
     note: str = ""
 
 
@@ -202,8 +220,22 @@ def _fvcore_gmacs(model: nn.Module, size: int) -> Optional[float]:
 @dataclass
 class _Entry:
     result: ModelResult
-    module: nn.Module
+    module: Optional[nn.Module]  # None for an onnxruntime session
     prepare: Callable[[], None]  # sets the keep ratio before each timed pass
+    fn: Optional[Callable[[torch.Tensor], Any]] = None  # what is timed; default: module
+
+    def __call__(self, x: torch.Tensor) -> Any:
+        run = self.fn if self.fn is not None else self.module
+        return run(x)  # type: ignore[misc]
+
+    def measured_at(self, batch: int, cfg: "BenchmarkConfig") -> bool:
+        """Whether this row is timed at ``batch`` (context rows stop at ``max_batch_others``)."""
+        core = self.result.family in CORE_FAMILIES
+        return core or cfg.max_batch_others is None or batch <= cfg.max_batch_others
+
+
+# Rows measured at every batch size; the others stop at BenchmarkConfig.max_batch_others.
+CORE_FAMILIES = ("sam", "fast_sam", "biglittle")
 
 
 def _params_m(module: nn.Module) -> float:
@@ -285,6 +317,7 @@ def _entries(cfg: BenchmarkConfig) -> List[_Entry]:
                     prepare,
                 )
             )
+        entries.extend(_pooled_entries(cfg, bl, overrides))
     for peer in cfg.peers:
         if peer not in PEERS:
             raise ValueError(f"unknown peer {peer!r}; known peers: {', '.join(PEERS)}")
@@ -310,12 +343,102 @@ def _entries(cfg: BenchmarkConfig) -> List[_Entry]:
     return entries
 
 
+def _pooled_entries(cfg: BenchmarkConfig, bl: nn.Module, overrides: Dict[str, Any]) -> List[_Entry]:
+    """Rows of big.LITTLE with pooled keys/values, on a twin of ``bl`` (same weights)."""
+    if not cfg.pool_kv_ratios:
+        return []
+    pooled = sam_model_registry[cfg.model](pool_kv=True, **overrides).image_encoder
+    pooled.load_state_dict(bl.state_dict(), strict=True)
+    params = _params_m(pooled)
+    entries = []
+    for r in cfg.pool_kv_ratios:
+
+        def prepare(r: float = r, enc: nn.Module = pooled) -> None:
+            set_keep_ratio(enc, r)
+
+        prepare()
+        entries.append(
+            _Entry(
+                ModelResult(
+                    name=f"{cfg.model} r={r:g} pooled k/v",
+                    family="biglittle_pooled",
+                    keep_ratio=r,
+                    input_size=pooled.img_size,
+                    params_m=params,
+                    gmacs=encoder_gmacs(pooled, r),
+                    gmacs_source="analytic",
+                    note="unrouted tokens' keys/values averaged 2x2",
+                ),
+                pooled,
+                prepare,
+            )
+        )
+    return entries
+
+
+def _onnx_entries(
+    cfg: BenchmarkConfig, entries: Sequence[_Entry], folder: Path, say: Callable[[str], None]
+) -> List[_Entry]:
+    """The SAM row and every big.LITTLE row exported to ONNX, each in an onnxruntime session."""
+    try:
+        from .export import OnnxImageEncoder, export_image_encoder
+    except ImportError as e:
+        raise RuntimeError(f"--onnx needs biglittle_sam.export and its extra: {e}") from None
+    if not cfg.device.startswith("cpu"):
+        raise ValueError("--onnx times onnxruntime's CPU provider; use --device cpu")
+    out: List[_Entry] = []
+    for e in entries:
+        r = e.result
+        if r.family not in ("sam", "biglittle") or e.module is None:
+            continue
+        name = f"{r.family}_{r.keep_ratio if r.keep_ratio is not None else 1.0:g}.onnx"
+        start = time.perf_counter()
+        path = export_image_encoder(
+            e.module, folder / name, keep_ratio=r.keep_ratio, opset=cfg.onnx_opset
+        )
+        say(f"exported {r.name} to ONNX in {time.perf_counter() - start:.1f} s")
+        session = OnnxImageEncoder(path, threads=cfg.threads)
+        result = dataclasses.replace(
+            r,
+            name=f"{r.name.split(' (')[0]} (onnxruntime)",
+            family="onnx",
+            runtime="onnxruntime",
+            latency_runs_s=[],
+            images_per_s={},
+            compile_s={},
+            note=f"exported with opset {cfg.onnx_opset}; fp32 whatever --dtype",
+        )
+        out.append(_Entry(result, None, lambda: None, session))
+    return out
+
+
+def _compile(entries: Sequence[_Entry], cfg: BenchmarkConfig) -> None:
+    """Wrap every PyTorch row in ``torch.compile`` (compilation happens at the first call)."""
+    # One graph per model, keep ratio and batch size: more than dynamo's default cache of 8 per
+    # forward (all big.LITTLE rows share ImageEncoderBigLittle.forward), past which it would
+    # silently fall back to eager.
+    dynamo = torch._dynamo.config
+    needed = 4 * (len(entries) + 1) * max(1, len(cfg.batch_sizes))
+    dynamo.cache_size_limit = max(dynamo.cache_size_limit, needed)
+    if hasattr(dynamo, "accumulated_cache_size_limit"):
+        dynamo.accumulated_cache_size_limit = max(dynamo.accumulated_cache_size_limit, 4 * needed)
+    compiled: Dict[int, Callable[[torch.Tensor], Any]] = {}
+    for e in entries:
+        if e.module is None:
+            continue
+        key = id(e.module)  # rows sharing a module (the ratios) share one compiled wrapper
+        if key not in compiled:
+            compiled[key] = torch.compile(e.module, backend=cfg.compile_backend, dynamic=False)
+        e.fn = compiled[key]
+        e.result.runtime = "pytorch+compile"
+
+
 def _time_once(entry: _Entry, x: torch.Tensor, cfg: BenchmarkConfig) -> float:
     entry.prepare()
     _sync(cfg.device)
     start = time.perf_counter()
     with torch.inference_mode(), _autocast(cfg.device, cfg.dtype):
-        entry.module(x)
+        entry(x)
     _sync(cfg.device)
     return time.perf_counter() - start
 
@@ -333,7 +456,27 @@ def run_benchmark(
     device = torch.device(cfg.device)
     entries = _entries(cfg)
     for e in entries:
-        e.module.to(device).eval()
+        if e.module is not None:
+            e.module.to(device).eval()
+            if cfg.dtype != "fp32":  # statistics over 768+ channels lose too much in bf16
+                keep_norms_fp32(e.module)
+    with contextlib.ExitStack() as stack:
+        if cfg.onnx:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bl_onnx_")))
+            entries += _onnx_entries(cfg, entries, folder, say)
+        if cfg.compile:
+            _compile(entries, cfg)
+        _measure(entries, cfg, device, say)
+    return _report(entries, cfg)
+
+
+def _measure(
+    entries: Sequence[_Entry],
+    cfg: BenchmarkConfig,
+    device: torch.device,
+    say: Callable[[str], None],
+) -> None:
+    """Warm up, then time interleaved rounds at each batch size; fills the results in place."""
     inputs: Dict[int, Dict[int, torch.Tensor]] = {}
 
     def batch(size: int, b: int) -> torch.Tensor:
@@ -342,8 +485,10 @@ def run_benchmark(
         )
 
     first, *others = list(cfg.batch_sizes)
-    for e in entries:  # warm-up, and one pass measured for memory
+    for e in entries:  # warm-up (compilation first), and one pass measured for memory
         x = batch(e.result.input_size, first)
+        if cfg.compile and e.module is not None:
+            e.result.compile_s[first] = _time_once(e, x, cfg)
         for _ in range(cfg.warmup):
             _time_once(e, x, cfg)
         if cfg.memory:
@@ -357,20 +502,32 @@ def run_benchmark(
         e.result.latency_s = statistics.median(e.result.latency_runs_s)
         e.result.images_per_s[first] = first / e.result.latency_s
     for b in others:
-        runs: Dict[int, List[float]] = {id(e): [] for e in entries}
+        rows = [e for e in entries if e.measured_at(b, cfg)]
+        for e in rows:
+            if cfg.compile and e.module is not None:  # a new input shape compiles a new graph
+                x = batch(e.result.input_size, b)
+                e.result.compile_s[b] = _time_once(e, x, cfg)
+                # Untimed passes as at the first batch size: a module that fills a cache on its
+                # first pass makes dynamo recompile on the second.
+                for _ in range(cfg.warmup):
+                    _time_once(e, x, cfg)
+        runs: Dict[int, List[float]] = {id(e): [] for e in rows}
         for i in range(cfg.batch_repeats):
-            for e in entries:
+            for e in rows:
                 runs[id(e)].append(_time_once(e, batch(e.result.input_size, b), cfg))
             say(f"batch {b}: round {i + 1}/{cfg.batch_repeats} done")
-        for e in entries:
+        for e in rows:
             e.result.images_per_s[b] = b / statistics.median(runs[id(e)])
+
+
+def _report(entries: Sequence[_Entry], cfg: BenchmarkConfig) -> Dict[str, Any]:
     baseline = next((e.result for e in entries if e.result.family == "sam"), None)
     fast = next((e.result for e in entries if e.result.family == "fast_sam"), None)
     for e in entries:
         r = e.result
         if baseline is not None:
             r.speedup, r.flops_ratio, r.efficiency = _relative(r, baseline)
-        if fast is not None and r.family == "biglittle":
+        if fast is not None and r.family in ("biglittle", "biglittle_pooled"):
             r.speedup_vs_fast, _, r.efficiency_vs_fast = _relative(r, fast)
     return {
         "meta": {
@@ -421,11 +578,15 @@ def _fmt(value: Optional[float], spec: str = "", suffix: str = "") -> str:
 
 def to_markdown(report: Dict[str, Any]) -> str:
     """The README table for a :func:`run_benchmark` report."""
-    sizes = report["meta"]["config"]["batch_sizes"]
+    config = report["meta"]["config"]
+    sizes = config["batch_sizes"]
+    compiled = bool(config.get("compile"))
     head = ["model", "input", "params (M)", "GMACs", "latency (s)"]
     head += [f"img/s @{b}" for b in sizes]
     head += ["peak mem (MB)", "speedup", "GMACs ratio", "efficiency"]
     head += ["speedup vs fused SAM", "efficiency vs fused SAM"]
+    if compiled:
+        head += [f"compile (s) @{sizes[0]}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["results"]:
         ips = r["images_per_s"]
@@ -445,6 +606,9 @@ def to_markdown(report: Dict[str, Any]) -> str:
             _fmt(r.get("speedup_vs_fast"), ".2f", "x"),
             _fmt(r.get("efficiency_vs_fast"), ".2f"),
         ]
+        if compiled:
+            cs = r.get("compile_s") or {}
+            row.append(_fmt(cs.get(sizes[0], cs.get(str(sizes[0])))))
         lines.append("| " + " | ".join(row) + " |")
     meta = report["meta"]
     lines.append("")
@@ -456,7 +620,46 @@ def to_markdown(report: Dict[str, Any]) -> str:
         "Peers: timm backbones "
         "only, random weights."
     )
+    notes = _notes(report)
+    if notes:
+        lines[-1] += " " + " ".join(notes)
     return "\n".join(lines)
+
+
+def _notes(report: Dict[str, Any]) -> List[str]:
+    """Sentences for the table's note on the optional rows and settings of this report."""
+    config = report["meta"]["config"]
+    families = {r["family"] for r in report["results"]}
+    sizes = config["batch_sizes"]
+    notes = []
+    cap = config.get("max_batch_others")
+    others = families - set(CORE_FAMILIES)
+    if cap is not None and others and any(b > cap for b in sizes):
+        notes.append(
+            f'Peers, pooled-k/v and onnxruntime rows are measured up to batch {cap} only ("-" '
+            "above); SAM, fused SAM and big.LITTLE at every batch size."
+        )
+    if len(sizes) > 1:
+        notes.append(
+            f"Throughput at batch > {sizes[0]}: median of {config['batch_repeats']} rounds."
+        )
+    if "biglittle_pooled" in families:
+        notes.append(
+            '"pooled k/v": semi-cross attention averages the unrouted tokens\' keys and values '
+            "2x2 (GMACs count it)."
+        )
+    if "onnx" in families:
+        notes.append(
+            f'"(onnxruntime)": the same encoder exported to ONNX (opset '
+            f"{config.get('onnx_opset')}) on onnxruntime's CPU provider, fp32; speedup against "
+            "upstream SAM in PyTorch."
+        )
+    if config.get("compile"):
+        notes.append(
+            f"PyTorch rows run through torch.compile (backend {config.get('compile_backend')}); "
+            "compile time is the first call, excluded from the latency."
+        )
+    return notes
 
 
 def save_plot(report: Dict[str, Any], path: str) -> Path:
@@ -471,12 +674,16 @@ def save_plot(report: Dict[str, Any], path: str) -> Path:
         "sam": "tab:red",
         "fast_sam": "tab:orange",
         "biglittle": "tab:blue",
+        "biglittle_pooled": "tab:cyan",
+        "onnx": "tab:green",
         "peer": "tab:gray",
     }
     families = (
         ("sam", "SAM"),
         ("fast_sam", "SAM, fused attention"),
         ("biglittle", "big.LITTLE"),
+        ("biglittle_pooled", "big.LITTLE, pooled k/v"),
+        ("onnx", "onnxruntime"),
         ("peer", "peer backbones"),
     )
     for fam, label in families:
@@ -486,7 +693,7 @@ def save_plot(report: Dict[str, Any], path: str) -> Path:
         ax.plot(
             [r["gmacs"] for r in rows],
             [r["latency_s"] for r in rows],
-            "o-" if fam == "biglittle" else "o",
+            "o-" if fam.startswith("biglittle") else "o",
             color=colors[fam],
             label=label,
         )

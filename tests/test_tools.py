@@ -27,7 +27,8 @@ def test_benchmark_tiny_run(tmp_path: Path, capsys) -> None:
         [
             "--sam", "vit_tiny", "--model", "bl_tiny", "--keep-ratios", "1.0", "0.25",
             "--peers", "none", "--repeats", "2", "--batch-sizes", "1", "2", "--batch-repeats", "1",
-            "--json", str(tmp_path / "b.json"), "--markdown", str(tmp_path / "b.md"),
+            "--pool-kv-ratios", "none", "--json", str(tmp_path / "b.json"),
+            "--markdown", str(tmp_path / "b.md"),
             "--plot", str(tmp_path / "b.png"),
         ]
     )  # fmt: skip
@@ -73,3 +74,61 @@ def test_convert_cli(tiny_sam_checkpoint: Path, tmp_path: Path, capsys) -> None:
         convert_checkpoint.main(args + ["--output", str(out), "--model", "bl_b"])
     assert info.value.code == 2
     assert "does not fit" in capsys.readouterr().err
+
+
+def test_benchmark_pooled_and_onnx_rows(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    report = benchmark.main(
+        [
+            "--sam", "vit_tiny", "--model", "bl_tiny", "--keep-ratios", "0.5",
+            "--pool-kv-ratios", "0.25", "--onnx", "--peers", "none", "--repeats", "1",
+            "--batch-sizes", "1", "2", "--batch-repeats", "1", "--max-batch-others", "1",
+            "--no-memory", "--dtype", "bf16", "--markdown", str(tmp_path / "b.md"),
+        ]
+    )  # fmt: skip
+    assert report["meta"]["dtype"] == "bf16"
+    rows = {r["name"]: r for r in report["results"]}
+    assert set(rows) == {
+        "SAM vit_tiny (segment_anything)",
+        "SAM vit_tiny, fused attention (ours)",
+        "bl_tiny r=0.5",
+        "bl_tiny r=0.25 pooled k/v",
+        "SAM vit_tiny (onnxruntime)",
+        "bl_tiny r=0.5 (onnxruntime)",
+    }
+    pooled = rows["bl_tiny r=0.25 pooled k/v"]
+    assert pooled["family"] == "biglittle_pooled" and pooled["keep_ratio"] == 0.25
+    assert pooled["speedup_vs_fast"] is not None
+    onnx = rows["bl_tiny r=0.5 (onnxruntime)"]
+    assert onnx["family"] == "onnx" and onnx["runtime"] == "onnxruntime"
+    assert onnx["gmacs"] == rows["bl_tiny r=0.5"]["gmacs"] and onnx["speedup"] > 0
+    # Context rows stop at --max-batch-others; SAM, fused SAM and big.LITTLE go on.
+    assert set(onnx["images_per_s"]) == set(pooled["images_per_s"]) == {1}
+    assert set(rows["bl_tiny r=0.5"]["images_per_s"]) == {1, 2}
+    table = (tmp_path / "b.md").read_text()
+    assert "measured up to batch 1 only" in table and "(onnxruntime)" in table
+    assert "| bl_tiny r=0.25 pooled k/v |" in table
+
+
+def test_benchmark_compile_reports_compile_time() -> None:
+    report = benchmark.main(
+        [
+            "--sam", "vit_tiny", "--model", "bl_tiny", "--keep-ratios", "0.5", "--no-fast-sam",
+            "--pool-kv-ratios", "none", "--peers", "none", "--repeats", "1",
+            "--batch-sizes", "1", "2", "--batch-repeats", "1", "--no-memory",
+            "--compile", "--compile-backend", "aot_eager",
+        ]
+    )  # fmt: skip
+    assert report["meta"]["config"]["compile"] is True
+    for r in report["results"]:
+        assert r["runtime"] == "pytorch+compile"
+        # The first call at each batch size compiles; it is reported, not timed.
+        assert set(r["compile_s"]) == {1, 2} and len(r["latency_runs_s"]) == 1
+        assert r["compile_s"][1] > r["latency_s"]
+
+
+def test_benchmark_rejects_bad_pool_kv_ratios(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        benchmark.main(["--pool-kv-ratios", "half"])
+    assert info.value.code == 2
+    assert "--pool-kv-ratios takes numbers" in capsys.readouterr().err

@@ -1,0 +1,62 @@
+"""Profile one image encoder with torch.profiler: the top operators by self CPU time.
+
+    biglittle-sam-profile --model bl_b --keep-ratio 0.25 --top 15
+    biglittle-sam-profile --model bl_b --keep-ratio 0.1 --pool-kv --json outputs/profile.json
+
+Flags left out keep the library's defaults (``biglittle_sam.profile.profile_encoder``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+from biglittle_sam.profile import format_table, profile_encoder
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="torch.profiler of one image encoder (random weights): top operators by self "
+        "CPU time, and any host syncs in the forward pass."
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default=None, help="registry name (default bl_b)")
+    model.add_argument("--keep-ratio", type=float, default=None, help="big.LITTLE keep ratio")
+    model.add_argument("--pool-kv", action="store_true", help="pooled keys/values (big.LITTLE)")
+    model.add_argument("--img-size", type=int, default=None, help="override the input size")
+    run = parser.add_argument_group("run")
+    run.add_argument("--batch-size", type=int, default=None, help="default 1")
+    run.add_argument("--warmup", type=int, default=None, help="unprofiled passes (default 1)")
+    run.add_argument("--steps", type=int, default=None, help="profiled passes (default 1)")
+    run.add_argument("--threads", type=int, default=None)
+    out = parser.add_argument_group("output")
+    out.add_argument("--top", type=int, default=15, help="operators to print (default 15)")
+    out.add_argument("--json", default=None, help="write every operator's totals as JSON")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given: Dict[str, Any] = {}
+    for name in ("model", "keep_ratio", "img_size", "batch_size", "warmup", "steps", "threads"):
+        if getattr(args, name) is not None:
+            given[name] = getattr(args, name)
+    if args.pool_kv:
+        given["pool_kv"] = True
+    try:
+        result = profile_encoder(**given)
+    except (KeyError, ValueError) as e:  # an unknown model, a bad ratio or option
+        parser.error(str(e).strip("'\""))
+    print(format_table(result, top=args.top))
+    report = result.to_dict()
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

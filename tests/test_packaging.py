@@ -36,3 +36,19 @@ def test_console_scripts_resolve() -> None:
         assert installed in SOURCE_FOLDERS, f"{name}: {module} is not in tools/ or demo/"
         local = importlib.import_module(f"{SOURCE_FOLDERS[installed]}.{rest}")
         assert callable(getattr(local, func)), name
+
+
+def test_console_scripts_exit_zero_when_main_returns_a_result(monkeypatch) -> None:
+    """pip's console scripts call sys.exit(entry()): a dict or Path there would print and exit 1."""
+    import types
+
+    console = importlib.import_module("tools.console")
+    scripts = _setup_cfg()["options.entry_points"]["console_scripts"].strip().splitlines()
+    tools = [line.split(":")[1].strip() for line in scripts if ".console:" in line]
+    assert len(tools) >= 10
+    for tool in tools:
+        module = importlib.import_module(f"tools.{tool}")
+        for returned, status in (({"report": 1}, 0), (Path("x"), 0), (None, 0), (2, 2)):
+            monkeypatch.setattr(module, "main", lambda r=returned: r)
+            assert getattr(console, tool)() == status, tool
+        assert isinstance(getattr(console, tool), types.FunctionType)

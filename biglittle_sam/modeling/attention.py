@@ -286,14 +286,14 @@ class Attention(nn.Module):
             rel_h, rel_w = self.rel_pos_parts(qh, q_pos, grid)  # (G,nh,L,gh), (G,nh,L,gw)
             key_h = (q_pos // gw).view(G, 1, 1, L).expand(G, nh, L, L)  # rows of the routed keys
             key_w = (q_pos % gw).view(G, 1, 1, L).expand(G, nh, L, L)  # columns of routed keys
-            bias_sel = rel_h.gather(-1, key_h) + rel_w.gather(-1, key_w)  # (G, nh, L, L)
             pool_h = 0.5 * (rel_h[..., 0::2] + rel_h[..., 1::2])  # (G, nh, L, gh / 2)
             pool_w = 0.5 * (rel_w[..., 0::2] + rel_w[..., 1::2])  # (G, nh, L, gw / 2)
+            bias_sel = rel_h.gather(-1, key_h) + rel_w.gather(-1, key_w)  # (G, nh, L, L)
+            if key_valid is not None:  # only edge windows have unused slots to mask
+                bias_sel = bias_sel + mask_sel[:, None, None, :]
             bias_pool = (pool_h.unsqueeze(-1) + pool_w.unsqueeze(-2)).view(G, nh, L, P)
-            bias = torch.cat(
-                [bias_sel + mask_sel[:, None, None, :], bias_pool + log_count[:, None, None, :]],
-                dim=-1,
-            )  # (G, nh, L, L + P)
+            bias_pool = bias_pool + log_count[:, None, None, :]  # pooled keys weigh their count
+            bias = torch.cat([bias_sel, bias_pool], dim=-1)  # (G, nh, L, L + P)
         else:
             bias = torch.cat([mask_sel, log_count], dim=-1)[:, None, None, :]  # (G, 1, 1, L + P)
             bias = bias.expand(G, self.num_heads, L, L + P)

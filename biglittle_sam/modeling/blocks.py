@@ -58,6 +58,18 @@ class LayerRouting:
     indices: Tensor
 
 
+def _sum_2x2(x: Tensor) -> Tensor:
+    """Sums over 2 x 2 blocks. x: B x H x W x D (H, W even) -> B x H/2 x W/2 x D.
+
+    Two strided additions over whole D-wide rows (much faster on CPU than ``sum`` over the two
+    non-adjacent block dimensions).
+    """
+    B, H, W, D = x.shape
+    v = x.view(B, H // 2, 2, W // 2, 2, D)
+    cols = v[:, :, :, :, 0] + v[:, :, :, :, 1]  # (B, H/2, 2, W/2, D)
+    return cols[:, :, 0] + cols[:, :, 1]  # (B, H/2, W/2, D)
+
+
 class _Plan(NamedTuple):
     """The static layout of a routed layer (shapes only, never data).
 
@@ -352,9 +364,8 @@ class BigLittleBlock(BigBlock):
         """
         B, H, W, C = xn.shape
         rest = (~selected).to(xn.dtype).unsqueeze(-1)  # (B, H, W, 1)
-        # Sum over 2 x 2 blocks: (B, H, W, .) -> (B, H/2, 2, W/2, 2, .) -> (B, H/2, W/2, .)
-        total = (xn * rest).view(B, H // 2, 2, W // 2, 2, C).sum(dim=(2, 4))
-        count = rest.view(B, H // 2, 2, W // 2, 2).sum(dim=(2, 4))  # (B, H/2, W/2)
+        total = _sum_2x2(xn * rest)  # (B, H, W, C) -> (B, H/2, W/2, C)
+        count = _sum_2x2(rest).squeeze(-1)  # (B, H/2, W/2)
         mean = total / count.clamp(min=1).unsqueeze(-1)  # (B, H/2, W/2, C)
         kv = self.attn.project_kv(mean, bias=False)  # (B, H/2, W/2, 2C)
         if self.window_size == 0:

@@ -123,3 +123,32 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(
     assert losses[-1] - floor < 0.8 * (losses[0] - floor), (floor, losses)
     if phase == 2:
         assert "loss_mask" in metrics and float(metrics["loss_mask"]) > 0
+
+
+def test_router_exploration_is_seeded_per_image_and_off_outside_training(
+    tmp_path: Path, shapes: ShapesDataset, teacher_cache: Path, teacher_ckpt: Path, one_thread
+) -> None:
+    task = _task(tmp_path, shapes, teacher_cache, teacher_ckpt, router_noise=1.0)
+    set_keep_ratio(task.sam, 0.25)
+    encoder = task.sam.image_encoder
+    batch = collate_items([task.dataset[(i, i)] for i in range(2)])
+    exploration = task.module.exploration
+    assert exploration is not None and task.begin_step(0)["router_noise"] == 1.0
+
+    def selected(seeds):  # (B, H, W) bool of layer 0, with the noise of ``seeds``
+        exploration.set_images(seeds)
+        try:
+            with torch.no_grad():
+                return encoder.forward_with_aux(batch["image"])[1].layers[0].selected
+        finally:
+            exploration.set_images(None)
+
+    encoder.train()
+    plain = selected(None)
+    noisy = selected([1, 2])
+    assert not torch.equal(plain, noisy) and torch.equal(noisy, selected([1, 2]))
+    # Image 0's noise depends on its own seed only, not on the other images of the batch.
+    assert torch.equal(selected([1, 5])[0], noisy[0]) and not torch.equal(selected([1, 5]), noisy)
+    encoder.eval()
+    assert torch.equal(selected([1, 2]), plain)
+    assert task.begin_step(task.settings["train"]["steps"])["router_noise"] == 0.0

@@ -39,6 +39,10 @@ def test_toy_benchmark_runs_end_to_end(tmp_path: Path, one_thread, capsys) -> No
     ):
         assert {(variant, r) for r in (0.5, 0.25, 0.1)} <= rows and (variant, 1.0) not in rows
     assert all(0.0 <= r[k] <= 100.0 for r in result["rows"] for k in ("box", "click1", "click3"))
+    assert all(r["embedding_mse"] >= 0 for r in result["rows"])
+    assert result["rows"][0]["embedding_mse"] == 0.0  # the teacher against itself
+    students = [r for r in result["rows"] if r["keep_ratio"] is not None]
+    assert all(r["embedding_mse"] > 0 and len(r["click1_ious"]) > 0 for r in students)
     gmacs = {r["keep_ratio"]: r["gmacs"] for r in result["rows"] if r["model"] == "student"}
     assert gmacs[0.1] < gmacs[0.25] < gmacs[0.5] < gmacs[1.0]
     assert len(result["targets"]) == 5 and set(result["stage_s"]) == {
@@ -47,6 +51,7 @@ def test_toy_benchmark_runs_end_to_end(tmp_path: Path, one_thread, capsys) -> No
     out = tmp_path / "toy"
     md = (out / "toy_benchmark.md").read_text()
     assert md.startswith("| model | keep ratio |") and "| random router | 0.25 |" in md
+    assert "paired SE" in md and "embedding MSE" in md
     assert "Command: `biglittle-sam-toy-benchmark --out-dir" in md and "Wall time" in md
     assert (out / "toy_benchmark.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "toy_benchmark.json").read_text())["rows"] == result["rows"]
@@ -82,6 +87,10 @@ def test_targets_are_checked_against_the_teacher() -> None:
     ]
     met = [t["met"] for t in check_targets(rows)]
     assert met == [True, False, True, False, True]  # 96%, 88.75%, +31, +1, +10 points
+    # The pooled k/v rows are reported as a measurement (the quality cost), not as a target.
+    rows.append({"model": "student, pooled k/v", "keep_ratio": 0.25, "click1": 69.5})
+    pooled = [t for t in check_targets(rows) if "pooled" in t["target"]]
+    assert len(pooled) == 1 and pooled[0]["met"] is None and "(-1.5)" in pooled[0]["measured"]
 
 
 @pytest.mark.skipif(not (ASSETS / "toy_student.pth").exists(), reason="no committed toy models")

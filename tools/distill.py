@@ -48,6 +48,9 @@ _FIELDS = (
     "max_instances",
     "point_prob",
     "refine_click",
+    "router_noise",
+    "router_noise_anneal",
+    "router_lr_scale",
 )
 
 
@@ -91,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument(
         "--refine-click", action=argparse.BooleanOptionalAction, default=None, help="phase 2"
     )
+    router = parser.add_argument_group("router training")
+    router.add_argument(
+        "--router-noise", type=float, default=None, help="Gumbel exploration scale (0: off)"
+    )
+    router.add_argument(
+        "--router-noise-anneal", type=float, default=None, help="share of steps to decay it"
+    )
+    router.add_argument("--router-lr-scale", type=float, default=None, help="router lr x this")
     add_train_arguments(parser)
     return parser
 

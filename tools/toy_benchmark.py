@@ -28,6 +28,7 @@ _FIELDS = (
     "val_images",
     "teacher_steps",
     "teacher_lr",
+    "teacher_batch_size",
     "student_steps",
     "student_lr",
     "scratch_steps",
@@ -51,11 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     budget = parser.add_argument_group("budgets")
     budget.add_argument("--teacher-steps", type=int, default=None)
     budget.add_argument("--teacher-lr", type=float, default=None)
+    budget.add_argument("--teacher-batch-size", type=int, default=None, help="images per step")
     budget.add_argument("--student-steps", type=int, default=None)
     budget.add_argument("--student-lr", type=float, default=None)
     budget.add_argument("--scratch-steps", type=int, default=None, help="default: student's")
     budget.add_argument("--scratch-lr", type=float, default=None)
-    budget.add_argument("--batch-size", type=int, default=None)
+    budget.add_argument(
+        "--batch-size", type=int, default=None, help="images per step of the distillation stages"
+    )
     run = parser.add_argument_group("run")
     run.add_argument("--processes", type=int, default=None, help="gloo processes per stage")
     run.add_argument("--threads", type=int, default=None, help="torch threads per process")
@@ -63,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out-dir", default=None)
     run.add_argument("--assets-dir", default=None, help="write fp16 teacher / student here")
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run in the same out-dir"
+    )
     return parser
 
 
@@ -71,6 +78,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     changes = given(args, _FIELDS)
     if args.no_progress:
         changes["progress"] = False
+    if args.resume:
+        changes["resume"] = True
     words = list(sys.argv[1:] if argv is None else argv)
     changes["command"] = " ".join(["biglittle-sam-toy-benchmark", *map(shlex.quote, words)])
     settings = dataclasses.replace(ToyBenchmarkSettings(), **changes)

@@ -9,7 +9,9 @@ cores of a small CPU machine to work; on a cluster, use torchrun.
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 import time
 import traceback
 from typing import Any, Callable, Optional, TypeVar
@@ -58,6 +60,10 @@ def _worker(
         queue.put((rank, "ok", result))
 
 
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def launch(fn: Callable[[Any], R], arg: Any, nproc: int, threads: Optional[int] = None) -> R:
     """``fn(arg)`` in ``nproc`` processes joined by gloo; returns rank 0's result.
 
@@ -80,15 +86,31 @@ def launch(fn: Callable[[Any], R], arg: Any, nproc: int, threads: Optional[int] 
         ctx.Process(target=_worker, args=(r, nproc, port, threads, fn, arg, queue))
         for r in range(nproc)
     ]
-    for p in procs:
-        p.start()
     messages = []
-    # Drain the queue while waiting: a large result would otherwise fill the pipe and block its
-    # sender, which join() would then wait for forever.
-    while any(p.is_alive() for p in procs):
-        while not queue.empty():
-            messages.append(queue.get())
-        time.sleep(0.05)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM on this process becomes an exception, so the workers are stopped too (they
+        # checkpoint on SIGTERM and can be resumed) instead of being left running.
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        for p in procs:
+            p.start()
+        # Drain the queue while waiting: a large result would otherwise fill the pipe and block
+        # its sender, which join() would then wait for forever.
+        while any(p.is_alive() for p in procs):
+            while not queue.empty():
+                messages.append(queue.get())
+            time.sleep(0.05)
+    except BaseException:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(timeout=60)
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     for p in procs:
         p.join()
     while not queue.empty():

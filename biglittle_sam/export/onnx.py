@@ -407,6 +407,10 @@ def _session(path: PathLike, threads: Optional[int] = None) -> Any:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
         options.intra_op_num_threads = threads
+    # onnxruntime's worker threads spin for a while after each run by default; that takes the CPU
+    # from whatever runs next in the process (PyTorch, another session), so they sleep instead.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
 
 

@@ -34,6 +34,7 @@ def atomic_open(path: PathLike, mode: str = "wb", encoding: str | None = None) -
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file open()'s mode
         text_encoding = (encoding or "utf-8") if mode == "w" else None
         with os.fdopen(fd, mode, encoding=text_encoding) as f:
             yield f
@@ -44,6 +45,13 @@ def atomic_open(path: PathLike, mode: str = "wb", encoding: str | None = None) -
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    """The process umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_json(path: PathLike, payload: Any, indent: int = 1) -> Path:

@@ -28,3 +28,14 @@ def test_binary_write_and_mode_check(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'wb' or 'w'"):
         with atomic_open(tmp_path / "y", "a"):
             pass
+
+
+def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "r.json", {})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600

@@ -211,6 +211,22 @@ def _finished(result: Any, stage: str) -> Path:
     return Path(result.model_path)
 
 
+def _training_run(out: Path, resume: bool) -> Optional[Dict[str, Any]]:
+    """With ``resume``, the wall time, stage times and hardware of the run that trained the reused
+    stages (read from the previous ``toy_benchmark.json`` in ``out``), else None."""
+    previous = out / "toy_benchmark.json"
+    if not resume or not previous.is_file():
+        return None
+    try:
+        prev = json.loads(previous.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if prev.get("trained_in"):
+        return prev["trained_in"]
+    keys = ("created", "wall_s", "stage_s", "hardware")
+    return {k: prev[k] for k in keys} if all(k in prev for k in keys) else None
+
+
 def _stage_times(times: Dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
 
@@ -414,6 +430,7 @@ def run_toy_benchmark(settings: ToyBenchmarkSettings) -> Dict[str, Any]:
         "rows": rows,
         "stage_s": times,
         "wall_s": wall,
+        "trained_in": _training_run(out, s.resume),
     }
     result["targets"] = check_targets(rows)
     md = out / "toy_benchmark.md"
@@ -572,6 +589,14 @@ def toy_table(result: Dict[str, Any]) -> str:
         f"Wall time {result['wall_s'] / 60:.1f} min ({_stage_times(result['stage_s'])}) on "
         f"{result['hardware']}.",
     ]
+    first = result.get("trained_in")
+    if first:  # a --resume run reused the trained stages: say how long training took
+        lines += [
+            "",
+            f"This run resumed a finished one (trained stages reused). The run that trained them "
+            f"({first['created']}): wall time {first['wall_s'] / 60:.1f} min "
+            f"({_stage_times(first['stage_s'])}) on {first['hardware']}.",
+        ]
     if result.get("command"):
         lines += ["", f"Command: `{result['command']}`"]
     return "\n".join(lines) + "\n"

@@ -33,10 +33,11 @@ test: venv browser
 test-slow: venv
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
-# Writes outputs/benchmark.{json,md,png}; the README's table came from the same command with
-# docs/benchmarks/ as the output folder.
+# Writes outputs/benchmark.{json,md,png} (~6 min on 2 cores); the README's main table came from the
+# same command with docs/benchmarks/ as the output folder. Batches 4 and 8 and --onnx: separate runs
+# (README), since every model at batch 8 plus onnxruntime sessions needs more than 24 GB.
 benchmark: venv
-	$(PY) -m biglittle_sam_tools.benchmark --json outputs/benchmark.json \
+	$(PY) -m biglittle_sam_tools.benchmark --batch-sizes 1 --json outputs/benchmark.json \
 		--markdown outputs/benchmark.md --plot outputs/benchmark.png $(BENCH_ARGS)
 
 # The whole distillation pipeline on synthetic shapes, on CPU (~17-20 min on 2 cores): writes

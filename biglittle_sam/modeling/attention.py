@@ -277,7 +277,7 @@ class Attention(nn.Module):
         qh = self.heads(q)  # (G, nh, L, hd)
         kv = torch.cat([kv_sel, kv_pool], dim=1)  # (G, L + P, 2C)
         k, v = kv.view(G, L + P, 2, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        mask_sel = torch.zeros_like(q[..., 0])  # (G, L)
+        mask_sel = torch.zeros_like(q[..., 0])  # (G, L): -inf at unused slots' keys
         if key_valid is not None:
             mask_sel = mask_sel.masked_fill(~key_valid, float("-inf"))
         if self.use_rel_pos:

@@ -137,34 +137,24 @@ class BigBlock(nn.Module):
         self.norm2 = norm_layer(dim)
         self.mlp = MLPBlock(embedding_dim=dim, mlp_dim=int(dim * mlp_ratio), act=act_layer)
 
-    def _kv_groups(self, xn: Tensor) -> Tuple[Tensor, Tensor, Tuple[int, int], Tuple[int, int]]:
-        """Normalized tokens and their keys/values, laid out by attention group.
+    def _kv_groups(self, xn: Tensor) -> Tensor:
+        """Keys and values of every token, laid out by attention group.
 
         Arguments:
           xn: B x H x W x C, ``norm1`` of the residual stream.
 
         Returns:
-          xn_g: G x M x C normalized tokens per group (windows: padded with zeros, as SAM pads).
-          kv_g: G x M x 2C keys and values per group.
-          grid: (gh, gw) of one group.
-          pad_hw: padded grid (Hp, Wp) (equal to (H, W) for global attention).
+          G x M x 2C keys and values per group (a padded window position holds the kv bias, what
+          SAM's zero padding projects to).
         """
         B, H, W, C = xn.shape
         if self.window_size == 0:
-            xn_g = xn.reshape(B, H * W, C)  # (B, N, C)
-            return xn_g, self.attn.project_kv(xn_g), (H, W), (H, W)
-        w = self.window_size
-        xn_g, pad_hw = window_partition(xn, w)  # (B*nW, w*w, C)
-        # SAM projects its zero-padded tokens, which gives exactly the bias. Projecting only the H x
-        # W
-        # real tokens and padding with the bias afterwards is the same result at (Hp*Wp - H*W) fewer
-        # projected tokens.
-        kv_grid = self.attn.project_kv(xn, bias=False)  # (B, H, W, 2C)
-        kv_g, _ = window_partition(kv_grid, w)  # (B*nW, w*w, 2C)
+            return self.attn.project_kv(xn.reshape(B, H * W, C))  # (B, N, 2C)
+        # Projecting only the H x W real tokens and padding with the bias afterwards equals SAM's
+        # projection of its zero-padded windows, at (Hp * Wp - H * W) fewer projected tokens.
+        kv_g, _ = window_partition(self.attn.project_kv(xn, bias=False), self.window_size)
         kv_bias = self.attn.kv_bias(C)
-        if kv_bias is not None:
-            kv_g = kv_g + kv_bias
-        return xn_g, kv_g, (w, w), pad_hw
+        return kv_g if kv_bias is None else kv_g + kv_bias  # (B * nW, w * w, 2C)
 
     def _to_groups(self, x: Tensor, pad_value: float = 0.0) -> Tensor:
         """B x H x W x ... -> G x M x ..., the group layout of :meth:`_kv_groups`."""
@@ -176,17 +166,24 @@ class BigBlock(nn.Module):
         groups, _ = window_partition(x, self.window_size, pad_value)  # (G, M, ...)
         return groups.squeeze(-1) if squeeze else groups
 
-    def _from_groups(self, g: Tensor, hw: Tuple[int, int], pad_hw: Tuple[int, int]) -> Tensor:
-        """G x M x C -> B x H x W x C, inverse of :meth:`_to_groups`."""
+    def _group_grid(self, H: int, W: int) -> Tuple[int, int]:
+        """The grid of one attention group: a window, or the whole image in global layers."""
+        return (H, W) if self.window_size == 0 else (self.window_size, self.window_size)
+
+    def _from_groups(self, g: Tensor, hw: Tuple[int, int]) -> Tensor:
+        """G x M x C -> B x H x W x C, inverse of :meth:`_to_groups` (drops window padding)."""
         if self.window_size == 0:
             return g.view(g.shape[0], hw[0], hw[1], g.shape[-1])  # (B, H, W, C)
-        return window_unpartition(g, self.window_size, pad_hw, hw)
+        w = self.window_size
+        pad_hw = (hw[0] + (w - hw[0] % w) % w, hw[1] + (w - hw[1] % w) % w)
+        return window_unpartition(g, w, pad_hw, hw)
 
     def forward_dense(self, x: Tensor, xn: Tensor) -> Tensor:
         """SAM's block on every token. x, xn: B x H x W x C (xn = norm1(x)) -> B x H x W x C."""
-        xn_g, kv_g, grid, pad_hw = self._kv_groups(xn)
-        out = self.attn.attend(xn_g, kv_g, None, grid)  # (G, M, C)
-        x = x + self._from_groups(out, x.shape[1:3], pad_hw)  # (B, H, W, C)
+        kv_g = self._kv_groups(xn)  # (G, M, 2C)
+        xn_g = self._to_groups(xn)  # (G, M, C); windows padded with zeros, as SAM pads
+        out = self.attn.attend(xn_g, kv_g, None, self._group_grid(*xn.shape[1:3]))  # (G, M, C)
+        x = x + self._from_groups(out, x.shape[1:3])  # (B, H, W, C)
         return x + self.mlp(self.norm2(x))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -411,7 +408,7 @@ class BigLittleBlock(BigBlock):
         scores = self._scores(xn)  # (B, H, W)
         logits_g = self._to_groups(scores, pad_value=float("-inf"))  # (G, M); padding never wins
         G, M = logits_g.shape
-        grid = (H, W) if self.window_size == 0 else (self.window_size, self.window_size)
+        grid = self._group_grid(H, W)
         # Sorted when an edge window keeps fewer than kmax: its first slots are its best tokens.
         indices, weights = select_tokens(logits_g, kmax, sorted=slots is not None)  # (G, kmax)
         flat = indices + torch.arange(G, device=x.device).unsqueeze(1) * M  # (G, kmax) in G * M
@@ -449,7 +446,7 @@ class BigLittleBlock(BigBlock):
                 grid,
             )  # (G, kmax, C)
         else:
-            _, kv_g, _, _ = self._kv_groups(xn)  # (G, M, 2C): every token is a key and a value
+            kv_g = self._kv_groups(xn)  # (G, M, 2C): every token is a key and a value
             attn = self.attn.attend_heads(
                 to_slots(self.attn.project_q(xn_sel)), kv_g, indices, grid
             )  # (G, kmax, C)

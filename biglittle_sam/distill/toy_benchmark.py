@@ -358,19 +358,22 @@ def run_toy_benchmark(settings: ToyBenchmarkSettings) -> Dict[str, Any]:
             rows_spec.append((variant, f"bl_tiny={path}@{r:g}", r))
     t = time.perf_counter()
     _log(s, f"evaluating {len(rows_spec)} rows on {s.val_images} validation images")
+    common: Dict[str, Any] = dict(
+        images=str(val.coco_images),
+        seed=s.seed,
+        device="cpu",
+        out_dir=str(out / "eval"),
+        plot_x="gmacs",
+        progress=s.progress,
+    )  # both evaluations: the same images, seed and output folder
     evaluation = launch(
         _seeded_evaluation,
         EvalSettings(
             models=tuple(spec for _, spec, _ in rows_spec),
             annotations=str(val.coco_annotations),
-            images=str(val.coco_images),
             clicks=(1, 3),
-            seed=s.seed,
-            device="cpu",
-            out_dir=str(out / "eval"),
             name="miou_shapes",
-            plot_x="gmacs",
-            progress=s.progress,
+            **common,
         ),
         nproc,
         s.threads,
@@ -382,14 +385,9 @@ def run_toy_benchmark(settings: ToyBenchmarkSettings) -> Dict[str, Any]:
             models=tuple(students),
             teacher=f"vit_tiny={teacher}",
             task="fidelity",
-            images=str(val.coco_images),
             dataset="folder",
-            seed=s.seed,
-            device="cpu",
-            out_dir=str(out / "eval"),
             name="fidelity_shapes",
-            plot_x="gmacs",
-            progress=s.progress,
+            **common,
         ),
         nproc,
         s.threads,

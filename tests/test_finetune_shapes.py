@@ -112,3 +112,49 @@ def test_finetune_settings_that_cannot_work(
     with pytest.raises(ValueError, match="ground-truth masks are needed"):
         run_finetune(folder)
     assert TEACHER_FIELDS["img_size"] == 64
+
+
+def test_one_decoder_call_per_round_equals_one_image_at_a_time(
+    tmp_path: Path, shapes: ShapesDataset, one_thread
+) -> None:
+    """The batch's prompts go through the decoder together; each image's loss and gradient are
+    those of the image alone (its prompts come from its own generator, in the same order)."""
+    import torch
+
+    from biglittle_sam.eval.distributed import init_distributed
+    from biglittle_sam.train.data import collate_items
+    from biglittle_sam.train.finetune import build_finetune_task
+
+    start = save_teacher(tmp_path / "start.pth", randomize=False)
+    settings = FinetuneSettings(
+        images=str(shapes.coco_images),
+        annotations=str(shapes.coco_annotations),
+        model="vit_tiny",
+        checkpoint=str(start),
+        train_parts="all",
+        max_instances=4,
+        refine_clicks=2,
+        mask_input_prob=0.5,
+    )
+    ctx, device = init_distributed("cpu")
+    task = build_finetune_task(settings, ctx, device)
+    items = [task.dataset[(i, i)] for i in range(4)]
+    sam, module = task.sam, task.module
+
+    def run(batch_items):
+        sam.zero_grad()
+        loss, metrics = module(collate_items(batch_items))
+        loss.sum().backward()
+        grads = [
+            torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in sam.parameters()
+        ]
+        return loss.detach(), metrics, grads
+
+    together, metrics, grads = run(items)
+    alone = [run([item]) for item in items]
+    torch.testing.assert_close(together, torch.cat([a[0] for a in alone]), rtol=1e-5, atol=1e-6)
+    for g, *parts in zip(grads, *(a[2] for a in alone)):
+        torch.testing.assert_close(g, sum(parts), rtol=1e-4, atol=1e-6)
+    for name in ("loss_focal", "loss_dice", "loss_iou", "train_iou"):
+        mean = sum(float(a[1][name]) for a in alone) / len(alone)
+        assert abs(float(metrics[name]) - mean) < 1e-5

@@ -120,103 +120,185 @@ class FinetuneModule(nn.Module):
         Returns:
           (B,) loss per image (0 for an image without instances or unreadable) and the batch means
           of ``loss_focal``, ``loss_dice``, ``loss_iou`` and ``train_iou``.
+
+        Every image draws its prompts from its own generator (seeded by its stream position), in
+        the same order as if it were alone, so a batch split over processes trains the same; the
+        decoder runs once per prompt type and click round for the whole batch.
         """
         encoder = self.sam.image_encoder
         trains_encoder = any(p.requires_grad for p in encoder.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and trains_encoder):
             embeddings = encoder(batch["image"])  # (B, C, g, g)
-        losses: List[Tensor] = []
-        parts: Dict[str, List[Tensor]] = {}
+        s = self.settings
+        stride = decoder_stride(self.sam.prompt_encoder)
+        images: List[_ImagePrompts] = []
         for b in range(embeddings.shape[0]):
             n = int(batch["instances"][b].sum())
             if n == 0 or not bool(batch["ok"][b]):
-                losses.append(embeddings.new_zeros((), dtype=torch.float32))
                 continue
             gen = torch.Generator().manual_seed(int(batch["seed"][b]))
             h, w = (int(v) for v in batch["input_size"][b])
-            loss, image_parts = self._image_loss(
-                embeddings[b : b + 1], batch["masks"][b, :n], batch["boxes"][b, :n], (h, w), gen
-            )
-            losses.append(loss)
-            for k, v in image_parts.items():
-                parts.setdefault(k, []).append(v)
-        metrics = {k: torch.stack(v).mean() for k, v in parts.items()}
-        return torch.stack(losses), metrics
+            vh, vw = -(-h // stride), -(-w // stride)
+            targets = batch["masks"][b, :n, :vh, :vw]  # (n, vh, vw): the part the image covers
+            use_point = random_split(n, s.point_prob, gen, targets.device)  # (n,)
+            images.append(_ImagePrompts(b, gen, (h, w), targets, batch["boxes"][b, :n], use_point))
+        zero = embeddings.new_zeros((), dtype=torch.float32)
+        totals = [zero] * embeddings.shape[0]
+        sums = {k: [0.0] * embeddings.shape[0] for k in _PARTS}
+        rounds = [0] * embeddings.shape[0]
+        for point_group in (False, True):
+            groups = [g for g in (im.group(point_group, s, self.sam, stride) for im in images) if g]
+            if groups:
+                self._group_rounds(embeddings, groups, point_group, totals, sums, rounds, stride)
+        losses = torch.stack([t / max(r, 1) for t, r in zip(totals, rounds)])  # (B,)
+        used = [im.b for im in images]
+        metrics = {
+            k: torch.tensor(sum(v[b] / max(rounds[b], 1) for b in used) / max(len(used), 1))
+            for k, v in sums.items()
+        }
+        return losses, (metrics if used else {})
 
-    def _image_loss(
+    def _group_rounds(
         self,
-        embedding: Tensor,
-        masks: Tensor,
-        boxes: Tensor,
-        input_size: Tuple[int, int],
-        gen: torch.Generator,
-    ) -> Tuple[Tensor, Dict[str, Tensor]]:
-        """Mean loss over the objects and click rounds of one image.
+        embeddings: Tensor,
+        groups: List["_Group"],
+        point_group: bool,
+        totals: List[Tensor],
+        sums: Dict[str, List[float]],
+        rounds: List[int],
+        stride: int,
+    ) -> None:
+        """The first prompt and the refinement rounds of one prompt type, for every image at once.
 
         Arguments:
-          embedding: 1 x C x g x g; masks: n x 4g x 4g soft targets; boxes: n x 4 input pixels.
+          embeddings: B x C x g x g; groups: each image's objects of this prompt type.
+          totals, sums, rounds: per-image accumulators, updated in place.
         """
         s = self.settings
-        img_size = self.sam.image_encoder.img_size
-        stride = decoder_stride(self.sam.prompt_encoder)
-        vh = -(-input_size[0] // stride)
-        vw = -(-input_size[1] // stride)
-        targets = masks[:, :vh, :vw]  # (n, vh, vw): the part of the mask frame the image covers
-        use_point = random_split(targets.shape[0], s.point_prob, gen, targets.device)  # (n,)
-        total = targets.new_zeros(())
-        sums = {"loss_focal": 0.0, "loss_dice": 0.0, "loss_iou": 0.0, "train_iou": 0.0}
-        rounds = 0
         pe, md = self.sam.prompt_encoder, self.sam.mask_decoder
-        for point_group in (False, True):
-            idx = torch.nonzero(use_point == point_group).flatten()  # (k,)
-            if idx.numel() == 0:
-                continue
-            t = targets[idx]  # (k, vh, vw)
-            k = t.shape[0]
-            coords: Optional[Tensor] = None
-            labels: Optional[Tensor] = None
-            box: Optional[Tensor] = None
-            if point_group:
-                coords = point_from_mask(t, gen, stride).unsqueeze(1)  # (k, 1, 2)
-                labels = torch.ones(k, 1, dtype=torch.long, device=t.device)
-            else:
-                box = jitter_boxes(boxes[idx], input_size, img_size, gen)  # (k, 4)
-            mask_input: Optional[Tensor] = None
-            for r in range(1 + s.refine_clicks):
-                multimask = point_group and r == 0
-                logits, iou_pred = decode_prompts(
-                    pe, md, embedding, coords, labels, box, mask_input, multimask
-                )  # (k, m, 4g, 4g), (k, m)
+        sizes = [g.k for g in groups]
+        # (K, C, g, g): each prompt's image embedding, K = sum of the groups' objects
+        per_prompt = torch.cat([embeddings[g.b : g.b + 1].expand(g.k, -1, -1, -1) for g in groups])
+        for r in range(1 + s.refine_clicks):
+            multimask = point_group and r == 0
+            coords = _cat_or_none([g.coords for g in groups])  # (K, n, 2)
+            labels = _cat_or_none([g.labels for g in groups])  # (K, n)
+            box = _cat_or_none([g.box for g in groups])  # (K, 4)
+            mask_input, mask_rows = _mask_inputs(groups, self.sam.prompt_encoder)
+            logits_all, iou_all = decode_prompts(
+                pe, md, per_prompt, coords, labels, box, mask_input, multimask, mask_rows
+            )  # (K, m, 4g, 4g), (K, m)
+            for g, logits, iou_pred in zip(groups, logits_all.split(sizes), iou_all.split(sizes)):
+                vh, vw = g.targets.shape[-2:]
                 lg = logits[..., :vh, :vw]  # (k, m, vh, vw)
-                tt = t.unsqueeze(1).expand_as(lg)
+                tt = g.targets.unsqueeze(1).expand_as(lg)
                 focal = sigmoid_focal_loss(lg, tt)  # (k, m)
                 dice = dice_loss(lg, tt)  # (k, m)
                 per_mask = s.focal_weight * focal + s.dice_weight * dice
                 best = per_mask.argmin(dim=1)  # (k,): SAM trains the best of 3 for a point
-                rows = torch.arange(k, device=lg.device)
+                rows = torch.arange(g.k, device=lg.device)
                 real_iou = mask_iou(lg, tt)  # (k, m)
                 iou_loss = ((iou_pred.float() - real_iou) ** 2).mean(dim=1)  # (k,)
-                total = total + (per_mask[rows, best] + s.iou_weight * iou_loss).sum()
-                rounds += k
-                sums["loss_focal"] += float(focal[rows, best].detach().sum())
-                sums["loss_dice"] += float(dice[rows, best].detach().sum())
-                sums["loss_iou"] += float(iou_loss.detach().sum())
-                sums["train_iou"] += float(real_iou[rows, best].sum())
-                if r == s.refine_clicks:
-                    break
-                chosen = logits[rows, best]  # (k, 4g, 4g)
-                click, label = refinement_click(chosen[:, :vh, :vw] > 0, t >= 0.5, gen, stride)
-                if coords is None or labels is None:
-                    coords, labels = click, label
-                else:
-                    coords = torch.cat([coords, click], dim=1)  # (k, n + 1, 2)
-                    labels = torch.cat([labels, label], dim=1)  # (k, n + 1)
-                # SAM feeds the previous logits back; evaluations (and many users) give only the
-                # clicks, so some rounds train that case too.
-                with_mask = bool(torch.rand((), generator=gen) < s.mask_input_prob)
-                mask_input = chosen.unsqueeze(1).detach() if with_mask else None  # (k, 1, 4g, 4g)
-        parts = {k: torch.tensor(v / max(rounds, 1)) for k, v in sums.items()}
-        return total / max(rounds, 1), parts
+                totals[g.b] = totals[g.b] + (per_mask[rows, best] + s.iou_weight * iou_loss).sum()
+                rounds[g.b] += g.k
+                sums["loss_focal"][g.b] += float(focal[rows, best].detach().sum())
+                sums["loss_dice"][g.b] += float(dice[rows, best].detach().sum())
+                sums["loss_iou"][g.b] += float(iou_loss.detach().sum())
+                sums["train_iou"][g.b] += float(real_iou[rows, best].sum())
+                if r < s.refine_clicks:
+                    g.refine(logits[rows, best], s.mask_input_prob, stride)  # (k, 4g, 4g)
+
+
+_PARTS = ("loss_focal", "loss_dice", "loss_iou", "train_iou")
+
+
+def _cat_or_none(parts: List[Optional[Tensor]]) -> Optional[Tensor]:
+    return None if parts[0] is None else torch.cat(parts)  # type: ignore[arg-type]
+
+
+def _mask_inputs(
+    groups: List["_Group"], prompt_encoder: nn.Module
+) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """The previous round's logits of the groups that feed them back: (K x 1 x 4g x 4g, K bool),
+    or (None, None) when none does (zeros stand in for the rows that do not)."""
+    if all(g.mask_input is None for g in groups):
+        return None, None
+    side = tuple(int(v) for v in prompt_encoder.mask_input_size)
+    pieces, rows = [], []
+    for g in groups:
+        m = g.mask_input
+        ref = g.targets
+        pieces.append(m if m is not None else ref.new_zeros((g.k, 1) + side))  # (k, 1, 4g, 4g)
+        rows.append(torch.full((g.k,), m is not None, dtype=torch.bool, device=ref.device))
+    return torch.cat(pieces), torch.cat(rows)
+
+
+class _Group:
+    """One image's objects of one prompt type while their click rounds run."""
+
+    def __init__(
+        self,
+        b: int,
+        gen: torch.Generator,
+        targets: Tensor,
+        coords: Optional[Tensor],
+        labels: Optional[Tensor],
+        box: Optional[Tensor],
+    ) -> None:
+        self.b, self.gen, self.targets = b, gen, targets  # targets: k x vh x vw
+        self.k = int(targets.shape[0])
+        self.coords, self.labels, self.box = coords, labels, box  # k x n x 2, k x n, k x 4
+        self.mask_input: Optional[Tensor] = None  # k x 1 x 4g x 4g
+
+    def refine(self, chosen: Tensor, mask_input_prob: float, stride: int) -> None:
+        """Add a click from the error region of ``chosen`` (k x 4g x 4g logits), and maybe feed
+        the logits back."""
+        vh, vw = self.targets.shape[-2:]
+        click, label = refinement_click(
+            chosen[:, :vh, :vw] > 0, self.targets >= 0.5, self.gen, stride
+        )  # (k, 1, 2), (k, 1)
+        if self.coords is None or self.labels is None:
+            self.coords, self.labels = click, label
+        else:
+            self.coords = torch.cat([self.coords, click], dim=1)  # (k, n + 1, 2)
+            self.labels = torch.cat([self.labels, label], dim=1)  # (k, n + 1)
+        # SAM feeds the previous logits back; evaluations (and many users) give only the clicks,
+        # so some rounds train that case too.
+        with_mask = bool(torch.rand((), generator=self.gen) < mask_input_prob)
+        self.mask_input = chosen.unsqueeze(1).detach() if with_mask else None  # (k, 1, 4g, 4g)
+
+
+class _ImagePrompts:
+    """One image of a batch: its generator, targets and the split into point and box prompts."""
+
+    def __init__(
+        self,
+        b: int,
+        gen: torch.Generator,
+        input_size: Tuple[int, int],
+        targets: Tensor,
+        boxes: Tensor,
+        use_point: Tensor,
+    ) -> None:
+        self.b, self.gen, self.input_size = b, gen, input_size
+        self.targets, self.boxes, self.use_point = targets, boxes, use_point
+
+    def group(
+        self, point_group: bool, settings: FinetuneSettings, sam: Sam, stride: int
+    ) -> Optional[_Group]:
+        """The objects prompted by a point (or by a box), with their first prompt; None if none."""
+        idx = torch.nonzero(self.use_point == point_group).flatten()  # (k,)
+        if idx.numel() == 0:
+            return None
+        t = self.targets[idx]  # (k, vh, vw)
+        if point_group:
+            coords = point_from_mask(t, self.gen, stride).unsqueeze(1)  # (k, 1, 2)
+            labels = torch.ones(t.shape[0], 1, dtype=torch.long, device=t.device)
+            return _Group(self.b, self.gen, t, coords, labels, None)
+        box = jitter_boxes(
+            self.boxes[idx], self.input_size, sam.image_encoder.img_size, self.gen
+        )  # (k, 4)
+        return _Group(self.b, self.gen, t, None, None, box)
 
 
 def _overrides(settings: FinetuneSettings) -> Dict[str, Any]:

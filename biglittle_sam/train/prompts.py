@@ -142,25 +142,47 @@ def decode_prompts(
     boxes: Optional[Tensor],
     mask_input: Optional[Tensor],
     multimask: bool,
+    mask_rows: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
-    """SAM's prompt encoder and mask decoder on K prompts of one image, with gradients.
+    """SAM's prompt encoder and mask decoder on K prompts, with gradients.
 
-    (``Sam.forward`` runs under ``no_grad``, so training calls the parts.)
+    (``Sam.forward`` runs under ``no_grad``, so training calls the parts.) The prompts may come
+    from several images: ``embedding`` then holds one row per prompt, and the decoder runs once
+    for all of them (one call instead of one per image: training steps are dominated by these
+    calls at small sizes). SAM's decoder adds the dense prompt embedding to the image embedding
+    it repeats per prompt; per-prompt embeddings go in through that sum (the repeated image
+    embedding is zero), which gives exactly the numbers of one call per image.
 
     Arguments:
-      embedding: 1 x C x g x g image embedding.
+      embedding: 1 x C x g x g image embedding shared by the K prompts, or K x C x g x g (the
+        embedding of each prompt's image).
       coords: K x n x 2 input pixels, with labels K x n (1 positive, 0 negative), or None.
       boxes: K x 4 input pixels, or None.
       mask_input: K x 1 x 4g x 4g low-resolution logits from a previous round, or None.
       multimask: three outputs (for an ambiguous prompt) instead of one.
+      mask_rows: K bool, the prompts that use ``mask_input`` (the others get SAM's no-mask
+        embedding, as with ``mask_input`` None); None: all of them.
 
     Returns:
       logits: K x m x 4g x 4g low-resolution mask logits (m = 3 or 1); iou: K x m predicted IoU.
     """
     points = (coords, labels) if coords is not None else None
-    sparse, dense = prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+    masks = mask_input if mask_rows is None else None
+    sparse, dense = prompt_encoder(points=points, boxes=boxes, masks=masks)  # dense (K, C, g, g)
+    if mask_input is not None and mask_rows is not None:
+        embedded = prompt_encoder._embed_masks(mask_input)  # (K, C, g, g)
+        dense = torch.where(mask_rows[:, None, None, None], embedded, dense)
+    image = embedding
+    if embedding.shape[0] > 1:
+        if embedding.shape[0] != sparse.shape[0]:
+            raise ValueError(
+                f"{embedding.shape[0]} image embeddings for {sparse.shape[0]} prompts: give one "
+                "shared embedding or one per prompt"
+            )
+        dense = dense + embedding  # (K, C, g, g): the decoder adds its repeated image to this
+        image = embedding.new_zeros((1,) + tuple(embedding.shape[1:]))  # (1, C, g, g)
     logits, iou = mask_decoder(
-        image_embeddings=embedding,
+        image_embeddings=image,
         image_pe=prompt_encoder.get_dense_pe(),
         sparse_prompt_embeddings=sparse,
         dense_prompt_embeddings=dense,

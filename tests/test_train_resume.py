@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any, Dict
 
@@ -96,6 +97,13 @@ def test_resume_continues_exactly(
     assert sam.image_encoder.teacher.startswith("vit_tiny:")
     sam_model_registry[name](checkpoint=second.last_checkpoint)
     assert (tmp_path / "split" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    # Resuming the finished run trains nothing and leaves its model file byte for byte (caches
+    # and students record the checksum of the model they came from).
+    before = second.model_path.read_bytes()  # type: ignore[union-attr]
+    time.sleep(1.1)  # a rewritten file would carry another "created" second
+    again = run(settings(tmp_path / "split", resume="auto"))
+    assert again.finished and again.step == 6 and again.model_path == second.model_path
+    assert second.model_path.read_bytes() == before  # type: ignore[union-attr]
 
 
 def test_resume_from_another_configuration_fails_before_any_step(

@@ -376,7 +376,12 @@ def run_training(
     model_path: Optional[Path] = None
     plot_path: Optional[Path] = None
     if ctx.is_main:
-        if finished:
+        existing = out_dir / "model.pth"
+        if finished and step == start_step and existing.is_file():
+            # A finished run resumed: its model is already written. Keeping the file's bytes keeps
+            # whatever was keyed by its checksum valid (a teacher cache, a student's teacher).
+            model_path = existing
+        elif finished:
             model_path = save_model_checkpoint(
                 out_dir / "model.pth",
                 sam,

@@ -41,7 +41,10 @@ def validate_keep_ratio(keep_ratio: float) -> float:
     return value
 
 
-ROUTING_MODES = ("learned", "random")
+# "learned": the routers; "random": uniform noise (the ablation a router must beat); "oracle": the
+# norm of each token's dense big-block update (runs the big block on every token, so it costs more
+# than r = 1: an upper bound for the ablations, and the target of the router loss).
+ROUTING_MODES = ("learned", "random", "oracle")
 
 
 def validate_routing(routing: str) -> str:
@@ -155,10 +158,14 @@ class BigLittleConfig(SamViTConfig):
     little_mlp_ratio: float = 4.0  # E-block MLP width = little_mlp_ratio * d
     keep_ratio: float = 0.5  # default share of each group's tokens that take the big path
     fused_attn: bool = True  # scaled_dot_product_attention; False runs the explicit reference path
-    routing: str = "learned"  # "random" scores tokens with noise: the ablation a router must beat
+    routing: str = "learned"  # see ROUTING_MODES: "random" and "oracle" are ablations
     # Semi-cross attention's keys/values: routed tokens at full resolution, unrouted ones averaged
     # 2x2 (2 (rN + N/4) C^2 MACs for k/v instead of 2 N C^2). Exact at keep ratio 1.
     pool_kv: bool = False
+    # Tokens whose patch is all padding (Sam.preprocess pads with exact zeros, which a normalized
+    # pixel never is) score last, so routing spends the big blocks on the image (a 4:3 photo pads
+    # a quarter of the grid). False routes them like any other token (the paper's router).
+    skip_padding: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

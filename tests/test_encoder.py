@@ -266,3 +266,66 @@ def test_plan_cached_under_inference_mode_does_not_break_training() -> None:
     y = enc(x)
     y.sum().backward()  # would fail if inference tensors had been cached and reused
     torch.testing.assert_close(y.detach(), expected)
+
+
+def _preprocessed(height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """A random RGB image of height x width pixels, normalized and padded by ``Sam.preprocess``."""
+    sam = sam_model_registry["bl_tiny"]()
+    gen = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (1, 3, height, width), generator=gen).float()
+    return sam.preprocess(pixels)  # (1, 3, 256, 256)
+
+
+def test_padding_tokens_are_the_all_zero_patches_of_sam_preprocess() -> None:
+    from biglittle_sam.modeling.image_encoder import padding_tokens
+
+    x = _preprocessed(150, 256)  # 150 rows: 9 full patch rows, the 10th half image, 6 padding
+    pad = padding_tokens(x, 16)  # (1, 16, 16)
+    expected = torch.zeros(1, 16, 16, dtype=torch.bool)
+    expected[:, 10:] = True  # a patch with any image pixel is not padding
+    assert torch.equal(pad, expected)
+    # A black image is not padding: normalized black is -mean / std, never 0.
+    black = sam_model_registry["bl_tiny"]().preprocess(torch.zeros(1, 3, 256, 256))
+    assert not padding_tokens(black, 16).any()
+
+
+@pytest.mark.parametrize("routing", ["learned", "random", "oracle"])
+def test_padding_is_never_routed_while_the_image_has_tokens_left(routing: str) -> None:
+    enc = _tiny_encoder(0.25)
+    enc.routing = routing
+    x = _preprocessed(128, 256)  # the bottom half of the grid is padding
+    pad = torch.zeros(1, 16, 16, dtype=torch.bool)
+    pad[:, 8:] = True
+    with torch.no_grad():
+        _, aux = enc.forward_with_aux(x)
+    for layer in aux.layers:
+        if layer.kind == "global":  # 64 routed of 128 image tokens: no padding among them
+            assert not (layer.selected & pad).any()
+        else:  # windows of 6: a window with image tokens routes them first
+            sel, _ = window_partition(layer.selected[..., None].float(), 6)  # (9, 36, 1)
+            img, _ = window_partition((~pad)[..., None].float(), 6)  # (9, 36, 1)
+            routed_image = (sel * img).sum(dim=(1, 2))
+            routed = sel.sum(dim=(1, 2))
+            assert torch.equal(routed_image, torch.minimum(routed, img.sum(dim=(1, 2))))
+    enc.skip_padding = False  # the paper's router scores padding like any token
+    with torch.no_grad():
+        _, plain = enc.forward_with_aux(x)
+    if routing != "random":
+        assert any((layer.selected & pad).any() for layer in plain.layers)
+
+
+def test_oracle_routing_routes_the_largest_big_block_updates() -> None:
+    enc = _tiny_encoder(0.25, skip_padding=False)
+    enc.routing = "oracle"
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        _, aux = enc.forward_with_aux(x)
+        layer = next(a for a in aux.layers if a.kind == "global")
+        h = enc.patch_embed(x) + enc.pos_embed
+        for blk in enc.blocks[: layer.layer]:
+            h, _ = blk(h, 0.25)
+        h = h + enc.blocks[layer.layer].little(h)
+        norm = enc.blocks[layer.layer].update_norm(h, enc.blocks[layer.layer].norm1(h))
+    torch.testing.assert_close(layer.scores, norm)
+    chosen = norm.flatten()[layer.selected.flatten()]
+    assert chosen.min() >= norm.flatten()[~layer.selected.flatten()].max()

@@ -30,6 +30,10 @@ from ..config import capacity, window_capacities
 from .attention import Attention, window_partition, window_unpartition
 from .router import Router, select_tokens
 
+# Subtracted from the router logits of padding tokens: far below any real logit, still finite in
+# fp16 (so a group of padding only keeps its order and every softmax stays defined).
+PADDING_PENALTY = 1e4
+
 __all__ = ["BigBlock", "LittleBlock", "BigLittleBlock", "LayerRouting"]
 
 NormLayer = Callable[[int], nn.Module]
@@ -299,15 +303,34 @@ class BigLittleBlock(BigBlock):
             fused_attn=fused_attn,
         )
         self.router = Router(dim)
-        self.routing = "learned"  # or "random": noise instead of the router (an ablation)
+        self.routing = "learned"  # "random" / "oracle": ablations (see ROUTING_MODES)
         self.pool_kv = False  # unrouted keys/values averaged 2 x 2 (see Attention.attend_pooled)
         self._plans: Dict[Tuple[Any, ...], _Plan] = {}  # static layouts, see _plan
 
-    def _scores(self, xn: Tensor) -> Tensor:
-        """Router logits, B x H x W (uniform noise when ``routing`` is "random")."""
+    def _scores(self, x: Tensor, xn: Tensor, padding: Optional[Tensor] = None) -> Tensor:
+        """Router logits, B x H x W: uniform noise when ``routing`` is "random", the oracle's
+        scores (:meth:`update_norm`) when it is "oracle". Tokens where ``padding`` (B x H x W
+        bool) is True lose PADDING_PENALTY, so they are routed only when a group has nothing else
+        (still in their own order, and with a gradient)."""
         if self.routing == "random":
-            return torch.rand(xn.shape[:-1], device=xn.device, dtype=xn.dtype)
-        return self.router(xn)
+            scores = torch.rand(xn.shape[:-1], device=xn.device, dtype=xn.dtype)
+        elif self.routing == "oracle":
+            scores = self.update_norm(x, xn).to(xn.dtype)
+        else:
+            scores = self.router(xn)
+        if padding is None:
+            return scores
+        return scores - padding.to(scores.dtype) * PADDING_PENALTY
+
+    @torch.no_grad()
+    def update_norm(self, x: Tensor, xn: Tensor) -> Tensor:
+        """How much the big block would change each token: ``||Block(x) - x||``, B x H x W (fp32).
+
+        The tokens the router skips lose exactly this update, so it ranks them by what routing
+        them is worth (the "oracle" routing and the target of the distillation's router loss).
+        It runs the big block densely, on every token. x, xn: B x H x W x C (xn = norm1(x)).
+        """
+        return (self.forward_dense(x, xn) - x).float().norm(dim=-1)  # (B, H, W)
 
     def _plan(
         self, B: int, grid: Tuple[int, int], keep_ratio: float, device: torch.device
@@ -379,13 +402,18 @@ class BigLittleBlock(BigBlock):
         return kv_g, count_g.log()
 
     def forward(  # type: ignore[override]
-        self, x: Tensor, keep_ratio: float = 1.0, return_routing: bool = False
+        self,
+        x: Tensor,
+        keep_ratio: float = 1.0,
+        return_routing: bool = False,
+        padding: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Optional[Tuple[Tensor, Tensor, int]]]:
         """
         Arguments:
           x: B x H x W x C residual stream.
           keep_ratio: share of each group's tokens that take the big path.
           return_routing: also return what :class:`LayerRouting` needs.
+          padding: B x H x W bool, tokens of padding (routed last), or None.
 
         Returns:
           x: B x H x W x C.
@@ -400,12 +428,12 @@ class BigLittleBlock(BigBlock):
             out = self.forward_dense(x, xn)
             if not return_routing:
                 return out, None
-            scores = self._scores(xn)  # (B, H, W)
+            scores = self._scores(x, xn, padding)  # (B, H, W)
             return out, (scores, torch.ones_like(scores, dtype=torch.bool), group, H * W)
 
         plan = self._plan(B, (H, W), keep_ratio, x.device)
         kmax, slots = plan.kmax, plan.slots
-        scores = self._scores(xn)  # (B, H, W)
+        scores = self._scores(x, xn, padding)  # (B, H, W)
         logits_g = self._to_groups(scores, pad_value=float("-inf"))  # (G, M); padding never wins
         G, M = logits_g.shape
         grid = self._group_grid(H, W)

@@ -19,7 +19,7 @@ from ..config import (
 )
 from .blocks import BigBlock, BigLittleBlock, LayerRouting
 
-__all__ = ["ImageEncoderBigLittle", "ImageEncoderViTFused", "BigLittleAux"]
+__all__ = ["ImageEncoderBigLittle", "ImageEncoderViTFused", "BigLittleAux", "padding_tokens"]
 
 
 @dataclass
@@ -80,6 +80,21 @@ def _check_input(x: Tensor, in_chans: int, img_size: int) -> None:
         )
 
 
+def padding_tokens(x: Tensor, patch_size: int) -> Tensor:
+    """B x H x W bool: True where a token's whole patch is zero in every channel.
+
+    ``Sam.preprocess`` normalizes, then pads the bottom and right with zeros; a normalized pixel
+    is never exactly zero (SAM's means are not integers), so such a patch is padding.
+
+    Arguments:
+      x: B x 3 x S x S normalized, padded images; patch_size: p (H = W = S / p).
+    """
+    B, _, S, _ = x.shape
+    g = S // patch_size
+    peak = x.abs().amax(dim=1).view(B, g, patch_size, g, patch_size)  # (B, S, S) -> (B, g, p, g, p)
+    return peak.amax(dim=(2, 4)) == 0  # (B, g, g)
+
+
 class ImageEncoderBigLittle(nn.Module):
     """The big.LITTLE image encoder.
 
@@ -118,6 +133,7 @@ class ImageEncoderBigLittle(nn.Module):
         self._keep_ratio = validate_keep_ratio(config.keep_ratio)
         self.routing = config.routing
         self.pool_kv = config.pool_kv
+        self.skip_padding = config.skip_padding  # see BigLittleConfig.skip_padding
         # Which SAM the weights came from ("vit_b:sam_vit_b_01ec64.pth"); saved into checkpoints.
         self.teacher: str = config.teacher
 
@@ -132,7 +148,8 @@ class ImageEncoderBigLittle(nn.Module):
 
     @property
     def routing(self) -> str:
-        """How tokens are scored: ``"learned"`` (the routers) or ``"random"`` (uniform noise).
+        """How tokens are scored: ``"learned"`` (the routers), ``"random"`` (uniform noise) or
+        ``"oracle"`` (the norm of each token's dense big-block update, computed on every token).
 
         Random scores come from torch's global RNG, so ``torch.manual_seed`` makes them repeatable.
         """
@@ -177,11 +194,12 @@ class ImageEncoderBigLittle(nn.Module):
 
     def _run(self, x: Tensor, record: bool) -> Tuple[Tensor, Optional[BigLittleAux]]:
         _check_input(x, self.in_chans, self.img_size)
+        padding = padding_tokens(x, self.patch_size) if self.skip_padding else None  # (B, H, W)
         x = self.patch_embed(x)  # (B, H, W, C)
         x = x + self.pos_embed
         aux = BigLittleAux() if record else None
         for i, blk in enumerate(self.blocks):
-            x, routing = blk(x, self._keep_ratio, return_routing=record)
+            x, routing = blk(x, self._keep_ratio, return_routing=record, padding=padding)
             if aux is not None and routing is not None:
                 scores, selected, k, routed = routing
                 # Capacity is static, so every image routes the same number of tokens; a stable

@@ -46,7 +46,7 @@ def test_toy_benchmark_runs_end_to_end(tmp_path: Path, one_thread, capsys) -> No
     gmacs = {r["keep_ratio"]: r["gmacs"] for r in result["rows"] if r["model"] == "student"}
     assert gmacs[0.1] < gmacs[0.25] < gmacs[0.5] < gmacs[1.0]
     targets = [t for t in result["targets"] if t["met"] is not None]  # not the pooled findings
-    assert len(targets) == 5 and set(result["stage_s"]) == {
+    assert len(targets) == 8 and set(result["stage_s"]) == {
         "data", "teacher", "cache", "student", "routers", "scratch", "eval"
     }  # fmt: skip
     out = tmp_path / "toy"
@@ -92,6 +92,16 @@ def test_targets_are_checked_against_the_teacher() -> None:
     rows.append({"model": "student, pooled k/v", "keep_ratio": 0.25, "click1": 69.5})
     pooled = [t for t in check_targets(rows) if "pooled" in t["target"]]
     assert len(pooled) == 1 and pooled[0]["met"] is None and "(-1.5)" in pooled[0]["measured"]
+    # With per-image embedding errors, each pair is also judged on the embeddings (lower wins).
+    closer = {"embedding_mse": 0.010, "embedding_mses": [0.009, 0.010, 0.011, 0.010]}
+    farther = {"embedding_mse": 0.012, "embedding_mses": [0.011, 0.012, 0.013, 0.012]}
+    noisy = {"embedding_mse": 0.011, "embedding_mses": [0.001, 0.030, 0.002, 0.011]}
+    for row in rows:
+        worse = {"random router": farther, "before distillation": farther}
+        row.update(closer if row["model"] == "student" else worse.get(row["model"], noisy))
+    embedding = [t for t in check_targets(rows) if "embedding MSE" in t["target"]]
+    assert [t["met"] for t in embedding] == [True, True, False]
+    assert "17% lower" in embedding[1]["measured"]  # 0.010 against the random router's 0.012
 
 
 @pytest.mark.skipif(not (ASSETS / "toy_student.pth").exists(), reason="no committed toy models")

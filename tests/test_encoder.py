@@ -289,7 +289,7 @@ def test_padding_tokens_are_the_all_zero_patches_of_sam_preprocess() -> None:
     assert not padding_tokens(black, 16).any()
 
 
-@pytest.mark.parametrize("routing", ["learned", "random", "oracle"])
+@pytest.mark.parametrize("routing", ["learned", "random", "update_norm"])
 def test_padding_is_never_routed_while_the_image_has_tokens_left(routing: str) -> None:
     enc = _tiny_encoder(0.25)
     enc.routing = routing
@@ -314,9 +314,9 @@ def test_padding_is_never_routed_while_the_image_has_tokens_left(routing: str) -
         assert any((layer.selected & pad).any() for layer in plain.layers)
 
 
-def test_oracle_routing_routes_the_largest_big_block_updates() -> None:
+def test_update_norm_routing_routes_the_largest_big_block_updates() -> None:
     enc = _tiny_encoder(0.25, skip_padding=False)
-    enc.routing = "oracle"
+    enc.routing = "update_norm"
     x = torch.randn(1, 3, 256, 256)
     with torch.no_grad():
         _, aux = enc.forward_with_aux(x)

@@ -303,18 +303,18 @@ class BigLittleBlock(BigBlock):
             fused_attn=fused_attn,
         )
         self.router = Router(dim)
-        self.routing = "learned"  # "random" / "oracle": ablations (see ROUTING_MODES)
+        self.routing = "learned"  # "random" / "update_norm": ablations (see ROUTING_MODES)
         self.pool_kv = False  # unrouted keys/values averaged 2 x 2 (see Attention.attend_pooled)
         self._plans: Dict[Tuple[Any, ...], _Plan] = {}  # static layouts, see _plan
 
     def _scores(self, x: Tensor, xn: Tensor, padding: Optional[Tensor] = None) -> Tensor:
-        """Router logits, B x H x W: uniform noise when ``routing`` is "random", the oracle's
-        scores (:meth:`update_norm`) when it is "oracle". Tokens where ``padding`` (B x H x W
+        """Router logits, B x H x W: uniform noise when ``routing`` is "random", the norms of
+        :meth:`update_norm` when it is "update_norm". Tokens where ``padding`` (B x H x W
         bool) is True lose PADDING_PENALTY, so they are routed only when a group has nothing else
         (still in their own order, and with a gradient)."""
         if self.routing == "random":
             scores = torch.rand(xn.shape[:-1], device=xn.device, dtype=xn.dtype)
-        elif self.routing == "oracle":
+        elif self.routing == "update_norm":
             scores = self.update_norm(x, xn).to(xn.dtype)
         else:
             scores = self.router(xn)
@@ -326,9 +326,12 @@ class BigLittleBlock(BigBlock):
     def update_norm(self, x: Tensor, xn: Tensor) -> Tensor:
         """How much the big block would change each token: ``||Block(x) - x||``, B x H x W (fp32).
 
-        The tokens the router skips lose exactly this update, so it ranks them by what routing
-        them is worth (the "oracle" routing and the target of the distillation's router loss).
-        It runs the big block densely, on every token. x, xn: B x H x W x C (xn = norm1(x)).
+        A token the router skips loses this update (the E-block aside), which makes it a natural
+        heuristic for routing (``routing = "update_norm"``); measured on the toy benchmark it
+        routes worse than random. It runs the big block densely, on every token.
+
+        Arguments:
+          x, xn: B x H x W x C tokens and their norm1.
         """
         return (self.forward_dense(x, xn) - x).float().norm(dim=-1)  # (B, H, W)
 

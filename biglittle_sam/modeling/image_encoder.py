@@ -149,7 +149,8 @@ class ImageEncoderBigLittle(nn.Module):
     @property
     def routing(self) -> str:
         """How tokens are scored: ``"learned"`` (the routers), ``"random"`` (uniform noise) or
-        ``"oracle"`` (the norm of each token's dense big-block update, computed on every token).
+        ``"update_norm"`` (the norm of each token's dense big-block update, computed for every
+        token).
 
         Random scores come from torch's global RNG, so ``torch.manual_seed`` makes them repeatable.
         """

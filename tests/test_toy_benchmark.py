@@ -24,7 +24,8 @@ def test_toy_benchmark_runs_end_to_end(tmp_path: Path, one_thread, capsys) -> No
     assets = tmp_path / "assets"
     result = toy_benchmark.main(
         ["--out-dir", str(tmp_path / "toy"), "--train-images", "8", "--val-images", "3",
-         "--teacher-steps", "3", "--student-steps", "2", "--batch-size", "4",
+         "--teacher-steps", "3", "--student-steps", "2", "--routers-steps", "2",
+         "--batch-size", "4",
          "--processes", "1", "--threads", "1", "--assets-dir", str(assets), "--no-progress"]
     )  # fmt: skip
     rows = {(r["model"], r["keep_ratio"]) for r in result["rows"]}

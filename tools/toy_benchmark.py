@@ -31,6 +31,8 @@ _FIELDS = (
     "teacher_batch_size",
     "student_steps",
     "student_lr",
+    "student_parts",
+    "routers_steps",
     "scratch_steps",
     "scratch_lr",
     "batch_size",
@@ -55,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--teacher-batch-size", type=int, default=None, help="images per step")
     budget.add_argument("--student-steps", type=int, default=None)
     budget.add_argument("--student-lr", type=float, default=None)
+    budget.add_argument(
+        "--student-parts", default=None, help="what the student trains (default: encoder)"
+    )
+    budget.add_argument("--routers-steps", type=int, default=None, help="routers-only ablation")
     budget.add_argument("--scratch-steps", type=int, default=None, help="default: student's")
     budget.add_argument("--scratch-lr", type=float, default=None)
     budget.add_argument(

@@ -4,7 +4,7 @@
 2. Train a tiny SAM teacher (a ``segment_anything``-structured ViT, ``vit_tiny`` at 64 px) from
    scratch with ``finetune``.
 3. Cache its embeddings of the training images.
-4. Distil a ``bl_tiny`` student that inherits from it (phase 1, E-blocks and routers).
+4. Distil a ``bl_tiny`` student that inherits from it (phase 1, the whole encoder).
 5. Two ablations: the same student distilled without the teacher initialization (the whole
    encoder from random), and one whose routers alone train (E-blocks stay off at gamma 0), which
    shows what the router learns on its own.
@@ -96,19 +96,26 @@ class ToyBenchmarkSettings:
     val_images: int = 200  # shapes images to evaluate on (never trained on; ~700 objects)
     shapes: Tuple[Tuple[str, Any], ...] = TOY_SHAPES  # ShapesConfig fields of both splits
     teacher: Tuple[Tuple[str, Any], ...] = TOY_TEACHER  # vit_tiny config fields
-    # The teacher: 24k images seen (20k before), ~14 of the ~20 minutes on a quiet 2-core machine.
-    # A step's time is the decoder's prompt rounds, one set per image, so an image costs about the
-    # same in a batch of 4 as of 8, and batches of 4 learn faster early (after 4.8k images, box /
-    # 1 click / 3 clicks 44.3 / 32.4 / 40.8 against 42.8 / 32.2 / 33.6 with 8; 2 was worse).
-    # Tried and worse at the same cost: lr 6e-3; one refinement round (faster steps); 96 px input.
-    teacher_steps: int = 6000
-    teacher_lr: float = 3e-3
-    teacher_batch_size: int = 4  # images per teacher step (the distillation stages: batch_size)
+    # The teacher: 44k images seen, ~14 of the ~18 minutes on a quiet 2-core machine. The decoder
+    # runs once per prompt type and click round for the whole batch, so an image costs less in a
+    # batch of 8 than of 4. At 1500 steps of 8 (1 process), box / 1 click / 3 clicks: lr 1e-3
+    # 50.8 / 40.7 / 45.0; 3e-3 48.4 / 34.3 / 42.4; 5e-4 42.3 / 40.0 / 42.5; one refinement round
+    # 47.2 / 39.6 / 40.1. A 16 x 16 grid (patch 4) learned no better per minute (3000 steps of 8
+    # at 3e-3: 52.6 / 34.8 / 36.0 against 54.7 / 35.1 / 41.9 for the 8 x 8 grid's 6000 of 4).
+    teacher_steps: int = 5500
+    teacher_lr: float = 1e-3
+    teacher_batch_size: int = 8  # images per teacher step (the distillation stages: batch_size)
     teacher_focal_weight: float = 2.0  # from scratch, SAM's 20:1 first collapses to empty masks
     student_little_dim: int = 16  # E-block width: C / 4
     student_little_heads: int = 2
-    student_steps: int = 1000
+    # The student: phase 1 on the whole encoder (P-blocks too). Measured at r = 0.25 (embedding
+    # MSE against the teacher, 1 process): E-blocks and routers 1000 steps 0.162, 3000 steps
+    # 0.117; the whole encoder 1000 steps 0.102, 3000 steps 0.070 (lr 1e-3: 0.082, 3e-3: 0.079,
+    # little_dim 32: 0.071).
+    student_parts: str = "encoder"
+    student_steps: int = 3000
     student_lr: float = 2e-3
+    routers_steps: int = 1000  # the routers-only ablation
     scratch_steps: Optional[int] = None  # the no-teacher-init ablation; None: student_steps
     scratch_lr: float = 2e-3
     keep_ratios: Tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)  # drawn per distillation step
@@ -129,6 +136,7 @@ class ToyBenchmarkSettings:
             "teacher_steps",
             "teacher_batch_size",
             "student_steps",
+            "routers_steps",
             "batch_size",
         ):
             if getattr(self, name) < 1:
@@ -307,10 +315,11 @@ def run_toy_benchmark(settings: ToyBenchmarkSettings) -> Dict[str, Any]:
         teacher_checkpoint=str(teacher),
         student_overrides=overrides,
         keep_ratios=s.keep_ratios,
+        train_parts=s.student_parts,
         train=_train(s, out / "student", s.student_steps, s.student_lr),
     )
     t = time.perf_counter()
-    _log(s, f"student: {s.student_steps} distillation steps (E-blocks and routers)")
+    _log(s, f"student: {s.student_steps} distillation steps ({s.student_parts})")
     student = _finished(launch(run_distillation, distill_base, nproc, s.threads), "student")
     times["student"] = time.perf_counter() - t
 
@@ -318,9 +327,9 @@ def run_toy_benchmark(settings: ToyBenchmarkSettings) -> Dict[str, Any]:
     routers = dataclasses.replace(
         distill_base,
         train_parts="router",
-        train=_train(s, out / "routers", s.student_steps, s.student_lr),
+        train=_train(s, out / "routers", s.routers_steps, s.student_lr),
     )
-    _log(s, f"ablation: {s.student_steps} steps training only the routers (E-blocks off)")
+    _log(s, f"ablation: {s.routers_steps} steps training only the routers (E-blocks off)")
     routers_only = _finished(launch(run_distillation, routers, nproc, s.threads), "routers")
     times["routers"] = time.perf_counter() - t
 

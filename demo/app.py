@@ -205,6 +205,15 @@ def build_demo(
                     points_per_side = gr.Slider(
                         4, 64, value=16, step=4, label="Segment everything: points per side"
                     )
+                    min_iou_default, min_stability_default = default_model.everything_thresholds
+                    min_iou = gr.Slider(
+                        0.0, 1.0, value=min_iou_default, step=0.05,
+                        label="Keep masks with predicted IoU at least",
+                    )  # fmt: skip
+                    min_stability = gr.Slider(
+                        0.0, 1.0, value=min_stability_default, step=0.05,
+                        label="Keep masks with stability score at least",
+                    )  # fmt: skip
                     everything = gr.Button("Segment everything", elem_id="everything")
                 export = gr.Button("Download mask (PNG + COCO RLE json)", elem_id="export")
                 files = gr.File(
@@ -320,8 +329,9 @@ def build_demo(
 
         @_guarded
         def on_everything(
-            state_value: Any, pps: float, m: str, r: float, md: str, mm: bool, h: bool, c: bool,
-            p: str, progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's idiom
+            state_value: Any, pps: float, iou: float, stability: float, m: str, r: float, md: str,
+            mm: bool, h: bool, c: bool, p: str,
+            progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's idiom
         ) -> Tuple[Any, ...]:  # fmt: skip
             session, settings = session_of(state_value), _settings(m, r, md, mm, h, c, p)
             progress(0.0, desc="encoding")
@@ -329,7 +339,7 @@ def build_demo(
             def report(fraction: float, text: str) -> None:
                 progress(fraction, desc=text)
 
-            view = controller.everything(session, settings, int(pps), report)
+            view = controller.everything(session, settings, int(pps), report, iou, stability)
             return _outputs(session, view, settings)
 
         @_guarded
@@ -383,7 +393,7 @@ def build_demo(
         gallery.select(on_gallery, [state, *controls], view_outputs, api_name=False)
         everything.click(
             on_everything,
-            [state, points_per_side, *controls],
+            [state, points_per_side, min_iou, min_stability, *controls],
             view_outputs,
             api_name="everything",
         )

@@ -184,7 +184,8 @@ def test_segment_everything_and_a_corrupt_upload(
     )
     page.wait_for_timeout(300)
     _save(page, tmp_path, "demo_everything.png")
-    assert "masks from 16x16 points" in page.locator("#message").inner_text()
+    text = page.locator("#message").inner_text()
+    assert "masks from 16x16 points" in text and "predicted IoU >=" in text
 
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)  # a PNG signature, then nothing

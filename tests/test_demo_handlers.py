@@ -224,6 +224,25 @@ def test_segment_everything_with_progress(controller: DemoController, settings: 
     assert controller.everything(session, settings, 0).level == "warning"
 
 
+def test_segment_everything_quality_filters(controller: DemoController, settings: Settings) -> None:
+    session, _ = _loaded(controller, settings)
+    model = controller.model(settings.model)
+    default_iou, default_stability = model.everything_thresholds
+    view = controller.everything(session, settings, 8)  # the model's defaults
+    assert f"predicted IoU >= {default_iou:.2f}, stability >= {default_stability:.2f}" in (
+        view.message
+    )
+    everything = controller.everything(session, settings, 8, None, 0.0, 0.0)
+    kept = session.everything
+    assert kept is not None and len(kept) > 0 and "predicted IoU >= 0.00" in everything.message
+    none = controller.everything(session, settings, 8, None, 1.0, 1.0)
+    assert session.everything == [] and "lower them" in none.message
+    some = controller.everything(session, settings, 8, None, 0.0, 0.5)
+    assert all(float(m["stability_score"]) >= 0.5 for m in session.everything)
+    assert len(session.everything) <= len(kept) and "stability >= 0.50" in some.message
+    assert controller.everything(session, settings, 8, None, 1.5, 0.5).level == "warning"
+
+
 def test_download_png_and_coco_rle(
     controller: DemoController, settings: Settings, tmp_path: Path
 ) -> None:

@@ -76,12 +76,14 @@ class DemoModel:
       name: shown in the model menu; unique.
       sam: the model, in eval mode, on its device.
       source: where it came from (a path or "built-in").
+      builtin: one of the toy models shipped in ``biglittle_sam/assets``.
       lock: held while the encoder runs, because the keep ratio is set on the shared encoder.
     """
 
     name: str
     sam: Sam
     source: str = "built-in"
+    builtin: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
@@ -104,6 +106,16 @@ class DemoModel:
     @property
     def device(self) -> torch.device:
         return next(self.sam.parameters()).device
+
+    @property
+    def everything_thresholds(self) -> Tuple[float, float]:
+        """Default (min predicted IoU, min stability score) for segment everything.
+
+        SAM's own model is confident (``SamAutomaticMaskGenerator`` keeps 0.88 / 0.95); the
+        demo uses 0.8 / 0.9 for checkpoints. The built-in toy models predict IoUs of about 0.4
+        for their best masks, so SAM's filters would keep none of them: 0.3 / 0.7.
+        """
+        return (0.3, 0.7) if self.builtin else (0.8, 0.9)
 
     def gmacs(self, keep_ratio: float) -> float:
         """Encoder GMACs per image at ``keep_ratio`` (ignored for plain SAM)."""
@@ -211,6 +223,7 @@ def load_models(
     if builtin:
         for path in default_model_paths(assets):
             model = load_demo_model(path, f"{path.stem} (built-in)", device)
+            model.builtin = True
             models[_unique(model.name, models)] = model
     for text in list(sam_checkpoints) + list(checkpoints):
         name, path = parse_checkpoint_arg(text)

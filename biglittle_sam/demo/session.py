@@ -356,17 +356,37 @@ class DemoController:
         settings: Settings,
         points_per_side: int = 16,
         progress: Optional[ProgressFn] = None,
+        min_iou: Optional[float] = None,
+        min_stability: Optional[float] = None,
     ) -> View:
-        """Segment everything with ``SamAutomaticMaskGenerator`` on the cached features."""
+        """Segment everything with ``SamAutomaticMaskGenerator`` on the cached features.
+
+        ``min_iou`` / ``min_stability``: its quality filters (``pred_iou_thresh``,
+        ``stability_score_thresh``), each in [0, 1]; None: the model's defaults
+        (:attr:`DemoModel.everything_thresholds`).
+        """
         if session.image is None:
             return View(canvas=None, message=NO_IMAGE, level="warning")
         points_per_side = int(points_per_side)
         if not 1 <= points_per_side <= 128:
             return self._view(session, settings, "Points per side must be 1..128.", "warning")
         model = self.model(settings.model)
+        default_iou, default_stability = model.everything_thresholds
+        min_iou = default_iou if min_iou is None else float(min_iou)
+        min_stability = default_stability if min_stability is None else float(min_stability)
+        if not (0.0 <= min_iou <= 1.0 and 0.0 <= min_stability <= 1.0):
+            return self._view(
+                session, settings, "Quality filters must lie between 0 and 1.", "warning"
+            )
         encoded = self._encoded(session, model, self._ratio(model, settings))
         masks, seconds = segment_everything(
-            model, session.image.rgb, encoded, points_per_side, progress
+            model,
+            session.image.rgb,
+            encoded,
+            points_per_side,
+            progress,
+            pred_iou_thresh=min_iou,
+            stability_score_thresh=min_stability,
         )
         session.prompts.clear()
         session.reset_outputs()
@@ -376,10 +396,13 @@ class DemoController:
         session.prediction_model = model.name
         message = (
             f"Segment everything: {len(masks)} masks from {points_per_side}x{points_per_side} "
-            f"points in {seconds:.2f} s."
+            f"points in {seconds:.2f} s (predicted IoU >= {min_iou:.2f}, stability >= "
+            f"{min_stability:.2f})."
         )
         if not masks:
-            message += " No mask passed the quality filters; try more points per side."
+            message += (
+                " No mask passed the quality filters; lower them or try more points per side."
+            )
         return self._view(session, settings, message)
 
     @_one_at_a_time

@@ -44,7 +44,7 @@ def validate_keep_ratio(keep_ratio: float) -> float:
 # "learned": the routers; "random": uniform noise (the ablation a router must beat);
 # "update_norm": the tokens the big block would change most, ||Block(x) - x|| (runs the big block
 # on every token, so it costs more than r = 1; a heuristic to compare routers with: on the toy
-# benchmark it routes worse than random).
+# benchmark's student it lies between random routing and the learned routers).
 ROUTING_MODES = ("learned", "random", "update_norm")
 
 

@@ -327,8 +327,9 @@ class BigLittleBlock(BigBlock):
         """How much the big block would change each token: ``||Block(x) - x||``, B x H x W (fp32).
 
         A token the router skips loses this update (the E-block aside), which makes it a natural
-        heuristic for routing (``routing = "update_norm"``); measured on the toy benchmark it
-        routes worse than random. It runs the big block densely, on every token.
+        heuristic for routing (``routing = "update_norm"``); on the toy benchmark's student it
+        routes better than random and worse than the learned routers. It runs the big block
+        densely, on every token.
 
         Arguments:
           x, xn: B x H x W x C tokens and their norm1.

@@ -21,6 +21,7 @@ __all__ = [
     "config_from_dict",
     "capacity",
     "window_capacities",
+    "little_window",
     "validate_keep_ratio",
     "validate_pool_kv",
     "validate_routing",
@@ -62,6 +63,11 @@ def validate_pool_kv(grid_size: int, window_size: int) -> None:
             "pool_kv averages keys and values over 2 x 2 token blocks, so it needs an even token "
             f"grid and an even window size; got grid {grid_size} and window {window_size}"
         )
+
+
+def little_window(config: "BigLittleConfig") -> int:
+    """The E-blocks' window side: ``little_window_size``, or the P-blocks' ``window_size`` if 0."""
+    return config.little_window_size or config.window_size
 
 
 def capacity(keep_ratio: float, group_size: int) -> int:
@@ -157,6 +163,7 @@ class BigLittleConfig(SamViTConfig):
     little_dim: int = 192  # E-block width d = C / 4: ~2NCd + 12Nd^2 MACs, small against 12NC^2
     little_heads: int = 3  # head dim 64 at d = 192, like SAM's heads
     little_mlp_ratio: float = 4.0  # E-block MLP width = little_mlp_ratio * d
+    little_window_size: int = 0  # E-block attention window side; 0: the P-blocks' window_size
     keep_ratio: float = 0.5  # default share of each group's tokens that take the big path
     fused_attn: bool = True  # scaled_dot_product_attention; False runs the explicit reference path
     routing: str = "learned"  # see ROUTING_MODES: "random" and "update_norm" are ablations
@@ -174,6 +181,10 @@ class BigLittleConfig(SamViTConfig):
             raise ValueError(
                 f"little_dim ({self.little_dim}) must be divisible by little_heads "
                 f"({self.little_heads})"
+            )
+        if self.little_window_size < 0:
+            raise ValueError(
+                f"little_window_size must be >= 0 (0: window_size), got {self.little_window_size}"
             )
         validate_keep_ratio(self.keep_ratio)
         validate_routing(self.routing)

@@ -22,6 +22,7 @@ from .config import (
     SamViTConfig,
     capacity,
     get_config,
+    little_window,
     validate_keep_ratio,
     window_capacities,
 )
@@ -59,7 +60,7 @@ def _sam_block(cfg: SamViTConfig, windowed: bool) -> Dict[str, int]:
 
 
 def _little_block(cfg: BigLittleConfig) -> int:
-    C, d, g, w = cfg.embed_dim, cfg.little_dim, cfg.grid_size, cfg.window_size
+    C, d, g, w = cfg.embed_dim, cfg.little_dim, cfg.grid_size, little_window(cfg)
     N = g * g
     Np = _padded(g, w) ** 2
     hidden = int(d * cfg.little_mlp_ratio)

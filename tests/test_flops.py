@@ -23,11 +23,18 @@ def _fvcore(encoder: torch.nn.Module, size: int) -> float:
 
 
 @pytest.mark.parametrize(
-    "name, keep_ratio", [("vit_tiny", None), ("bl_tiny", 1.0), ("bl_tiny", 0.5), ("bl_tiny", 0.1)]
+    "name, keep_ratio, extra",
+    [
+        ("vit_tiny", None, {}),
+        ("bl_tiny", 1.0, {}),
+        ("bl_tiny", 0.5, {}),
+        ("bl_tiny", 0.1, {}),
+        ("bl_tiny", 0.5, {"little_window_size": 16}),  # global E-blocks on the 16 x 16 grid
+    ],
 )
-def test_matches_fvcore_within_3_percent(name: str, keep_ratio) -> None:
+def test_matches_fvcore_within_3_percent(name: str, keep_ratio, extra) -> None:
     kwargs = {} if keep_ratio is None else {"keep_ratio": keep_ratio, "fused_attn": False}
-    encoder = sam_model_registry[name](**kwargs).image_encoder  # fvcore cannot see fused SDPA
+    encoder = sam_model_registry[name](**kwargs, **extra).image_encoder  # fvcore: no fused SDPA
     ours = encoder_macs(encoder)["total"]
     theirs = _fvcore(encoder, 256)
     assert abs(ours - theirs) / theirs < 0.03

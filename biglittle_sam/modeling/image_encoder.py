@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from ..config import (
     BigLittleConfig,
     SamViTConfig,
+    little_window,
     validate_keep_ratio,
     validate_pool_kv,
     validate_routing,
@@ -123,7 +124,7 @@ class ImageEncoderBigLittle(nn.Module):
                 qkv_bias=config.qkv_bias,
                 use_rel_pos=config.use_rel_pos,
                 window_size=0 if i in config.global_attn_indexes else config.window_size,
-                little_window_size=config.window_size,
+                little_window_size=little_window(config),
                 input_size=(grid, grid),
                 fused_attn=config.fused_attn,
             )

@@ -48,7 +48,16 @@ def atomic_open(path: PathLike, mode: str = "wb", encoding: str | None = None) -
 
 
 def _umask() -> int:
-    """The process umask (read by setting it and restoring it at once)."""
+    """The process umask.
+
+    Linux reports it in ``/proc/self/status``, which reads it without changing it. Elsewhere it is
+    read by setting it and restoring it at once, which another thread creating a file in between
+    would see (the demo serves several sessions from threads).
+    """
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

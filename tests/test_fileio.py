@@ -39,3 +39,9 @@ def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+    old = os.umask(0o027)  # the process umask is honoured, not a fixed mode
+    try:
+        atomic_write_json(tmp_path / "s.json", {})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "s.json").stat().st_mode & 0o777 == 0o640

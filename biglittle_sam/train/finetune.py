@@ -147,7 +147,8 @@ class FinetuneModule(nn.Module):
         sums = {k: [0.0] * embeddings.shape[0] for k in _PARTS}
         rounds = [0] * embeddings.shape[0]
         for point_group in (False, True):
-            groups = [g for g in (im.group(point_group, s, self.sam, stride) for im in images) if g]
+            img_size = self.sam.image_encoder.img_size
+            groups = [g for g in (im.group(point_group, img_size, stride) for im in images) if g]
             if groups:
                 self._group_rounds(embeddings, groups, point_group, totals, sums, rounds, stride)
         losses = torch.stack([t / max(r, 1) for t, r in zip(totals, rounds)])  # (B,)
@@ -283,9 +284,7 @@ class _ImagePrompts:
         self.b, self.gen, self.input_size = b, gen, input_size
         self.targets, self.boxes, self.use_point = targets, boxes, use_point
 
-    def group(
-        self, point_group: bool, settings: FinetuneSettings, sam: Sam, stride: int
-    ) -> Optional[_Group]:
+    def group(self, point_group: bool, img_size: int, stride: int) -> Optional[_Group]:
         """The objects prompted by a point (or by a box), with their first prompt; None if none."""
         idx = torch.nonzero(self.use_point == point_group).flatten()  # (k,)
         if idx.numel() == 0:
@@ -295,9 +294,7 @@ class _ImagePrompts:
             coords = point_from_mask(t, self.gen, stride).unsqueeze(1)  # (k, 1, 2)
             labels = torch.ones(t.shape[0], 1, dtype=torch.long, device=t.device)
             return _Group(self.b, self.gen, t, coords, labels, None)
-        box = jitter_boxes(
-            self.boxes[idx], self.input_size, sam.image_encoder.img_size, self.gen
-        )  # (k, 4)
+        box = jitter_boxes(self.boxes[idx], self.input_size, img_size, self.gen)  # (k, 4)
         return _Group(self.b, self.gen, t, None, None, box)
 
 

@@ -68,6 +68,9 @@ def test_cache_holds_the_teacher_embedding_of_every_image(
     rows, cols = record["valid"]
     assert (rows, cols) == (-(-input_size[0] // 8), -(-input_size[1] // 8))
     assert entry_problem(cache.entry_path(key), key, (16, 8, 8), cache.teacher.sha256) is None
+    # An entry holds its own embedding, not the storage of the batch it was computed in (2 images
+    # here): 16 x 8 x 8 fp16 is 2 KB, the rest of the file is metadata.
+    assert cache.entry_path(key).stat().st_size < 2 * 16 * 8 * 8 * 2
     # Resumable: a second run computes nothing.
     again = build_cache(data.coco_images, teacher, out)  # type: ignore[arg-type]
     assert again["cached"] == 0 and again["already"] == 5

@@ -550,7 +550,9 @@ def _cache(s: CacheSettings, ctx: DistContext, device: torch.device) -> Optional
                     out = encoder(images)  # (b, C, g, g)
                 out = out.float().half().cpu()
                 for it, emb in zip(good, out):
-                    _store(root, it, emb.contiguous(), sha, config, my_entries, my_skipped)
+                    # clone: a row of ``out`` shares the batch's storage, and torch.save writes a
+                    # view's whole storage (every entry would hold the batch, b times too big).
+                    _store(root, it, emb.clone(), sha, config, my_entries, my_skipped)
                     report["cached"] += 1
                     since_flush += 1
             progress.update(len(items))

@@ -33,12 +33,12 @@ from .losses import dice_loss, mask_iou, sigmoid_focal_loss
 from .models import build_model
 from .parts import select_trainable
 from .prompts import (
+    PromptGroup,
+    batch_image_prompts,
+    cat_or_none,
     decode_prompts,
     decoder_stride,
-    jitter_boxes,
-    point_from_mask,
-    random_split,
-    refinement_click,
+    mask_inputs,
 )
 from .settings import TrainSettings, fingerprint_settings, keep_ratio_for_step, settings_to_dict
 
@@ -131,17 +131,7 @@ class FinetuneModule(nn.Module):
             embeddings = encoder(batch["image"])  # (B, C, g, g)
         s = self.settings
         stride = decoder_stride(self.sam.prompt_encoder)
-        images: List[_ImagePrompts] = []
-        for b in range(embeddings.shape[0]):
-            n = int(batch["instances"][b].sum())
-            if n == 0 or not bool(batch["ok"][b]):
-                continue
-            gen = torch.Generator().manual_seed(int(batch["seed"][b]))
-            h, w = (int(v) for v in batch["input_size"][b])
-            vh, vw = -(-h // stride), -(-w // stride)
-            targets = batch["masks"][b, :n, :vh, :vw]  # (n, vh, vw): the part the image covers
-            use_point = random_split(n, s.point_prob, gen, targets.device)  # (n,)
-            images.append(_ImagePrompts(b, gen, (h, w), targets, batch["boxes"][b, :n], use_point))
+        images = batch_image_prompts(batch, s.point_prob, stride)
         zero = embeddings.new_zeros((), dtype=torch.float32)
         totals = [zero] * embeddings.shape[0]
         sums = {k: [0.0] * embeddings.shape[0] for k in _PARTS}
@@ -162,7 +152,7 @@ class FinetuneModule(nn.Module):
     def _group_rounds(
         self,
         embeddings: Tensor,
-        groups: List["_Group"],
+        groups: List["PromptGroup"],
         point_group: bool,
         totals: List[Tensor],
         sums: Dict[str, List[float]],
@@ -182,10 +172,10 @@ class FinetuneModule(nn.Module):
         per_prompt = torch.cat([embeddings[g.b : g.b + 1].expand(g.k, -1, -1, -1) for g in groups])
         for r in range(1 + s.refine_clicks):
             multimask = point_group and r == 0
-            coords = _cat_or_none([g.coords for g in groups])  # (K, n, 2)
-            labels = _cat_or_none([g.labels for g in groups])  # (K, n)
-            box = _cat_or_none([g.box for g in groups])  # (K, 4)
-            mask_input, mask_rows = _mask_inputs(groups, self.sam.prompt_encoder)
+            coords = cat_or_none([g.coords for g in groups])  # (K, n, 2)
+            labels = cat_or_none([g.labels for g in groups])  # (K, n)
+            box = cat_or_none([g.box for g in groups])  # (K, 4)
+            mask_input, mask_rows = mask_inputs(groups, self.sam.prompt_encoder)
             logits_all, iou_all = decode_prompts(
                 pe, md, per_prompt, coords, labels, box, mask_input, multimask, mask_rows
             )  # (K, m, 4g, 4g), (K, m)
@@ -211,91 +201,6 @@ class FinetuneModule(nn.Module):
 
 
 _PARTS = ("loss_focal", "loss_dice", "loss_iou", "train_iou")
-
-
-def _cat_or_none(parts: List[Optional[Tensor]]) -> Optional[Tensor]:
-    return None if parts[0] is None else torch.cat(parts)  # type: ignore[arg-type]
-
-
-def _mask_inputs(
-    groups: List["_Group"], prompt_encoder: nn.Module
-) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-    """The previous round's logits of the groups that feed them back: (K x 1 x 4g x 4g, K bool),
-    or (None, None) when none does (zeros stand in for the rows that do not)."""
-    if all(g.mask_input is None for g in groups):
-        return None, None
-    side = tuple(int(v) for v in prompt_encoder.mask_input_size)
-    pieces, rows = [], []
-    for g in groups:
-        m = g.mask_input
-        ref = g.targets
-        pieces.append(m if m is not None else ref.new_zeros((g.k, 1) + side))  # (k, 1, 4g, 4g)
-        rows.append(torch.full((g.k,), m is not None, dtype=torch.bool, device=ref.device))
-    return torch.cat(pieces), torch.cat(rows)
-
-
-class _Group:
-    """One image's objects of one prompt type while their click rounds run."""
-
-    def __init__(
-        self,
-        b: int,
-        gen: torch.Generator,
-        targets: Tensor,
-        coords: Optional[Tensor],
-        labels: Optional[Tensor],
-        box: Optional[Tensor],
-    ) -> None:
-        self.b, self.gen, self.targets = b, gen, targets  # targets: k x vh x vw
-        self.k = int(targets.shape[0])
-        self.coords, self.labels, self.box = coords, labels, box  # k x n x 2, k x n, k x 4
-        self.mask_input: Optional[Tensor] = None  # k x 1 x 4g x 4g
-
-    def refine(self, chosen: Tensor, mask_input_prob: float, stride: int) -> None:
-        """Add a click from the error region of ``chosen`` (k x 4g x 4g logits), and maybe feed
-        the logits back."""
-        vh, vw = self.targets.shape[-2:]
-        click, label = refinement_click(
-            chosen[:, :vh, :vw] > 0, self.targets >= 0.5, self.gen, stride
-        )  # (k, 1, 2), (k, 1)
-        if self.coords is None or self.labels is None:
-            self.coords, self.labels = click, label
-        else:
-            self.coords = torch.cat([self.coords, click], dim=1)  # (k, n + 1, 2)
-            self.labels = torch.cat([self.labels, label], dim=1)  # (k, n + 1)
-        # SAM feeds the previous logits back; evaluations (and many users) give only the clicks,
-        # so some rounds train that case too.
-        with_mask = bool(torch.rand((), generator=self.gen) < mask_input_prob)
-        self.mask_input = chosen.unsqueeze(1).detach() if with_mask else None  # (k, 1, 4g, 4g)
-
-
-class _ImagePrompts:
-    """One image of a batch: its generator, targets and the split into point and box prompts."""
-
-    def __init__(
-        self,
-        b: int,
-        gen: torch.Generator,
-        input_size: Tuple[int, int],
-        targets: Tensor,
-        boxes: Tensor,
-        use_point: Tensor,
-    ) -> None:
-        self.b, self.gen, self.input_size = b, gen, input_size
-        self.targets, self.boxes, self.use_point = targets, boxes, use_point
-
-    def group(self, point_group: bool, img_size: int, stride: int) -> Optional[_Group]:
-        """The objects prompted by a point (or by a box), with their first prompt; None if none."""
-        idx = torch.nonzero(self.use_point == point_group).flatten()  # (k,)
-        if idx.numel() == 0:
-            return None
-        t = self.targets[idx]  # (k, vh, vw)
-        if point_group:
-            coords = point_from_mask(t, self.gen, stride).unsqueeze(1)  # (k, 1, 2)
-            labels = torch.ones(t.shape[0], 1, dtype=torch.long, device=t.device)
-            return _Group(self.b, self.gen, t, coords, labels, None)
-        box = jitter_boxes(self.boxes[idx], self.input_size, img_size, self.gen)  # (k, 4)
-        return _Group(self.b, self.gen, t, None, None, box)
 
 
 def _overrides(settings: FinetuneSettings) -> Dict[str, Any]:

@@ -9,12 +9,17 @@ every process, run and resume.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "ImagePrompts",
+    "batch_image_prompts",
+    "PromptGroup",
+    "cat_or_none",
+    "mask_inputs",
     "decode_prompts",
     "point_from_mask",
     "jitter_boxes",
@@ -189,3 +194,119 @@ def decode_prompts(
         multimask_output=multimask,
     )
     return logits, iou
+
+
+def cat_or_none(parts: List[Optional[Tensor]]) -> Optional[Tensor]:
+    """The groups' prompts of one kind concatenated along the prompt axis, or None when the groups
+    have none of that kind (every group of a prompt type has the same kinds)."""
+    return None if parts[0] is None else torch.cat(parts)  # type: ignore[arg-type]
+
+
+def mask_inputs(
+    groups: List["PromptGroup"], prompt_encoder: nn.Module
+) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """The previous round's logits of the groups that feed them back: (K x 1 x 4g x 4g, K bool),
+    or (None, None) when none does (zeros stand in for the rows that do not)."""
+    if all(g.mask_input is None for g in groups):
+        return None, None
+    side = tuple(int(v) for v in prompt_encoder.mask_input_size)
+    pieces, rows = [], []
+    for g in groups:
+        m = g.mask_input
+        ref = g.targets
+        pieces.append(m if m is not None else ref.new_zeros((g.k, 1) + side))  # (k, 1, 4g, 4g)
+        rows.append(torch.full((g.k,), m is not None, dtype=torch.bool, device=ref.device))
+    return torch.cat(pieces), torch.cat(rows)
+
+
+class PromptGroup:
+    """One image's objects of one prompt type while their click rounds run."""
+
+    def __init__(
+        self,
+        b: int,
+        gen: torch.Generator,
+        targets: Tensor,
+        coords: Optional[Tensor],
+        labels: Optional[Tensor],
+        box: Optional[Tensor],
+    ) -> None:
+        self.b, self.gen, self.targets = b, gen, targets  # targets: k x vh x vw
+        self.k = int(targets.shape[0])
+        self.coords, self.labels, self.box = coords, labels, box  # k x n x 2, k x n, k x 4
+        self.mask_input: Optional[Tensor] = None  # k x 1 x 4g x 4g
+
+    def add_click(self, pred: Tensor, target: Tensor, stride: int) -> None:
+        """Add a click drawn from where ``pred`` and ``target`` (k x vh x vw bool) disagree
+        (:func:`refinement_click`, from this image's generator) to every earlier prompt."""
+        click, label = refinement_click(pred, target, self.gen, stride)  # (k, 1, 2), (k, 1)
+        if self.coords is None or self.labels is None:
+            self.coords, self.labels = click, label
+        else:
+            self.coords = torch.cat([self.coords, click], dim=1)  # (k, n + 1, 2)
+            self.labels = torch.cat([self.labels, label], dim=1)  # (k, n + 1)
+
+    def refine(self, chosen: Tensor, mask_input_prob: float, stride: int) -> None:
+        """Add a click from the error region of ``chosen`` (k x 4g x 4g logits), and maybe feed
+        the logits back."""
+        vh, vw = self.targets.shape[-2:]
+        self.add_click(chosen[:, :vh, :vw] > 0, self.targets >= 0.5, stride)
+        # SAM feeds the previous logits back; evaluations (and many users) give only the clicks,
+        # so some rounds train that case too.
+        with_mask = bool(torch.rand((), generator=self.gen) < mask_input_prob)
+        self.mask_input = chosen.unsqueeze(1).detach() if with_mask else None  # (k, 1, 4g, 4g)
+
+
+class ImagePrompts:
+    """One image of a batch: its generator, targets and the split into point and box prompts."""
+
+    def __init__(
+        self,
+        b: int,
+        gen: torch.Generator,
+        input_size: Tuple[int, int],
+        targets: Tensor,
+        boxes: Tensor,
+        use_point: Tensor,
+    ) -> None:
+        self.b, self.gen, self.input_size = b, gen, input_size
+        self.targets, self.boxes, self.use_point = targets, boxes, use_point
+
+    def group(self, point_group: bool, img_size: int, stride: int) -> Optional[PromptGroup]:
+        """The objects prompted by a point (or by a box), with their first prompt; None if none."""
+        idx = torch.nonzero(self.use_point == point_group).flatten()  # (k,)
+        if idx.numel() == 0:
+            return None
+        t = self.targets[idx]  # (k, vh, vw)
+        if point_group:
+            coords = point_from_mask(t, self.gen, stride).unsqueeze(1)  # (k, 1, 2)
+            labels = torch.ones(t.shape[0], 1, dtype=torch.long, device=t.device)
+            return PromptGroup(self.b, self.gen, t, coords, labels, None)
+        box = jitter_boxes(self.boxes[idx], self.input_size, img_size, self.gen)  # (k, 4)
+        return PromptGroup(self.b, self.gen, t, None, None, box)
+
+
+def batch_image_prompts(
+    batch: Dict[str, Any], point_prob: float, stride: int
+) -> List[ImagePrompts]:
+    """Each readable image of a training batch that has objects, with its own generator (seeded by
+    its stream position) and its split of objects into point and box prompts.
+
+    Arguments:
+      batch: from ``collate_items``: ``masks`` B x K x 4g x 4g, ``boxes`` B x K x 4,
+        ``instances`` B x K, ``input_size`` B x 2, ``ok`` B, ``seed`` B.
+      point_prob: share of objects prompted by a point rather than a box.
+      stride: input pixels per mask pixel (:func:`decoder_stride`).
+    """
+    images: List[ImagePrompts] = []
+    for b in range(int(batch["ok"].shape[0])):
+        n = int(batch["instances"][b].sum())
+        if n == 0 or not bool(batch["ok"][b]):
+            continue
+        gen = torch.Generator().manual_seed(int(batch["seed"][b]))
+        h, w = (int(v) for v in batch["input_size"][b])
+        vh, vw = -(-h // stride), -(-w // stride)
+        targets = batch["masks"][b, :n, :vh, :vw]  # (n, vh, vw): the part the image covers
+        use_point = random_split(n, point_prob, gen, targets.device)  # (n,)
+        images.append(ImagePrompts(b, gen, (h, w), targets, batch["boxes"][b, :n], use_point))
+    return images

@@ -152,3 +152,31 @@ def test_router_exploration_is_seeded_per_image_and_off_outside_training(
     encoder.eval()
     assert torch.equal(selected([1, 2]), plain)
     assert task.begin_step(task.settings["train"]["steps"])["router_noise"] == 0.0
+
+
+def test_phase_2_decodes_the_batch_at_once_as_one_image_at_a_time(
+    tmp_path: Path, shapes: ShapesDataset, teacher_cache: Path, teacher_ckpt: Path, one_thread
+) -> None:
+    """Phase 2 runs the decoders once per prompt type and round for the whole batch; each image's
+    loss and gradient are those of the image alone (its own generator, the same draws)."""
+    task = _task(tmp_path, shapes, teacher_cache, teacher_ckpt, phase=2)
+    set_keep_ratio(task.sam, 0.5)
+    items = [task.dataset[(i, i)] for i in range(4)]
+    sam, module = task.sam, task.module
+
+    def run(batch_items):
+        sam.zero_grad()
+        loss, metrics = module(collate_items(batch_items))
+        loss.sum().backward()
+        grads = [
+            torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in sam.parameters()
+        ]
+        return loss.detach(), metrics, grads
+
+    together, metrics, grads = run(items)
+    alone = [run([item]) for item in items]
+    torch.testing.assert_close(together, torch.cat([a[0] for a in alone]), rtol=1e-5, atol=1e-6)
+    for g, *parts in zip(grads, *(a[2] for a in alone)):
+        torch.testing.assert_close(g, sum(parts), rtol=1e-4, atol=1e-6)
+    mean = sum(float(a[1]["loss_mask"]) for a in alone) / len(alone)
+    assert abs(float(metrics["loss_mask"]) - mean) < 1e-5 and mean > 0

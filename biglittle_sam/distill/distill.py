@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from segment_anything.modeling import Sam
@@ -40,14 +40,7 @@ from ..train.loop import TrainResult, TrainTask, resolve_resume, run_training
 from ..train.losses import bce_loss, dice_loss
 from ..train.models import STUDENT_INITS, build_student, file_sha256, load_sam
 from ..train.parts import select_trainable
-from ..train.prompts import (
-    decode_prompts,
-    decoder_stride,
-    jitter_boxes,
-    point_from_mask,
-    random_split,
-    refinement_click,
-)
+from ..train.prompts import batch_image_prompts, cat_or_none, decode_prompts, decoder_stride
 from ..train.settings import (
     TrainSettings,
     fingerprint_settings,
@@ -210,97 +203,69 @@ class DistillModule(nn.Module):
             "loss_cos": (cos.detach() * okf).sum() / count,
         }
         if s.phase == 2:
-            mask_losses: List[Tensor] = []
-            for b in range(student.shape[0]):
-                n = int(batch["instances"][b].sum())
-                if n == 0 or not bool(ok[b]):
-                    mask_losses.append(student.new_zeros((), dtype=torch.float32))
-                    continue
-                gen = torch.Generator().manual_seed(int(batch["seed"][b]))
-                h, w = (int(v) for v in batch["input_size"][b])
-                mask_losses.append(
-                    self._mask_loss(
-                        student[b : b + 1],
-                        teacher[b : b + 1],
-                        batch["masks"][b, :n],
-                        batch["boxes"][b, :n],
-                        (h, w),
-                        gen,
-                    )
-                )
-            mask_loss = torch.stack(mask_losses)  # (B,)
+            mask_loss = self._mask_losses(student, teacher, batch)  # (B,)
             loss = loss + s.mask_weight * mask_loss
             metrics["loss_mask"] = (mask_loss.detach() * okf).sum() / count
         return torch.where(ok, loss, torch.zeros_like(loss)), metrics
 
-    def _mask_loss(
-        self,
-        student: Tensor,
-        teacher: Tensor,
-        masks: Tensor,
-        boxes: Tensor,
-        input_size: Tuple[int, int],
-        gen: torch.Generator,
-    ) -> Tensor:
-        """BCE + Dice of the student's masks against the teacher's, for one image.
+    def _mask_losses(self, student: Tensor, teacher: Tensor, batch: Dict[str, Any]) -> Tensor:
+        """BCE + Dice of the student's masks against the teacher's, per image.
+
+        Each image draws its prompts from its own generator in the same order as if it were
+        alone; the decoders run once per prompt type and round for the whole batch.
 
         Arguments:
-          student, teacher: 1 x C x g x g embeddings; masks: n x 4g x 4g ground truth (for the
-          prompts); boxes: n x 4 input pixels.
+          student, teacher: B x C x g x g embeddings; batch: as :meth:`forward`.
+
+        Returns:
+          B mean losses over each image's prompts and rounds (0 for an image without objects).
         """
         assert self.teacher is not None  # checked in __init__ for phase 2
         s = self.settings
-        img_size = self.student.image_encoder.img_size
         stride = decoder_stride(self.student.prompt_encoder)
-        vh = -(-input_size[0] // stride)
-        vw = -(-input_size[1] // stride)
-        gt = masks[:, :vh, :vw]  # (n, vh, vw)
-        use_point = random_split(gt.shape[0], s.point_prob, gen, gt.device)  # (n,)
-        total = student.new_zeros((), dtype=torch.float32)
-        terms = 0
+        img_size = self.student.image_encoder.img_size
+        images = batch_image_prompts(batch, s.point_prob, stride)
+        B = student.shape[0]
+        totals = [student.new_zeros((), dtype=torch.float32)] * B
+        terms = [0] * B
         spe, smd = self.student.prompt_encoder, self.student.mask_decoder
         tpe, tmd = self.teacher.prompt_encoder, self.teacher.mask_decoder
         for point_group in (False, True):
-            idx = torch.nonzero(use_point == point_group).flatten()  # (k,)
-            if idx.numel() == 0:
+            groups = [g for g in (im.group(point_group, img_size, stride) for im in images) if g]
+            if not groups:
                 continue
-            k = int(idx.numel())
-            coords: Optional[Tensor] = None
-            labels: Optional[Tensor] = None
-            box: Optional[Tensor] = None
-            if point_group:
-                coords = point_from_mask(gt[idx], gen, stride).unsqueeze(1)  # (k, 1, 2)
-                labels = torch.ones(k, 1, dtype=torch.long, device=gt.device)
-            else:
-                box = jitter_boxes(boxes[idx], input_size, img_size, gen)  # (k, 4)
+            sizes = [g.k for g in groups]
+            # (K, C, g, g): each prompt's image embedding, K = sum of the groups' objects
+            s_emb = torch.cat([student[g.b : g.b + 1].expand(g.k, -1, -1, -1) for g in groups])
+            t_emb = torch.cat([teacher[g.b : g.b + 1].expand(g.k, -1, -1, -1) for g in groups])
             rounds = 2 if s.refine_click else 1
             for r in range(rounds):
                 multimask = point_group and r == 0
+                coords = cat_or_none([g.coords for g in groups])  # (K, n, 2)
+                labels = cat_or_none([g.labels for g in groups])  # (K, n)
+                box = cat_or_none([g.box for g in groups])  # (K, 4)
                 with torch.no_grad():
                     t_logits, t_iou = decode_prompts(
-                        tpe, tmd, teacher, coords, labels, box, None, multimask
-                    )  # (k, m, 4g, 4g), (k, m)
+                        tpe, tmd, t_emb, coords, labels, box, None, multimask
+                    )  # (K, m, 4g, 4g), (K, m)
                 s_logits, _ = decode_prompts(
-                    spe, smd, student, coords, labels, box, None, multimask
-                )  # (k, m, 4g, 4g)
-                target = (t_logits[..., :vh, :vw] > 0).float()  # (k, m, vh, vw)
-                pred = s_logits[..., :vh, :vw]
-                per_mask = bce_loss(pred, target) + dice_loss(pred, target)  # (k, m)
-                total = total + per_mask.mean(dim=1).sum()
-                terms += k
-                if r == rounds - 1:
-                    break
-                rows = torch.arange(k, device=gt.device)
-                best = t_iou.argmax(dim=1)  # (k,): the teacher's preferred output
-                click, label = refinement_click(
-                    pred[rows, best] > 0, target[rows, best] > 0.5, gen, stride
-                )  # (k, 1, 2), (k, 1)
-                if coords is None or labels is None:
-                    coords, labels = click, label
-                else:
-                    coords = torch.cat([coords, click], dim=1)  # (k, 2, 2)
-                    labels = torch.cat([labels, label], dim=1)  # (k, 2)
-        return total / max(terms, 1)
+                    spe, smd, s_emb, coords, labels, box, None, multimask
+                )  # (K, m, 4g, 4g)
+                parts = zip(
+                    groups, t_logits.split(sizes), t_iou.split(sizes), s_logits.split(sizes)
+                )
+                for g, t_lg, t_ious, s_lg in parts:
+                    vh, vw = g.targets.shape[-2:]
+                    target = (t_lg[..., :vh, :vw] > 0).float()  # (k, m, vh, vw)
+                    pred = s_lg[..., :vh, :vw]
+                    per_mask = bce_loss(pred, target) + dice_loss(pred, target)  # (k, m)
+                    totals[g.b] = totals[g.b] + per_mask.mean(dim=1).sum()
+                    terms[g.b] += g.k
+                    if r < rounds - 1:
+                        rows = torch.arange(g.k, device=pred.device)
+                        best = t_ious.argmax(dim=1)  # (k,): the teacher's preferred output
+                        g.add_click(pred[rows, best] > 0, target[rows, best] > 0.5, stride)
+        return torch.stack([t / max(n, 1) for t, n in zip(totals, terms)])  # (B,)
 
 
 def _teacher_identity(

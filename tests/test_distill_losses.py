@@ -159,7 +159,7 @@ def test_phase_2_decodes_the_batch_at_once_as_one_image_at_a_time(
 ) -> None:
     """Phase 2 runs the decoders once per prompt type and round for the whole batch; each image's
     loss and gradient are those of the image alone (its own generator, the same draws)."""
-    task = _task(tmp_path, shapes, teacher_cache, teacher_ckpt, phase=2)
+    task = _task(tmp_path, shapes, teacher_cache, teacher_ckpt, phase=2, iou_weight=1.0)
     set_keep_ratio(task.sam, 0.5)
     items = [task.dataset[(i, i)] for i in range(4)]
     sam, module = task.sam, task.module
@@ -180,3 +180,24 @@ def test_phase_2_decodes_the_batch_at_once_as_one_image_at_a_time(
         torch.testing.assert_close(g, sum(parts), rtol=1e-4, atol=1e-6)
     mean = sum(float(a[1]["loss_mask"]) for a in alone) / len(alone)
     assert abs(float(metrics["loss_mask"]) - mean) < 1e-5 and mean > 0
+
+
+def test_phase_2_iou_term_is_the_predicted_iou_error_against_the_teacher(
+    tmp_path: Path, shapes: ShapesDataset, teacher_cache: Path, teacher_ckpt: Path, one_thread
+) -> None:
+    batch_items = None
+    losses = {}
+    for weight in (0.0, 2.0):
+        task = _task(tmp_path, shapes, teacher_cache, teacher_ckpt, phase=2, iou_weight=weight)
+        batch_items = batch_items or [task.dataset[(i, i)] for i in range(3)]
+        batch = collate_items(batch_items)
+        with torch.no_grad():
+            set_keep_ratio(task.sam, 1.0)  # the fresh student is its teacher: no IoU error
+            at_teacher = task.module(batch)[1]["loss_mask"]
+            set_keep_ratio(task.sam, 0.25)
+            losses[weight] = task.module(batch)[1]["loss_mask"]
+        losses[(weight, "teacher")] = at_teacher
+    torch.testing.assert_close(losses[(0.0, "teacher")], losses[(2.0, "teacher")])
+    assert float(losses[2.0]) > float(losses[0.0])
+    with pytest.raises(ValueError, match="loss weights"):
+        _task(tmp_path, shapes, teacher_cache, teacher_ckpt, phase=2, iou_weight=-1.0)

@@ -45,6 +45,7 @@ _FIELDS = (
     "mse_weight",
     "cosine_weight",
     "mask_weight",
+    "iou_weight",
     "max_instances",
     "point_prob",
     "refine_click",
@@ -89,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument("--mse-weight", type=float, default=None)
     loss.add_argument("--cosine-weight", type=float, default=None)
     loss.add_argument("--mask-weight", type=float, default=None, help="phase 2")
+    loss.add_argument(
+        "--iou-weight", type=float, default=None, help="phase 2: predicted IoUs vs the teacher's"
+    )
     loss.add_argument("--max-instances", type=int, default=None, help="phase 2")
     loss.add_argument("--point-prob", type=float, default=None, help="phase 2")
     loss.add_argument(

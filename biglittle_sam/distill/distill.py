@@ -97,6 +97,10 @@ class DistillSettings:
     mse_weight: float = 1.0  # embedding MSE
     cosine_weight: float = 1.0  # embedding cosine distance
     mask_weight: float = 1.0  # phase 2: BCE + Dice against the teacher's masks
+    # Phase 2: MSE between the student's and the teacher's predicted IoUs (the frozen IoU head
+    # picks which of the three masks SamPredictor returns first; a student that ranks them
+    # differently hands back another mask even when all three are right).
+    iou_weight: float = 0.0
     max_instances: int = 16  # phase 2: objects per image per step
     point_prob: float = 0.5  # phase 2: share of objects prompted by a point (else a box)
     refine_click: bool = True  # phase 2: a second round with a click where the masks disagree
@@ -122,7 +126,7 @@ class DistillSettings:
             raise ValueError("keep_ratios must name at least one ratio")
         for r in self.keep_ratios:
             validate_keep_ratio(r)
-        if min(self.mse_weight, self.cosine_weight, self.mask_weight) < 0:
+        if min(self.mse_weight, self.cosine_weight, self.mask_weight, self.iou_weight) < 0:
             raise ValueError("loss weights must be >= 0")
         if not 0.0 <= self.point_prob <= 1.0:
             raise ValueError(f"point_prob must be in [0, 1], got {self.point_prob}")
@@ -248,17 +252,24 @@ class DistillModule(nn.Module):
                     t_logits, t_iou = decode_prompts(
                         tpe, tmd, t_emb, coords, labels, box, None, multimask
                     )  # (K, m, 4g, 4g), (K, m)
-                s_logits, _ = decode_prompts(
+                s_logits, s_iou = decode_prompts(
                     spe, smd, s_emb, coords, labels, box, None, multimask
-                )  # (K, m, 4g, 4g)
+                )  # (K, m, 4g, 4g), (K, m)
                 parts = zip(
-                    groups, t_logits.split(sizes), t_iou.split(sizes), s_logits.split(sizes)
+                    groups,
+                    t_logits.split(sizes),
+                    t_iou.split(sizes),
+                    s_logits.split(sizes),
+                    s_iou.split(sizes),
                 )
-                for g, t_lg, t_ious, s_lg in parts:
+                for g, t_lg, t_ious, s_lg, s_ious in parts:
                     vh, vw = g.targets.shape[-2:]
                     target = (t_lg[..., :vh, :vw] > 0).float()  # (k, m, vh, vw)
                     pred = s_lg[..., :vh, :vw]
                     per_mask = bce_loss(pred, target) + dice_loss(pred, target)  # (k, m)
+                    if s.iou_weight > 0:
+                        iou_error = (s_ious.float() - t_ious.float()) ** 2  # (k, m)
+                        per_mask = per_mask + s.iou_weight * iou_error
                     totals[g.b] = totals[g.b] + per_mask.mean(dim=1).sum()
                     terms[g.b] += g.k
                     if r < rounds - 1:

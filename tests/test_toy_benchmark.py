@@ -23,14 +23,15 @@ ASSETS = Path(__file__).resolve().parents[1] / "biglittle_sam" / "assets"
 def test_toy_benchmark_runs_end_to_end(tmp_path: Path, one_thread, capsys) -> None:
     assets = tmp_path / "assets"
     result = toy_benchmark.main(
-        ["--out-dir", str(tmp_path / "toy"), "--train-images", "8", "--val-images", "3",
-         "--teacher-steps", "3", "--student-steps", "2", "--routers-steps", "2",
+        ["--out-dir", str(tmp_path / "toy"), "--train-images", "8", "--distill-images", "10",
+         "--val-images", "3", "--teacher-steps", "3", "--student-steps", "2",
+         "--phase2-steps", "2", "--routers-steps", "2",
          "--batch-size", "4",
          "--processes", "1", "--threads", "1", "--assets-dir", str(assets), "--no-progress"]
     )  # fmt: skip
     rows = {(r["model"], r["keep_ratio"]) for r in result["rows"]}
     assert ("teacher", None) in rows
-    for variant in ("student", "no teacher init"):
+    for variant in ("student", "student, phase 1 only", "no teacher init"):
         assert {(variant, r) for r in (1.0, 0.5, 0.25, 0.1)} <= rows
     for variant in (
         "before distillation",
@@ -47,12 +48,23 @@ def test_toy_benchmark_runs_end_to_end(tmp_path: Path, one_thread, capsys) -> No
     gmacs = {r["keep_ratio"]: r["gmacs"] for r in result["rows"] if r["model"] == "student"}
     assert gmacs[0.1] < gmacs[0.25] < gmacs[0.5] < gmacs[1.0]
     targets = [t for t in result["targets"] if t["met"] is not None]  # not the pooled findings
-    assert len(targets) == 8 and set(result["stage_s"]) == {
-        "data", "teacher", "cache", "student", "routers", "scratch", "eval"
+    assert len(targets) == 12 and set(result["stage_s"]) == {
+        "data", "teacher", "cache", "student", "phase2", "routers", "scratch", "eval"
     }  # fmt: skip
+    # The teacher trained on the first 8 images; the students distil on all 10, cached.
+    assert result["data"] == {"train_images": 8, "distill_images": 10, "val_images": 3,
+                              "val_instances": result["data"]["val_instances"]}  # fmt: skip
+    teacher_run = read_checkpoint(tmp_path / "toy" / "teacher" / "model.pth")["training"]
+    assert teacher_run["settings"]["limit"] == 8
+    from biglittle_sam.distill import TeacherCache
+
+    assert len(TeacherCache.open(tmp_path / "toy" / "cache")) == 10
+    phase2 = read_checkpoint(tmp_path / "toy" / "phase2" / "model.pth")
+    assert phase2["distill_phase"] == 2
     out = tmp_path / "toy"
     md = (out / "toy_benchmark.md").read_text()
     assert md.startswith("| model | keep ratio |") and "| random router | 0.25 |" in md
+    assert "| student, phase 1 only | 0.25 |" in md and "then phase 2, 2 steps" in md
     assert "paired SE" in md and "embedding MSE" in md
     assert "Command: `biglittle-sam-toy-benchmark --out-dir" in md and "Wall time" in md
     assert (out / "toy_benchmark.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,5 +1,5 @@
 """The toy benchmark: shapes data, a tiny SAM teacher trained from scratch, its embedding cache,
-a distilled bl_tiny student and its ablations, and their mIoU, end to end on CPU.
+a bl_tiny student distilled in two phases and its ablations, and their mIoU, end to end on CPU.
 
     biglittle-sam-toy-benchmark --out-dir outputs/toy_benchmark
     biglittle-sam-toy-benchmark --assets-dir biglittle_sam/assets   # also refresh the built-in
@@ -25,6 +25,7 @@ _FIELDS = (
     "out_dir",
     "seed",
     "train_images",
+    "distill_images",
     "val_images",
     "teacher_steps",
     "teacher_lr",
@@ -32,6 +33,8 @@ _FIELDS = (
     "student_steps",
     "student_lr",
     "student_parts",
+    "phase2_steps",
+    "phase2_lr",
     "routers_steps",
     "scratch_steps",
     "scratch_lr",
@@ -48,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="End-to-end toy benchmark of distillation on synthetic shapes (CPU)."
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--train-images", type=int, default=None)
+    data.add_argument("--train-images", type=int, default=None, help="the teacher's images")
+    data.add_argument(
+        "--distill-images", type=int, default=None, help="the students' (the teacher's and more)"
+    )
     data.add_argument("--val-images", type=int, default=None)
     data.add_argument("--seed", type=int, default=None)
     budget = parser.add_argument_group("budgets")
@@ -57,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--teacher-batch-size", type=int, default=None, help="images per step")
     budget.add_argument("--student-steps", type=int, default=None)
     budget.add_argument("--student-lr", type=float, default=None)
+    budget.add_argument(
+        "--phase2-steps",
+        type=int,
+        default=None,
+        help="phase 2 after the student's phase 1 (0: off)",
+    )
+    budget.add_argument("--phase2-lr", type=float, default=None)
     budget.add_argument(
         "--student-parts", default=None, help="what the student trains (default: encoder)"
     )

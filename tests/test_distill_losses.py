@@ -16,7 +16,7 @@ from biglittle_sam.eval.distributed import DistContext
 from biglittle_sam.train import collate_items
 
 from .train_fixtures import *  # noqa: F401,F403 (fixtures)
-from .train_fixtures import STUDENT_OVERRIDES, fast_train
+from .train_fixtures import STUDENT_OVERRIDES, check_batch_equals_one_at_a_time, fast_train
 
 
 def test_valid_region_is_the_top_left_block() -> None:
@@ -162,23 +162,8 @@ def test_phase_2_decodes_the_batch_at_once_as_one_image_at_a_time(
     task = _task(tmp_path, shapes, teacher_cache, teacher_ckpt, phase=2, iou_weight=1.0)
     set_keep_ratio(task.sam, 0.5)
     items = [task.dataset[(i, i)] for i in range(4)]
-    sam, module = task.sam, task.module
-
-    def run(batch_items):
-        sam.zero_grad()
-        loss, metrics = module(collate_items(batch_items))
-        loss.sum().backward()
-        grads = [
-            torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in sam.parameters()
-        ]
-        return loss.detach(), metrics, grads
-
-    together, metrics, grads = run(items)
-    alone = [run([item]) for item in items]
-    torch.testing.assert_close(together, torch.cat([a[0] for a in alone]), rtol=1e-5, atol=1e-6)
-    for g, *parts in zip(grads, *(a[2] for a in alone)):
-        torch.testing.assert_close(g, sum(parts), rtol=1e-4, atol=1e-6)
-    mean = sum(float(a[1]["loss_mask"]) for a in alone) / len(alone)
+    metrics, alone = check_batch_equals_one_at_a_time(task.module, task.sam, items)
+    mean = sum(float(a["loss_mask"]) for a in alone) / len(alone)
     assert abs(float(metrics["loss_mask"]) - mean) < 1e-5 and mean > 0
 
 

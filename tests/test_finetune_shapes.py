@@ -15,7 +15,13 @@ from biglittle_sam.train import FinetuneSettings, run_finetune
 from tools import finetune
 
 from .train_fixtures import *  # noqa: F401,F403 (fixtures)
-from .train_fixtures import TEACHER_FIELDS, fast_train, make_shapes, save_teacher
+from .train_fixtures import (
+    TEACHER_FIELDS,
+    check_batch_equals_one_at_a_time,
+    fast_train,
+    make_shapes,
+    save_teacher,
+)
 
 
 def _miou(checkpoint: Path, shapes: ShapesDataset, out: Path) -> Dict[str, float]:
@@ -119,11 +125,8 @@ def test_one_decoder_call_per_round_equals_one_image_at_a_time(
 ) -> None:
     """The batch's prompts go through the decoder together; each image's loss and gradient are
     those of the image alone (its prompts come from its own generator, in the same order)."""
-    import torch
-
     from biglittle_sam.eval.distributed import init_distributed
     from biglittle_sam.train import finetune as finetune_module
-    from biglittle_sam.train.data import collate_items
     from biglittle_sam.train.finetune import build_finetune_task
 
     mixed = []  # rounds where some prompts of the batch feed back a mask and others do not
@@ -151,23 +154,8 @@ def test_one_decoder_call_per_round_equals_one_image_at_a_time(
     ctx, device = init_distributed("cpu")
     task = build_finetune_task(settings, ctx, device)
     items = [task.dataset[(i, i)] for i in range(4)]
-    sam, module = task.sam, task.module
-
-    def run(batch_items):
-        sam.zero_grad()
-        loss, metrics = module(collate_items(batch_items))
-        loss.sum().backward()
-        grads = [
-            torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in sam.parameters()
-        ]
-        return loss.detach(), metrics, grads
-
-    together, metrics, grads = run(items)
+    metrics, alone = check_batch_equals_one_at_a_time(task.module, task.sam, items)
     assert mixed, "no round mixed prompts with and without a mask input: the case is untested"
-    alone = [run([item]) for item in items]
-    torch.testing.assert_close(together, torch.cat([a[0] for a in alone]), rtol=1e-5, atol=1e-6)
-    for g, *parts in zip(grads, *(a[2] for a in alone)):
-        torch.testing.assert_close(g, sum(parts), rtol=1e-4, atol=1e-6)
     for name in ("loss_focal", "loss_dice", "loss_iou", "train_iou"):
-        mean = sum(float(a[1][name]) for a in alone) / len(alone)
+        mean = sum(float(a[name]) for a in alone) / len(alone)
         assert abs(float(metrics[name]) - mean) < 1e-5

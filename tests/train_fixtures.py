@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 import torch
@@ -141,3 +141,28 @@ def teacher_cache(
     finally:
         torch.set_num_threads(before)
     return out
+
+
+def check_batch_equals_one_at_a_time(
+    module: torch.nn.Module, sam: torch.nn.Module, items: List[Dict[str, Any]]
+) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+    """Run a training module on ``items`` as one batch and on each item alone; assert that the
+    per-image losses are equal and the batch's gradient is the sum of the items'. Returns the
+    batch's metrics and each item's."""
+    from biglittle_sam.train.data import collate_items
+
+    def run(batch_items: List[Dict[str, Any]]) -> Tuple[torch.Tensor, Dict[str, Any], list]:
+        sam.zero_grad()
+        loss, metrics = module(collate_items(batch_items))
+        loss.sum().backward()
+        grads = [
+            torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in sam.parameters()
+        ]
+        return loss.detach(), metrics, grads
+
+    together, metrics, grads = run(items)
+    alone = [run([item]) for item in items]
+    torch.testing.assert_close(together, torch.cat([a[0] for a in alone]), rtol=1e-5, atol=1e-6)
+    for g, *parts in zip(grads, *(a[2] for a in alone)):
+        torch.testing.assert_close(g, sum(parts), rtol=1e-4, atol=1e-6)
+    return metrics, [a[1] for a in alone]

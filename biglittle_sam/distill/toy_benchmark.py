@@ -130,14 +130,13 @@ class ToyBenchmarkSettings:
     student_steps: int = 3000
     student_lr: float = 2e-3
     # Phase 2 from the phase-1 student (masks through the teacher's frozen decoder). Phase 1
-    # had plateaued: wider E-blocks (64, as wide as the P-blocks), one keep ratio, or a loss on
-    # every block's output against the teacher's all left the r = 0.25 embedding error at
-    # 0.066-0.074. 1-click mIoU at r = 0.5 / 0.25 (teacher 53.3; 1 process, after 3000 steps
-    # of phase 1 at 48.9 / 44.9): 1000 steps of lr 5e-4 with SAM-like defaults (mask weight 1,
-    # half points, ratios as phase 1) 50.8 / 47.1; lr 1e-3 50.6 / 47.2; 2000 steps 51.3 /
-    # 47.5; mask weight 3 50.8 / 47.7; ratios {0.1, 0.25, 0.5} and 3 of 4 objects by a point
-    # 50.6 / 47.8; both 50.9 / 48.8 (the recipe); with the IoU term (iou_weight 3) too 51.0 /
-    # 48.0. After only 2000 steps of phase 1, the recipe reached 49.4 / 46.9.
+    # had plateaued: wider E-blocks (64, as wide as the P-blocks) or one keep ratio left the
+    # r = 0.25 embedding error at 0.066-0.074. 1-click mIoU at r = 0.5 / 0.25 (teacher 53.3;
+    # 1 process, after 3000 steps of phase 1 at 48.9 / 44.9): 1000 steps of lr 5e-4 with
+    # SAM-like defaults (mask weight 1, half points, ratios as phase 1) 50.8 / 47.1; lr 1e-3
+    # 50.6 / 47.2; 2000 steps 51.3 / 47.5; mask weight 3 50.8 / 47.7; ratios {0.1, 0.25, 0.5}
+    # and 3 of 4 objects by a point 50.6 / 47.8; both 50.9 / 48.8 (the recipe); with the IoU
+    # term (iou_weight 3) too 51.0 / 48.0. After only 2000 steps of phase 1: 49.4 / 46.9.
     phase2_steps: int = 0  # 0: phase 1 only (the committed table); the recipe: 1000
     phase2_lr: float = 5e-4
     phase2_keep_ratios: Tuple[float, ...] = (0.1, 0.25, 0.5)  # r = 1 is the teacher's already
@@ -180,6 +179,11 @@ class ToyBenchmarkSettings:
             self, "phase2_keep_ratios", tuple(float(r) for r in self.phase2_keep_ratios)
         )
         object.__setattr__(self, "eval_ratios", tuple(float(r) for r in self.eval_ratios))
+
+    @property
+    def distill_count(self) -> int:
+        """Shapes images made for training: the teacher's first, then the students' others."""
+        return max(self.train_images, self.distill_images or 0)
 
     @property
     def nproc(self) -> int:
@@ -296,9 +300,7 @@ def run_toy_benchmark(settings: ToyBenchmarkSettings) -> Dict[str, Any]:
     shapes = dict(s.shapes)
     train = make_shapes_dataset(
         data / "train",
-        ShapesConfig(
-            num_images=max(s.train_images, s.distill_images or 0), seed=s.seed + 1, **shapes
-        ),  # type: ignore
+        ShapesConfig(num_images=s.distill_count, seed=s.seed + 1, **shapes),  # type: ignore
         overwrite=True,
     )
     val = make_shapes_dataset(
@@ -402,11 +404,10 @@ def run_toy_benchmark(settings: ToyBenchmarkSettings) -> Dict[str, Any]:
     times["scratch"] = time.perf_counter() - t
 
     undistilled = out / "student" / "init.pth"
-    final = out / ("phase2" if s.phase2_steps > 0 else "student")
-    random_router = _random_router_copy(student, final / "random_router.pth")
+    random_router = _random_router_copy(student, student.parent / "random_router.pth")
     routers_random = _random_router_copy(undistilled, out / "routers" / "random_router.pth")
     pooled = _config_copy(
-        student, final / "pooled_kv.pth", "pooled keys/values (issue 6)", pool_kv=True
+        student, student.parent / "pooled_kv.pth", "pooled keys/values (issue 6)", pool_kv=True
     )
     rows_spec: List[Tuple[str, str, Optional[float]]] = [("teacher", f"vit_tiny={teacher}", None)]
     variants: List[Tuple[str, Path]] = [("student", student)]
@@ -495,7 +496,7 @@ def run_toy_benchmark(settings: ToyBenchmarkSettings) -> Dict[str, Any]:
         "hardware": _hardware(nproc, s.threads),
         "data": {
             "train_images": s.train_images,
-            "distill_images": max(s.train_images, s.distill_images or 0),
+            "distill_images": s.distill_count,
             "val_images": s.val_images,
             "val_instances": evaluation["dataset"]["instances"],
         },

@@ -40,7 +40,13 @@ from ..train.loop import TrainResult, TrainTask, resolve_resume, run_training
 from ..train.losses import bce_loss, dice_loss
 from ..train.models import STUDENT_INITS, build_student, file_sha256, load_sam
 from ..train.parts import select_trainable
-from ..train.prompts import batch_image_prompts, cat_or_none, decode_prompts, decoder_stride
+from ..train.prompts import (
+    batch_image_prompts,
+    cat_or_none,
+    decode_prompts,
+    decoder_stride,
+    per_prompt,
+)
 from ..train.settings import (
     TrainSettings,
     fingerprint_settings,
@@ -239,9 +245,8 @@ class DistillModule(nn.Module):
             if not groups:
                 continue
             sizes = [g.k for g in groups]
-            # (K, C, g, g): each prompt's image embedding, K = sum of the groups' objects
-            s_emb = torch.cat([student[g.b : g.b + 1].expand(g.k, -1, -1, -1) for g in groups])
-            t_emb = torch.cat([teacher[g.b : g.b + 1].expand(g.k, -1, -1, -1) for g in groups])
+            s_emb = per_prompt(student, groups)  # (K, C, g, g)
+            t_emb = per_prompt(teacher, groups)  # (K, C, g, g)
             rounds = 2 if s.refine_click else 1
             for r in range(rounds):
                 multimask = point_group and r == 0

@@ -39,6 +39,7 @@ from .prompts import (
     decode_prompts,
     decoder_stride,
     mask_inputs,
+    per_prompt,
 )
 from .settings import TrainSettings, fingerprint_settings, keep_ratio_for_step, settings_to_dict
 
@@ -168,8 +169,7 @@ class FinetuneModule(nn.Module):
         s = self.settings
         pe, md = self.sam.prompt_encoder, self.sam.mask_decoder
         sizes = [g.k for g in groups]
-        # (K, C, g, g): each prompt's image embedding, K = sum of the groups' objects
-        per_prompt = torch.cat([embeddings[g.b : g.b + 1].expand(g.k, -1, -1, -1) for g in groups])
+        prompt_emb = per_prompt(embeddings, groups)  # (K, C, g, g)
         for r in range(1 + s.refine_clicks):
             multimask = point_group and r == 0
             coords = cat_or_none([g.coords for g in groups])  # (K, n, 2)
@@ -177,7 +177,7 @@ class FinetuneModule(nn.Module):
             box = cat_or_none([g.box for g in groups])  # (K, 4)
             mask_input, mask_rows = mask_inputs(groups, self.sam.prompt_encoder)
             logits_all, iou_all = decode_prompts(
-                pe, md, per_prompt, coords, labels, box, mask_input, multimask, mask_rows
+                pe, md, prompt_emb, coords, labels, box, mask_input, multimask, mask_rows
             )  # (K, m, 4g, 4g), (K, m)
             for g, logits, iou_pred in zip(groups, logits_all.split(sizes), iou_all.split(sizes)):
                 vh, vw = g.targets.shape[-2:]

@@ -202,6 +202,13 @@ def cat_or_none(parts: List[Optional[Tensor]]) -> Optional[Tensor]:
     return None if parts[0] is None else torch.cat(parts)  # type: ignore[arg-type]
 
 
+def per_prompt(embeddings: Tensor, groups: List["PromptGroup"]) -> Tensor:
+    """Each prompt's image embedding: B x C x g x g -> K x C x g x g, K = the groups' objects in
+    order (expanded views, no copy until the concatenation)."""
+    # (K, C, g, g): group g's image row repeated once per object
+    return torch.cat([embeddings[g.b : g.b + 1].expand(g.k, -1, -1, -1) for g in groups])
+
+
 def mask_inputs(
     groups: List["PromptGroup"], prompt_encoder: nn.Module
 ) -> Tuple[Optional[Tensor], Optional[Tensor]]:

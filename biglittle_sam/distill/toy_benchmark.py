@@ -625,15 +625,19 @@ def check_targets(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         if se is None or a.get("embedding_mse") is None or b.get("embedding_mse") is None:
             continue
         gain = b["embedding_mse"] - a["embedding_mse"]  # > 0: a is closer to the teacher
+        if b["embedding_mse"] > 0:
+            change = abs(gain) / b["embedding_mse"]
+            word = "lower" if gain >= 0 else "higher"
+            measured = (
+                f"{a['embedding_mse']:.4f} vs {b['embedding_mse']:.4f} "
+                f"({-gain:+.4f} +- {se:.4f}, {change:.0%} {word})"
+            )
+        else:
+            measured = "-"
         out.append(
             {
                 "target": f"{text} clearly (embedding MSE per image, > 2 paired SE)",
-                "measured": (
-                    f"{a['embedding_mse']:.4f} vs {b['embedding_mse']:.4f} "
-                    f"({-gain:+.4f} +- {se:.4f}, {gain / b['embedding_mse']:.0%} lower)"
-                    if b["embedding_mse"] > 0
-                    else "-"
-                ),
+                "measured": measured,
                 "met": bool(gain > 0 and gain > 2.0 * se),
             }
         )

@@ -35,6 +35,9 @@ _FIELDS = (
     "student_parts",
     "phase2_steps",
     "phase2_lr",
+    "phase2_mask_weight",
+    "phase2_point_prob",
+    "phase2_router_lr_scale",
     "routers_steps",
     "scratch_steps",
     "scratch_lr",
@@ -70,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="phase 2 after the student's phase 1 (0: off)",
     )
     budget.add_argument("--phase2-lr", type=float, default=None)
+    budget.add_argument(
+        "--phase2-mask-weight", type=float, default=None, help="mask loss against embedding's"
+    )
+    budget.add_argument(
+        "--phase2-point-prob", type=float, default=None, help="share of objects given a point"
+    )
+    budget.add_argument(
+        "--phase2-router-lr-scale", type=float, default=None, help="routers' lr / phase2 lr"
+    )
     budget.add_argument(
         "--student-parts", default=None, help="what the student trains (default: encoder)"
     )

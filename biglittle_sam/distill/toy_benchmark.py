@@ -142,6 +142,7 @@ class ToyBenchmarkSettings:
     phase2_keep_ratios: Tuple[float, ...] = (0.1, 0.25, 0.5)  # r = 1 is the teacher's already
     phase2_mask_weight: float = 3.0  # against the embedding loss's weight 1 + 1
     phase2_point_prob: float = 0.75  # share of objects prompted by a point (the rest: a box)
+    phase2_router_lr_scale: float = 5.0  # the routers' lr: this times phase2_lr
     routers_steps: int = 1000  # the routers-only ablation
     scratch_steps: Optional[int] = None  # the no-teacher-init ablation; None: student_steps
     scratch_lr: float = 2e-3
@@ -373,6 +374,7 @@ def run_toy_benchmark(settings: ToyBenchmarkSettings) -> Dict[str, Any]:
             keep_ratios=s.phase2_keep_ratios,
             mask_weight=s.phase2_mask_weight,
             point_prob=s.phase2_point_prob,
+            router_lr_scale=s.phase2_router_lr_scale,
             init_checkpoint=str(phase1),
             student_overrides=(),  # the phase-1 checkpoint stores its config
             train=_train(s, out / "phase2", s.phase2_steps, s.phase2_lr),

@@ -26,6 +26,7 @@ def test_toy_benchmark_runs_end_to_end(tmp_path: Path, one_thread, capsys) -> No
         ["--out-dir", str(tmp_path / "toy"), "--train-images", "8", "--distill-images", "10",
          "--val-images", "3", "--teacher-steps", "3", "--student-steps", "2",
          "--phase2-steps", "2", "--phase2-mask-weight", "4", "--phase2-router-lr-scale", "3",
+         "--phase2-keep-ratios", "0.5", "0.25",
          "--routers-steps", "2",
          "--batch-size", "4",
          "--processes", "1", "--threads", "1", "--assets-dir", str(assets), "--no-progress"]
@@ -64,6 +65,7 @@ def test_toy_benchmark_runs_end_to_end(tmp_path: Path, one_thread, capsys) -> No
     assert phase2["distill_phase"] == 2
     phase2_run = phase2["training"]["settings"]
     assert (phase2_run["mask_weight"], phase2_run["router_lr_scale"]) == (4.0, 3.0)
+    assert phase2_run["keep_ratios"] == [0.5, 0.25]
     out = tmp_path / "toy"
     md = (out / "toy_benchmark.md").read_text()
     assert md.startswith("| model | keep ratio |") and "| random router | 0.25 |" in md

@@ -35,6 +35,7 @@ _FIELDS = (
     "student_parts",
     "phase2_steps",
     "phase2_lr",
+    "phase2_keep_ratios",
     "phase2_mask_weight",
     "phase2_point_prob",
     "phase2_router_lr_scale",
@@ -73,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="phase 2 after the student's phase 1 (0: off)",
     )
     budget.add_argument("--phase2-lr", type=float, default=None)
+    budget.add_argument(
+        "--phase2-keep-ratios", type=float, nargs="+", default=None, help="drawn per phase 2 step"
+    )
     budget.add_argument(
         "--phase2-mask-weight", type=float, default=None, help="mask loss against embedding's"
     )

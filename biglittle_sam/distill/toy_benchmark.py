@@ -137,7 +137,9 @@ class ToyBenchmarkSettings:
     # refinement click 50.9 / 48.2); mask weight 10 50.8 / 49.1 (2000 steps 51.0 / 49.1); with
     # the routers at 5x lr 51.1 / 48.7 (20x 50.5 / 47.8; lr 1e-3 50.3 / 48.5; 1500 steps 50.4 /
     # 49.2); the same with ratios {0.25, 0.5} 51.3 / 48.3, 1500 steps 51.3 / 48.7 (the recipe),
-    # 2000 steps 51.4 / 48.1. Neighbouring recipes differ by ~0.5 (training noise). The routers
+    # 2000 steps 51.4 / 48.1. Neighbouring recipes differ by ~0.5 (training noise): the full
+    # run (2 processes) of the recipe gave 50.8 / 48.3, of the first one (mask weight 3, ratios
+    # {0.1, 0.25, 0.5}, 1000 steps) 50.9 / 48.4, both just short of the targets. The routers
     # at 5x lr in phase 1 instead: 48.2 / 45.3 after phase 2. Earlier, on another teacher (53.3):
     # SAM-like phase 2 (mask weight 1, half points, phase 1's ratios) 50.8 / 47.1; the IoU term
     # (iou_weight 3) did not help (51.0 / 48.0 against 50.9 / 48.8).

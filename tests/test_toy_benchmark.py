@@ -120,6 +120,10 @@ def test_targets_are_checked_against_the_teacher() -> None:
     embedding = [t for t in check_targets(rows) if "embedding MSE" in t["target"]]
     assert [t["met"] for t in embedding] == [True, True, False]
     assert "17% lower" in embedding[1]["measured"]  # 0.010 against the random router's 0.012
+    # Without phase 2 the student is the phase-1 one: the initialization finding uses its row.
+    scratch = {"model": "no teacher init", "keep_ratio": 0.25, "click1": 50.0}
+    init = [t for t in check_targets([*rows, scratch]) if "initialization" in t["target"]]
+    assert [t["measured"][:12] for t in init] == ["71.0 vs 50.0"] and init[0]["met"]
     # Phase 2 may trade embedding error for masks: a rise is called one.
     rows.append(
         {"model": PHASE1, "keep_ratio": 0.25, "click1": 65.0, "embedding_mse": 0.008,

@@ -106,6 +106,52 @@ def test_resume_continues_exactly(
     assert second.model_path.read_bytes() == before  # type: ignore[union-attr]
 
 
+def test_weight_average_resumes_exactly_and_is_the_final_model(
+    tmp_path: Path, shapes: ShapesDataset, teacher_cache: Path, teacher_ckpt: Path, one_thread
+) -> None:
+    def settings(out: Path, **train: Any) -> DistillSettings:
+        return _distill(out, shapes, teacher_cache, teacher_ckpt, steps=6, ema_decay=0.5, **train)
+
+    whole = run_distillation(settings(tmp_path / "whole"))
+    run_distillation(settings(tmp_path / "split", stop_after=4))
+    second = run_distillation(settings(tmp_path / "split", resume="auto"))
+    a, b = _state(whole.model_path), _state(second.model_path)  # type: ignore[arg-type]
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+    # The model file holds the average; the training checkpoint the last weights and the average.
+    last = read_checkpoint(whole.last_checkpoint)
+    shadow = last["train"]["ema"]["shadow"]
+    assert last["train"]["ema"]["updates"] == 6 and shadow
+    assert read_checkpoint(whole.model_path)["training"]["weights"] == "EMA 0.5"
+    moved = [k for k in shadow if not torch.equal(last["model"][k], a[k])]
+    assert moved, "the averaged weights equal the last ones"
+    for k in shadow:
+        assert torch.equal(a[k], shadow[k]), k
+    frozen = [k for k in a if k not in shadow]
+    assert frozen and all(torch.equal(a[k], last["model"][k]) for k in frozen)
+
+
+def test_weight_average_follows_its_formula() -> None:
+    from biglittle_sam.train.ema import WeightAverage
+
+    layer = torch.nn.Linear(2, 1)
+    layer.bias.requires_grad_(False)
+    ema = WeightAverage(layer, decay=0.9)
+    w0 = layer.weight.detach().clone()
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    ema.update()  # d = min(0.9, 1 / 10) = 0.1
+    assert torch.allclose(ema.shadow["weight"], 0.1 * w0 + 0.9 * (w0 + 1.0))
+    assert set(ema.shadow) == {"weight"}
+    with ema.applied():
+        assert torch.equal(layer.weight, ema.shadow["weight"])
+    assert torch.equal(layer.weight, w0 + 1.0)
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(layer, decay=1.0)
+    with pytest.raises(ValueError, match="other parameters"):
+        ema.load_state_dict({"shadow": {"bias": torch.zeros(1)}, "updates": 1})
+
+
 def test_resume_from_another_configuration_fails_before_any_step(
     tmp_path: Path, shapes: ShapesDataset, teacher_cache: Path, teacher_ckpt: Path, one_thread
 ) -> None:

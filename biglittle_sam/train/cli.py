@@ -44,6 +44,7 @@ _TRAIN_FIELDS = (
     "log_every",
     "resume",
     "stop_after",
+    "ema_decay",
 )
 
 
@@ -66,6 +67,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--clip-grad", type=float, default=None, help="max gradient norm; 0: off")
     opt.add_argument("--amp", choices=AMP_MODES, default=None, help="bf16 autocast (auto: CUDA)")
     opt.add_argument("--seed", type=int, default=None)
+    opt.add_argument(
+        "--ema-decay",
+        type=float,
+        default=None,
+        help="the final model is a moving average of the weights with this decay (0: off)",
+    )
     run = parser.add_argument_group("run")
     run.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     run.add_argument("--num-workers", type=int, default=None, help="data loader processes")

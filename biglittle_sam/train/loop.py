@@ -40,6 +40,7 @@ from ..config import SamViTConfig
 from ..eval.distributed import DistContext
 from .amp import autocast_context, keep_norms_fp32, resolve_amp
 from .data import StreamSampler, TrainImages, collate_items
+from .ema import WeightAverage
 from .logging import MetricsLog, TrainProgress, format_duration, plot_losses
 from .optim import base_lr, build_optimizer, build_scheduler
 from .parts import trainable_summary
@@ -238,6 +239,9 @@ def run_training(
         restore_rng(rng[ctx.rank] if len(rng) == world else rng[0])
     else:
         _seed_all(settings.seed)
+    ema = WeightAverage(sam, settings.ema_decay) if settings.ema_decay > 0 else None
+    if ema is not None and payload is not None:
+        ema.load_state_dict(payload["train"]["ema"])
 
     ddp: nn.Module = _Anchored(module, params)
     if world > 1:
@@ -321,6 +325,8 @@ def run_training(
             lr = base_lr(optimizer)
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update()
             step += 1
             samples_seen += settings.batch_size
             step_values["grad_norm"] = float(grad_norm)
@@ -358,7 +364,7 @@ def run_training(
                 flag = _all_reduce(torch.tensor([float(stop_now)]), ctx, op="max")
                 stop_now = bool(flag.item() > 0)
             if step % settings.checkpoint_every == 0 or step == stop_at or stop_now:
-                _checkpoint(task, settings, ctx, sam, optimizer, scheduler, step, samples_seen)
+                _checkpoint(task, settings, ctx, sam, optimizer, scheduler, step, samples_seen, ema)
                 if ctx.is_main and settings.progress:
                     progress.write(f"step {step}: checkpoint {last_path}")
             if stop_now:
@@ -382,14 +388,20 @@ def run_training(
             # whatever was keyed by its checksum valid (a teacher cache, a student's teacher).
             model_path = existing
         elif finished:
-            model_path = save_model_checkpoint(
-                out_dir / "model.pth",
-                sam,
-                task.config,
-                teacher=task.teacher,
-                training={"task": task.name, "steps": step, "settings": task.settings},
-                **task.extra,
-            )
+            with ema.applied() if ema is not None else contextlib.nullcontext():
+                model_path = save_model_checkpoint(
+                    out_dir / "model.pth",
+                    sam,
+                    task.config,
+                    teacher=task.teacher,
+                    training={
+                        "task": task.name,
+                        "steps": step,
+                        "settings": task.settings,
+                        "weights": f"EMA {ema.decay:g}" if ema is not None else "last",
+                    },
+                    **task.extra,
+                )
         try:
             plot_path = plot_losses(
                 log.path, out_dir / "loss.png", f"{task.name}: {task.config.name}, {step} steps"
@@ -431,6 +443,7 @@ def _checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     step: int,
     samples_seen: int,
+    ema: Optional[WeightAverage] = None,
 ) -> None:
     """Gather every rank's RNG state; rank 0 writes ``last.pth`` (and ``step_<N>.pth``)."""
     rng = ctx.gather(capture_rng())
@@ -449,6 +462,8 @@ def _checkpoint(
         "scheduler": scheduler.state_dict(),
         "rng": rng,
     }
+    if ema is not None:
+        train["ema"] = ema.state_dict()
     ckpt_dir = Path(settings.out_dir) / "checkpoints"
     last = save_training_checkpoint(
         ckpt_dir / "last.pth", sam, task.config, task.teacher, train, **task.extra

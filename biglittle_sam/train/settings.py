@@ -71,6 +71,9 @@ class TrainSettings:
     progress: bool = True  # progress bar with loss, lr, images/s and ETA on rank 0
     resume: Optional[str] = None  # a training checkpoint, or "auto": out_dir's last.pth if any
     stop_after: Optional[int] = None  # stop (with a checkpoint) after this many steps of this run
+    # The final model is an exponential moving average of the trainable weights with this decay
+    # (0: off, the last weights); training checkpoints keep the raw weights and the average.
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -104,6 +107,8 @@ class TrainSettings:
             )
         if self.stop_after is not None and self.stop_after < 1:
             raise ValueError(f"stop_after must be >= 1, got {self.stop_after}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
 
     @property

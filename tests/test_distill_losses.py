@@ -92,19 +92,21 @@ def test_gradients_reach_little_blocks_and_routers(
     assert all(dict(task.sam.named_parameters())[n].grad is None for n in frozen)
 
 
-@pytest.mark.parametrize("phase", [1, 2])
+@pytest.mark.parametrize("phase, soft", [(1, False), (2, False), (2, True)])
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(
     phase: int,
+    soft: bool,
     tmp_path: Path,
     shapes: ShapesDataset,
     teacher_cache: Path,
     teacher_ckpt: Path,
     one_thread,
 ) -> None:
-    task = _task(tmp_path, shapes, teacher_cache, teacher_ckpt, phase=phase)
+    task = _task(tmp_path, shapes, teacher_cache, teacher_ckpt, phase=phase, soft_targets=soft)
     batch = collate_items([task.dataset[(i, i)] for i in range(3)])
     # At keep ratio 1 the fresh student computes exactly the teacher: the loss's floor (0 for the
-    # embeddings; BCE + soft Dice of the teacher's logits against their own masks in phase 2).
+    # embeddings; BCE + soft Dice of the teacher's logits against their own masks in phase 2,
+    # with soft targets the BCE is the entropy of the teacher's probabilities).
     set_keep_ratio(task.sam, 1.0)
     with torch.no_grad():
         floor = float(task.module(batch)[0].mean())

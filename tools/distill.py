@@ -49,6 +49,7 @@ _FIELDS = (
     "max_instances",
     "point_prob",
     "refine_click",
+    "soft_targets",
     "router_noise",
     "router_noise_anneal",
     "router_lr_scale",
@@ -97,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument("--point-prob", type=float, default=None, help="phase 2")
     loss.add_argument(
         "--refine-click", action=argparse.BooleanOptionalAction, default=None, help="phase 2"
+    )
+    loss.add_argument(
+        "--soft-targets",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="phase 2: the teacher's mask probabilities, not its binary masks",
     )
     router = parser.add_argument_group("router training")
     router.add_argument(

@@ -110,6 +110,10 @@ class DistillSettings:
     max_instances: int = 16  # phase 2: objects per image per step
     point_prob: float = 0.5  # phase 2: share of objects prompted by a point (else a box)
     refine_click: bool = True  # phase 2: a second round with a click where the masks disagree
+    # Phase 2: the BCE's targets are the teacher's mask probabilities (sigmoid of its logits)
+    # instead of its binary masks, so the student also learns where the teacher is unsure (the
+    # Dice term keeps the binary masks: against soft targets its optimum is not the target).
+    soft_targets: bool = False
     router_noise: float = 0.0  # Gumbel noise on router logits while training (exploration)
     router_noise_anneal: float = 0.75  # share of the steps over which the noise decays to 0
     router_lr_scale: float = 1.0  # routers train at this multiple of lr
@@ -269,9 +273,11 @@ class DistillModule(nn.Module):
                 )
                 for g, t_lg, t_ious, s_lg, s_ious in parts:
                     vh, vw = g.targets.shape[-2:]
-                    target = (t_lg[..., :vh, :vw] > 0).float()  # (k, m, vh, vw)
+                    t_valid = t_lg[..., :vh, :vw].float()  # (k, m, vh, vw)
+                    target = (t_valid > 0).float()
+                    soft = torch.sigmoid(t_valid) if s.soft_targets else target
                     pred = s_lg[..., :vh, :vw]
-                    per_mask = bce_loss(pred, target) + dice_loss(pred, target)  # (k, m)
+                    per_mask = bce_loss(pred, soft) + dice_loss(pred, target)  # (k, m)
                     if s.iou_weight > 0:
                         iou_error = (s_ious.float() - t_ious.float()) ** 2  # (k, m)
                         per_mask = per_mask + s.iou_weight * iou_error

@@ -40,7 +40,7 @@ benchmark: venv
 	$(PY) -m biglittle_sam_tools.benchmark --batch-sizes 1 --json outputs/benchmark.json \
 		--markdown outputs/benchmark.md --plot outputs/benchmark.png $(BENCH_ARGS)
 
-# The whole distillation pipeline on synthetic shapes, on CPU (~20 min on 2 cores): writes
+# The whole distillation pipeline on synthetic shapes, on CPU (~23 min on 2 cores): writes
 # outputs/toy/. The committed demo models came from the same tool with --assets-dir biglittle_sam/assets.
 toy-benchmark: venv
 	$(PY) -m biglittle_sam_tools.toy_benchmark --out-dir outputs/toy $(TOY_ARGS)

@@ -39,6 +39,8 @@ _FIELDS = (
     "phase2_mask_weight",
     "phase2_point_prob",
     "phase2_router_lr_scale",
+    "phase2_soft_targets",
+    "phase2_ema_decay",
     "routers_steps",
     "scratch_steps",
     "scratch_lr",
@@ -85,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     budget.add_argument(
         "--phase2-router-lr-scale", type=float, default=None, help="routers' lr / phase2 lr"
+    )
+    budget.add_argument(
+        "--phase2-soft-targets",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the teacher's mask probabilities as targets",
+    )
+    budget.add_argument(
+        "--phase2-ema-decay", type=float, default=None, help="phase 2's model: weight average"
     )
     budget.add_argument(
         "--student-parts", default=None, help="what the student trains (default: encoder)"

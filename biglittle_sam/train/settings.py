@@ -19,6 +19,8 @@ __all__ = [
     "RESUME_FREE_FIELDS",
     "settings_to_dict",
     "fingerprint_settings",
+    "without_later_defaults",
+    "LATER_FIELDS",
     "keep_ratio_for_step",
     "replace_train",
 ]
@@ -144,6 +146,27 @@ def keep_ratio_for_step(seed: int, step: int, ratios: Tuple[float, ...]) -> floa
     return float(ratios[int(rng.integers(len(ratios)))])
 
 
+# Fields added after training checkpoints were first written, with the value that does what the
+# code did before they existed: left out of the fingerprint at that value, so a checkpoint written
+# before them still resumes (and one written with them switched on does not resume without them).
+LATER_FIELDS: Dict[str, Any] = {"ema_decay": 0.0, "soft_targets": False}
+
+
+def _kept(key: str, value: Any) -> bool:
+    return not (key in LATER_FIELDS and value == LATER_FIELDS[key])
+
+
+def without_later_defaults(fingerprint: Dict[str, Any]) -> Dict[str, Any]:
+    """A ``fingerprint_settings`` result (from any version) without the :data:`LATER_FIELDS` that
+    hold their old-behaviour value."""
+    return {
+        part: (
+            {k: v for k, v in values.items() if _kept(k, v)} if isinstance(values, dict) else values
+        )
+        for part, values in fingerprint.items()
+    }
+
+
 def fingerprint_settings(settings: Any, free: frozenset) -> Dict[str, Any]:
     """The task settings (without ``free`` fields) and the train settings (without the loop's free
     fields): what must be equal for a resume to continue the same computation."""
@@ -151,7 +174,7 @@ def fingerprint_settings(settings: Any, free: frozenset) -> Dict[str, Any]:
     train = {
         k: v for k, v in settings_to_dict(settings.train).items() if k not in RESUME_FREE_FIELDS
     }
-    return {"task": task, "train": train}
+    return without_later_defaults({"task": task, "train": train})
 
 
 def replace_train(settings: Any, **changes: Any) -> Any:

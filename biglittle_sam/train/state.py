@@ -20,6 +20,7 @@ from torch import nn
 
 from ..checkpoint import FORMAT_NAME, FORMAT_VERSION, CheckpointError, atomic_save, read_checkpoint
 from ..config import SamViTConfig, config_to_dict
+from .settings import without_later_defaults
 
 __all__ = [
     "TRAIN_FORMAT",
@@ -190,7 +191,10 @@ def check_resume_compatible(
             f"{path}: is a '{train.get('task')}' training checkpoint; it cannot resume a "
             f"'{task}' run"
         )
-    diffs = describe_differences(train.get("fingerprint", {}), dict(fingerprint))
+    saved = dict(train.get("fingerprint", {}))
+    if isinstance(saved.get("settings"), dict):
+        saved["settings"] = without_later_defaults(saved["settings"])
+    diffs = describe_differences(saved, dict(fingerprint))
     if diffs:
         shown = "; ".join(diffs[:8]) + (f"; ... ({len(diffs)} in all)" if len(diffs) > 8 else "")
         raise CheckpointError(

@@ -134,29 +134,31 @@ def test_weight_average_resumes_exactly_and_is_the_final_model(
 def test_options_added_later_leave_older_checkpoints_resumable(
     tmp_path: Path, shapes: ShapesDataset, teacher_cache: Path, teacher_ckpt: Path, one_thread
 ) -> None:
-    from biglittle_sam.train.settings import fingerprint_settings
-
-    plain = _distill(tmp_path, shapes, teacher_cache, teacher_ckpt)
-    fp = fingerprint_settings(plain, frozenset())
-    # Off, they are not in the fingerprint: it equals one written before they existed.
-    assert "ema_decay" not in fp["train"] and "soft_targets" not in fp["task"]
-    on = dataclasses.replace(plain, soft_targets=True)
-    assert fingerprint_settings(on, frozenset())["task"]["soft_targets"] is True
     out = tmp_path / "run"
     run_distillation(
         _distill(out, shapes, teacher_cache, teacher_ckpt, ema_decay=0.5, stop_after=1)
     )
+    # Switched on, they are part of the configuration a resume must match.
     with pytest.raises(CheckpointError, match="ema_decay: checkpoint 0.5, now absent"):
         run_distillation(_distill(out, shapes, teacher_cache, teacher_ckpt, resume="auto"))
-    # A checkpoint that recorded them at their old-behaviour values resumes a run without them.
+    on = dataclasses.replace(
+        _distill(out, shapes, teacher_cache, teacher_ckpt, ema_decay=0.5, resume="auto"),
+        soft_targets=True,
+    )
+    with pytest.raises(CheckpointError, match="soft_targets: not in the checkpoint, now True"):
+        run_distillation(on)
+    # A checkpoint written before they existed (its fingerprint does not name them) resumes a
+    # run that leaves them off, as does one that recorded them off.
     last = out / "checkpoints" / "last.pth"
     payload = read_checkpoint(last)
-    payload["train"]["fingerprint"]["settings"]["train"]["ema_decay"] = 0.0
-    payload["train"]["fingerprint"]["settings"]["task"]["soft_targets"] = False
+    del payload["train"]["fingerprint"]["settings"]["train"]["ema_decay"]
     payload["train"].pop("ema")
     torch.save(payload, last)
     resumed = run_distillation(_distill(out, shapes, teacher_cache, teacher_ckpt, resume="auto"))
     assert resumed.finished and resumed.step == 4
+    assert "soft_targets" in read_checkpoint(last)["train"]["fingerprint"]["settings"]["task"]
+    again = run_distillation(_distill(out, shapes, teacher_cache, teacher_ckpt, resume="auto"))
+    assert again.finished and again.step == 4
 
 
 def test_weight_average_follows_its_formula() -> None:

@@ -147,22 +147,15 @@ def keep_ratio_for_step(seed: int, step: int, ratios: Tuple[float, ...]) -> floa
 
 
 # Fields added after training checkpoints were first written, with the value that does what the
-# code did before they existed: left out of the fingerprint at that value, so a checkpoint written
-# before them still resumes (and one written with them switched on does not resume without them).
+# code did before they existed. A resume compares fingerprints without them at that value, so a
+# checkpoint written before them still resumes (and one made with them on does not resume without).
 LATER_FIELDS: Dict[str, Any] = {"ema_decay": 0.0, "soft_targets": False}
 
 
-def _kept(key: str, value: Any) -> bool:
-    return not (key in LATER_FIELDS and value == LATER_FIELDS[key])
-
-
 def without_later_defaults(fingerprint: Dict[str, Any]) -> Dict[str, Any]:
-    """A ``fingerprint_settings`` result (from any version) without the :data:`LATER_FIELDS` that
-    hold their old-behaviour value."""
+    """A ``fingerprint_settings`` result without the :data:`LATER_FIELDS` at their old value."""
     return {
-        part: (
-            {k: v for k, v in values.items() if _kept(k, v)} if isinstance(values, dict) else values
-        )
+        part: {k: v for k, v in values.items() if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
         for part, values in fingerprint.items()
     }
 
@@ -174,7 +167,7 @@ def fingerprint_settings(settings: Any, free: frozenset) -> Dict[str, Any]:
     train = {
         k: v for k, v in settings_to_dict(settings.train).items() if k not in RESUME_FREE_FIELDS
     }
-    return without_later_defaults({"task": task, "train": train})
+    return {"task": task, "train": train}
 
 
 def replace_train(settings: Any, **changes: Any) -> Any:

@@ -191,10 +191,11 @@ def check_resume_compatible(
             f"{path}: is a '{train.get('task')}' training checkpoint; it cannot resume a "
             f"'{task}' run"
         )
-    saved = dict(train.get("fingerprint", {}))
-    if isinstance(saved.get("settings"), dict):
-        saved["settings"] = without_later_defaults(saved["settings"])
-    diffs = describe_differences(saved, dict(fingerprint))
+    saved, current = dict(train.get("fingerprint", {})), dict(fingerprint)
+    for fp in (saved, current):
+        if isinstance(fp.get("settings"), dict):
+            fp["settings"] = without_later_defaults(fp["settings"])
+    diffs = describe_differences(saved, current)
     if diffs:
         shown = "; ".join(diffs[:8]) + (f"; ... ({len(diffs)} in all)" if len(diffs) > 8 else "")
         raise CheckpointError(

@@ -110,16 +110,16 @@ class ToyBenchmarkSettings:
     shapes: Tuple[Tuple[str, Any], ...] = TOY_SHAPES  # ShapesConfig fields of both splits
     teacher: Tuple[Tuple[str, Any], ...] = TOY_TEACHER  # vit_tiny config fields
     # The teacher: 32k images seen, ~12 of the ~23 minutes on a quiet 2-core machine. 5500 steps
-    # (44k images) made a stronger teacher (box / 1 click / 3 clicks 61.8 / 53.9 / 56.6 against
-    # 61.0 / 50.1 / 54.4) in 16-20 minutes (the whole benchmark 28-35), and the same students
-    # kept 94.4% / 89.8% of its 1-click mIoU at r = 0.5 / 0.25 (50.8 / 48.3) against 98.4% /
-    # 96.1% of this one's (49.3 / 48.2): at r = 0.25 the student is as good either way, the
-    # stronger teacher is harder to keep at high ratios. The decoder
-    # runs once per prompt type and click round for the whole batch, so an image costs less in a
-    # batch of 8 than of 4. At 1500 steps of 8 (1 process), box / 1 click / 3 clicks: lr 1e-3
-    # 50.8 / 40.7 / 45.0; 3e-3 48.4 / 34.3 / 42.4; 5e-4 42.3 / 40.0 / 42.5; one refinement round
-    # 47.2 / 39.6 / 40.1. A 16 x 16 grid (patch 4) learned no better per minute (3000 steps of 8
-    # at 3e-3: 52.6 / 34.8 / 36.0 against 54.7 / 35.1 / 41.9 for the 8 x 8 grid's 6000 of 4).
+    # (44k images) made a stronger teacher (box / 1 click / 3 clicks 61.8 / 53.9 / 56.6 against 61.0
+    # / 50.1 / 54.4) in 16-20 minutes (the whole benchmark 28-35), and the same students kept 94.4%
+    # / 89.8% of its 1-click mIoU at r = 0.5 / 0.25 (50.8 / 48.3) against 98.4% / 96.1% of this
+    # one's (49.3 / 48.2): at r = 0.25 the student is as good either way, the stronger teacher is
+    # harder to keep at high ratios. The decoder runs once per prompt type and click round for the
+    # whole batch, so an image costs less in a batch of 8 than of 4. At 1500 steps of 8 (1 process),
+    # box / 1 click / 3 clicks: lr 1e-3 50.8 / 40.7 / 45.0; 3e-3 48.4 / 34.3 / 42.4; 5e-4 42.3 /
+    # 40.0 / 42.5; one refinement round 47.2 / 39.6 / 40.1. A 16 x 16 grid (patch 4) learned no
+    # better per minute (3000 steps of 8 at 3e-3: 52.6 / 34.8 / 36.0 against 54.7 / 35.1 / 41.9 for
+    # the 8 x 8 grid's 6000 of 4).
     teacher_steps: int = 4000
     teacher_lr: float = 1e-3
     teacher_batch_size: int = 8  # images per teacher step (the distillation stages: batch_size)
@@ -133,22 +133,21 @@ class ToyBenchmarkSettings:
     student_parts: str = "encoder"
     student_steps: int = 3000
     student_lr: float = 2e-3
-    # Phase 2 from the phase-1 student (masks through the teacher's frozen decoder). Phase 1
-    # had plateaued: wider E-blocks (64, as wide as the P-blocks) or one keep ratio left the
-    # r = 0.25 embedding error at 0.066-0.074. 1-click mIoU at r = 0.5 / 0.25, 1 process each,
-    # from the phase-1 student of a full run with the 5500-step teacher (49.3 / 44.5; teacher
-    # 53.9, targets 51.2 / 48.5); 1000 steps, lr 5e-4, 3 of 4 objects by a point unless said:
-    # mask weight 3, ratios {0.1, 0.25, 0.5} 50.8 / 48.4 (2000 steps 50.8 / 48.7; ratios {0.25,
-    # 0.5} 50.8 / 47.9; no refinement click 50.9 / 48.2); mask weight 10 50.8 / 49.1 (2000
-    # steps 51.0 / 49.1); with
+    # Phase 2 from the phase-1 student (masks through the teacher's frozen decoder). Phase 1 had
+    # plateaued: wider E-blocks (64, as wide as the P-blocks) or one keep ratio left the r = 0.25
+    # embedding error at 0.066-0.074. 1-click mIoU at r = 0.5 / 0.25, 1 process each, from the
+    # phase-1 student of a full run with the 5500-step teacher (49.3 / 44.5; teacher 53.9, targets
+    # 51.2 / 48.5); 1000 steps, lr 5e-4, 3 of 4 objects by a point unless said: mask weight 3,
+    # ratios {0.1, 0.25, 0.5} 50.8 / 48.4 (2000 steps 50.8 / 48.7; ratios {0.25, 0.5} 50.8 / 47.9;
+    # no refinement click 50.9 / 48.2); mask weight 10 50.8 / 49.1 (2000 steps 51.0 / 49.1); with
     # the routers at 5x lr 51.1 / 48.7 (20x 50.5 / 47.8; lr 1e-3 50.3 / 48.5; 1500 steps 50.4 /
-    # 49.2); the same with ratios {0.25, 0.5} 51.3 / 48.3, 1500 steps 51.3 / 48.7 (the recipe),
-    # 2000 steps 51.4 / 48.1. Neighbouring recipes differ by ~0.5 (training noise): the full
-    # run (2 processes) of the recipe gave 50.8 / 48.3, of the first one (mask weight 3, ratios
-    # {0.1, 0.25, 0.5}, 1000 steps) 50.9 / 48.4, both just short of the targets. The routers
-    # at 5x lr in phase 1 instead: 48.2 / 45.3 after phase 2. Earlier, on another teacher (53.3):
-    # SAM-like phase 2 (mask weight 1, half points, phase 1's ratios) 50.8 / 47.1; the IoU term
-    # (iou_weight 3) did not help (51.0 / 48.0 against 50.9 / 48.8).
+    # 49.2); the same with ratios {0.25, 0.5} 51.3 / 48.3, 1500 steps 51.3 / 48.7 (the recipe), 2000
+    # steps 51.4 / 48.1. Neighbouring recipes differ by ~0.5 (training noise): the full run (2
+    # processes) of the recipe gave 50.8 / 48.3, of the first one (mask weight 3, ratios {0.1, 0.25,
+    # 0.5}, 1000 steps) 50.9 / 48.4, both just short of the targets. The routers at 5x lr in phase 1
+    # instead: 48.2 / 45.3 after phase 2. Earlier, on another teacher (53.3): SAM-like phase 2 (mask
+    # weight 1, half points, phase 1's ratios) 50.8 / 47.1; the IoU term (iou_weight 3) did not help
+    # (51.0 / 48.0 against 50.9 / 48.8).
     phase2_steps: int = 1500  # 0: phase 1 only
     phase2_lr: float = 5e-4
     phase2_keep_ratios: Tuple[float, ...] = (0.25, 0.5)  # the target ratios

@@ -38,7 +38,7 @@ from .config import BigLittleConfig, get_config
 from .fileio import atomic_write_json
 from .flops import encoder_gmacs
 from .modeling import ImageEncoderViTFused
-from .train.amp import keep_norms_fp32
+from .runtime.amp import keep_norms_fp32
 
 __all__ = [
     "BenchmarkConfig",

@@ -48,7 +48,8 @@ from .config import (
     config_from_dict,
     validate_keep_ratio,
 )
-from .modeling import ImageEncoderBigLittle, ImageEncoderViTFused
+from .modeling import ImageEncoderBigLittle
+from .modeling.encoder_ops import get_keep_ratio, model_config, set_keep_ratio, swap_image_encoder
 
 __all__ = [
     "sam_model_registry",
@@ -286,76 +287,3 @@ sam_model_registry: Dict[str, Callable[..., Sam]] = {
     "bl_h": _build_biglittle("bl_h"),
     "bl_tiny": _build_biglittle("bl_tiny"),
 }
-
-
-def swap_image_encoder(sam: Sam, encoder: nn.Module) -> Sam:
-    """Put ``encoder`` into an existing ``Sam`` (for example one built with ``segment_anything``).
-
-    The encoder must keep the contract the prompt encoder and mask decoder rely on: the same
-    ``img_size`` and an embedding of ``out_chans`` = the prompt embedding width.
-    """
-    old = sam.image_encoder
-    if getattr(encoder, "img_size", None) != old.img_size:
-        raise ValueError(
-            f"encoder img_size {getattr(encoder, 'img_size', None)} does not match the SAM model's "
-            f"{old.img_size}"
-        )
-    width = sam.prompt_encoder.embed_dim
-    out_chans = getattr(encoder, "out_chans", None)
-    if out_chans is None and isinstance(encoder, ImageEncoderViT):
-        out_chans = encoder.neck[0].out_channels
-    if out_chans != width:
-        raise ValueError(
-            f"encoder out_chans {out_chans} does not match the prompt embedding width {width}"
-        )
-    sam.image_encoder = encoder.to(next(old.parameters()).device)
-    if not sam.training:
-        encoder.eval()
-    return sam
-
-
-def _encoder(model: Union[Sam, nn.Module]) -> nn.Module:
-    return model.image_encoder if isinstance(model, Sam) else model
-
-
-def set_keep_ratio(model: Union[Sam, nn.Module], keep_ratio: float) -> None:
-    """Set the keep ratio of a big.LITTLE SAM model or encoder (ValueError outside (0, 1])."""
-    encoder = _encoder(model)
-    if not isinstance(encoder, ImageEncoderBigLittle):
-        raise TypeError(
-            f"{type(encoder).__name__} is not a big.LITTLE encoder; it has no keep ratio"
-        )
-    encoder.keep_ratio = keep_ratio
-
-
-def get_keep_ratio(model: Union[Sam, nn.Module]) -> float:
-    """The keep ratio of a big.LITTLE model, or 1.0 for a plain SAM encoder (every token is big)."""
-    encoder = _encoder(model)
-    return encoder.keep_ratio if isinstance(encoder, ImageEncoderBigLittle) else 1.0
-
-
-def model_config(model: Union[Sam, nn.Module]) -> SamViTConfig:
-    """The config a model was built from, recovered from its encoder's sizes when not stored."""
-    encoder = _encoder(model)
-    if isinstance(encoder, (ImageEncoderBigLittle, ImageEncoderViTFused)):
-        return encoder.config
-    if not isinstance(encoder, ImageEncoderViT):
-        raise TypeError(f"unsupported image encoder {type(encoder).__name__}")
-    embed_dim = encoder.patch_embed.proj.out_channels
-    depth = len(encoder.blocks)
-    globals_ = tuple(i for i, b in enumerate(encoder.blocks) if b.window_size == 0)
-    windows = [b.window_size for b in encoder.blocks if b.window_size > 0]
-    for cfg in SAM_CONFIGS.values():
-        if (cfg.embed_dim, cfg.depth, cfg.img_size) == (embed_dim, depth, encoder.img_size):
-            return cfg
-    return SamViTConfig(
-        name="custom",
-        img_size=encoder.img_size,
-        patch_size=encoder.patch_embed.proj.kernel_size[0],
-        embed_dim=embed_dim,
-        depth=depth,
-        num_heads=encoder.blocks[0].attn.num_heads,
-        window_size=windows[0] if windows else 14,
-        global_attn_indexes=globals_,
-        out_chans=encoder.neck[0].out_channels,
-    )

@@ -12,7 +12,7 @@ from biglittle_sam.build_sam import set_keep_ratio
 from biglittle_sam.data import ShapesDataset
 from biglittle_sam.distill import DistillSettings, build_distill_task
 from biglittle_sam.distill.losses import embedding_distill_loss, valid_region
-from biglittle_sam.eval.distributed import DistContext
+from biglittle_sam.runtime.distributed import DistContext
 from biglittle_sam.train import collate_items
 
 from .train_fixtures import *  # noqa: F401,F403 (fixtures)

@@ -125,7 +125,7 @@ def test_one_decoder_call_per_round_equals_one_image_at_a_time(
 ) -> None:
     """The batch's prompts go through the decoder together; each image's loss and gradient are
     those of the image alone (its prompts come from its own generator, in the same order)."""
-    from biglittle_sam.eval.distributed import init_distributed
+    from biglittle_sam.runtime.distributed import init_distributed
     from biglittle_sam.train import finetune as finetune_module
     from biglittle_sam.train.finetune import build_finetune_task
 

@@ -19,7 +19,7 @@ from biglittle_sam import sam_model_registry
 from biglittle_sam.config import BigLittleConfig
 from biglittle_sam.modeling import ImageEncoderViTFused
 from biglittle_sam.modeling.attention import Attention
-from biglittle_sam.train.amp import NORM_TYPES, keep_norms_fp32
+from biglittle_sam.runtime.amp import NORM_TYPES, keep_norms_fp32
 
 from .conftest import randomize_
 

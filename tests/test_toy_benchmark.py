@@ -153,7 +153,7 @@ def test_committed_toy_models_load_and_segment() -> None:
 
 
 def _rank_and_sum(_: Any) -> Dict[str, Any]:
-    from biglittle_sam.eval.distributed import init_distributed
+    from biglittle_sam.runtime.distributed import init_distributed
 
     ctx, _device = init_distributed("cpu")
     try:

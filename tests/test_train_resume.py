@@ -15,8 +15,8 @@ from biglittle_sam.build_sam import sam_model_registry
 from biglittle_sam.checkpoint import CheckpointError, read_checkpoint
 from biglittle_sam.data import ShapesDataset
 from biglittle_sam.distill import DistillSettings, run_distillation
+from biglittle_sam.runtime.amp import autocast_context, keep_norms_fp32
 from biglittle_sam.train import FinetuneSettings, StreamSampler, run_finetune
-from biglittle_sam.train.amp import autocast_context, keep_norms_fp32
 from biglittle_sam.train.optim import lr_factor
 
 from .train_fixtures import *  # noqa: F401,F403 (fixtures)

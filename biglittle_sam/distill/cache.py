@@ -41,10 +41,10 @@ from torch.utils.data import DataLoader, Dataset
 from ..checkpoint import CheckpointError, atomic_save, read_checkpoint
 from ..config import BigLittleConfig, SamViTConfig, config_to_dict
 from ..data.records import DatasetError, EvalDataset, ImageProblemError
-from ..eval.distributed import DistContext, init_distributed
-from ..eval.fidelity import valid_embedding_size
-from ..eval.progress import Progress
-from ..train.amp import autocast_context, resolve_amp
+from ..fidelity import valid_embedding_size
+from ..runtime.amp import autocast_context, resolve_amp
+from ..runtime.distributed import DistContext, init_distributed
+from ..runtime.progress import Progress
 from ..train.data import build_image_source, image_key, preprocess_image, source_file_names
 from ..train.logging import format_duration
 from ..train.models import file_sha256, load_sam

@@ -6,9 +6,9 @@ is configured by :class:`EvalSettings` and started with :func:`run_evaluation` (
 ``biglittle-sam-eval`` command does exactly that).
 """
 
-from .distributed import DistContext, init_distributed, resolve_device
+from ..fidelity import embedding_fidelity, valid_embedding_size
+from ..runtime.distributed import DistContext, init_distributed, resolve_device
 from .engine import PromptSettings, evaluate_image
-from .fidelity import embedding_fidelity, valid_embedding_size
 from .mask_ap import coco_mask_ap, load_detections, predict_detection_masks
 from .metrics import AREA_BINS, area_bins, batch_iou, mask_iou, summarize_ious
 from .models import (

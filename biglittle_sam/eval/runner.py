@@ -38,14 +38,14 @@ from ..data.folder import ImageFolder
 from ..data.lvis import LvisDataset
 from ..data.records import DatasetError, EvalDataset, ImageProblemError, ImageRecord
 from ..data.sa1b import SA1BDataset
-from .distributed import DistContext, init_distributed
+from ..fidelity import embedding_fidelity, valid_embedding_size
+from ..runtime.distributed import DistContext, init_distributed
+from ..runtime.progress import Progress
 from .engine import PromptSettings, evaluate_image
-from .fidelity import embedding_fidelity, valid_embedding_size
 from .mask_ap import coco_mask_ap, load_detections, predict_detection_masks
 from .metrics import summarize_ious
 from .models import EvalModel, build_eval_models
 from .predictor import SamMaskPredictor
-from .progress import Progress
 from .report import PLOT_X, write_json, write_outputs
 
 __all__ = [

@@ -2,6 +2,7 @@
 
 from .attention import Attention, resize_rel_pos, window_partition, window_unpartition
 from .blocks import BigBlock, BigLittleBlock, LayerRouting, LittleBlock
+from .encoder_ops import get_keep_ratio, model_config, set_keep_ratio, swap_image_encoder
 from .image_encoder import BigLittleAux, ImageEncoderBigLittle, ImageEncoderViTFused
 from .router import Router, select_tokens
 
@@ -15,8 +16,12 @@ __all__ = [
     "LayerRouting",
     "LittleBlock",
     "Router",
+    "get_keep_ratio",
+    "model_config",
     "resize_rel_pos",
     "select_tokens",
+    "set_keep_ratio",
+    "swap_image_encoder",
     "window_partition",
     "window_unpartition",
 ]

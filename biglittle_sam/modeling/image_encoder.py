@@ -19,6 +19,7 @@ from ..config import (
     validate_routing,
 )
 from .blocks import BigBlock, BigLittleBlock, LayerRouting
+from .vit_config import vit_config
 
 __all__ = ["ImageEncoderBigLittle", "ImageEncoderViTFused", "BigLittleAux", "padding_tokens"]
 
@@ -259,9 +260,7 @@ class ImageEncoderViTFused(nn.Module):
     @classmethod
     def from_sam(cls, encoder: nn.Module) -> "ImageEncoderViTFused":
         """The fused twin of a ``segment_anything`` ``ImageEncoderViT``, with its weights."""
-        from ..build_sam import model_config  # build_sam imports this module
-
-        fused = cls(model_config(encoder))
+        fused = cls(vit_config(encoder))
         fused.load_state_dict(encoder.state_dict(), strict=True)
         return fused.to(next(encoder.parameters()).device).train(encoder.training)
 

@@ -37,7 +37,7 @@ from ..data.folder import ImageFolder
 from ..data.lvis import LvisDataset
 from ..data.records import DatasetError, EvalDataset, ImageProblemError, ImageRecord
 from ..data.sa1b import SA1BDataset
-from ..eval.fidelity import valid_embedding_size
+from ..fidelity import valid_embedding_size
 
 __all__ = [
     "SOURCE_KINDS",

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..build_sam import set_keep_ratio
 from ..config import BigLittleConfig, config_to_dict, validate_keep_ratio
-from ..eval.distributed import DistContext, init_distributed
+from ..runtime.distributed import DistContext, init_distributed
 from .data import TrainImages, build_image_source
 from .loop import TrainResult, TrainTask, run_training
 from .losses import dice_loss, mask_iou, sigmoid_focal_loss

@@ -37,8 +37,8 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint import save_model_checkpoint
 from ..config import SamViTConfig
-from ..eval.distributed import DistContext
-from .amp import autocast_context, keep_norms_fp32, resolve_amp
+from ..runtime.amp import autocast_context, keep_norms_fp32, resolve_amp
+from ..runtime.distributed import DistContext
 from .data import StreamSampler, TrainImages, collate_items
 from .ema import WeightAverage
 from .logging import MetricsLog, TrainProgress, format_duration, plot_losses

@@ -1,4 +1,4 @@
-"""What a training run reports: JSONL metrics, optional TensorBoard, a progress bar, a loss plot.
+"""What a training run reports: JSONL metrics, optional TensorBoard and a loss plot.
 
 Only rank 0 writes. ``metrics.jsonl`` gets one line every ``log_every`` steps with the interval's
 mean loss, its parts, the learning rate and the throughput. A resumed run first drops the lines of
@@ -8,25 +8,15 @@ steps after its checkpoint, so the file reads as one uninterrupted run.
 from __future__ import annotations
 
 import json
-import math
-import os
-import sys
-import tempfile
-import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, TextIO
+from typing import Any, Dict, List, Optional
 
-__all__ = ["MetricsLog", "TrainProgress", "plot_losses", "read_metrics", "format_duration"]
+from ..fileio import atomic_open
 
+# distill/cache.py still imports the formatter from here; its home is runtime.progress.
+from ..runtime.progress import format_duration  # noqa: F401
 
-def format_duration(seconds: float) -> str:
-    """``h:mm:ss`` or ``mm:ss``; ``?`` when unknown."""
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(max(0, seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+__all__ = ["MetricsLog", "plot_losses", "read_metrics"]
 
 
 def read_metrics(path: Path) -> List[Dict[str, Any]]:
@@ -84,16 +74,9 @@ class MetricsLog:
         self._rewrite(kept)
 
     def _rewrite(self, records: List[Dict[str, Any]]) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for r in records:
-                    f.write(json.dumps(r) + "\n")
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_open(self.path, "w") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
 
     def write(self, record: Dict[str, Any]) -> None:
         """Append one record (``step`` plus numbers); flushed at once so a crash keeps it."""
@@ -112,88 +95,6 @@ class MetricsLog:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
-
-
-class TrainProgress:
-    """Steps done, loss, lr, images/s and ETA: a tqdm bar, or a line every few seconds."""
-
-    def __init__(
-        self,
-        total: int,
-        start: int,
-        desc: str,
-        enabled: bool,
-        stream: Optional[TextIO] = None,
-        every_s: float = 10.0,
-    ) -> None:
-        self.total = total
-        self.done = start
-        self.first = start
-        self.desc = desc
-        self.enabled = enabled
-        self.stream = stream or sys.stderr
-        self.every_s = every_s
-        self.started = time.perf_counter()
-        self._last = self.started
-        self._bar: Any = None
-        self.postfix: Dict[str, str] = {}
-        if enabled:
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                self._bar = None
-            else:
-                self._bar = tqdm(
-                    total=total,
-                    initial=start,
-                    desc=desc,
-                    unit="step",
-                    file=self.stream,
-                    dynamic_ncols=True,
-                )
-
-    def update(self, loss: float, lr: float, images_per_s: float) -> None:
-        """One step done."""
-        self.done += 1
-        if not self.enabled:
-            return
-        self.postfix = {"loss": f"{loss:.4g}", "lr": f"{lr:.3g}", "img/s": f"{images_per_s:.1f}"}
-        if self._bar is not None:
-            self._bar.set_postfix(self.postfix, refresh=False)
-            self._bar.update(1)
-            return
-        now = time.perf_counter()
-        if now - self._last >= self.every_s or self.done >= self.total:
-            self._last = now
-            self.stream.write(self.line() + "\n")
-            self.stream.flush()
-
-    def line(self) -> str:
-        """``desc: step done/total, loss, lr, img/s, elapsed, ETA``."""
-        elapsed = time.perf_counter() - self.started
-        steps = self.done - self.first
-        rate = steps / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-        extra = ", ".join(f"{k} {v}" for k, v in self.postfix.items())
-        return (
-            f"{self.desc}: step {self.done}/{self.total}, {extra}, elapsed "
-            f"{format_duration(elapsed)}, ETA {format_duration(eta)}"
-        )
-
-    def write(self, message: str) -> None:
-        """A message that does not break the bar."""
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.write(message, file=self.stream)
-        else:
-            self.stream.write(message + "\n")
-            self.stream.flush()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
 
 
 def plot_losses(metrics_path: Path, out_path: Path, title: str) -> Optional[Path]:

@@ -39,9 +39,10 @@ from ..checkpoint import save_model_checkpoint
 from ..config import SamViTConfig
 from ..runtime.amp import autocast_context, keep_norms_fp32, resolve_amp
 from ..runtime.distributed import DistContext
+from ..runtime.progress import Progress, format_duration
 from .data import StreamSampler, TrainImages, collate_items
 from .ema import WeightAverage
-from .logging import MetricsLog, TrainProgress, format_duration, plot_losses
+from .logging import MetricsLog, plot_losses
 from .optim import base_lr, build_optimizer, build_scheduler
 from .parts import trainable_summary
 from .settings import TrainSettings, settings_to_dict
@@ -272,8 +273,12 @@ def run_training(
     stop_at = settings.steps
     if settings.stop_after is not None:
         stop_at = min(stop_at, step + settings.stop_after)
-    progress = TrainProgress(
-        settings.steps, step, desc=task.name, enabled=settings.progress and ctx.is_main
+    progress = Progress(
+        settings.steps,
+        desc=task.name,
+        enabled=settings.progress and ctx.is_main,
+        unit="step",
+        initial=step,
     )
     if ctx.is_main and settings.progress:
         counts = trainable_summary(sam)
@@ -336,7 +341,14 @@ def run_training(
             interval_steps += 1
             elapsed = time.perf_counter() - started
             images_per_s = (step - start_step) * settings.batch_size / max(elapsed, 1e-9)
-            progress.update(step_values["loss"], lr, images_per_s)
+            progress.update(
+                1,
+                postfix={
+                    "loss": f"{step_values['loss']:.4g}",
+                    "lr": f"{lr:.3g}",
+                    "img/s": f"{images_per_s:.1f}",
+                },
+            )
 
             if step % settings.log_every == 0 or step == stop_at:
                 names = sorted(interval)

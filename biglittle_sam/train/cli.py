@@ -12,6 +12,7 @@ import json
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
+from ..fileio import FileWriteError
 from .settings import AMP_MODES, TrainSettings
 
 __all__ = [
@@ -139,12 +140,15 @@ def given(args: argparse.Namespace, names: Sequence[str]) -> Dict[str, Any]:
 
 def run_cli(work: Callable[[], T]) -> T:
     """Run ``work``; a user error (bad path, checkpoint, cache, setting) exits with status 2 and
-    one ``error:`` line instead of a traceback."""
+    one ``error:`` line instead of a traceback, a failed write (a full disk) with status 1."""
     from ..checkpoint import CheckpointError
     from ..data.records import DatasetError
 
     try:
         return work()
+    except FileWriteError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     except (CheckpointError, DatasetError, ValueError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None

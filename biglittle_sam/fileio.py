@@ -19,9 +19,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator, Optional, Union
+from typing import IO, Any, Iterator, List, Optional, Union
 
-__all__ = ["atomic_open", "atomic_write_json", "FileWriteError", "TEMP_SUFFIX", "temp_prefix"]
+__all__ = [
+    "atomic_open",
+    "atomic_write_json",
+    "sweep_temp_files",
+    "FileWriteError",
+    "TEMP_SUFFIX",
+    "temp_prefix",
+]
 
 PathLike = Union[str, os.PathLike]
 
@@ -166,3 +173,27 @@ def atomic_write_json(path: PathLike, payload: Any, indent: int = 1) -> Path:
         json.dump(payload, f, indent=indent)
         f.write("\n")
     return Path(path)
+
+
+def sweep_temp_files(folder: PathLike, older_than: float) -> List[Path]:
+    """Remove the temporary files that writes killed mid-way left in ``folder`` (not below it).
+
+    A temporary file is named ``.NAME.<anything>.tmp`` (see :func:`temp_prefix`); only those last
+    modified before ``older_than`` (a ``time.time()`` value, normally when the run began) are
+    removed, so a write in progress is never touched.
+
+    Returns:
+      The removed files, sorted.
+    """
+    removed: List[Path] = []
+    root = Path(folder)
+    if not root.is_dir():
+        return removed
+    for path in root.iterdir():
+        if not (path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_file() and path.stat().st_mtime < older_than:
+                path.unlink()
+                removed.append(path)
+    return sorted(removed)

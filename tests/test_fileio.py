@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from biglittle_sam.checkpoint import atomic_save
-from biglittle_sam.fileio import FileWriteError, atomic_open, atomic_write_json
+from biglittle_sam.fileio import FileWriteError, atomic_open, atomic_write_json, sweep_temp_files
 
 
 def test_interrupted_write_keeps_the_old_file(tmp_path: Path) -> None:
@@ -132,3 +132,21 @@ def test_training_tools_report_a_failed_write_in_one_line(capsys) -> None:
         run_cli(work)
     assert info.value.code == 1
     assert capsys.readouterr().err == "error: could not write x.pth: No space left\n"
+
+
+def test_sweep_removes_only_stale_temporary_files(tmp_path: Path) -> None:
+    import time
+
+    old = time.time() - 60
+    names = [".last.pth.x1.tmp", ".report.json.abc.tmp", "notes.tmp", "last.pth", ".hidden"]
+    for name in names:
+        (tmp_path / name).write_text("x")
+        os.utime(tmp_path / name, (old, old))
+    (tmp_path / ".sub.tmp").mkdir()  # a folder is never removed
+    fresh = tmp_path / ".model.pth.now.tmp"
+    fresh.write_text("being written")
+    removed = sweep_temp_files(tmp_path, older_than=time.time() - 30)
+    assert [p.name for p in removed] == [".last.pth.x1.tmp", ".report.json.abc.tmp"]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [".hidden", ".model.pth.now.tmp", ".sub.tmp", "last.pth", "notes.tmp"]
+    assert sweep_temp_files(tmp_path / "missing", older_than=time.time()) == []

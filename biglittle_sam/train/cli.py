@@ -42,6 +42,7 @@ _TRAIN_FIELDS = (
     "threads",
     "out_dir",
     "checkpoint_every",
+    "keep_last",
     "log_every",
     "resume",
     "stop_after",
@@ -82,6 +83,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--checkpoint-every", type=int, default=None, help="steps between saves")
     run.add_argument(
         "--keep-checkpoints", action="store_true", default=None, help="keep step_<N>.pth too"
+    )
+    run.add_argument(
+        "--keep-last",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --keep-checkpoints, keep only the newest N step_<N>.pth (default: 10; 0: all)",
     )
     run.add_argument("--log-every", type=int, default=None, help="steps between metric lines")
     run.add_argument(

@@ -8,15 +8,70 @@ steps after its checkpoint, so the file reads as one uninterrupted run.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ..fileio import atomic_open
 
 # distill/cache.py still imports the formatter from here; its home is runtime.progress.
 from ..runtime.progress import format_duration  # noqa: F401
 
-__all__ = ["MetricsLog", "plot_losses", "read_metrics"]
+__all__ = ["MetricsLog", "RunningMeans", "plot_losses", "read_metrics"]
+
+
+@dataclass
+class RunningMeans:
+    """One rank's sums behind the next metrics line; saved in training checkpoints, so the first
+    line after a resume averages the same steps as an uninterrupted run's.
+
+    Attributes:
+      sums: per metric, the sum of this rank's step values since the last line.
+      steps: steps since the last line.
+      skipped: images this rank skipped since the run began (over every resume).
+    """
+
+    sums: Dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    skipped: int = 0
+
+    def add(self, values: Mapping[str, float]) -> None:
+        """One step's values."""
+        for name, value in values.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.steps += 1
+
+    def reset(self) -> None:
+        """A line was written: the next one starts from here."""
+        self.sums, self.steps = {}, 0
+
+    def state(self) -> Dict[str, Any]:
+        """Plain values for a checkpoint."""
+        return {"sums": dict(self.sums), "steps": self.steps, "skipped": self.skipped}
+
+    @classmethod
+    def restore(cls, saved: Sequence[Mapping[str, Any]], rank: int, world: int) -> "RunningMeans":
+        """This rank's means from every rank's :meth:`state` in a checkpoint.
+
+        With the same number of processes each rank takes its own. Otherwise rank 0 takes the
+        mean over the saved ranks, scaled so that the sum over the new ranks (what a line divides
+        by ``steps x world``) stays the same, and the other ranks start empty.
+        """
+        if not saved:
+            return cls()
+        if len(saved) == world:
+            own = saved[rank]
+            sums = {str(k): float(v) for k, v in own["sums"].items()}
+            return cls(sums, int(own["steps"]), int(own["skipped"]))
+        steps = int(saved[0]["steps"])
+        if rank != 0:
+            return cls({str(k): 0.0 for k in saved[0]["sums"]}, steps, 0)
+        scale = world / len(saved)
+        sums: Dict[str, float] = {}
+        for part in saved:
+            for k, v in part["sums"].items():
+                sums[str(k)] = sums.get(str(k), 0.0) + float(v) * scale
+        return cls(sums, steps, sum(int(part["skipped"]) for part in saved))
 
 
 def read_metrics(path: Path) -> List[Dict[str, Any]]:

@@ -1,4 +1,5 @@
 """Runtime utilities shared by training, distillation, evaluation and the benchmarks.
 
-Distributed setup (``distributed``), the progress bar (``progress``) and mixed precision (``amp``).
+Distributed setup (``distributed``), the progress bar (``progress``), mixed precision (``amp``)
+and the hardware string of benchmark reports (``hardware``).
 """

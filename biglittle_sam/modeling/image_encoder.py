@@ -141,9 +141,11 @@ class ImageEncoderBigLittle(nn.Module):
             for i in range(config.depth)
         )
         self.neck = _sam_neck(config)
-        self._keep_ratio = validate_keep_ratio(config.keep_ratio)
+        # The run-time keep ratio and key/value pooling live here only (the config keeps the
+        # values the model was built with, already validated when the config was made).
+        self._keep_ratio = float(config.keep_ratio)
+        self._pool_kv = bool(config.pool_kv)
         self.routing = config.routing
-        self.pool_kv = config.pool_kv
         self.skip_padding = config.skip_padding  # see BigLittleConfig.skip_padding
         # Which SAM the weights came from ("vit_b:sam_vit_b_01ec64.pth"); saved into checkpoints.
         self.teacher: str = config.teacher
@@ -214,14 +216,13 @@ class ImageEncoderBigLittle(nn.Module):
         2 (rN + N/4) C^2 instead of 2 N C^2. Layers that route every token are unchanged, so at keep
         ratio 1 the output is the same either way. Needs an even grid and window size.
         """
-        return bool(self.blocks[0].pool_kv) if len(self.blocks) else False
+        return self._pool_kv
 
     @pool_kv.setter
     def pool_kv(self, value: bool) -> None:
         if value:
             validate_pool_kv(self.config.grid_size, self.config.window_size)
-        for blk in self.blocks:
-            blk.pool_kv = bool(value)
+        self._pool_kv = bool(value)
 
     @property
     def fused_attn(self) -> bool:
@@ -245,7 +246,9 @@ class ImageEncoderBigLittle(nn.Module):
         x = x + self.pos_embed
         aux = BigLittleAux() if record else None
         for i, blk in enumerate(self.blocks):
-            x, routing = blk(x, keep_ratio, return_routing=record, padding=padding)
+            x, routing = blk(
+                x, keep_ratio, return_routing=record, padding=padding, pool_kv=self._pool_kv
+            )
             if aux is not None and routing is not None:
                 scores, selected, k, routed = routing
                 # Capacity is static, so every image routes the same number of tokens; a stable

@@ -19,21 +19,9 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from .errors import DatasetError, _as_int, _bbox, _first, _is_number, _numbers, _short
 from .masks import segmentation_problem, segmentation_size
-from .records import (
-    DatasetError,
-    EvalDataset,
-    ImageRecord,
-    Instance,
-    PathLike,
-    _as_int,
-    _bbox,
-    _first,
-    _is_number,
-    _numbers,
-    _short,
-    apply_limit,
-)
+from .records import EvalDataset, ImageRecord, Instance, PathLike, apply_limit
 
 __all__ = ["CocoDataset", "load_annotation_json", "read_json_file", "sort_key"]
 
@@ -269,7 +257,7 @@ class CocoDataset(EvalDataset):
         Polygon parts under 3 points are dropped first: pycocotools would read a 4-number part as
         a box and fail on shorter ones.
         """
-        from pycocotools.coco import COCO
+        from pycocotools.coco import COCO  # lazy: pycocotools is optional (extra "eval")
 
         anns = []
         for ann in self.data["annotations"]:

@@ -8,7 +8,7 @@ so neither has to import the other for them. The underscored helpers are private
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence
 
 import numpy as np
 

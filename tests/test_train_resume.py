@@ -399,7 +399,7 @@ def test_keep_last_is_a_flag_with_a_checked_value() -> None:
         TrainSettings(keep_last=-1)
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o077])
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["022", "077"])
 def test_every_file_a_run_writes_follows_the_umask(
     umask: int, tmp_path: Path, shapes: ShapesDataset, teacher_ckpt: Path, one_thread
 ) -> None:

@@ -38,9 +38,8 @@ from ...fidelity import valid_embedding_size
 from ...fileio import atomic_open
 from ...runtime.amp import autocast_context, resolve_amp
 from ...runtime.distributed import DistContext, init_distributed
-from ...runtime.progress import Progress
+from ...runtime.progress import Progress, format_duration
 from ...train.data import build_image_source, image_key, preprocess_image, source_file_names
-from ...train.logging import format_duration
 from ...train.models import file_sha256, load_sam
 from .format import (
     CACHE_FORMAT,

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .routing import check_patches
+
 __all__ = ["CapacityShare", "capacity_share", "object_coverage"]
 
 
@@ -53,12 +55,7 @@ def object_coverage(masks: Tensor, patch_size: int) -> Tensor:
     """
     if masks.dim() != 3:
         raise ValueError(f"masks must be B x H x W, got shape {tuple(masks.shape)}")
-    H, W = masks.shape[-2:]
-    if patch_size < 1 or H % patch_size or W % patch_size:
-        raise ValueError(
-            f"masks of {H} x {W} px do not tile into {patch_size} px patches; the image size must "
-            "be a multiple of the patch size"
-        )
+    check_patches(masks.shape[-2:], patch_size, "masks")
     return F.avg_pool2d(masks.float()[:, None], patch_size)[:, 0]  # (B, H / p, W / p)
 
 

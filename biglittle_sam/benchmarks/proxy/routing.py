@@ -13,7 +13,7 @@ so a heuristic's choice can be scored with :func:`~.capacity.capacity_share`.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,17 @@ from torch import Tensor
 
 from ...config import capacity, validate_keep_ratio, window_capacities
 
-__all__ = ["gradient_energy", "select_top", "token_norm"]
+__all__ = ["check_patches", "gradient_energy", "select_top", "token_norm"]
+
+
+def check_patches(size: Sequence[int], patch_size: int, what: str) -> None:
+    """ValueError unless a ``size`` = (H, W) pixel grid tiles into ``patch_size`` patches."""
+    H, W = size
+    if patch_size < 1 or H % patch_size or W % patch_size:
+        raise ValueError(
+            f"{what} of {H} x {W} px do not tile into {patch_size} px patches; the image size "
+            "must be a multiple of the patch size"
+        )
 
 
 def gradient_energy(images: Tensor, patch_size: int) -> Tensor:
@@ -39,12 +49,7 @@ def gradient_energy(images: Tensor, patch_size: int) -> Tensor:
     """
     if images.dim() != 4:
         raise ValueError(f"images must be B x C x H x W, got shape {tuple(images.shape)}")
-    H, W = images.shape[-2:]
-    if patch_size < 1 or H % patch_size or W % patch_size:
-        raise ValueError(
-            f"images of {H} x {W} px do not tile into {patch_size} px patches; the image size "
-            "must be a multiple of the patch size"
-        )
+    check_patches(images.shape[-2:], patch_size, "images")
     gray = images.float().mean(dim=1, keepdim=True)  # (B, 1, H, W)
     dx = gray[..., :, 1:] - gray[..., :, :-1]  # (B, 1, H, W - 1)
     dy = gray[..., 1:, :] - gray[..., :-1, :]  # (B, 1, H - 1, W)

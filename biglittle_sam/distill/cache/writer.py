@@ -379,17 +379,22 @@ def _cache(s: CacheSettings, ctx: DistContext, device: torch.device) -> Optional
     return result
 
 
-def _record_from_file(path: Path, root: Path) -> Dict[str, Any]:
-    payload = read_checkpoint(path)
+def _index_record(entry: Mapping[str, Any], path: Path, root: Path) -> Dict[str, Any]:
+    """The index's record of the entry ``entry`` (its payload) stored at ``path``."""
     return {
-        "file": payload["file"],
-        "image_id": payload["image_id"],
-        "input_size": list(payload["input_size"]),
-        "original_size": list(payload["original_size"]),
-        "valid": list(payload["valid"]),
-        "checksum": payload["checksum"],
+        "file": entry["file"],
+        "image_id": entry["image_id"],
+        "input_size": list(entry["input_size"]),
+        "original_size": list(entry["original_size"]),
+        "valid": list(entry["valid"]),
+        "checksum": entry["checksum"],
         "path": str(path.relative_to(root)),
     }
+
+
+def _record_from_file(path: Path, root: Path) -> Dict[str, Any]:
+    """The index's record of an entry file the index misses (checked before it is adopted)."""
+    return _index_record(read_checkpoint(path), path, root)
 
 
 def _store(
@@ -401,6 +406,7 @@ def _store(
     entries: Dict[str, Dict[str, Any]],
     skipped: Dict[str, Dict[str, Any]],
 ) -> None:
+    """Write the entry of one image (``embedding``: C x g x g fp16) and record it in ``entries``."""
     key = item["key"]
     path = entry_path(root, key)
     valid = list(valid_embedding_size(tuple(item["input_size"]), config.img_size, config.grid_size))
@@ -419,15 +425,7 @@ def _store(
         "checksum": checksum,
     }
     _write_entry(path, payload)
-    entries[key] = {
-        "file": item["file"],
-        "image_id": item["image_id"],
-        "input_size": list(item["input_size"]),
-        "original_size": list(item["original_size"]),
-        "valid": valid,
-        "checksum": checksum,
-        "path": str(path.relative_to(root)),
-    }
+    entries[key] = _index_record(payload, path, root)
     skipped.pop(key, None)
 
 

@@ -255,7 +255,7 @@ def test_a_run_and_verify_sweep_the_temp_files_of_a_killed_run(
         _age(out / "index" / ".rank-00000-of-00002.json.qwertyui.tmp", -60),
     ]
     running = _age(folder / f".{key}.pt.zz99zz99.tmp", 3600)  # newer: a writer still at work
-    mine = _age(folder / ".notes.tmp", -3600)  # a user's file, not of atomic_open's form
+    mine = _age(folder / "notes.tmp", -3600)  # a user's file, not of atomic_open's form
     report = build_cache(data.coco_images, teacher, out)  # type: ignore[arg-type]
     assert report["stale_temps_removed"] == 3 and report["entries"] == 5
     assert not any(p.exists() for p in stale) and running.exists() and mine.exists()

@@ -15,12 +15,9 @@ The layout is :mod:`.format`'s.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import errno
 import json
-import os
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -35,7 +32,7 @@ from ...checkpoint import atomic_save, read_checkpoint
 from ...config import BigLittleConfig, SamViTConfig, config_to_dict
 from ...data.records import DatasetError, EvalDataset, ImageProblemError
 from ...fidelity import valid_embedding_size
-from ...fileio import atomic_open
+from ...fileio import atomic_open, sweep_temp_files
 from ...runtime.amp import autocast_context, resolve_amp
 from ...runtime.distributed import DistContext, init_distributed
 from ...runtime.progress import Progress, format_duration
@@ -382,17 +379,22 @@ def _cache(s: CacheSettings, ctx: DistContext, device: torch.device) -> Optional
     return result
 
 
-def _record_from_file(path: Path, root: Path) -> Dict[str, Any]:
-    payload = read_checkpoint(path)
+def _index_record(entry: Mapping[str, Any], path: Path, root: Path) -> Dict[str, Any]:
+    """The index's record of the entry ``entry`` (its payload) stored at ``path``."""
     return {
-        "file": payload["file"],
-        "image_id": payload["image_id"],
-        "input_size": list(payload["input_size"]),
-        "original_size": list(payload["original_size"]),
-        "valid": list(payload["valid"]),
-        "checksum": payload["checksum"],
+        "file": entry["file"],
+        "image_id": entry["image_id"],
+        "input_size": list(entry["input_size"]),
+        "original_size": list(entry["original_size"]),
+        "valid": list(entry["valid"]),
+        "checksum": entry["checksum"],
         "path": str(path.relative_to(root)),
     }
+
+
+def _record_from_file(path: Path, root: Path) -> Dict[str, Any]:
+    """The index's record of an entry file the index misses (checked before it is adopted)."""
+    return _index_record(read_checkpoint(path), path, root)
 
 
 def _store(
@@ -404,6 +406,7 @@ def _store(
     entries: Dict[str, Dict[str, Any]],
     skipped: Dict[str, Dict[str, Any]],
 ) -> None:
+    """Write the entry of one image (``embedding``: C x g x g fp16) and record it in ``entries``."""
     key = item["key"]
     path = entry_path(root, key)
     valid = list(valid_embedding_size(tuple(item["input_size"]), config.img_size, config.grid_size))
@@ -422,15 +425,7 @@ def _store(
         "checksum": checksum,
     }
     _write_entry(path, payload)
-    entries[key] = {
-        "file": item["file"],
-        "image_id": item["image_id"],
-        "input_size": list(item["input_size"]),
-        "original_size": list(item["original_size"]),
-        "valid": valid,
-        "checksum": checksum,
-        "path": str(path.relative_to(root)),
-    }
+    entries[key] = _index_record(payload, path, root)
     skipped.pop(key, None)
 
 
@@ -445,16 +440,11 @@ def _flush_best_effort(
         pass
 
 
-# atomic_open's temporary names: "." + the target's name + "." + mkstemp's 8 random characters +
-# ".tmp" (entries/ab/.f00dab.pt.k3j_x9q2.tmp).
-_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
-
-
 def sweep_stale_temps(root: Path, before: float) -> List[Path]:
     """Remove the temporary files a killed run left in the cache folder ``root``.
 
-    Only the folders the cache writes to are searched (``root``, ``index/``, ``entries/<xy>/``), and
-    only names of :func:`biglittle_sam.fileio.atomic_open`'s form are taken.
+    :func:`biglittle_sam.fileio.sweep_temp_files` on each folder the cache writes to (``root``,
+    ``index/``, ``entries/<xy>/``).
 
     Arguments:
       root: the cache folder.
@@ -467,17 +457,4 @@ def sweep_stale_temps(root: Path, before: float) -> List[Path]:
     folders = [root, root / "index"]
     if (root / "entries").is_dir():
         folders += sorted(p for p in (root / "entries").iterdir() if p.is_dir())
-    removed: List[Path] = []
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        with os.scandir(folder) as found:
-            for item in found:
-                if not _TEMP_NAME.match(item.name) or not item.is_file(follow_symlinks=False):
-                    continue
-                if item.stat(follow_symlinks=False).st_mtime >= before:
-                    continue
-                with contextlib.suppress(FileNotFoundError):  # another sweeper was first
-                    os.unlink(item.path)
-                    removed.append(Path(item.path))
-    return removed
+    return [path for folder in folders for path in sweep_temp_files(folder, before)]

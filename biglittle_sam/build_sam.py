@@ -191,7 +191,7 @@ def _official_file_error(path: PathLike, name: str, looks_like: str) -> Checkpoi
 
 
 def resolve_checkpoint(
-    path: PathLike, name: Optional[str] = None
+    path: PathLike, name: Optional[str] = None, custom_sizes: bool = False
 ) -> Tuple[SamViTConfig, StateDict, Dict[str, Any]]:
     """The config of the model in a checkpoint, with its state dict and metadata.
 
@@ -200,7 +200,8 @@ def resolve_checkpoint(
     or recognized from its keys (``vit_b``, ``vit_l``, ``vit_h``). A ``name`` that disagrees with
     the file is an error naming both; an official SAM file named as a big.LITTLE model is an error
     telling to pass it as ``sam_checkpoint=`` (``bl_*`` checkpoints are loaded strictly, and a
-    model inheriting from SAM is not distilled).
+    model inheriting from SAM is not distilled). With ``custom_sizes`` a stored plain SAM config
+    of any name is accepted for ``name`` (``vit_tiny`` builds custom sizes).
 
     Raises:
       CheckpointError: unreadable, not a whole SAM, a bad stored config, of another model than
@@ -220,7 +221,8 @@ def resolve_checkpoint(
                 f"{describe_state_dict(state)}); name it: one of {sorted(sam_model_registry)}"
             )
         config = get_config(guessed)
-    if wanted is not None and wanted != config.name:
+    custom = custom_sizes and not isinstance(config, BigLittleConfig)
+    if wanted is not None and wanted != config.name and not custom:
         raise CheckpointError(
             f"{path}: holds a '{config.name}' model, not '{name}'; build it as '{config.name}' "
             f"(sam_model_registry['{config.name}'], --model {config.name})"
@@ -359,7 +361,7 @@ def _build_upstream(name: str) -> Callable[..., Sam]:
             )
         state: Optional[StateDict] = None
         if path is not None:
-            config, state, _ = resolve_checkpoint(path, name)
+            _, state, _ = resolve_checkpoint(path, name)
         sam = upstream_registry[name](checkpoint=None)
         if state is not None:
             load_state_dict_strict(sam, state, path or "", name)
@@ -384,7 +386,7 @@ def _build_tiny_sam(
     config = SAM_CONFIGS["vit_tiny"]
     state: Optional[StateDict] = None
     if path is not None:
-        config, state, _ = resolve_checkpoint(path, "vit_tiny")
+        config, state, _ = resolve_checkpoint(path, "vit_tiny", custom_sizes=True)
     config = dataclasses.replace(config, **overrides)
     sam = build_sam_from_config(config)
     if state is not None:

@@ -265,10 +265,12 @@ def parameter_floor(config: SamViTConfig, encoder_only: bool = False) -> int:
     """
     c, o, g = config.embed_dim, config.out_chans, config.grid_size
     floor = c * config.in_chans * config.patch_size**2 + g * g * c  # patch embed, pos embed
-    globals_ = set(config.global_attn_indexes)
-    for i in range(config.depth):
-        window = g if i in globals_ else config.window_size
-        floor += _block_floor(c, config.num_heads, config.mlp_ratio, window, config.use_rel_pos)
+    # No loop over the blocks: a hostile depth must not cost time either.
+    n_global = len(set(config.global_attn_indexes))  # validated to lie in 0..depth-1
+    heads, ratio, rel_pos = config.num_heads, config.mlp_ratio, config.use_rel_pos
+    windowed = _block_floor(c, heads, ratio, config.window_size, rel_pos)
+    global_ = _block_floor(c, heads, ratio, g, rel_pos)
+    floor += (config.depth - n_global) * windowed + n_global * global_
     floor += c * o + 9 * o * o  # neck: conv 1x1, conv 3x3
     if isinstance(config, BigLittleConfig):
         d = config.little_dim

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 from pathlib import Path
@@ -20,6 +21,7 @@ from biglittle_sam import (
     swap_image_encoder,
 )
 from biglittle_sam.checkpoint import describe_state_dict, guess_model_name, read_checkpoint
+from biglittle_sam.config import SAM_CONFIGS
 from biglittle_sam.convert import convert_checkpoint
 
 from .conftest import randomize_
@@ -197,3 +199,17 @@ def test_official_file_of_another_size_names_both_sizes(tiny_sam_checkpoint: Pat
         message = str(info.value)
         assert "vit_tiny (64 wide, 4 blocks)" in message, message
         assert "vit_b" in message and "768 wide" in message and "12 blocks" in message
+
+
+def test_vit_tiny_loads_a_stored_custom_size_but_not_big_little(
+    tiny_bl: Sam, tmp_path: Path
+) -> None:
+    custom = dataclasses.replace(
+        SAM_CONFIGS["vit_tiny"], name="custom", depth=2, global_attn_indexes=(1,)
+    )
+    sam = sam_model_registry["vit_tiny"](depth=2, global_attn_indexes=(1,))
+    path = save_model_checkpoint(tmp_path / "custom.pth", sam, custom)
+    assert len(sam_model_registry["vit_tiny"](checkpoint=path).image_encoder.blocks) == 2
+    bl_path = save_model_checkpoint(tmp_path / "bl.pth", tiny_bl, tiny_bl.image_encoder.config)
+    with pytest.raises(CheckpointError, match="holds a 'bl_tiny' model, not 'vit_tiny'"):
+        sam_model_registry["vit_tiny"](checkpoint=bl_path)

@@ -95,6 +95,10 @@ def test_oversized_config_is_refused_before_anything_is_built(
     path = _write(tmp_path, bl_payload, decoder_mlp_dim=10**9)
     with pytest.raises(CheckpointError, match="decoder_mlp_dim 1000000000"):
         load_sam(path)
+    # A hostile depth costs no time either: the budget is computed without a loop over blocks.
+    path = _write(tmp_path, bl_payload, depth=10**15)
+    with pytest.raises(CheckpointError, match="depth 1000000000000000"):
+        load_sam(path)
 
 
 def test_shared_storage_does_not_inflate_the_budget() -> None:

@@ -190,6 +190,27 @@ def gelu_approximation(module: nn.Module, approximate: bool = True) -> Iterator[
             m.approximate = value
 
 
+@contextlib.contextmanager
+def _temp_beside(target: Path, suffix: str) -> Iterator[str]:
+    """A temporary file name in ``target``'s folder (created there), removed afterwards."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    try:
+        yield tmp
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _set_metadata(proto: Any, metadata: Dict[str, str]) -> None:
+    """Replace an ONNX ``ModelProto``'s ``metadata_props`` with ``metadata``."""
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
 def _torch_export(
     module: nn.Module,
     args: Tuple[Tensor, ...],
@@ -204,43 +225,33 @@ def _torch_export(
     replace ``path``."""
     onnx = _require("onnx")
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".export.onnx", dir=target.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            # Tracing warns about every Python int taken from a shape: capacity and padding are
-            # static by design, so those constants are what we want.
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", category=UserWarning)
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            torch.onnx.export(
-                module,
-                args,
-                tmp,
-                export_params=True,
-                opset_version=opset,
-                do_constant_folding=True,
-                input_names=list(input_names),
-                output_names=list(output_names),
-                dynamic_axes=dynamic_axes,
-                dynamo=False,
-            )
-        # Tensors above 2 GB (ViT-H scale) go to external files beside the model; loading without
-        # them keeps the references intact while the metadata is added.
+    with _temp_beside(target, ".export.onnx") as tmp, warnings.catch_warnings(), torch.no_grad():
+        # Tracing warns about every Python int taken from a shape: capacity and padding are
+        # static by design, so those constants are what we want.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        torch.onnx.export(
+            module,
+            args,
+            tmp,
+            export_params=True,
+            opset_version=opset,
+            do_constant_folding=True,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_axes=dynamic_axes,
+            dynamo=False,
+        )
+        # Tensors above 2 GB (ViT-H scale) go to external files beside the model; loading
+        # without them keeps the references intact while the metadata is added.
         proto = onnx.load(tmp, load_external_data=False)
-        del proto.metadata_props[:]
-        for key, value in metadata.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
+        _set_metadata(proto, metadata)
         if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
             onnx.checker.check_model(proto)
         with atomic_open(target, "wb") as f:
             f.write(proto.SerializeToString())
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
     return target
 
 
@@ -687,10 +698,7 @@ def quantize_onnx(src: PathLike, dst: PathLike, weight_type: str = "int8") -> Pa
     _require("onnxruntime")
     quantization = importlib.import_module("onnxruntime.quantization")
     qtype = quantization.QuantType.QInt8 if weight_type == "int8" else quantization.QuantType.QUInt8
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".quant.onnx", dir=target.parent)
-    os.close(fd)
-    try:
+    with _temp_beside(target, ".quant.onnx") as tmp:
         # The quantizer logs a warning per tensor whose type it cannot infer (shape-only tensors
         # such as the router's indices, which it leaves in fp32 / int64 anyway).
         disabled = logging.root.manager.disable
@@ -705,13 +713,7 @@ def quantize_onnx(src: PathLike, dst: PathLike, weight_type: str = "int8") -> Pa
         metadata = {p.key: p.value for p in proto.metadata_props}
         metadata.update(read_metadata(source))
         metadata["quantized"] = f"dynamic {weight_type} (onnxruntime quantize_dynamic)"
-        del proto.metadata_props[:]
-        for key, value in metadata.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
+        _set_metadata(proto, metadata)
         with atomic_open(target, "wb") as f:
             f.write(proto.SerializeToString())
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
     return target

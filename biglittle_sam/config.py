@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Tuple, Type, Union
 
@@ -32,12 +33,16 @@ __all__ = [
 
 
 def validate_keep_ratio(keep_ratio: float) -> float:
-    """Return ``keep_ratio`` as a float, or raise ``ValueError`` unless it lies in (0, 1]."""
-    try:
-        value = float(keep_ratio)
-    except (TypeError, ValueError):
-        raise ValueError(f"keep_ratio must be a number in (0, 1], got {keep_ratio!r}") from None
-    if not (0.0 < value <= 1.0) or math.isnan(value):
+    """Return ``keep_ratio`` as a float, or raise ``ValueError`` unless it is a number in (0, 1].
+
+    The one check of a keep ratio: configs run it when built, the encoder when its ratio is set or
+    overridden for a call, and settings when they name ratios for later. Booleans and strings are
+    refused rather than converted.
+    """
+    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, numbers.Real):
+        raise ValueError(f"keep_ratio must be a number in (0, 1], got {keep_ratio!r}")
+    value = float(keep_ratio)
+    if not 0.0 < value <= 1.0:  # also refuses NaN
         raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio!r}")
     return value
 
@@ -164,11 +169,15 @@ class BigLittleConfig(SamViTConfig):
     little_heads: int = 3  # head dim 64 at d = 192, like SAM's heads
     little_mlp_ratio: float = 4.0  # E-block MLP width = little_mlp_ratio * d
     little_window_size: int = 0  # E-block attention window side; 0: the P-blocks' window_size
-    keep_ratio: float = 0.5  # default share of each group's tokens that take the big path
+    # Share of each group's tokens that take the big path, as built (and recorded in checkpoints).
+    # At run time the encoder owns the ratio (ImageEncoderBigLittle.keep_ratio, set_keep_ratio,
+    # keep_ratio_context); this field is its starting value and is never updated.
+    keep_ratio: float = 0.5
     fused_attn: bool = True  # scaled_dot_product_attention; False runs the explicit reference path
     routing: str = "learned"  # see ROUTING_MODES: "random" and "update_norm" are ablations
     # Semi-cross attention's keys/values: routed tokens at full resolution, unrouted ones averaged
-    # 2x2 (2 (rN + N/4) C^2 MACs for k/v instead of 2 N C^2). Exact at keep ratio 1.
+    # 2x2 (2 (rN + N/4) C^2 MACs for k/v instead of 2 N C^2). Exact at keep ratio 1. As built; at
+    # run time the encoder owns it (ImageEncoderBigLittle.pool_kv).
     pool_kv: bool = False
     # Tokens whose patch is all padding (Sam.preprocess pads with exact zeros, which a normalized
     # pixel never is) score last, so routing spends the big blocks on the image (a 4:3 photo pads
@@ -266,11 +275,90 @@ def get_config(name: str) -> AnyConfig:
     raise KeyError(f"unknown model config {name!r}; known configs: {known}")
 
 
+# Fields of a stored config that size the model: each must be a whole number >= 1 (>= 0 for
+# little_window_size, where 0 means window_size), or a positive ratio.
+_POSITIVE_INTS = (
+    "img_size",
+    "patch_size",
+    "in_chans",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "window_size",
+    "out_chans",
+    "decoder_depth",
+    "decoder_mlp_dim",
+    "decoder_heads",
+    "iou_head_hidden_dim",
+    "mask_in_chans",
+    "little_dim",
+    "little_heads",
+)
+_POSITIVE_FLOATS = ("mlp_ratio", "little_mlp_ratio", "keep_ratio")
+
+
+def _field_type_error(name: str, value: Any, expected: str) -> ValueError:
+    return ValueError(f"config field '{name}' must be {expected}, got {value!r}")
+
+
+def _check_config_fields(cls: Type[SamViTConfig], data: Mapping[str, Any]) -> Dict[str, Any]:
+    """``data`` with its types and sizes checked, field by field, before a config is made.
+
+    Raises:
+      ValueError: naming the first field of the wrong type or size and the expected form.
+    """
+    values = dict(data)
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        value, default = values[f.name], f.default
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise _field_type_error(f.name, value, "true or false")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise _field_type_error(f.name, value, "an integer")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise _field_type_error(f.name, value, "a number")
+            if not math.isfinite(value):
+                raise _field_type_error(f.name, value, "a finite number")
+            values[f.name] = float(value)
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                raise _field_type_error(f.name, value, "a string")
+        elif isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)) or any(
+                isinstance(i, bool) or not isinstance(i, int) for i in value
+            ):
+                raise _field_type_error(f.name, value, "a list of integers")
+            values[f.name] = tuple(value)
+        if f.name in _POSITIVE_INTS and value < 1:
+            raise _field_type_error(f.name, value, "a positive integer")
+        if f.name in _POSITIVE_FLOATS and value <= 0:
+            raise _field_type_error(f.name, value, "a positive number")
+        if f.name == "little_window_size" and value < 0:
+            raise _field_type_error(f.name, value, "an integer >= 0 (0: window_size)")
+    out_chans = values.get("out_chans", cls.out_chans)
+    heads = values.get("decoder_heads", cls.decoder_heads)
+    if out_chans % 2 or (out_chans // 2) % heads:
+        raise ValueError(
+            f"config field 'decoder_heads' ({heads}) must divide out_chans / 2 "
+            f"({out_chans} / 2): the decoder's cross-attention runs at half width"
+        )
+    mask_in_chans = values.get("mask_in_chans", cls.mask_in_chans)
+    if mask_in_chans < 4:
+        raise _field_type_error("mask_in_chans", mask_in_chans, "an integer >= 4")
+    return values
+
+
 def config_from_dict(data: Mapping[str, Any]) -> AnyConfig:
     """Rebuild a config from ``asdict(config)`` as stored in a checkpoint.
 
     A dict with big.LITTLE fields gives a ``BigLittleConfig``. Unknown keys raise ``ValueError`` so
-    that a checkpoint from a newer, incompatible version is not silently misread.
+    that a checkpoint from a newer, incompatible version is not silently misread. Every field's
+    type and size is checked first (integers >= 1 for sizes, finite positive ratios, lists of
+    integers), so a bad value gives a ``ValueError`` naming the field, never a deep error.
     """
     if not isinstance(data, Mapping):
         raise ValueError(f"a model config must be a dict, got {type(data).__name__}")
@@ -281,10 +369,7 @@ def config_from_dict(data: Mapping[str, Any]) -> AnyConfig:
         raise ValueError(
             f"unknown {cls.__name__} fields {unknown}; expected a subset of {sorted(names)}"
         )
-    values = dict(data)
-    if "global_attn_indexes" in values:
-        values["global_attn_indexes"] = tuple(int(i) for i in values["global_attn_indexes"])
-    return cls(**values)
+    return cls(**_check_config_fields(cls, data))
 
 
 def config_to_dict(config: SamViTConfig) -> Dict[str, Any]:

@@ -10,6 +10,7 @@ import torch
 from segment_anything import SamPredictor
 
 from biglittle_sam import get_keep_ratio, sam_model_registry, save_model_checkpoint
+from biglittle_sam.build_sam import is_official_sam_checkpoint as _uses_sam_checkpoint
 from biglittle_sam.eval import (
     ModelSpecError,
     PromptBatch,
@@ -19,7 +20,6 @@ from biglittle_sam.eval import (
     evaluate_image,
     parse_model_spec,
 )
-from biglittle_sam.eval.models import _uses_sam_checkpoint
 from tests.eval_helpers import coco_dataset
 
 pytest_plugins = ("tests.eval_fixtures",)
@@ -140,10 +140,13 @@ def test_build_models_from_checkpoints(eval_checkpoint: Path, tmp_path: Path) ->
     assert all(m.gmacs is not None and m.gmacs > 0 for m in models)
     assert models[2].gmacs < models[1].gmacs
     image = np.zeros((64, 64, 3), dtype=np.uint8)
+    shared = models[2].predictor.sam
+    seen: list = []  # the ratio each encoder pass ran at (per call: the model's own is unchanged)
+    shared.image_encoder.register_forward_pre_hook(lambda m, a: seen.append(get_keep_ratio(m)))
     models[2].predictor.set_image(image)
-    assert get_keep_ratio(models[2].predictor.sam) == 0.25
+    assert seen == [0.25]
     models[1].predictor.set_image(image)
-    assert get_keep_ratio(models[1].predictor.sam) == 0.5
+    assert seen == [0.25, 0.5]
     # Bare names get the same seeded random weights in every process.
     a, b = build_eval_models(["vit_tiny"], torch.device("cpu")) + build_eval_models(
         ["vit_tiny"], torch.device("cpu")

@@ -397,3 +397,22 @@ def test_keep_last_is_a_flag_with_a_checked_value() -> None:
     )
     with pytest.raises(ValueError, match="keep_last must be >= 0"):
         TrainSettings(keep_last=-1)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["022", "077"])
+def test_every_file_a_run_writes_follows_the_umask(
+    umask: int, tmp_path: Path, shapes: ShapesDataset, teacher_ckpt: Path, one_thread
+) -> None:
+    out = tmp_path / "run"
+    settings = _finetune(out, shapes, teacher_ckpt, steps=2, keep_checkpoints=True)
+    old = os.umask(umask)
+    try:
+        run_finetune(settings)
+    finally:
+        os.umask(old)
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    names = {p.relative_to(out).as_posix() for p in files}
+    assert {"metrics.jsonl", "model.pth", "checkpoints/last.pth"} <= names
+    assert "checkpoints/step_0000002.pth" in names
+    modes = {p.relative_to(out).as_posix(): oct(p.stat().st_mode & 0o777) for p in files}
+    assert modes == {name: oct(0o666 & ~umask) for name in names}

@@ -24,20 +24,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .errors import DatasetError, _as_int, _first, _is_number, _numbers, _short
 from .masks import segmentation_problem, segmentation_size
 from .records import (
-    DatasetError,
     EvalDataset,
     ImageProblem,
     ImageProblemError,
     ImageRecord,
     Instance,
     PathLike,
-    _as_int,
-    _first,
-    _is_number,
-    _numbers,
-    _short,
     apply_limit,
 )
 
@@ -423,7 +418,7 @@ class CocoDataset(EvalDataset):
         Polygon parts under 3 points are dropped first: pycocotools would read a 4-number part as
         a box and fail on shorter ones.
         """
-        from pycocotools.coco import COCO
+        from pycocotools.coco import COCO  # lazy: pycocotools is optional (extra "eval")
 
         anns = []
         for ann in self.data["annotations"]:

@@ -19,21 +19,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from .coco import check_inside_root, read_json_file, screen_record_annotations
+from .errors import DatasetError, _as_int, _first, _is_number, _numbers, _short
 from .masks import segmentation_problem, segmentation_size
-from .records import (
-    DatasetError,
-    EvalDataset,
-    ImageRecord,
-    Instance,
-    PathLike,
-    _as_int,
-    _first,
-    _is_number,
-    _numbers,
-    _short,
-    apply_limit,
-    stable_key,
-)
+from .records import EvalDataset, ImageRecord, Instance, PathLike, apply_limit, stable_key
 
 __all__ = ["SA1BDataset", "read_image_list"]
 

@@ -18,8 +18,9 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 
 from ..data.coco import CocoDataset, read_json_file
+from ..data.errors import DatasetError, _first, _is_number, _numbers, _short
 from ..data.masks import encode_mask
-from ..data.records import DatasetError, ImageRecord, PathLike, _first, _is_number, _numbers, _short
+from ..data.records import ImageRecord, PathLike
 from .predictor import MaskPredictor, PromptBatch
 from .prompts import box_xywh_to_xyxy
 

@@ -28,6 +28,9 @@ R = TypeVar("R")
 
 # Seconds the other processes get to end by themselves once one has failed, and again after SIGTERM.
 GRACE_S = 3.0
+# Seconds the workers get after SIGTERM when this process is stopped: they finish their step and
+# write a checkpoint before they exit.
+STOP_GRACE_S = 60.0
 
 
 def free_port() -> int:
@@ -130,7 +133,7 @@ def launch(
                 break
     except BaseException:
         if context is not None:
-            _stop(context.processes, grace_s)
+            _stop(context.processes, STOP_GRACE_S)
         raise
     finally:
         if previous is not None:

@@ -183,7 +183,9 @@ def plot_losses(metrics_path: Path, out_path: Path, title: str) -> Optional[Path
     ax.legend(fontsize=8, loc="upper right")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path)
-    plt.close(fig)
+    try:
+        with atomic_open(out_path, "wb") as f:
+            fig.savefig(f, format="png")
+    finally:
+        plt.close(fig)
     return out_path

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Tuple, Type, Union
 
@@ -32,12 +33,16 @@ __all__ = [
 
 
 def validate_keep_ratio(keep_ratio: float) -> float:
-    """Return ``keep_ratio`` as a float, or raise ``ValueError`` unless it lies in (0, 1]."""
-    try:
-        value = float(keep_ratio)
-    except (TypeError, ValueError):
-        raise ValueError(f"keep_ratio must be a number in (0, 1], got {keep_ratio!r}") from None
-    if not (0.0 < value <= 1.0) or math.isnan(value):
+    """Return ``keep_ratio`` as a float, or raise ``ValueError`` unless it is a number in (0, 1].
+
+    The one check of a keep ratio: configs run it when built, the encoder when its ratio is set or
+    overridden for a call, and settings when they name ratios for later. Booleans and strings are
+    refused rather than converted.
+    """
+    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, numbers.Real):
+        raise ValueError(f"keep_ratio must be a number in (0, 1], got {keep_ratio!r}")
+    value = float(keep_ratio)
+    if not 0.0 < value <= 1.0:  # also refuses NaN
         raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio!r}")
     return value
 
@@ -164,11 +169,15 @@ class BigLittleConfig(SamViTConfig):
     little_heads: int = 3  # head dim 64 at d = 192, like SAM's heads
     little_mlp_ratio: float = 4.0  # E-block MLP width = little_mlp_ratio * d
     little_window_size: int = 0  # E-block attention window side; 0: the P-blocks' window_size
-    keep_ratio: float = 0.5  # default share of each group's tokens that take the big path
+    # Share of each group's tokens that take the big path, as built (and recorded in checkpoints).
+    # At run time the encoder owns the ratio (ImageEncoderBigLittle.keep_ratio, set_keep_ratio,
+    # keep_ratio_context); this field is its starting value and is never updated.
+    keep_ratio: float = 0.5
     fused_attn: bool = True  # scaled_dot_product_attention; False runs the explicit reference path
     routing: str = "learned"  # see ROUTING_MODES: "random" and "update_norm" are ablations
     # Semi-cross attention's keys/values: routed tokens at full resolution, unrouted ones averaged
-    # 2x2 (2 (rN + N/4) C^2 MACs for k/v instead of 2 N C^2). Exact at keep ratio 1.
+    # 2x2 (2 (rN + N/4) C^2 MACs for k/v instead of 2 N C^2). Exact at keep ratio 1. As built; at
+    # run time the encoder owns it (ImageEncoderBigLittle.pool_kv).
     pool_kv: bool = False
     # Tokens whose patch is all padding (Sam.preprocess pads with exact zeros, which a normalized
     # pixel never is) score last, so routing spends the big blocks on the image (a 4:3 photo pads

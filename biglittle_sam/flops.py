@@ -26,6 +26,7 @@ from .config import (
     validate_keep_ratio,
     window_capacities,
 )
+from .modeling import ImageEncoderBigLittle, ImageEncoderViTFused, model_config
 
 __all__ = ["encoder_macs", "encoder_gmacs", "format_table"]
 
@@ -103,18 +104,23 @@ def _big_block(
     return {"big_linear": linear, "big_attention": attn, "router": N * C, "norm": norm}
 
 
-def _resolve(model: ModelOrConfig) -> Tuple[SamViTConfig, bool]:
-    """The config, and whether a plain SAM config runs on the fused dense path (fast SAM)."""
-    if isinstance(model, SamViTConfig):
-        return model, False
-    if isinstance(model, str):
-        return get_config(model), False
-    # Local imports: build_sam and modeling are heavier than this module.
-    from .build_sam import model_config
-    from .modeling import ImageEncoderViTFused
+def _resolve(model: ModelOrConfig) -> Tuple[SamViTConfig, bool, float, bool]:
+    """The config; whether a plain SAM config runs on the fused dense path (fast SAM); and the
+    keep ratio and key/value pooling to count by default.
 
+    A built big.LITTLE encoder is asked for its run-time ratio and pooling (which may differ from
+    the config it was built with); a config or registry name gives its own fields.
+    """
+    if isinstance(model, (SamViTConfig, str)):
+        cfg = model if isinstance(model, SamViTConfig) else get_config(model)
+        if isinstance(cfg, BigLittleConfig):
+            return cfg, False, cfg.keep_ratio, cfg.pool_kv
+        return cfg, False, 1.0, False
     encoder = getattr(model, "image_encoder", model)
-    return model_config(model), isinstance(encoder, ImageEncoderViTFused)
+    cfg = model_config(model)
+    if isinstance(encoder, ImageEncoderBigLittle):
+        return cfg, False, encoder.keep_ratio, encoder.pool_kv
+    return cfg, isinstance(encoder, ImageEncoderViTFused), 1.0, False
 
 
 def encoder_macs(
@@ -125,27 +131,23 @@ def encoder_macs(
     Arguments:
       model: a config, a registry name, a ``Sam`` or an image encoder (SAM's own, big.LITTLE, or
         :class:`ImageEncoderViTFused`, which is counted as it computes).
-      keep_ratio: for big.LITTLE encoders; defaults to the model's current (or the config's) ratio.
-      pool_kv: count pooled keys/values; defaults to the model's current (or the config's) setting.
+      keep_ratio: for big.LITTLE encoders; None: a built encoder's current ratio (this thread's,
+        inside ``keep_ratio_context``), or a config's own.
+      pool_kv: count pooled keys/values; None: a built encoder's current setting, or a config's.
 
     Returns:
       {"patch_embed", "little", "router", "big_linear", "big_attention", "norm", "neck", "total"}.
     """
-    cfg, fused = _resolve(model)
-    if keep_ratio is None and isinstance(model, nn.Module):
-        from .build_sam import get_keep_ratio
-
-        keep_ratio = get_keep_ratio(model)
+    cfg, fused, current_ratio, current_pool_kv = _resolve(model)
+    r = current_ratio if keep_ratio is None else validate_keep_ratio(keep_ratio)
     if pool_kv is None:
-        encoder = getattr(model, "image_encoder", model)
-        pool_kv = bool(getattr(encoder, "pool_kv", getattr(cfg, "pool_kv", False)))
+        pool_kv = current_pool_kv
     C, g = cfg.embed_dim, cfg.grid_size
     N = g * g
     out: Dict[str, int] = {
         k: 0 for k in ("patch_embed", "little", "router", "big_linear", "big_attention", "norm")
     }
     out["patch_embed"] = N * C * cfg.in_chans * cfg.patch_size**2
-    r = validate_keep_ratio(keep_ratio if keep_ratio is not None else getattr(cfg, "keep_ratio", 1))
     for i in range(cfg.depth):
         windowed = i not in cfg.global_attn_indexes
         if isinstance(cfg, BigLittleConfig):

@@ -10,13 +10,14 @@ none, so that CUDA launches run ahead and ``torch.compile`` gets one graph.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, List, Optional
 
 import torch
 
-from .build_sam import sam_model_registry
+from .build_sam import build_sam_from_config, sam_model_registry
 from .config import BigLittleConfig, get_config
+from .modeling import ImageEncoderBigLittle
 
 __all__ = ["OperatorTime", "EncoderProfile", "profile_encoder", "format_table", "HOST_SYNC_OPS"]
 
@@ -75,10 +76,6 @@ def _build(model: str, keep_ratio: Optional[float], pool_kv: bool, img_size: Opt
     if pool_kv:
         raise ValueError(f"pool_kv is a big.LITTLE option; '{model}' is plain SAM")
     if overrides:  # upstream builders take no overrides
-        from dataclasses import replace
-
-        from .build_sam import build_sam_from_config
-
         return build_sam_from_config(replace(config, **overrides)).image_encoder
     return sam_model_registry[model](keep_ratio=keep_ratio).image_encoder
 
@@ -120,6 +117,7 @@ def profile_encoder(
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     encoder = _build(model, keep_ratio, pool_kv, img_size).eval()
+    big_little = isinstance(encoder, ImageEncoderBigLittle)
     size = int(encoder.img_size)
     x = torch.randn(batch_size, 3, size, size)
     with torch.inference_mode():
@@ -149,8 +147,8 @@ def profile_encoder(
     syncs = {o.name: o.calls for o in operators if o.name in HOST_SYNC_OPS}
     return EncoderProfile(
         model=model,
-        keep_ratio=getattr(encoder, "keep_ratio", None),
-        pool_kv=bool(getattr(encoder, "pool_kv", False)),
+        keep_ratio=encoder.keep_ratio if big_little else None,
+        pool_kv=encoder.pool_kv if big_little else False,
         batch_size=batch_size,
         img_size=size,
         steps=steps,

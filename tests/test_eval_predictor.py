@@ -140,10 +140,13 @@ def test_build_models_from_checkpoints(eval_checkpoint: Path, tmp_path: Path) ->
     assert all(m.gmacs is not None and m.gmacs > 0 for m in models)
     assert models[2].gmacs < models[1].gmacs
     image = np.zeros((64, 64, 3), dtype=np.uint8)
+    shared = models[2].predictor.sam
+    seen: list = []  # the ratio each encoder pass ran at (per call: the model's own is unchanged)
+    shared.image_encoder.register_forward_pre_hook(lambda m, a: seen.append(get_keep_ratio(m)))
     models[2].predictor.set_image(image)
-    assert get_keep_ratio(models[2].predictor.sam) == 0.25
+    assert seen == [0.25]
     models[1].predictor.set_image(image)
-    assert get_keep_ratio(models[1].predictor.sam) == 0.5
+    assert seen == [0.25, 0.5]
     # Bare names get the same seeded random weights in every process.
     a, b = build_eval_models(["vit_tiny"], torch.device("cpu")) + build_eval_models(
         ["vit_tiny"], torch.device("cpu")

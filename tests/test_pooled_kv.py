@@ -75,8 +75,7 @@ def test_exact_when_blocks_are_uniform(window_size: int, keep_ratio: float) -> N
     with torch.no_grad():
         blk.little.gamma.zero_()  # keep the E-block from breaking the 2 x 2 uniformity
         full, routing = blk(x, keep_ratio, return_routing=True)
-        blk.pool_kv = True
-        pooled, routing_pooled = blk(x, keep_ratio, return_routing=True)
+        pooled, routing_pooled = blk(x, keep_ratio, return_routing=True, pool_kv=True)
     assert torch.equal(routing[1], routing_pooled[1])
     assert routing[1].any() and not routing[1].all()
     assert (full - pooled).abs().max().item() < 1e-5

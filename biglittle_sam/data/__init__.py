@@ -5,18 +5,11 @@ imported only where a segmentation is turned into a mask.
 """
 
 from .coco import CocoDataset, load_annotation_json
+from .errors import DatasetError
 from .folder import ImageFolder
 from .lvis import LvisDataset
 from .masks import decode_rle, encode_mask, segmentation_problem, segmentation_to_rle
-from .records import (
-    DatasetError,
-    EvalDataset,
-    ImageProblem,
-    ImageProblemError,
-    ImageRecord,
-    Instance,
-    read_image,
-)
+from .records import EvalDataset, ImageProblem, ImageProblemError, ImageRecord, Instance, read_image
 from .sa1b import SA1BDataset, read_image_list
 from .shapes import ShapesConfig, ShapesDataset, make_shapes_dataset, render_shapes_image
 

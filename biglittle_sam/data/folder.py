@@ -7,7 +7,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from .records import DatasetError, EvalDataset, ImageRecord, PathLike, apply_limit, read_image
+from .errors import DatasetError
+from .records import EvalDataset, ImageRecord, PathLike, apply_limit, read_image
 
 __all__ = ["ImageFolder", "IMAGE_SUFFIXES"]
 

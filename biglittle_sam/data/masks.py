@@ -10,11 +10,12 @@ is reported with its file and id instead of failing deep inside pycocotools.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from .records import DatasetError, _as_int, _is_number, _short
+from .errors import DatasetError, _as_int, _is_number, _short
 
 __all__ = [
     "segmentation_problem",
@@ -94,7 +95,7 @@ def segmentation_to_rle(seg: Any, height: int, width: int, where: str = "") -> D
       height, width: the image size polygons are rasterized at.
       where: "file: annotation id N", put in front of any error.
     """
-    from pycocotools import mask as mask_utils
+    from pycocotools import mask as mask_utils  # lazy: pycocotools is optional (extra "eval")
 
     try:
         if isinstance(seg, list):
@@ -122,9 +123,7 @@ def decode_rle(rle: Dict[str, Any], where: str = "") -> np.ndarray:
     Raises:
       DatasetError: prefixed with ``where``, when the counts do not describe an H x W mask.
     """
-    import warnings
-
-    from pycocotools import mask as mask_utils
+    from pycocotools import mask as mask_utils  # lazy: pycocotools is optional (extra "eval")
 
     try:
         with warnings.catch_warnings():
@@ -139,7 +138,7 @@ def decode_rle(rle: Dict[str, Any], where: str = "") -> np.ndarray:
 
 def encode_mask(mask: np.ndarray, as_text: bool = True) -> Dict[str, Any]:
     """Compressed RLE of an H x W bool mask; ``counts`` is a str when ``as_text`` (JSON-ready)."""
-    from pycocotools import mask as mask_utils
+    from pycocotools import mask as mask_utils  # lazy: pycocotools is optional (extra "eval")
 
     if mask.ndim != 2:
         raise ValueError(f"encode_mask expects an H x W mask, got shape {mask.shape}")
@@ -151,14 +150,14 @@ def encode_mask(mask: np.ndarray, as_text: bool = True) -> Dict[str, Any]:
 
 def rle_area(rle: Dict[str, Any]) -> int:
     """Number of pixels in an RLE mask."""
-    from pycocotools import mask as mask_utils
+    from pycocotools import mask as mask_utils  # lazy: pycocotools is optional (extra "eval")
 
     return int(mask_utils.area(_bytes_counts(rle)))
 
 
 def rle_bbox(rle: Dict[str, Any]) -> list:
     """Tight [x, y, w, h] box of an RLE mask (all zeros for an empty mask)."""
-    from pycocotools import mask as mask_utils
+    from pycocotools import mask as mask_utils  # lazy: pycocotools is optional (extra "eval")
 
     return [float(v) for v in mask_utils.toBbox(_bytes_counts(rle))]
 

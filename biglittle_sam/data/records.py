@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import abc
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Dict, List, Optional, Tuple, TypeVar, Union
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DatasetError  # re-exported: loaders and callers import it from here too
+from .masks import decode_rle, segmentation_to_rle
 
 __all__ = [
     "DatasetError",
@@ -27,11 +32,6 @@ __all__ = [
 ]
 
 PathLike = Union[str, os.PathLike]
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be used as given: a missing or malformed annotation file, a bad
-    path."""
 
 
 @dataclass(frozen=True)
@@ -84,14 +84,10 @@ class Instance:
 
     def rle(self) -> Dict[str, Any]:
         """The segmentation as one compressed RLE dict (``{"size": [h, w], "counts": bytes}``)."""
-        from .masks import segmentation_to_rle
-
         return segmentation_to_rle(self.segmentation, self.height, self.width, self.where)
 
     def mask(self) -> np.ndarray:
         """The ground-truth mask, H x W bool."""
-        from .masks import decode_rle
-
         return decode_rle(self.rle(), self.where)
 
 
@@ -101,6 +97,8 @@ class ImageRecord:
 
     ``skipped`` counts annotations dropped by the loader's rules for this image, for example
     ``{"area<1": 1, "crowd": 2}``; the evaluation sums these over the images it evaluates.
+    ``issues`` lists the annotations that were skipped or changed because they were unusable
+    (a box not finite or off the image, an empty polygon), one JSON-ready dict each.
     """
 
     index: int  # position in the dataset (after --limit); results are ordered by it
@@ -111,6 +109,7 @@ class ImageRecord:
     width: int
     instances: List[Instance] = field(default_factory=list)
     skipped: Dict[str, int] = field(default_factory=dict)
+    issues: List[Dict[str, Any]] = field(default_factory=list)
 
 
 class EvalDataset(abc.ABC):
@@ -153,8 +152,6 @@ def read_image(path: PathLike, image_id: Any = None) -> np.ndarray:
       ImageProblemError: ``missing`` when the file does not exist, ``corrupt`` when it does not
         decode (truncated, not an image, unreadable).
     """
-    from PIL import Image, UnidentifiedImageError
-
     p = Path(path)
     if not p.is_file():
         raise ImageProblemError(ImageProblem(image_id, str(p), "missing", "no such image file"))
@@ -220,48 +217,6 @@ def stable_key(value: Any) -> int:
     Non-negative ints are used as they are; anything else (strings, negative numbers) is hashed
     with CRC-32 of its ``repr``, which, unlike ``hash``, does not change between processes.
     """
-    import zlib
-
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0:
         return int(value)
     return zlib.crc32(repr(value).encode("utf-8"))
-
-
-def _as_int(value: Any) -> Optional[int]:
-    """``value`` as an int when it is integral (JSON ints, or floats like 3.0), else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
-
-
-def _bbox(values: Sequence[Any]) -> Tuple[float, float, float, float]:
-    """A checked [x, y, w, h] list as a tuple of floats."""
-    x, y, w, h = (float(v) for v in values)
-    return x, y, w, h
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def _numbers(value: Any, n: Optional[int] = None) -> bool:
-    """Whether ``value`` is a list of numbers (of length ``n`` when given)."""
-    if not isinstance(value, (list, tuple)):
-        return False
-    if n is not None and len(value) != n:
-        return False
-    return all(_is_number(v) for v in value)
-
-
-def _short(value: Any, n: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= n else text[: n - 3] + "..."
-
-
-def _first(items: Sequence[str], n: int = 5) -> str:
-    head = "; ".join(items[:n])
-    return head + (f"; ... ({len(items)} problems in all)" if len(items) > n else "")

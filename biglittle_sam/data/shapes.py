@@ -33,7 +33,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
+from PIL import Image
 
+from .masks import decode_rle, encode_mask, rle_area, rle_bbox
 from .records import PathLike
 
 __all__ = [
@@ -125,9 +127,7 @@ def uncompressed_rle(mask: np.ndarray) -> Dict[str, Any]:
 
 def _polygon_mask(flat: List[float], height: int, width: int) -> np.ndarray:
     """The H x W bool mask pycocotools rasterizes a flat polygon to (the polygon's definition)."""
-    from pycocotools import mask as mask_utils
-
-    from .masks import decode_rle
+    from pycocotools import mask as mask_utils  # lazy: pycocotools is optional (extra "eval")
 
     return decode_rle(mask_utils.merge(mask_utils.frPyObjects([flat], height, width)))
 
@@ -310,10 +310,6 @@ def make_shapes_dataset(
 
     Images are written one at a time, so the generator needs memory for one image only.
     """
-    from PIL import Image
-
-    from .masks import encode_mask, rle_area, rle_bbox
-
     config = config or ShapesConfig()
     root = Path(out_dir)
     want_coco = "coco" in config.formats or "lvis" in config.formats

@@ -9,11 +9,15 @@ synchronize on each side), so the time excludes resizing and normalization.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Protocol, Tuple
+from typing import Any, ContextManager, List, Optional, Protocol, Tuple
 
 import numpy as np
 import torch
+from segment_anything import SamPredictor
+
+from ..modeling import keep_ratio_context
 
 __all__ = ["PromptBatch", "MaskPredictor", "SamMaskPredictor", "MASK_CHOICES"]
 
@@ -85,8 +89,9 @@ class _EncoderTimer:
 class SamMaskPredictor:
     """A :class:`MaskPredictor` over a ``segment_anything`` ``Sam``.
 
-    Several of these may share one ``Sam`` (one big.LITTLE checkpoint at several keep ratios): the
-    keep ratio is set on the model right before each encoding.
+    Several of these may share one ``Sam`` (one big.LITTLE checkpoint at several keep ratios): each
+    encodes at its own ratio through :func:`~biglittle_sam.modeling.keep_ratio_context`, without
+    changing the shared model's.
     """
 
     def __init__(
@@ -98,12 +103,11 @@ class SamMaskPredictor:
         """
         Arguments:
           sam: a ``segment_anything.modeling.Sam`` (any image encoder), on its device, in eval mode.
-          keep_ratio: set before each encoding (big.LITTLE models only); None leaves it alone.
+          keep_ratio: the ratio every encoding runs at (big.LITTLE models, or 1 for plain SAM);
+            None: the model's own.
           max_mask_pixels: prompts are decoded in chunks so that one chunk's upsampled masks
             (chunk x masks x H x W) stay under this many values (64 Mi floats = 256 MiB).
         """
-        from segment_anything import SamPredictor
-
         self.sam = sam
         self.keep_ratio = keep_ratio
         self.max_mask_pixels = int(max_mask_pixels)
@@ -119,12 +123,13 @@ class SamMaskPredictor:
             raise ValueError(
                 f"expected an H x W x 3 uint8 RGB image, got {image.dtype} {image.shape}"
             )
-        if self.keep_ratio is not None:
-            from ..build_sam import set_keep_ratio
-
-            set_keep_ratio(self.sam, self.keep_ratio)
+        ratio: ContextManager[None] = (
+            nullcontext()
+            if self.keep_ratio is None
+            else keep_ratio_context(self.sam, self.keep_ratio)
+        )
         timer = _EncoderTimer(self.sam.image_encoder, self.device.type == "cuda")
-        with timer:
+        with ratio, timer:
             self.predictor.set_image(image)
         return timer.seconds
 

@@ -34,10 +34,9 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, Sam
 from torch import Tensor, nn
 
-from ..build_sam import model_config
 from ..config import validate_keep_ratio
 from ..fileio import atomic_open
-from ..modeling import ImageEncoderBigLittle, ImageEncoderViTFused
+from ..modeling import ImageEncoderBigLittle, ImageEncoderViTFused, keep_ratio_context, model_config
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -110,12 +109,6 @@ def validate_opset(opset: Any) -> int:
     return int(opset)
 
 
-def _check_keep_ratio(keep_ratio: Any) -> float:
-    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, numbers.Real):
-        raise ValueError(f"keep_ratio must be a number in (0, 1], got {keep_ratio!r}")
-    return validate_keep_ratio(keep_ratio)
-
-
 def _split_model(model: Any) -> Tuple[nn.Module, Optional[Sam]]:
     """(image encoder, the Sam around it or None), or ValueError for anything else."""
     if isinstance(model, Sam):
@@ -137,17 +130,21 @@ def _model_name(encoder: nn.Module) -> str:
 
 @contextlib.contextmanager
 def _export_state(encoder: nn.Module, keep_ratio: Optional[float]) -> Iterator[None]:
-    """Eval mode and the export keep ratio for the duration of an export, restored afterwards."""
+    """Eval mode and the export keep ratio for the duration of an export, restored afterwards.
+
+    The ratio is this thread's (``keep_ratio_context``), so the encoder's own is never changed.
+    """
     was_training = encoder.training
-    old_ratio = encoder.keep_ratio if isinstance(encoder, ImageEncoderBigLittle) else None
+    ratio = (
+        keep_ratio_context(encoder, keep_ratio)
+        if keep_ratio is not None and isinstance(encoder, ImageEncoderBigLittle)
+        else contextlib.nullcontext()
+    )
     try:
         encoder.eval()
-        if keep_ratio is not None and isinstance(encoder, ImageEncoderBigLittle):
-            encoder.keep_ratio = keep_ratio
-        yield
+        with ratio:
+            yield
     finally:
-        if old_ratio is not None:
-            encoder.keep_ratio = old_ratio
         encoder.train(was_training)
 
 
@@ -240,7 +237,7 @@ def export_image_encoder(
     encoder, sam = _split_model(model)
     big_little = isinstance(encoder, ImageEncoderBigLittle)
     if keep_ratio is not None:
-        keep_ratio = _check_keep_ratio(keep_ratio)
+        keep_ratio = validate_keep_ratio(keep_ratio)
         if not big_little and keep_ratio != 1.0:
             raise ValueError(
                 f"{type(encoder).__name__} is plain SAM and has no keep ratio below 1 "

@@ -304,7 +304,6 @@ class BigLittleBlock(BigBlock):
         )
         self.router = Router(dim)
         self.routing = "learned"  # "random" / "update_norm": ablations (see ROUTING_MODES)
-        self.pool_kv = False  # unrouted keys/values averaged 2 x 2 (see Attention.attend_pooled)
         self._plans: Dict[Tuple[Any, ...], _Plan] = {}  # static layouts, see _plan
 
     def _scores(self, x: Tensor, xn: Tensor, padding: Optional[Tensor] = None) -> Tensor:
@@ -411,6 +410,7 @@ class BigLittleBlock(BigBlock):
         keep_ratio: float = 1.0,
         return_routing: bool = False,
         padding: Optional[Tensor] = None,
+        pool_kv: bool = False,
     ) -> Tuple[Tensor, Optional[Tuple[Tensor, Tensor, int]]]:
         """
         Arguments:
@@ -418,6 +418,9 @@ class BigLittleBlock(BigBlock):
           keep_ratio: share of each group's tokens that take the big path.
           return_routing: also return what :class:`LayerRouting` needs.
           padding: B x H x W bool, tokens of padding (routed last), or None.
+          pool_kv: average the unrouted tokens' keys/values 2 x 2 (see
+            :meth:`~biglittle_sam.modeling.attention.Attention.attend_pooled`); H, W and the
+            window size must be even (the encoder checks this once, when it is switched on).
 
         Returns:
           x: B x H x W x C.
@@ -460,11 +463,11 @@ class BigLittleBlock(BigBlock):
             return full.index_copy(0, slots, t).view(G, kmax, -1)  # (T, D) -> (G, kmax, D)
 
         selected: Optional[Tensor] = None
-        if self.pool_kv or return_routing:
+        if pool_kv or return_routing:
             chosen = torch.zeros(B * H * W, dtype=torch.bool, device=x.device)
             routed = torch.ones_like(pos, dtype=torch.bool)  # (T,)
             selected = chosen.scatter(0, pos, routed).view(B, H, W)  # (T,) -> (B * H * W,)
-        if self.pool_kv:
+        if pool_kv:
             assert selected is not None
             qkv = self.attn.qkv(xn_sel)  # (T, 3C): queries, and the routed tokens' keys/values
             kv_pool, log_count = self._pooled_kv(xn, selected)  # (G, P, 2C), (G, P)

@@ -14,9 +14,6 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ..fileio import atomic_open
 
-# distill/cache.py still imports the formatter from here; its home is runtime.progress.
-from ..runtime.progress import format_duration  # noqa: F401
-
 __all__ = ["MetricsLog", "RunningMeans", "plot_losses", "read_metrics"]
 
 

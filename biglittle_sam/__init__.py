@@ -1,16 +1,21 @@
 """biglittle-sam: Segment Anything with a big.LITTLE image encoder, a drop-in for segment_anything.
 
-    from biglittle_sam import sam_model_registry
-    from segment_anything import SamPredictor
+    from biglittle_sam import sam_model_registry, SamPredictor
 
     sam = sam_model_registry["bl_b"](sam_checkpoint="sam_vit_b_01ec64.pth", keep_ratio=0.25)
     predictor = SamPredictor(sam)
+
+``SamPredictor`` and ``SamAutomaticMaskGenerator`` are segment_anything's own, re-exported so the
+swap is one import; ``BatchedSamPredictor`` is this project's predictor for many prompts at once.
 """
+
+from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 
 from .build_sam import (
     build_sam_from_config,
     get_keep_ratio,
     keep_ratio_context,
+    load_sam,
     model_config,
     sam_model_registry,
     set_keep_ratio,
@@ -19,21 +24,26 @@ from .build_sam import (
 from .checkpoint import CheckpointError, read_checkpoint, save_model_checkpoint
 from .config import BIGLITTLE_CONFIGS, SAM_CONFIGS, BigLittleConfig, SamViTConfig, get_config
 from .modeling import BigLittleAux, ImageEncoderBigLittle
+from .predictor import BatchedSamPredictor
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BIGLITTLE_CONFIGS",
     "SAM_CONFIGS",
+    "BatchedSamPredictor",
     "BigLittleAux",
     "BigLittleConfig",
     "CheckpointError",
     "ImageEncoderBigLittle",
+    "SamAutomaticMaskGenerator",
+    "SamPredictor",
     "SamViTConfig",
     "build_sam_from_config",
     "get_config",
     "get_keep_ratio",
     "keep_ratio_context",
+    "load_sam",
     "model_config",
     "read_checkpoint",
     "sam_model_registry",

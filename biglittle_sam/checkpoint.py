@@ -19,15 +19,20 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .config import SamViTConfig, config_to_dict
+from .config import BigLittleConfig, SamViTConfig, config_from_dict, config_to_dict
 from .fileio import atomic_open
 
 __all__ = [
     "CheckpointError",
+    "CheckpointNotFoundError",
     "read_checkpoint",
     "split_checkpoint",
     "atomic_save",
     "save_model_checkpoint",
+    "checkpoint_payload",
+    "checkpoint_config",
+    "parameter_floor",
+    "tensor_elements",
     "load_state_dict_strict",
     "describe_state_dict",
     "guess_model_name",
@@ -54,34 +59,102 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used: unreadable, unsafe, or for another model."""
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No file at the checkpoint path (a ``CheckpointError`` and a ``FileNotFoundError``)."""
+
+
+# Lines of torch's weights_only refusal that are advice, not facts about the file: its suggestion
+# to re-run with ``weights_only=False`` (which would run the file's code) is never passed on.
+_TORCH_ADVICE = (
+    "weights only load failed",
+    "weights_only",
+    "check the documentation",
+    "please file an issue",
+    "add_safe_globals",
+    "safe_globals",
+    "trusted source",
+)
+_BLOCKED_GLOBAL = re.compile(r"GLOBAL\s+([A-Za-z_][\w.]*)")
+
+
+def _torch_detail(error: BaseException) -> str:
+    """The first line of a torch error that describes the file, with torch's advice removed."""
+    for line in str(error).splitlines():
+        text = line.strip()
+        if text.lower().startswith("weightsunpickler error:"):
+            text = text.split(":", 1)[1].strip()
+        if text and not any(a in text.lower() for a in _TORCH_ADVICE):
+            return text
+    return type(error).__name__
+
+
+def _file_kind(path: Path) -> str:
+    """What the file's first bytes say it is: a zip archive, a pickle, or neither."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK\x03\x04"):  # a zip archive's first local header, even truncated
+        return "zip"
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        return "pickle"
+    return "bytes " + " ".join(f"{b:02x}" for b in head)
+
+
+def _refusal(path: Path, error: pickle.UnpicklingError) -> CheckpointError:
+    """The message for a file ``weights_only=True`` would not load."""
+    blocked = _BLOCKED_GLOBAL.search(str(error))
+    if blocked:
+        return CheckpointError(
+            f"{path}: refused to load: the file references the Python global "
+            f"'{blocked.group(1)}', which is not tensor data. Only tensors and plain containers "
+            "are loaded from checkpoints, and nothing in the file was run"
+        )
+    kind = _file_kind(path)
+    if kind == "pickle":
+        return CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint: a Python pickle in a form torch.save "
+            f"does not write ({_torch_detail(error)}); nothing in the file was run"
+        )
+    if kind == "zip":
+        return CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint: a zip archive whose data.pkl cannot be "
+            f"read ({_torch_detail(error)}); nothing in the file was run"
+        )
+    return _not_torch(path, kind)
+
+
+def _not_torch(path: Path, kind: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: not a readable PyTorch checkpoint: neither a zip archive (torch.save) nor a "
+        f"pickle (it starts with {kind})"
+    )
+
+
 def read_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Any:
     """Load a checkpoint file with ``weights_only=True``.
 
     Raises:
-      FileNotFoundError: the file does not exist.
-      CheckpointError: the file is truncated, not a PyTorch checkpoint, or holds pickled objects
-        other than tensors and plain containers (which are refused without being run).
+      CheckpointNotFoundError: nothing exists at ``path`` (also a ``FileNotFoundError``).
+      CheckpointError: ``path`` is a directory; the file is empty, truncated or not a PyTorch
+        checkpoint; or it references Python globals other than tensors and plain containers
+        (refused without being run; the message names the global).
     """
     p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
     if p.is_dir():
         raise CheckpointError(f"{p}: is a directory, expected a .pth checkpoint file")
+    if not p.exists():
+        raise CheckpointNotFoundError(f"{p}: no such checkpoint file (not found)")
     if p.stat().st_size == 0:
         raise CheckpointError(f"{p}: the file is empty, expected a PyTorch checkpoint")
     try:
         return torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"{p}: refused to load: the file holds pickled Python objects that are not plain "
-            "tensors "
-            f"and containers, and only weights are loaded (weights_only=True). Detail: {first}"
-        ) from None
+        raise _refusal(p, e) from None
     except Exception as e:  # torch raises many types here (RuntimeError, KeyError, EOFError, ...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        kind = _file_kind(p)
+        if kind not in ("zip", "pickle"):
+            raise _not_torch(p, kind) from None
         raise CheckpointError(
-            f"{p}: not a readable PyTorch checkpoint (truncated or corrupted?): {first}"
+            f"{p}: not a readable PyTorch checkpoint (truncated or corrupted?): {_torch_detail(e)}"
         ) from None
 
 
@@ -124,17 +197,17 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
     return Path(path)
 
 
-def save_model_checkpoint(
-    path: PathLike,
+def checkpoint_payload(
     model: nn.Module,
     config: SamViTConfig,
     teacher: Optional[str] = None,
     **extra: Any,
-) -> Path:
-    """Write ``{"model", "config", "teacher", "format", ...}`` atomically.
+) -> Dict[str, Any]:
+    """The one layout of a model checkpoint: ``{"format", "version", "model", "config", "teacher",
+    "created", ...extra}``.
 
-    ``extra`` must hold only plain values (str, numbers, lists, dicts), so the file stays loadable
-    with ``weights_only=True``.
+    ``extra`` must hold only plain values (str, numbers, lists, dicts, tensors), so the file stays
+    loadable with ``weights_only=True``. Training checkpoints add their ``"train"`` entry here.
     """
     payload: Dict[str, Any] = {
         "format": FORMAT_NAME,
@@ -145,7 +218,107 @@ def save_model_checkpoint(
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     payload.update(extra)
-    return atomic_save(payload, path)
+    return payload
+
+
+def save_model_checkpoint(
+    path: PathLike,
+    model: nn.Module,
+    config: SamViTConfig,
+    teacher: Optional[str] = None,
+    **extra: Any,
+) -> Path:
+    """Write :func:`checkpoint_payload` atomically to ``path``."""
+    return atomic_save(checkpoint_payload(model, config, teacher, **extra), path)
+
+
+def tensor_elements(state: Mapping[str, Tensor]) -> int:
+    """Elements the tensors of ``state`` really hold: each storage counted once.
+
+    Views of one storage (which ``torch.save`` keeps shared) do not add up, so a small file cannot
+    claim to hold more numbers than it does.
+    """
+    sizes: Dict[Tuple[str, int], int] = {}
+    for t in state.values():
+        storage = t.untyped_storage()
+        key = (str(t.device), storage.data_ptr())
+        sizes[key] = max(sizes.get(key, 0), storage.nbytes() // max(1, t.element_size()))
+    return sum(sizes.values())
+
+
+def _block_floor(width: int, heads: int, mlp_ratio: float, window: int, rel_pos: bool) -> int:
+    """Weights of one ViT block at least: qkv 3C^2, proj C^2, MLP 2 C (ratio C), relative
+    positions 2 (2w - 1) C / heads."""
+    floor = 4 * width * width + 2 * width * int(width * mlp_ratio)
+    if rel_pos:
+        floor += 2 * (2 * window - 1) * (width // heads)
+    return floor
+
+
+def parameter_floor(config: SamViTConfig, encoder_only: bool = False) -> int:
+    """A lower bound on the parameters of the model ``config`` builds, from the config alone.
+
+    Only the large weight matrices are counted (norms, biases and small embeddings are not), so a
+    file holding the model always holds at least this many numbers: a config asking for more than
+    its file's tensors is refused before anything is allocated. ``encoder_only`` counts the image
+    encoder alone (an encoder checkpoint).
+    """
+    c, o, g = config.embed_dim, config.out_chans, config.grid_size
+    floor = c * config.in_chans * config.patch_size**2 + g * g * c  # patch embed, pos embed
+    # No loop over the blocks: a hostile depth must not cost time either.
+    n_global = len(set(config.global_attn_indexes))  # validated to lie in 0..depth-1
+    heads, ratio, rel_pos = config.num_heads, config.mlp_ratio, config.use_rel_pos
+    windowed = _block_floor(c, heads, ratio, config.window_size, rel_pos)
+    global_ = _block_floor(c, heads, ratio, g, rel_pos)
+    floor += (config.depth - n_global) * windowed + n_global * global_
+    floor += c * o + 9 * o * o  # neck: conv 1x1, conv 3x3
+    if isinstance(config, BigLittleConfig):
+        d = config.little_dim
+        window = config.little_window_size or config.window_size
+        little = _block_floor(d, config.little_heads, config.little_mlp_ratio, window, True)
+        floor += config.depth * (little + 2 * c * d)  # E-block with its down / up projections
+    if not encoder_only:
+        half, hidden = o // 2, config.iou_head_hidden_dim
+        # two-way transformer: self-attention 4 E^2, two cross-attentions at E / 2, MLP 2 E m
+        layer = 4 * o * o + 2 * 4 * o * half + 2 * o * config.decoder_mlp_dim
+        floor += config.decoder_depth * layer + 4 * o * half + o * hidden + hidden * hidden
+        floor += config.mask_in_chans * o  # prompt encoder mask downscaling, last conv
+    return floor
+
+
+def checkpoint_config(
+    meta: Mapping[str, Any],
+    state: Mapping[str, Tensor],
+    path: PathLike,
+    extra_elements: int = 0,
+) -> Optional[SamViTConfig]:
+    """The config a checkpoint stores, validated before any model is built; None if it has none.
+
+    The stored dict's types, sizes and divisibility are checked (``config_from_dict``), then its
+    :func:`parameter_floor` against the numbers the file's tensors hold (plus ``extra_elements``
+    from another file that will fill the rest, as when converting an encoder-only checkpoint).
+
+    Raises:
+      CheckpointError: naming the field that is wrong, or the budget the tensors do not cover.
+    """
+    data = meta.get("config")
+    if data is None:
+        return None
+    try:
+        config = config_from_dict(data)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its stored config is not valid: {e}") from None
+    encoder_only = bool(state) and not any(k.startswith("image_encoder.") for k in state)
+    needed = parameter_floor(config, encoder_only=encoder_only and not extra_elements)
+    held = tensor_elements(state) + extra_elements
+    if needed > held:
+        raise CheckpointError(
+            f"{path}: its stored config ('{config.name}': embed_dim {config.embed_dim}, depth "
+            f"{config.depth}, little_dim {getattr(config, 'little_dim', '-')}, decoder_mlp_dim "
+            f"{config.decoder_mlp_dim}) needs at least {needed:,} parameters, but the file's "
+            f"tensors hold only {held:,} numbers; the config does not describe these weights"
+        )
+    return config
 
 
 _BLOCK_RE = re.compile(r"(?:^|\.)blocks\.(\d+)\.")

@@ -275,11 +275,90 @@ def get_config(name: str) -> AnyConfig:
     raise KeyError(f"unknown model config {name!r}; known configs: {known}")
 
 
+# Fields of a stored config that size the model: each must be a whole number >= 1 (>= 0 for
+# little_window_size, where 0 means window_size), or a positive ratio.
+_POSITIVE_INTS = (
+    "img_size",
+    "patch_size",
+    "in_chans",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "window_size",
+    "out_chans",
+    "decoder_depth",
+    "decoder_mlp_dim",
+    "decoder_heads",
+    "iou_head_hidden_dim",
+    "mask_in_chans",
+    "little_dim",
+    "little_heads",
+)
+_POSITIVE_FLOATS = ("mlp_ratio", "little_mlp_ratio", "keep_ratio")
+
+
+def _field_type_error(name: str, value: Any, expected: str) -> ValueError:
+    return ValueError(f"config field '{name}' must be {expected}, got {value!r}")
+
+
+def _check_config_fields(cls: Type[SamViTConfig], data: Mapping[str, Any]) -> Dict[str, Any]:
+    """``data`` with its types and sizes checked, field by field, before a config is made.
+
+    Raises:
+      ValueError: naming the first field of the wrong type or size and the expected form.
+    """
+    values = dict(data)
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        value, default = values[f.name], f.default
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise _field_type_error(f.name, value, "true or false")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise _field_type_error(f.name, value, "an integer")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise _field_type_error(f.name, value, "a number")
+            if not math.isfinite(value):
+                raise _field_type_error(f.name, value, "a finite number")
+            values[f.name] = float(value)
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                raise _field_type_error(f.name, value, "a string")
+        elif isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)) or any(
+                isinstance(i, bool) or not isinstance(i, int) for i in value
+            ):
+                raise _field_type_error(f.name, value, "a list of integers")
+            values[f.name] = tuple(value)
+        if f.name in _POSITIVE_INTS and value < 1:
+            raise _field_type_error(f.name, value, "a positive integer")
+        if f.name in _POSITIVE_FLOATS and value <= 0:
+            raise _field_type_error(f.name, value, "a positive number")
+        if f.name == "little_window_size" and value < 0:
+            raise _field_type_error(f.name, value, "an integer >= 0 (0: window_size)")
+    out_chans = values.get("out_chans", cls.out_chans)
+    heads = values.get("decoder_heads", cls.decoder_heads)
+    if out_chans % 2 or (out_chans // 2) % heads:
+        raise ValueError(
+            f"config field 'decoder_heads' ({heads}) must divide out_chans / 2 "
+            f"({out_chans} / 2): the decoder's cross-attention runs at half width"
+        )
+    mask_in_chans = values.get("mask_in_chans", cls.mask_in_chans)
+    if mask_in_chans < 4:
+        raise _field_type_error("mask_in_chans", mask_in_chans, "an integer >= 4")
+    return values
+
+
 def config_from_dict(data: Mapping[str, Any]) -> AnyConfig:
     """Rebuild a config from ``asdict(config)`` as stored in a checkpoint.
 
     A dict with big.LITTLE fields gives a ``BigLittleConfig``. Unknown keys raise ``ValueError`` so
-    that a checkpoint from a newer, incompatible version is not silently misread.
+    that a checkpoint from a newer, incompatible version is not silently misread. Every field's
+    type and size is checked first (integers >= 1 for sizes, finite positive ratios, lists of
+    integers), so a bad value gives a ``ValueError`` naming the field, never a deep error.
     """
     if not isinstance(data, Mapping):
         raise ValueError(f"a model config must be a dict, got {type(data).__name__}")
@@ -290,10 +369,7 @@ def config_from_dict(data: Mapping[str, Any]) -> AnyConfig:
         raise ValueError(
             f"unknown {cls.__name__} fields {unknown}; expected a subset of {sorted(names)}"
         )
-    values = dict(data)
-    if "global_attn_indexes" in values:
-        values["global_attn_indexes"] = tuple(int(i) for i in values["global_attn_indexes"])
-    return cls(**values)
+    return cls(**_check_config_fields(cls, data))
 
 
 def config_to_dict(config: SamViTConfig) -> Dict[str, Any]:

@@ -13,15 +13,22 @@ from typing import Dict, Optional, Union
 
 import torch
 
-from .build_sam import build_sam_from_config, inherit_from_sam, sam_model_registry
+from .build_sam import (
+    build_sam_from_config,
+    inherit_from_sam,
+    read_sam_checkpoint,
+    sam_model_registry,
+)
 from .checkpoint import (
     CheckpointError,
+    checkpoint_config,
     load_state_dict_strict,
     read_checkpoint,
     save_model_checkpoint,
     split_checkpoint,
+    tensor_elements,
 )
-from .config import BIGLITTLE_CONFIGS, BigLittleConfig, config_from_dict
+from .config import BIGLITTLE_CONFIGS, BigLittleConfig
 
 __all__ = ["convert_checkpoint", "encoder_state_dict"]
 
@@ -63,9 +70,12 @@ def convert_checkpoint(
     """
     state, meta = split_checkpoint(read_checkpoint(encoder), encoder)
     enc_state = encoder_state_dict(state)
+    sam_state, _ = read_sam_checkpoint(sam_checkpoint)
     config: BigLittleConfig
-    if isinstance(meta.get("config"), dict):
-        loaded = config_from_dict(meta["config"])
+    # The stored config is validated, and its size bounded by the tensors of both files, before
+    # any model is built.
+    loaded = checkpoint_config(meta, enc_state, encoder, tensor_elements(sam_state))
+    if loaded is not None:
         if not isinstance(loaded, BigLittleConfig):
             raise CheckpointError(f"{encoder}: stores a plain SAM config ('{loaded.name}')")
         if model is not None and loaded.name != model:
@@ -78,7 +88,7 @@ def convert_checkpoint(
     else:
         config = BIGLITTLE_CONFIGS[model]
     sam = build_sam_from_config(config)
-    derived = inherit_from_sam(sam, sam_checkpoint)
+    derived = inherit_from_sam(sam, sam_checkpoint, sam_state)
     load_state_dict_strict(sam.image_encoder, enc_state, encoder, f"{config.name} image encoder")
     tag = teacher or (meta.get("teacher") if isinstance(meta.get("teacher"), str) else None)
     out = save_model_checkpoint(output, sam, config, teacher=tag or derived)

@@ -15,7 +15,7 @@ batched prediction is the loop of single predictions, with the encoder's work ba
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -186,6 +186,52 @@ class BatchedSamPredictor(SamPredictor):
             masks = masks.float()  # (B, C, H, W) logits when return_logits
         return masks, iou_predictions.float(), low_res_masks.float()
 
+    def _predict_boxes(
+        self, index: int, prompts: Dict[str, Any], multimask_output: bool, return_logits: bool
+    ) -> Prediction:
+        """K boxes (and their K point sets and masks) on the current image through
+        ``predict_torch``, transformed as ``SamPredictor.predict`` transforms one prompt."""
+        boxes = np.asarray(prompts["box"])
+        if boxes.ndim != 2 or boxes.shape[1] != 4 or boxes.shape[0] < 1:
+            raise ValueError(
+                f"box[{index}]: expected a K x 4 array of boxes (x0, y0, x1, y1), got shape "
+                f"{boxes.shape}"
+            )
+        k = boxes.shape[0]
+        size = self.original_size
+        box_torch = torch.as_tensor(
+            self.transform.apply_boxes(boxes, size), dtype=torch.float, device=self.device
+        )  # (K, 4), input frame
+        coords_torch = labels_torch = mask_torch = None
+        if prompts["point_coords"] is not None:
+            coords = _check_prompt_shape(
+                prompts["point_coords"], "point_coords", index, (k, None, 2)
+            )
+            n = coords.shape[1]
+            labels = _check_prompt_shape(prompts["point_labels"], "point_labels", index, (k, n))
+            coords_torch = torch.as_tensor(
+                self.transform.apply_coords(coords, size), dtype=torch.float, device=self.device
+            )  # (K, N, 2)
+            labels_torch = torch.as_tensor(labels, dtype=torch.int, device=self.device)  # (K, N)
+        if prompts["mask_input"] is not None:
+            masks = _check_prompt_shape(
+                prompts["mask_input"], "mask_input", index, (k, 1, 256, 256)
+            )
+            mask_torch = torch.as_tensor(masks, dtype=torch.float, device=self.device)
+        masks_out, iou, low_res = self.predict_torch(
+            coords_torch,
+            labels_torch,
+            box_torch,
+            mask_torch,
+            multimask_output=multimask_output,
+            return_logits=return_logits,
+        )  # (K, C, H, W), (K, C), (K, C, 256, 256)
+        return (
+            masks_out.detach().cpu().numpy(),
+            iou.detach().cpu().numpy(),
+            low_res.detach().cpu().numpy(),
+        )
+
     def predict_batch(
         self,
         point_coords: Optional[Sequence[Optional[np.ndarray]]] = None,
@@ -195,22 +241,29 @@ class BatchedSamPredictor(SamPredictor):
         multimask_output: bool = True,
         return_logits: bool = False,
     ) -> List[Prediction]:
-        """One ``SamPredictor.predict`` per image, each with its own prompts.
+        """One ``SamPredictor.predict`` per image, each with its own prompts; several boxes per
+        image as ``SamPredictor.predict_torch`` takes them.
 
         Every prompt argument is None or a sequence with one entry per image (in the order of
         :meth:`set_images`), and each entry is what ``SamPredictor.predict`` takes, or None:
 
         Arguments:
-          point_coords: per image an N x 2 array of (x, y) points in that image's pixels.
-          point_labels: per image a length-N array, 1 foreground, 0 background.
-          box: per image a length-4 array (x0, y0, x1, y1) in that image's pixels.
-          mask_input: per image a 1 x 256 x 256 low-resolution mask from an earlier prediction.
-          multimask_output: three masks per image (True) or one.
+          point_coords: per image an N x 2 array of (x, y) points in that image's pixels (K x N x 2
+            with K boxes).
+          point_labels: per image a length-N array, 1 foreground, 0 background (K x N with K
+            boxes).
+          box: per image a length-4 array (x0, y0, x1, y1) in that image's pixels, or a K x 4 array
+            of K boxes, each prompted on its own (with its own points and mask when given).
+          mask_input: per image a 1 x 256 x 256 low-resolution mask from an earlier prediction
+            (K x 1 x 256 x 256 with K boxes).
+          multimask_output: three masks per prompt (True) or one.
           return_logits: mask logits instead of binary masks.
 
         Returns:
           one (masks C x H x W, iou_predictions C, low_res_logits C x 256 x 256) per image, as
-          ``SamPredictor.predict`` returns them (H x W: that image's original size).
+          ``SamPredictor.predict`` returns them (H x W: that image's original size); for an
+          image given K x 4 boxes: (K x C x H x W, K x C, K x C x 256 x 256), as
+          ``SamPredictor.predict_torch`` returns them for a batch of K boxes.
         """
         if not self.is_image_set:
             raise RuntimeError("Images must be set with .set_images(...) before mask prediction.")
@@ -237,6 +290,14 @@ class BatchedSamPredictor(SamPredictor):
                 one = {k: (v[i] if v is not None else None) for k, v in prompts.items()}
                 if one["point_coords"] is not None and one["point_labels"] is None:
                     raise ValueError(f"image {i}: point_coords given without point_labels")
+                if one["box"] is not None and np.ndim(one["box"]) == 2:
+                    results.append(self._predict_boxes(i, one, multimask_output, return_logits))
+                    continue
+                if one["box"] is not None and np.shape(one["box"]) != (4,):
+                    raise ValueError(
+                        f"box[{i}]: expected a length-4 array (x0, y0, x1, y1) or a K x 4 array "
+                        f"of K boxes, got shape {np.shape(one['box'])}"
+                    )
                 results.append(
                     self.predict(
                         **one, multimask_output=multimask_output, return_logits=return_logits
@@ -246,6 +307,19 @@ class BatchedSamPredictor(SamPredictor):
             if current is not None:
                 self.select_image(current)
         return results
+
+
+def _check_prompt_shape(value: Any, name: str, index: int, shape: Tuple[Any, ...]) -> np.ndarray:
+    """``value`` as an array whose shape matches ``shape`` (None entries: any size)."""
+    array = np.asarray(value)
+    if array.ndim != len(shape) or any(
+        want is not None and got != want for got, want in zip(array.shape, shape)
+    ):
+        form = " x ".join("N" if want is None else str(want) for want in shape)
+        raise ValueError(
+            f"{name}[{index}]: with {shape[0]} boxes expected shape {form}, got {array.shape}"
+        )
+    return array
 
 
 def _check_batch_size(batch_size: Optional[int]) -> Optional[int]:

@@ -37,6 +37,30 @@ def copy_coco(eval_shapes: ShapesDataset, dst: Path) -> Tuple[Path, Path]:
     return ann, images
 
 
+def damage_boxes(data: Dict[str, Any]) -> Dict[Any, str]:
+    """Damage the annotations of image 1 in every way eval must catch; returns {ann_id: what}."""
+    img = next(i for i in data["images"] if i["id"] == 1)
+    w = img["width"]
+    anns = [a for a in data["annotations"] if a["image_id"] == 1 and not a["iscrowd"]]
+    assert len(anns) >= 3
+    anns[0]["bbox"] = [float("nan"), 2.0, 10.0, 10.0]
+    anns[1]["bbox"] = [w + 5.0, 1.0, 10.0, 10.0]  # entirely right of the image
+    x, y, bw, bh = anns[2]["bbox"]
+    anns[2]["bbox"] = [x - 40.0, y, bw + 40.0 + w, bh]  # reaches past both sides
+    extra = dict(anns[2], id=9001, bbox=[1.0, 1.0, 5.0, 5.0], segmentation=[])
+    thin = dict(anns[2], id=9002, bbox=[1.0, 1.0, 5.0, 5.0], segmentation=[[1, 1, 5, 5]])
+    flat = dict(anns[2], id=9003, bbox=[1.0, 1.0, 5.0, 5.0], segmentation=[[1, 1, 5, 1, 9, 1]])
+    data["annotations"] += [extra, thin, flat]
+    return {
+        anns[0]["id"]: "bbox_not_finite",
+        anns[1]["id"]: "bbox_outside_image",
+        anns[2]["id"]: "bbox_off_image",
+        9001: "empty_polygon",
+        9002: "empty_polygon",
+        9003: "empty_polygon",
+    }
+
+
 class GroundTruthPredictor:
     """An oracle model: every prompt gets its instance's ground-truth mask (predicted IoU 1).
 

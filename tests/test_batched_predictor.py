@@ -122,3 +122,68 @@ def test_bad_calls() -> None:
         predictor.predict_batch(point_coords=[np.array([[1, 1]])] * 2)
     with pytest.raises(IndexError, match="out of range"):
         predictor.select_image(2)
+
+
+# Several boxes per image, as SamPredictor.predict_torch takes them; image 1 gets none.
+MULTI_BOXES = [
+    np.array([[5, 5, 150, 80], [20, 10, 60, 70], [0, 0, 159, 89]]),
+    None,
+    np.array([[0, 0, 30, 30]]),
+]
+
+
+@pytest.mark.parametrize("name", ["vit_tiny", "bl_tiny"])
+def test_several_boxes_per_image_equal_predict_torch_and_single_boxes(name: str) -> None:
+    sam = _model(name)
+    images = _images()
+    batched = BatchedSamPredictor(sam)
+    batched.set_images(images)
+    results = batched.predict_batch(box=MULTI_BOXES, multimask_output=True, return_logits=True)
+    single = SamPredictor(sam)
+    for i, image in enumerate(images):
+        single.set_image(image)
+        masks, iou, low_res = results[i]
+        if MULTI_BOXES[i] is None:  # no prompt: SamPredictor.predict's own output
+            assert masks.shape == (3, *SIZES[i])
+            continue
+        k = len(MULTI_BOXES[i])
+        assert masks.shape == (k, 3, *SIZES[i]) and iou.shape == (k, 3)
+        assert low_res.shape == (k, 3, 64, 64)
+        boxes = single.transform.apply_boxes_torch(
+            torch.as_tensor(MULTI_BOXES[i], dtype=torch.float), image.shape[:2]
+        )
+        ref = single.predict_torch(None, None, boxes, multimask_output=True, return_logits=True)
+        for got, want in zip((masks, iou, low_res), ref):
+            np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=0)
+        for j, box in enumerate(MULTI_BOXES[i]):  # each box alone, through predict
+            one_masks, one_iou, _ = single.predict(box=box, return_logits=True)
+            np.testing.assert_allclose(masks[j], one_masks, atol=1e-3, rtol=0)
+            np.testing.assert_allclose(iou[j], one_iou, atol=1e-4, rtol=0)
+
+
+def test_several_boxes_with_their_own_points_and_bad_shapes() -> None:
+    sam = _model("bl_tiny")
+    image = _images()[0]
+    batched = BatchedSamPredictor(sam)
+    batched.set_images([image])
+    boxes = MULTI_BOXES[0][:2]
+    coords = np.array([[[40, 40]], [[30, 30]]])  # (K=2, N=1, 2)
+    labels = np.array([[1], [0]])
+    ((masks, iou, _),) = batched.predict_batch([coords], [labels], [boxes], multimask_output=False)
+    assert masks.shape == (2, 1, *image.shape[:2]) and masks.dtype == bool
+    single = SamPredictor(sam)
+    single.set_image(image)
+    for j in range(2):
+        one, one_iou, _ = single.predict(coords[j], labels[j], boxes[j], multimask_output=False)
+        assert (masks[j] != one).mean() < 1e-3  # the same mask up to float rounding at 0
+        np.testing.assert_allclose(iou[j], one_iou, atol=1e-4, rtol=0)
+    with pytest.raises(
+        ValueError, match=r"point_coords\[0\]: with 2 boxes expected shape 2 x N x 2"
+    ):
+        batched.predict_batch([coords[0]], [labels[0]], [boxes])
+    with pytest.raises(ValueError, match=r"point_labels\[0\]: with 2 boxes expected shape 2 x 1"):
+        batched.predict_batch([coords], [labels[:1]], [boxes])
+    with pytest.raises(ValueError, match=r"box\[0\]: expected a K x 4 array"):
+        batched.predict_batch(box=[np.zeros((2, 3))])
+    with pytest.raises(ValueError, match=r"box\[0\]: expected a length-4 array .* or a K x 4"):
+        batched.predict_batch(box=[np.zeros(5)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 from pathlib import Path
@@ -20,6 +21,7 @@ from biglittle_sam import (
     swap_image_encoder,
 )
 from biglittle_sam.checkpoint import describe_state_dict, guess_model_name, read_checkpoint
+from biglittle_sam.config import SAM_CONFIGS
 from biglittle_sam.convert import convert_checkpoint
 
 from .conftest import randomize_
@@ -95,7 +97,7 @@ def test_wrong_size_checkpoint_names_what_it_looks_like(tmp_path: Path) -> None:
 
 def test_checkpoint_for_another_big_little_model(tiny_bl: Sam, tmp_path: Path) -> None:
     path = save_model_checkpoint(tmp_path / "bl.pth", tiny_bl, tiny_bl.image_encoder.config)
-    with pytest.raises(CheckpointError, match="'bl_tiny' checkpoint, not 'bl_b'"):
+    with pytest.raises(CheckpointError, match="holds a 'bl_tiny' model, not 'bl_b'"):
         sam_model_registry["bl_b"](checkpoint=path)
     with pytest.raises(CheckpointError, match="big.LITTLE checkpoint"):
         sam_model_registry["bl_tiny"](sam_checkpoint=path)
@@ -149,7 +151,7 @@ def test_pickled_code_is_refused_and_not_run(tmp_path: Path) -> None:
 def test_encoder_only_file_is_explained(tiny_bl: Sam, tmp_path: Path) -> None:
     path = tmp_path / "enc.pth"
     torch.save(tiny_bl.image_encoder.state_dict(), path)
-    with pytest.raises(CheckpointError, match="convert_checkpoint"):
+    with pytest.raises(CheckpointError, match="biglittle-sam-convert"):
         sam_model_registry["bl_tiny"](checkpoint=path)
 
 
@@ -180,3 +182,34 @@ def test_guess_model_name() -> None:
     bl_state = sam_model_registry["bl_tiny"]().state_dict()
     assert guess_model_name(bl_state) == "bl_tiny"
     assert "big.LITTLE" in describe_state_dict(bl_state)
+
+
+def test_official_file_as_checkpoint_says_to_use_sam_checkpoint(tiny_sam_checkpoint: Path) -> None:
+    with pytest.raises(CheckpointError) as info:
+        sam_model_registry["bl_tiny"](checkpoint=tiny_sam_checkpoint)
+    message = str(info.value)
+    assert "official SAM checkpoint" in message and "pass it as sam_checkpoint=" in message
+    assert "not distilled" in message
+
+
+def test_official_file_of_another_size_names_both_sizes(tiny_sam_checkpoint: Path) -> None:
+    for kwargs in ({"checkpoint": tiny_sam_checkpoint}, {"sam_checkpoint": tiny_sam_checkpoint}):
+        with pytest.raises(CheckpointError) as info:
+            sam_model_registry["bl_b"](**kwargs)
+        message = str(info.value)
+        assert "vit_tiny (64 wide, 4 blocks)" in message, message
+        assert "vit_b" in message and "768 wide" in message and "12 blocks" in message
+
+
+def test_vit_tiny_loads_a_stored_custom_size_but_not_big_little(
+    tiny_bl: Sam, tmp_path: Path
+) -> None:
+    custom = dataclasses.replace(
+        SAM_CONFIGS["vit_tiny"], name="custom", depth=2, global_attn_indexes=(1,)
+    )
+    sam = sam_model_registry["vit_tiny"](depth=2, global_attn_indexes=(1,))
+    path = save_model_checkpoint(tmp_path / "custom.pth", sam, custom)
+    assert len(sam_model_registry["vit_tiny"](checkpoint=path).image_encoder.blocks) == 2
+    bl_path = save_model_checkpoint(tmp_path / "bl.pth", tiny_bl, tiny_bl.image_encoder.config)
+    with pytest.raises(CheckpointError, match="holds a 'bl_tiny' model, not 'vit_tiny'"):
+        sam_model_registry["vit_tiny"](checkpoint=bl_path)

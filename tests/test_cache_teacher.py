@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -12,9 +14,14 @@ import torch
 from biglittle_sam.build_sam import build_sam_from_config
 from biglittle_sam.checkpoint import atomic_save, read_checkpoint
 from biglittle_sam.data import DatasetError, ShapesDataset
-from biglittle_sam.distill import CacheError, CacheWriteError, TeacherCache
-from biglittle_sam.distill import cache as cache_module
-from biglittle_sam.distill import entry_problem
+from biglittle_sam.distill import (
+    CacheError,
+    CacheWriteError,
+    TeacherCache,
+    embedding_checksum,
+    entry_problem,
+)
+from biglittle_sam.distill.cache import writer as cache_writer
 from biglittle_sam.train import image_key, load_sam, preprocess_image
 from biglittle_sam.train.data import source_file_names
 from tools import cache_teacher
@@ -95,7 +102,7 @@ def test_verify_finds_and_repairs_bad_entries(
     payload = read_checkpoint(nan)
     payload["embedding"] = payload["embedding"].clone()
     payload["embedding"][1, 2, 3] = float("nan")
-    payload["checksum"] = cache_module.embedding_checksum(payload["embedding"])
+    payload["checksum"] = embedding_checksum(payload["embedding"])
     atomic_save(payload, nan)
     missing.unlink()
     sha = cache.teacher.sha256
@@ -139,7 +146,7 @@ def test_a_different_teacher_is_refused_before_any_work(
     build_cache(data.coco_images, teacher, out, limit=2)  # type: ignore[arg-type]
     other = save_teacher(tmp_path / "other.pth", seed=1)
     calls = []
-    monkeypatch.setattr(cache_module, "_write_entry", lambda *a: calls.append(a))
+    monkeypatch.setattr(cache_writer, "_write_entry", lambda *a: calls.append(a))
     with pytest.raises(CacheError, match="already holds embeddings of teacher vit_tiny:teacher"):
         build_cache(data.coco_images, other, out)  # type: ignore[arg-type]
     assert not calls
@@ -161,7 +168,7 @@ def test_running_out_of_disk_loses_nothing_already_written(
     tmp_path: Path, data: ShapesDataset, teacher: Path, one_thread, monkeypatch, capsys
 ) -> None:
     out = tmp_path / "cache"
-    real = cache_module._write_entry
+    real = cache_writer._write_entry
     written = []
 
     def fill_the_disk(path: Path, payload: dict) -> None:
@@ -170,7 +177,7 @@ def test_running_out_of_disk_loses_nothing_already_written(
         real(path, payload)
         written.append(payload["key"])
 
-    monkeypatch.setattr(cache_module, "_write_entry", fill_the_disk)
+    monkeypatch.setattr(cache_writer, "_write_entry", fill_the_disk)
     with pytest.raises(SystemExit) as info:
         cache_teacher.main(
             ["--images", str(data.coco_images), "--teacher-checkpoint", str(teacher),
@@ -182,7 +189,7 @@ def test_running_out_of_disk_loses_nothing_already_written(
     with pytest.raises(CacheWriteError):
         written.clear()
         build_cache(data.coco_images, teacher, tmp_path / "other")  # type: ignore[arg-type]
-    monkeypatch.setattr(cache_module, "_write_entry", real)
+    monkeypatch.setattr(cache_writer, "_write_entry", real)
     cache = TeacherCache.open(out)
     assert len(written) == 2 and len(cache) == 2
     for key in cache.entries:
@@ -223,3 +230,55 @@ def test_two_processes_shard_the_cache_and_merge_one_index(
         assert same == {k: v for k, v in two.entries[key].items() if k != "checksum"}
         a, b = one.load_embedding(key).float(), two.load_embedding(key).float()
         assert torch.allclose(a, b, atol=2e-3, rtol=1e-3)
+
+
+def _age(path: Path, seconds: float) -> Path:
+    """Write ``path`` (a stand-in for a temp file) and date it ``seconds`` from now."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"half an entry")
+    when = time.time() + seconds
+    os.utime(path, (when, when))
+    return path
+
+
+def test_a_run_and_verify_sweep_the_temp_files_of_a_killed_run(
+    tmp_path: Path, data: ShapesDataset, teacher: Path, one_thread
+) -> None:
+    out = tmp_path / "cache"
+    build_cache(data.coco_images, teacher, out, limit=2)  # type: ignore[arg-type]
+    key = next(iter(TeacherCache.open(out).entries))
+    folder = TeacherCache.open(out).entry_path(key).parent
+    # What a SIGKILL mid-write leaves: atomic_open's temp files, dated before this run.
+    stale = [
+        _age(folder / f".{key}.pt.ab12cd_4.tmp", -3600),
+        _age(out / ".index.json.x1y2z3w4.tmp", -60),
+        _age(out / "index" / ".rank-00000-of-00002.json.qwertyui.tmp", -60),
+    ]
+    running = _age(folder / f".{key}.pt.zz99zz99.tmp", 3600)  # newer: a writer still at work
+    mine = _age(folder / "notes.tmp", -3600)  # a user's file, not of atomic_open's form
+    report = build_cache(data.coco_images, teacher, out)  # type: ignore[arg-type]
+    assert report["stale_temps_removed"] == 3 and report["entries"] == 5
+    assert not any(p.exists() for p in stale) and running.exists() and mine.exists()
+    # --verify sweeps as well.
+    again = _age(folder / f".{key}.pt.0a1b2c3d.tmp", -60)
+    report = cache_teacher.main(
+        ["--images", str(data.coco_images), "--teacher-checkpoint", str(teacher),
+         "--out", str(out), "--num-workers", "0", "--verify", "--no-progress"]
+    )  # fmt: skip
+    assert report["stale_temps_removed"] == 1 and report["already"] == 5 and not again.exists()
+    # A run with nothing to sweep says so.
+    assert build_cache(data.coco_images, teacher, out)["stale_temps_removed"] == 0  # type: ignore
+
+
+def test_cache_files_follow_the_umask(
+    tmp_path: Path, data: ShapesDataset, teacher: Path, one_thread
+) -> None:
+    old = os.umask(0o022)
+    try:
+        build_cache(data.coco_images, teacher, tmp_path / "cache", limit=1)  # type: ignore
+    finally:
+        os.umask(old)
+    cache = TeacherCache.open(tmp_path / "cache")
+    written = [tmp_path / "cache" / n for n in ("cache.json", "index.json", "cache_report.json")]
+    written += [cache.entry_path(k) for k in cache.entries]
+    assert {oct(p.stat().st_mode & 0o777) for p in written} == {"0o644"}

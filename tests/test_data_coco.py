@@ -18,7 +18,7 @@ from biglittle_sam.data import (
     load_annotation_json,
 )
 from biglittle_sam.data.shapes import ShapesConfig, render_shapes_image
-from tests.eval_helpers import SMALL_SIZES, copy_coco, read_json, write_json
+from tests.eval_helpers import SMALL_SIZES, copy_coco, damage_boxes, read_json, write_json
 
 pytest_plugins = ("tests.eval_fixtures",)
 
@@ -207,3 +207,73 @@ def test_missing_lvis_split_folder_reports_the_expected_path(eval_shapes, tmp_pa
         ds.load_image(ds.record(0))
     assert info.value.problem.reason == "missing"
     json.dumps(info.value.problem.as_dict())
+
+
+def test_unusable_boxes_and_empty_polygons_are_skipped_or_clipped_and_listed(
+    eval_shapes, tmp_path: Path
+) -> None:
+    data = read_json(eval_shapes.coco_annotations)
+    clean = CocoDataset(eval_shapes.coco_annotations, eval_shapes.coco_images).record(0)
+    damaged = damage_boxes(data)
+    path = write_json(tmp_path / "instances.json", data)  # NaN is written as JSON's NaN
+    record = CocoDataset(path, eval_shapes.coco_images).record(0)
+    assert record.image_id == 1
+    by_id = {inst.ann_id: inst for inst in record.instances}
+    issues = {issue["ann_id"]: issue for issue in record.issues}
+    assert {k: v["reason"] for k, v in issues.items()} == damaged
+    assert all(v["image_id"] == 1 and v["detail"] for v in issues.values())
+    clipped = [k for k, v in issues.items() if v["action"] == "clipped"]
+    assert clipped == [k for k, r in damaged.items() if r == "bbox_off_image"]
+    assert set(by_id) == {i.ann_id for i in clean.instances} - (set(damaged) - set(clipped))
+    x, y, bw, bh = by_id[clipped[0]].bbox
+    assert x == 0.0 and x + bw == record.width and np.isfinite([x, y, bw, bh]).all()
+    assert record.skipped == {"bbox_not_finite": 1, "bbox_outside_image": 1, "empty_polygon": 3}
+    # Untouched annotations keep their boxes exactly, including a border box within tolerance.
+    for inst in clean.instances:
+        if inst.ann_id in by_id and inst.ann_id not in damaged:
+            assert by_id[inst.ann_id].bbox == inst.bbox
+
+
+def test_box_within_a_pixel_of_the_border_is_kept_as_it_is(eval_shapes, tmp_path: Path) -> None:
+    data = read_json(eval_shapes.coco_annotations)
+    img = data["images"][0]
+    ann = next(a for a in data["annotations"] if a["image_id"] == img["id"])
+    ann["bbox"] = [-0.5, 0.0, img["width"] + 1.0, 4.0]
+    path = write_json(tmp_path / "instances.json", data)
+    record = CocoDataset(path, eval_shapes.coco_images).record(0)
+    inst = next(i for i in record.instances if i.ann_id == ann["id"])
+    assert inst.bbox == (-0.5, 0.0, img["width"] + 1.0, 4.0) and record.issues == []
+
+
+def test_file_names_outside_the_image_folder_are_never_opened(eval_shapes, tmp_path: Path) -> None:
+    ann, images = copy_coco(eval_shapes, tmp_path / "data")
+    data = read_json(ann)
+    first = data["images"][0]["file_name"]
+    shutil.copyfile(images / first, tmp_path / "data" / "outside.jpg")  # a real, readable image
+    data["images"][0]["file_name"] = "../outside.jpg"
+    data["images"][1]["file_name"] = str(tmp_path / "data" / "outside.jpg")
+    data["images"][2]["file_name"] = "/etc/passwd"
+    data["images"][3]["file_name"] = "sub/../" + data["images"][3]["file_name"]  # stays inside
+    write_json(ann, data)
+    ds = CocoDataset(ann, images)
+    for i in range(3):
+        with pytest.raises(ImageProblemError, match="outside the image folder") as info:
+            ds.load_image(ds.record(i))
+        assert info.value.problem.reason == "outside_images"
+        json.dumps(info.value.problem.as_dict())
+    assert ds.load_image(ds.record(3)).dtype == np.uint8
+
+
+def test_lvis_coco_url_cannot_leave_the_image_root(eval_shapes, tmp_path: Path) -> None:
+    root = tmp_path / "coco"
+    shutil.copytree(eval_shapes.coco_images, root / "val2017")
+    data = read_json(eval_shapes.lvis_annotations)
+    name = data["images"][0]["coco_url"].rsplit("/", 1)[-1]
+    shutil.copyfile(root / "val2017" / name, tmp_path / name)
+    data["images"][0]["coco_url"] = f"http://images.cocodataset.org/../{name}"
+    path = write_json(tmp_path / "lvis.json", data)
+    ds = LvisDataset(path, root)
+    with pytest.raises(ImageProblemError) as info:
+        ds.load_image(ds.record(0))
+    assert info.value.problem.reason == "outside_images"
+    assert ds.load_image(ds.record(1)).dtype == np.uint8

@@ -114,3 +114,31 @@ def test_empty_or_missing_folder(tmp_path: Path) -> None:
         SA1BDataset(tmp_path / "nope")
     with pytest.raises(DatasetError, match=r"no SA-1B annotation files \(sa_<id>.json\)"):
         SA1BDataset(tmp_path)
+
+
+def test_unusable_boxes_are_skipped_before_sampling_and_names_stay_in_the_folder(
+    eval_shapes, tmp_path: Path
+) -> None:
+    root = _copy(eval_shapes, tmp_path)
+    data = read_json(root / "sa_1.json")
+    n = len(data["annotations"])
+    w = data["image"]["width"]
+    data["annotations"][0]["bbox"] = [1.0, float("inf"), 3.0, 3.0]
+    data["annotations"][1]["bbox"] = [-2.0 * w, 0.0, 3.0 * w, 5.0]  # clipped to the image
+    write_json(root / "sa_1.json", data)
+    ds = SA1BDataset(root, instances_per_image=n - 1, seed=0)
+    record = ds.record(0)
+    assert record.skipped == {"bbox_not_finite": 1}  # the sample is drawn from usable ones only
+    assert len(record.instances) == n - 1
+    assert [(i["reason"], i["action"]) for i in record.issues] == [
+        ("bbox_not_finite", "skipped"),
+        ("bbox_off_image", "clipped"),
+    ]
+    clipped = next(i for i in record.instances if i.ann_id == data["annotations"][1]["id"])
+    assert clipped.bbox == (0.0, 0.0, float(w), 5.0)
+    data = read_json(root / "sa_2.json")
+    data["image"]["file_name"] = ".."
+    write_json(root / "sa_2.json", data)
+    with pytest.raises(ImageProblemError) as info:
+        ds.load_image(ds.record(1))
+    assert info.value.problem.reason == "outside_images"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.eval_helpers import copy_coco, read_json
+from tests.eval_helpers import copy_coco, damage_boxes, read_json, write_json
 from tools.eval_miou import main
 
 pytest_plugins = ("tests.eval_fixtures",)
@@ -147,3 +148,43 @@ def test_fidelity_of_an_inherited_student_at_keep_ratio_1(
         "Embedding fidelity against `teacher vit_tiny`"
         in (tmp_path / "fidelity_folder.md").read_text()
     )
+
+
+def test_unusable_annotations_are_listed_and_leave_valid_scores_unchanged(
+    eval_shapes, tmp_path: Path, eval_one_thread, capsys
+) -> None:
+
+    ann, images = copy_coco(eval_shapes, tmp_path / "data")
+    base = ["--images", str(images), "--model", "vit_tiny", "--prompt", "box"]
+    base += ["--device", "cpu", "--no-progress", "--out-dir", str(tmp_path)]
+    assert main(base + ["--annotations", str(ann), "--name", "clean"]) == 0
+    data = read_json(ann)
+    damaged = damage_boxes(data)
+    last = data["images"][-1]
+    shutil.copyfile(images / last["file_name"], tmp_path / "data" / "outside.jpg")
+    last["file_name"] = "../outside.jpg"
+    write_json(tmp_path / "damaged.json", data)
+    with pytest.warns(UserWarning, match=r"6 unusable annotations: 1 clipped \(bbox_off_image\)"):
+        assert main(base + ["--annotations", str(tmp_path / "damaged.json"), "--name", "bad"]) == 0
+    clean, bad = read_json(tmp_path / "clean.json"), read_json(tmp_path / "bad.json")
+    ds = bad["dataset"]
+    assert {i["ann_id"]: i["reason"] for i in ds["annotation_issues"]} == damaged
+    assert ds["boxes_clipped"] == 1
+    assert ds["skipped_annotations"] == {
+        "bbox_not_finite": 1,
+        "bbox_outside_image": 1,
+        "empty_polygon": 3,
+    }
+    assert [(p["reason"], p["image_id"]) for p in ds["skipped_images"]] == [
+        ("outside_images", last["id"])
+    ]
+    # Every annotation left untouched scores exactly what it scores in the clean file.
+    before = dict(zip(clean["instances"]["ann_id"], clean["ious"]["vit_tiny"]["box"]))
+    after = dict(zip(bad["instances"]["ann_id"], bad["ious"]["vit_tiny"]["box"]))
+    untouched = [a for a in after if a not in damaged]
+    assert len(untouched) == len(after) - 1 > 5
+    assert all(after[a] == before[a] for a in untouched)
+    assert all(v == v for v in after.values())  # no NaN IoU
+    md = (tmp_path / "bad.md").read_text(encoding="utf-8")
+    assert "1 boxes clipped to their image" in md and "empty_polygon: 3" in md
+    assert "outside_images: 1" in md

@@ -88,6 +88,9 @@ def test_detections_are_checked_against_the_annotations(eval_shapes, tmp_path: P
         ([good, dict(good, category_id=999)], r"\[1\]: category_id 999 is not a category"),
         ([dict(good, bbox=[1, 2, -3, 4])], r"'bbox' must be \[x, y, w, h\]"),
         ([dict(good, score="high")], "'score' must be a number"),
+        ([dict(good, bbox=[1, float("nan"), 3, 4])], "'bbox' must be .* of finite numbers"),
+        ([dict(good, bbox=[float("inf"), 2, 3, 4])], "'bbox' must be .* of finite numbers"),
+        ([dict(good, score=float("nan"))], r"'score' must be a number \(finite\)"),
     ]
     for payload, message in cases:
         path = write_json(tmp_path / "dets.json", payload)

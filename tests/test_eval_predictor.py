@@ -10,6 +10,7 @@ import torch
 from segment_anything import SamPredictor
 
 from biglittle_sam import get_keep_ratio, sam_model_registry, save_model_checkpoint
+from biglittle_sam.build_sam import is_official_sam_checkpoint as _uses_sam_checkpoint
 from biglittle_sam.eval import (
     ModelSpecError,
     PromptBatch,
@@ -19,7 +20,6 @@ from biglittle_sam.eval import (
     evaluate_image,
     parse_model_spec,
 )
-from biglittle_sam.eval.models import _uses_sam_checkpoint
 from tests.eval_helpers import coco_dataset
 
 pytest_plugins = ("tests.eval_fixtures",)

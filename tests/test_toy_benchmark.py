@@ -9,9 +9,9 @@ from typing import Any, Dict
 import pytest
 import torch
 
+from biglittle_sam.benchmarks.toy import PHASE1, check_targets
 from biglittle_sam.build_sam import sam_model_registry
 from biglittle_sam.checkpoint import read_checkpoint
-from biglittle_sam.distill.toy_benchmark import PHASE1, check_targets
 from biglittle_sam.train.launch import launch
 from tools import toy_benchmark
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import pytest
 import torch
@@ -17,7 +19,10 @@ from biglittle_sam.data import ShapesDataset
 from biglittle_sam.distill import DistillSettings, run_distillation
 from biglittle_sam.runtime.amp import autocast_context, keep_norms_fp32
 from biglittle_sam.train import FinetuneSettings, StreamSampler, run_finetune
+from biglittle_sam.train.cli import add_train_arguments, train_settings_from_args
+from biglittle_sam.train.logging import RunningMeans
 from biglittle_sam.train.optim import lr_factor
+from biglittle_sam.train.settings import TrainSettings, fingerprint_settings
 
 from .train_fixtures import *  # noqa: F401,F403 (fixtures)
 from .train_fixtures import STUDENT_OVERRIDES, fast_train
@@ -282,3 +287,132 @@ def test_tensorboard_without_the_package_is_a_clear_error(
     with pytest.raises(ImportError, match="pip install tensorboard"):
         run_distillation(settings)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_metrics_after_a_resume_equal_an_uninterrupted_run(
+    tmp_path: Path, shapes: ShapesDataset, teacher_cache: Path, teacher_ckpt: Path, one_thread
+) -> None:
+    def settings(out: Path, **train: Any) -> DistillSettings:
+        return _distill(out, shapes, teacher_cache, teacher_ckpt, steps=6, log_every=4, **train)
+
+    run_distillation(settings(tmp_path / "whole"))
+    # Stopped at step 3, between two lines: an interim line is written, and the checkpoint holds
+    # the running sums of steps 1-3 and the time spent.
+    first = run_distillation(settings(tmp_path / "split", stop_after=3))
+    assert [r["step"] for r in first.history] == [3]
+    saved = read_checkpoint(first.last_checkpoint)["train"]["log"]
+    assert saved["ranks"][0]["steps"] == 3 and saved["elapsed_s"] > 0
+    run_distillation(settings(tmp_path / "split", resume="auto"))
+
+    def rows(out: Path) -> List[Dict[str, Any]]:
+        return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+    clock = ("elapsed_s", "images_per_s")
+    whole, split = rows(tmp_path / "whole"), rows(tmp_path / "split")
+    assert [r["step"] for r in split] == [4, 6]  # the interim line gave way to the full one
+    for a, b in zip(whole, split):
+        assert {k: v for k, v in a.items() if k not in clock} == {
+            k: v for k, v in b.items() if k not in clock
+        }
+    # elapsed_s continues from the checkpoint instead of restarting.
+    assert saved["elapsed_s"] <= split[0]["elapsed_s"] <= split[1]["elapsed_s"]
+
+
+def test_running_means_move_to_another_number_of_processes() -> None:
+    two = [
+        {"sums": {"loss": 3.0}, "steps": 2, "skipped": 1},
+        {"sums": {"loss": 5.0}, "steps": 2, "skipped": 2},
+    ]
+    same = RunningMeans.restore(two, rank=1, world=2)
+    assert (same.sums, same.steps, same.skipped) == ({"loss": 5.0}, 2, 2)
+    # One process: the line's loss, sum / (steps x world), stays (3 + 5) / (2 x 2) = 2.
+    one = RunningMeans.restore(two, rank=0, world=1)
+    assert one.sums["loss"] / (one.steps * 1) == 2.0 and one.skipped == 3
+    four = [RunningMeans.restore(two, rank=r, world=4) for r in range(4)]
+    assert sum(m.sums["loss"] for m in four) / (2 * 4) == 2.0
+    assert sum(m.skipped for m in four) == 3
+    assert RunningMeans.restore([], rank=0, world=1).steps == 0
+
+
+def test_stale_temp_files_are_swept_and_only_the_last_checkpoints_kept(
+    tmp_path: Path, shapes: ShapesDataset, teacher_cache: Path, teacher_ckpt: Path, one_thread
+) -> None:
+    out = tmp_path / "run"
+
+    def settings(keep_last: int, **train: Any) -> DistillSettings:
+        return _distill(
+            out,
+            shapes,
+            teacher_cache,
+            teacher_ckpt,
+            steps=5,
+            checkpoint_every=1,
+            keep_checkpoints=True,
+            keep_last=keep_last,
+            **train,
+        )
+
+    run_distillation(settings(keep_last=0, stop_after=2))
+    ckpts = out / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step_*.pth")) == [
+        "step_0000001.pth",
+        "step_0000002.pth",
+    ]
+    # What SIGKILLs mid-write leave behind, from before this run; and one being written now.
+    stale = [
+        ckpts / ".last.pth.k3j2_x.tmp",
+        ckpts / ".step_0000002.pth.tmp",
+        out / ".metrics.jsonl.a1b2.tmp",
+        out / ".model.pth.zz9.tmp",
+    ]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    current = ckpts / ".last.pth.now.tmp"
+    current.write_bytes(b"")
+    os.utime(current, (time.time() + 3600, time.time() + 3600))
+    # keep_last is not part of what a resume must match.
+    done = run_distillation(settings(keep_last=2, resume="auto"))
+    assert done.finished and done.step == 5
+    assert not any(p.exists() for p in stale) and current.exists()
+    assert sorted(p.name for p in ckpts.glob("step_*.pth")) == [
+        "step_0000004.pth",
+        "step_0000005.pth",
+    ]
+    assert (ckpts / "step_0000005.pth").read_bytes() == (ckpts / "last.pth").read_bytes()
+
+
+def test_keep_last_is_a_flag_with_a_checked_value() -> None:
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    given = train_settings_from_args(parser.parse_args(["--keep-last", "3"]), TrainSettings())
+    assert given.keep_last == 3 and TrainSettings().keep_last == 10
+
+    @dataclasses.dataclass(frozen=True)
+    class Task:
+        train: TrainSettings
+
+    assert fingerprint_settings(Task(given), frozenset({"train"})) == fingerprint_settings(
+        Task(TrainSettings()), frozenset({"train"})
+    )
+    with pytest.raises(ValueError, match="keep_last must be >= 0"):
+        TrainSettings(keep_last=-1)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["022", "077"])
+def test_every_file_a_run_writes_follows_the_umask(
+    umask: int, tmp_path: Path, shapes: ShapesDataset, teacher_ckpt: Path, one_thread
+) -> None:
+    out = tmp_path / "run"
+    settings = _finetune(out, shapes, teacher_ckpt, steps=2, keep_checkpoints=True)
+    old = os.umask(umask)
+    try:
+        run_finetune(settings)
+    finally:
+        os.umask(old)
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    names = {p.relative_to(out).as_posix() for p in files}
+    assert {"metrics.jsonl", "model.pth", "checkpoints/last.pth"} <= names
+    assert "checkpoints/step_0000002.pth" in names
+    modes = {p.relative_to(out).as_posix(): oct(p.stat().st_mode & 0o777) for p in files}
+    assert modes == {name: oct(0o666 & ~umask) for name in names}

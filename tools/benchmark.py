@@ -4,7 +4,7 @@
         --plot outputs/benchmark.png
     biglittle-sam-benchmark --onnx --compile ...   # also onnxruntime rows; torch.compile first
 
-Flags left out keep the library's defaults (``biglittle_sam.benchmark.BenchmarkConfig``).
+Flags left out keep the library's defaults (``biglittle_sam.benchmarks.speed.BenchmarkConfig``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from biglittle_sam.benchmark import (
+from biglittle_sam.benchmarks.speed import (
     PEERS,
     BenchmarkConfig,
     run_benchmark,

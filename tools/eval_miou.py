@@ -32,7 +32,7 @@ import argparse
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
-from biglittle_sam.eval.models import SPEC_FORM
+from biglittle_sam.model_spec import SPEC_FORM, ModelSpec, model_spec_arg
 
 __all__ = ["build_parser", "main"]
 
@@ -66,12 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         dest="models",
         action="append",
+        type=model_spec_arg,
         metavar="SPEC",
         default=None,
         help=f"a model to evaluate, repeatable: {SPEC_FORM}",
     )
     models.add_argument(
-        "--teacher", default=None, metavar="SPEC", help="teacher model spec for --task fidelity"
+        "--teacher",
+        default=None,
+        type=model_spec_arg,
+        metavar="SPEC",
+        help="teacher model spec for --task fidelity",
     )
     models.add_argument(
         "--device", default=None, help="auto (default: CUDA when available), cpu, cuda or cuda:N"
@@ -200,11 +205,16 @@ _TUPLES = ("models", "prompts", "clicks")
 
 
 def settings_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
-    """The flags that were given, as ``EvalSettings`` keyword arguments."""
+    """The flags that were given, as ``EvalSettings`` keyword arguments (model specs as the text
+    the user wrote; argparse has checked them already)."""
     out: Dict[str, Any] = {}
     for key, value in vars(args).items():
         if value is None:
             continue
+        if key == "models":
+            value = [spec.text for spec in value]
+        elif isinstance(value, ModelSpec):
+            value = value.text
         out[key] = tuple(value) if key in _TUPLES else value
     return out
 
@@ -212,13 +222,8 @@ def settings_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from biglittle_sam.eval import EvalSettings, ModelSpecError, parse_model_spec, run_evaluation
+    from biglittle_sam.eval import EvalSettings, run_evaluation
 
-    for spec in list(args.models or []) + ([args.teacher] if args.teacher else []):
-        try:
-            parse_model_spec(spec)
-        except ModelSpecError as e:
-            parser.error(str(e))
     if not args.models:
         parser.error(f"at least one --model is needed: {SPEC_FORM}")
     try:

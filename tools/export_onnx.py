@@ -1,6 +1,6 @@
 """Export a model's image encoder (at a fixed keep ratio) and its prompt decoder to ONNX.
 
-    biglittle-sam-export-onnx --model bl_b --checkpoint bl_b.pth --keep-ratio 0.25 --out-dir onnx/
+    biglittle-sam-export-onnx --model bl_b=bl_b.pth@0.25 --out-dir onnx/
 
 writes ``onnx/bl_b_r0.25_encoder.onnx`` and ``onnx/bl_b_decoder.onnx``; ``--check`` then runs both
 in onnxruntime and prints the largest difference from PyTorch. Needs the ``export`` extra:
@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+from biglittle_sam.model_spec import SPEC_FORM, model_spec_arg
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -21,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument(
         "--model",
         required=True,
-        help="registry name: bl_b, bl_l, bl_h, vit_b, vit_tiny, bl_tiny...",
+        type=model_spec_arg,
+        metavar="SPEC",
+        help=f"the model: {SPEC_FORM}; --checkpoint and --keep-ratio may give those parts",
     )
     models.add_argument(
         "--checkpoint", default=None, help="a checkpoint of that model (random weights if omitted)"
@@ -54,29 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _build_model(args: argparse.Namespace) -> Any:
-    import torch
-
-    from biglittle_sam.build_sam import sam_model_registry
-
-    if args.model not in sam_model_registry:
-        known = ", ".join(sorted(sam_model_registry))
-        raise ValueError(f"unknown model {args.model!r}; known models: {known}")
-    kwargs: Dict[str, Any] = {}
-    for key in ("checkpoint", "sam_checkpoint"):
-        path = getattr(args, key)
-        if path is not None:
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"--{key.replace('_', '-')} {path} not found")
-            kwargs[key] = path
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed if args.seed is not None else 0)
-        return sam_model_registry[args.model](**kwargs)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Path]:
     args = build_parser().parse_args(argv)
-    from biglittle_sam.build_sam import get_keep_ratio
+    from biglittle_sam.build_sam import build_model_from_spec, get_keep_ratio
     from biglittle_sam.checkpoint import CheckpointError
     from biglittle_sam.export import (
         compare_image_encoder,
@@ -84,6 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Path]:
         export_image_encoder,
         export_prompt_decoder,
     )
+    from biglittle_sam.model_spec import spec_with
 
     options: Dict[str, Any] = {}
     if args.opset is not None:
@@ -91,11 +76,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Path]:
     out_dir = Path(args.out_dir) if args.out_dir is not None else Path(".")
     written: Dict[str, Path] = {}
     try:
-        sam = _build_model(args)
-        ratio = args.keep_ratio if args.keep_ratio is not None else get_keep_ratio(sam)
-        encoder_path = out_dir / f"{args.model}_r{ratio:g}_encoder.onnx"
+        spec = spec_with(args.model, args.checkpoint, args.keep_ratio)
+        seed = args.seed if args.seed is not None else 0
+        sam = build_model_from_spec(spec, seed, sam_checkpoint=args.sam_checkpoint)
+        ratio = spec.keep_ratio if spec.keep_ratio is not None else get_keep_ratio(sam)
+        encoder_path = out_dir / f"{spec.name}_r{ratio:g}_encoder.onnx"
         written["encoder"] = export_image_encoder(
-            sam, encoder_path, keep_ratio=args.keep_ratio, **options
+            sam, encoder_path, keep_ratio=spec.keep_ratio, **options
         )
         print(f"wrote {written['encoder']}")
         if not args.skip_decoder:
@@ -103,7 +90,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Path]:
             if args.multimask:
                 decoder_options["return_single_mask"] = False
             written["decoder"] = export_prompt_decoder(
-                sam, out_dir / f"{args.model}_decoder.onnx", **decoder_options
+                sam, out_dir / f"{spec.name}_decoder.onnx", **decoder_options
             )
             print(f"wrote {written['decoder']}")
         if args.check:

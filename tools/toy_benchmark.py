@@ -7,7 +7,7 @@ a bl_tiny student distilled in two phases and its ablations, and their mIoU, end
 
 Writes ``toy_benchmark.md`` (table, targets, wall time, command), ``toy_benchmark.png`` and
 ``toy_benchmark.json`` under the output folder. Flags left out keep the library's defaults
-(``biglittle_sam.distill.toy_benchmark.ToyBenchmarkSettings``).
+(``biglittle_sam.benchmarks.toy.ToyBenchmarkSettings``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import shlex
 import sys
 from typing import Any, Dict, Optional, Sequence
 
-from biglittle_sam.distill.toy_benchmark import ToyBenchmarkSettings, run_toy_benchmark
+from biglittle_sam.benchmarks.toy import ToyBenchmarkSettings, run_toy_benchmark
 from biglittle_sam.train.cli import given, run_cli
 
 _FIELDS = (

@@ -14,16 +14,45 @@ and pixels are read one image at a time.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
+import math
+import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .errors import DatasetError, _as_int, _bbox, _first, _is_number, _numbers, _short
+import numpy as np
+
+from .errors import DatasetError, _as_int, _first, _is_number, _numbers, _short
 from .masks import segmentation_problem, segmentation_size
-from .records import EvalDataset, ImageRecord, Instance, PathLike, apply_limit
+from .records import (
+    EvalDataset,
+    ImageProblem,
+    ImageProblemError,
+    ImageRecord,
+    Instance,
+    PathLike,
+    apply_limit,
+)
 
-__all__ = ["CocoDataset", "load_annotation_json", "read_json_file", "sort_key"]
+__all__ = [
+    "BOX_TOLERANCE_PX",
+    "CocoDataset",
+    "check_inside_root",
+    "load_annotation_json",
+    "read_json_file",
+    "screen_annotation",
+    "screen_record_annotations",
+    "sort_key",
+]
+
+# A box may reach this far past the image edge and is used as it is: boxes computed from masks
+# that touch the border end a rounding error past it, and the published numbers keep them as
+# they are. Boxes reaching further are clipped to the image, and counted.
+BOX_TOLERANCE_PX = 1.0
+
+Box = Tuple[float, float, float, float]
 
 
 def sort_key(image_id: Any) -> Tuple[bool, Any]:
@@ -135,7 +164,128 @@ def _annotation_problem(ann: Any, sizes: Dict[Any, Tuple[int, int]]) -> Optional
         return f"'iscrowd' must be 0 or 1, got {_short(ann.get('iscrowd'))}"
     if "segmentation" not in ann:
         return "'segmentation' is missing"
+    if ann["segmentation"] == []:
+        return None  # an empty polygon list: skipped and listed when its image is read
     return segmentation_problem(ann["segmentation"])
+
+
+def screen_annotation(
+    ann: Dict[str, Any], image_id: Any, height: int, width: int
+) -> Tuple[Optional[Box], Optional[Dict[str, Any]]]:
+    """Check that a structurally valid annotation can be scored on its image.
+
+    Arguments:
+      ann: the annotation (``bbox`` [x, y, w, h] of numbers, ``area``, ``segmentation``).
+      image_id: its image, recorded in the issue.
+      height, width: the image size in pixels.
+
+    Returns:
+      ``(box, None)`` for a usable annotation, with ``box`` exactly as the file gives it;
+      ``(clipped box, issue)`` when the box reaches more than :data:`BOX_TOLERANCE_PX` past the
+      image (action ``clipped``, reason ``bbox_off_image``); ``(None, issue)`` when the annotation
+      must be skipped (action ``skipped``), with reason ``bbox_not_finite``, ``area_not_finite``,
+      ``bbox_outside_image`` (no overlap with the image) or ``empty_polygon`` (polygons that cover
+      no pixel). ``issue`` is a JSON-ready dict ``{image_id, ann_id, action, reason, detail}``.
+    """
+
+    def issue(action: str, reason: str, detail: str) -> Dict[str, Any]:
+        return {
+            "image_id": image_id,
+            "ann_id": ann.get("id"),
+            "action": action,
+            "reason": reason,
+            "detail": detail,
+        }
+
+    x, y, w, h = (float(v) for v in ann["bbox"])
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return None, issue("skipped", "bbox_not_finite", f"bbox {_short(ann['bbox'])}")
+    if not math.isfinite(float(ann["area"])):
+        return None, issue("skipped", "area_not_finite", f"area {_short(ann['area'])}")
+    x1, y1 = x + w, y + h
+    size = f"the {width}x{height} (w x h) image"
+    if x >= width or y >= height or x1 <= 0 or y1 <= 0:
+        return None, issue(
+            "skipped", "bbox_outside_image", f"bbox {_short(ann['bbox'])} lies outside {size}"
+        )
+    if _polygons_empty(ann["segmentation"], height, width):
+        return None, issue(
+            "skipped",
+            "empty_polygon",
+            f"segmentation {_short(ann['segmentation'])} covers no pixel",
+        )
+    t = BOX_TOLERANCE_PX
+    if x < -t or y < -t or x1 > width + t or y1 > height + t:
+        cx, cy = max(x, 0.0), max(y, 0.0)
+        cx1, cy1 = min(x1, float(width)), min(y1, float(height))
+        clipped = (cx, cy, cx1 - cx, cy1 - cy)
+        return clipped, issue(
+            "clipped",
+            "bbox_off_image",
+            f"bbox {_short(ann['bbox'])} reaches past {size}; clipped to "
+            f"[{cx:g}, {cy:g}, {cx1 - cx:g}, {cy1 - cy:g}]",
+        )
+    return (x, y, w, h), None
+
+
+def _polygons_empty(seg: Any, height: int, width: int) -> bool:
+    """Whether ``seg`` is a polygon list that rasterizes to no pixel (RLEs are never empty here)."""
+    if not isinstance(seg, list):
+        return False
+    parts = [[float(v) for v in p] for p in seg if len(p) >= 6]  # under 3 points: no area
+    if not parts:
+        return True
+    from pycocotools import mask as mask_utils
+
+    rles = mask_utils.frPyObjects(parts, height, width)
+    return int(np.sum(mask_utils.area(rles))) == 0
+
+
+def check_inside_root(root: Path, record: ImageRecord) -> ImageRecord:
+    """``record`` with its path normalized, or an ``outside_images`` :class:`ImageProblemError`
+    when that path leaves ``root``.
+
+    The check is on the path as written (``..`` collapsed, absolute names kept absolute), and the
+    normalized path is the one read, so an annotation's ``file_name`` of ``/etc/passwd`` or
+    ``../x.jpg`` never reaches a file outside the image folder, while symbolic links placed inside
+    the folder by its owner still work.
+    """
+    base = os.path.normpath(os.path.abspath(root))
+    path = os.path.normpath(os.path.abspath(record.path))
+    if os.path.commonpath([base, path]) != base:
+        raise ImageProblemError(
+            ImageProblem(
+                record.image_id,
+                record.file_name,
+                "outside_images",
+                f"the annotation's file name leads to {path}, outside the image folder {base}; "
+                "image file names must stay inside --images",
+            )
+        )
+    return dataclasses.replace(record, path=Path(path))
+
+
+def screen_record_annotations(
+    anns: Sequence[Dict[str, Any]], image_id: Any, height: int, width: int
+) -> Tuple[List[Tuple[Dict[str, Any], Box]], Dict[str, int], List[Dict[str, Any]]]:
+    """:func:`screen_annotation` over an image's annotations.
+
+    Returns:
+      (kept (annotation, box) pairs in order, skip counts by reason, issues in order).
+    """
+    kept: List[Tuple[Dict[str, Any], Box]] = []
+    skipped: Dict[str, int] = {}
+    issues: List[Dict[str, Any]] = []
+    for ann in anns:
+        box, problem = screen_annotation(ann, image_id, height, width)
+        if problem is not None:
+            issues.append(problem)
+        if box is None:
+            reason = problem["reason"] if problem is not None else "unusable"
+            skipped[reason] = skipped.get(reason, 0) + 1
+        else:
+            kept.append((ann, box))
+    return kept, skipped, issues
 
 
 class CocoDataset(EvalDataset):
@@ -209,20 +359,26 @@ class CocoDataset(EvalDataset):
         instances: List[Instance] = []
         skipped: Dict[str, int] = {}
         area_key = f"area<{self.min_area:g}"
+        candidates = []
         for ann in self._anns.get(image_id, []):
             if float(ann["area"]) < self.min_area:
                 skipped[area_key] = skipped.get(area_key, 0) + 1
                 continue
-            crowd = int(ann.get("iscrowd", 0))
-            if crowd and not self.include_crowd:
+            if int(ann.get("iscrowd", 0)) and not self.include_crowd:
                 skipped["crowd"] = skipped.get("crowd", 0) + 1
                 continue
+            candidates.append(ann)
+        kept, unusable, issues = screen_record_annotations(candidates, image_id, height, width)
+        for reason, count in unusable.items():
+            skipped[reason] = skipped.get(reason, 0) + count
+        for ann, box in kept:
+            crowd = int(ann.get("iscrowd", 0))
             seg = ann["segmentation"]
             h, w = segmentation_size(seg, height, width)
             instances.append(
                 Instance(
                     ann_id=ann["id"],
-                    bbox=_bbox(ann["bbox"]),
+                    bbox=box,
                     area=float(ann["area"]),
                     segmentation=seg,
                     iscrowd=crowd,
@@ -242,7 +398,12 @@ class CocoDataset(EvalDataset):
             width=width,
             instances=instances,
             skipped=skipped,
+            issues=issues,
         )
+
+    def load_image(self, record: ImageRecord) -> np.ndarray:
+        """H x W x 3 uint8 RGB; an ``outside_images`` problem when the file name leaves it."""
+        return super().load_image(check_inside_root(self.image_root, record))
 
     def category_ids(self) -> List[Any]:
         """Ids of the file's categories (from ``categories``, else from the annotations)."""

@@ -8,7 +8,7 @@ so neither has to import the other for them. The underscored helpers are private
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -29,12 +29,6 @@ def _as_int(value: Any) -> Optional[int]:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return None
-
-
-def _bbox(values: Sequence[Any]) -> Tuple[float, float, float, float]:
-    """A checked [x, y, w, h] list as a tuple of floats."""
-    x, y, w, h = (float(v) for v in values)
-    return x, y, w, h
 
 
 def _is_number(value: Any) -> bool:

@@ -97,6 +97,8 @@ class ImageRecord:
 
     ``skipped`` counts annotations dropped by the loader's rules for this image, for example
     ``{"area<1": 1, "crowd": 2}``; the evaluation sums these over the images it evaluates.
+    ``issues`` lists the annotations that were skipped or changed because they were unusable
+    (a box not finite or off the image, an empty polygon), one JSON-ready dict each.
     """
 
     index: int  # position in the dataset (after --limit); results are ordered by it
@@ -107,6 +109,7 @@ class ImageRecord:
     width: int
     instances: List[Instance] = field(default_factory=list)
     skipped: Dict[str, int] = field(default_factory=dict)
+    issues: List[Dict[str, Any]] = field(default_factory=list)
 
 
 class EvalDataset(abc.ABC):

@@ -18,8 +18,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .coco import read_json_file
-from .errors import DatasetError, _as_int, _bbox, _first, _is_number, _numbers, _short
+from .coco import check_inside_root, read_json_file, screen_record_annotations
+from .errors import DatasetError, _as_int, _first, _is_number, _numbers, _short
 from .masks import segmentation_problem, segmentation_size
 from .records import EvalDataset, ImageRecord, Instance, PathLike, apply_limit, stable_key
 
@@ -127,19 +127,22 @@ class SA1BDataset(EvalDataset):
                 skipped[area_key] = skipped.get(area_key, 0) + 1
             else:
                 kept.append(ann)
-        if self.instances_per_image is not None and len(kept) > self.instances_per_image:
+        usable, unusable, issues = screen_record_annotations(kept, image_id, height, width)
+        for reason, count in unusable.items():
+            skipped[reason] = skipped.get(reason, 0) + count
+        if self.instances_per_image is not None and len(usable) > self.instances_per_image:
             rng = np.random.default_rng([self.seed, stable_key(image_id)])
-            chosen = np.sort(rng.choice(len(kept), size=self.instances_per_image, replace=False))
-            skipped["not_sampled"] = len(kept) - self.instances_per_image
-            kept = [kept[int(i)] for i in chosen]
+            chosen = np.sort(rng.choice(len(usable), size=self.instances_per_image, replace=False))
+            skipped["not_sampled"] = len(usable) - self.instances_per_image
+            usable = [usable[int(i)] for i in chosen]
         instances = []
-        for ann in kept:
+        for ann, box in usable:
             seg = ann["segmentation"]
             h, w = segmentation_size(seg, height, width)
             instances.append(
                 Instance(
                     ann_id=ann["id"],
-                    bbox=_bbox(ann["bbox"]),
+                    bbox=box,
                     area=float(ann["area"]),
                     segmentation=seg,
                     iscrowd=0,
@@ -159,7 +162,12 @@ class SA1BDataset(EvalDataset):
             width=width,
             instances=instances,
             skipped=skipped,
+            issues=issues,
         )
+
+    def load_image(self, record: ImageRecord) -> np.ndarray:
+        """H x W x 3 uint8 RGB; an ``outside_images`` problem when the file name leaves it."""
+        return super().load_image(check_inside_root(self.root, record))
 
 
 def _check_sa1b(data: Any, path: Path) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:

@@ -12,16 +12,12 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from segment_anything.modeling import Sam
 
-from ..build_sam import build_sam_from_config, get_keep_ratio, model_config, sam_model_registry
-from ..checkpoint import (
-    CheckpointError,
-    guess_model_name,
-    load_state_dict_strict,
-    read_checkpoint,
-    split_checkpoint,
-)
-from ..config import BigLittleConfig, SamViTConfig, config_from_dict
+from ..build_sam import get_keep_ratio, load_sam, model_config
+from ..checkpoint import CheckpointError  # noqa: F401 - what load_demo_model raises
+from ..config import BigLittleConfig, SamViTConfig
 from ..flops import encoder_gmacs
+from ..model_spec import MODEL_NAMES
+from ..model_spec import split_named_path as parse_checkpoint_arg
 from ..modeling import ImageEncoderBigLittle
 
 __all__ = [
@@ -138,21 +134,13 @@ class DemoModel:
         return f"{kind}, {cfg.embed_dim}-wide x {cfg.depth} blocks at {cfg.img_size} px"
 
 
-def parse_checkpoint_arg(text: str) -> Tuple[Optional[str], Path]:
-    """``NAME=PATH`` or ``PATH`` -> (name or None, path)."""
-    name, sep, path = text.partition("=")
-    if sep and name and path and not Path(text).exists():
-        return name.strip(), Path(path)
-    return None, Path(text)
-
-
 def load_demo_model(
     path: PathLike,
     name: Optional[str] = None,
     device: Union[str, torch.device] = "cpu",
     model_type: Optional[str] = None,
 ) -> DemoModel:
-    """Load a SAM or big.LITTLE checkpoint, whichever it is.
+    """Load a SAM or big.LITTLE checkpoint, whichever it is (``build_sam.load_sam``).
 
     Checkpoints in this project's format store their config and rebuild exactly; other files (the
     official SAM ones) are recognised from their weights, or built as ``model_type`` (a registry
@@ -161,32 +149,9 @@ def load_demo_model(
     Raises:
       CheckpointError: the file is missing, unreadable, or not a SAM / big.LITTLE checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    state, meta = split_checkpoint(read_checkpoint(path), path)
-    sam: Sam
-    if isinstance(meta.get("config"), dict):
-        try:
-            config = config_from_dict(meta["config"])
-        except (TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: its stored config is not valid: {e}") from None
-        sam = build_sam_from_config(config)
-        load_state_dict_strict(sam, state, path, config.name)
-        if isinstance(sam.image_encoder, ImageEncoderBigLittle):
-            teacher = meta.get("teacher")
-            sam.image_encoder.teacher = teacher if isinstance(teacher, str) else config.teacher
-    else:
-        kind = model_type or guess_model_name(state)
-        if kind is None or kind not in sam_model_registry:
-            raise CheckpointError(
-                f"{path}: cannot tell which model this checkpoint is for (no stored config, and "
-                f"its weights match no known size); expected one of {sorted(sam_model_registry)}"
-            )
-        sam = sam_model_registry[kind](checkpoint=path)
-    sam.eval()
+    sam, _, _ = load_sam(Path(path), model_type)
     sam.to(device)
-    return DemoModel(name or path.stem, sam, str(path))
+    return DemoModel(name or Path(path).stem, sam, str(path))
 
 
 def default_model_paths(assets: Path = ASSETS_DIR) -> List[Path]:
@@ -227,7 +192,7 @@ def load_models(
             models[_unique(model.name, models)] = model
     for text in list(sam_checkpoints) + list(checkpoints):
         name, path = parse_checkpoint_arg(text)
-        model_type = name if name in sam_model_registry else None
+        model_type = name if name in MODEL_NAMES else None
         model = load_demo_model(path, name, device, model_type)
         model.name = _unique(model.name, models)
         models[model.name] = model

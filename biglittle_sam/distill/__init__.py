@@ -5,7 +5,9 @@ student from its SAM teacher through the shared training loop (``biglittle_sam.t
   atomic, sharded under torchrun, with a ``verify`` pass that recomputes bad entries.
 - :func:`run_distillation` (``distill.py``): phase 1 (MSE + cosine on the valid region, keep ratio
   drawn per step) and phase 2 (prompts in the loop, teacher masks as targets).
-- :func:`run_toy_benchmark` (``toy_benchmark.py``): the whole pipeline on synthetic shapes, on CPU.
+
+The toy benchmark, which runs the whole pipeline on synthetic shapes, is
+:mod:`biglittle_sam.benchmarks.toy`.
 """
 
 from .cache import (
@@ -27,7 +29,6 @@ from .distill import (
 )
 from .losses import embedding_distill_loss, valid_region
 from .routing import RouterExploration
-from .toy_benchmark import ToyBenchmarkSettings, run_toy_benchmark
 
 __all__ = [
     "DEFAULT_KEEP_RATIOS",
@@ -39,13 +40,11 @@ __all__ = [
     "RouterExploration",
     "TeacherCache",
     "TeacherHeads",
-    "ToyBenchmarkSettings",
     "build_distill_task",
     "cache_teacher_embeddings",
     "embedding_checksum",
     "embedding_distill_loss",
     "entry_problem",
     "run_distillation",
-    "run_toy_benchmark",
     "valid_region",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
@@ -66,12 +67,20 @@ def load_detections(
                 f"{dataset.annotation_file.name}"
             )
         bbox = det.get("bbox")
-        if not _numbers(bbox, 4) or bbox[2] < 0 or bbox[3] < 0:
+        if (
+            not _numbers(bbox, 4)
+            or not all(math.isfinite(float(v)) for v in bbox)
+            or bbox[2] < 0
+            or bbox[3] < 0
+        ):
             problems.append(
-                f"{where}: 'bbox' must be [x, y, w, h] with w, h >= 0, got {_short(bbox)}"
+                f"{where}: 'bbox' must be [x, y, w, h] of finite numbers with w, h >= 0, "
+                f"got {_short(bbox)}"
             )
-        if not _is_number(det.get("score")):
-            problems.append(f"{where}: 'score' must be a number, got {_short(det.get('score'))}")
+        if not _is_number(det.get("score")) or not math.isfinite(float(det["score"])):
+            problems.append(
+                f"{where}: 'score' must be a number (finite), got {_short(det.get('score'))}"
+            )
         grouped.setdefault(det["image_id"], []).append(det)
     if problems:
         raise DatasetError(

@@ -64,6 +64,8 @@ def _dataset_line(result: Dict[str, Any]) -> str:
         parts.append(
             "annotations left out: " + ", ".join(f"{k}: {v}" for k, v in sorted(anns.items()))
         )
+    if ds.get("boxes_clipped"):
+        parts.append(f"{ds['boxes_clipped']} boxes clipped to their image")
     return "; ".join(parts)
 
 

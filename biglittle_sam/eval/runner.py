@@ -26,6 +26,7 @@ import dataclasses
 import datetime
 import statistics
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -219,6 +220,7 @@ def _loop(
                 "image_id": record.image_id,
                 "file": record.file_name,
                 "skipped": dict(record.skipped),
+                "issues": list(record.issues),
                 "problem": None,
                 "evaluated": False,
                 "warmup": False,
@@ -273,6 +275,7 @@ def _dataset_summary(dataset: EvalDataset, items: List[Dict[str, Any]]) -> Dict[
     by_reason: Dict[str, int] = {}
     for p in problems:
         by_reason[p["reason"]] = by_reason.get(p["reason"], 0) + 1
+    issues = [issue for it in items for issue in it.get("issues", [])]
     return {
         **dataset.describe(),
         "images_listed": len(items),
@@ -280,7 +283,26 @@ def _dataset_summary(dataset: EvalDataset, items: List[Dict[str, Any]]) -> Dict[
         "skipped_images": problems,
         "skipped_images_by_reason": by_reason,
         "skipped_annotations": skipped_anns,
+        "boxes_clipped": sum(1 for issue in issues if issue["action"] == "clipped"),
+        "annotation_issues": issues,
     }
+
+
+def warn_annotation_issues(summary: Dict[str, Any]) -> None:
+    """One warning when annotations were clipped or skipped as unusable (listed in the output)."""
+    issues = summary.get("annotation_issues") or []
+    if not issues:
+        return
+    by_reason: Dict[str, int] = {}
+    for issue in issues:
+        key = f"{issue['action']} ({issue['reason']})"
+        by_reason[key] = by_reason.get(key, 0) + 1
+    counts = ", ".join(f"{n} {key}" for key, n in sorted(by_reason.items()))
+    warnings.warn(
+        f"{len(issues)} unusable annotations: {counts}; each is listed under "
+        "dataset.annotation_issues in the output JSON",
+        stacklevel=2,
+    )
 
 
 def run_miou(
@@ -514,6 +536,7 @@ def run_evaluation(settings: EvalSettings) -> Optional[Dict[str, Any]]:
             partial = run_fidelity(s, dataset, models, ctx, teacher)
         if partial is None:
             return None
+        warn_annotation_issues(partial["dataset"])
         wall = time.perf_counter() - start
         evaluated = partial["dataset"]["images_evaluated"]
         settings_out = {

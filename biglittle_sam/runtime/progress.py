@@ -1,15 +1,26 @@
-"""A progress bar with images/s and ETA: tqdm when installed, else a line every few seconds."""
+"""The one progress bar (tqdm) and the one duration formatter of the package.
+
+Evaluation counts images, the teacher cache counts images, the training loop counts steps and shows
+its loss, learning rate and throughput beside the bar. All of them use :class:`Progress`; only
+rank 0 enables it. tqdm is a core dependency, so there is no second, hand-written bar.
+"""
 
 from __future__ import annotations
 
+import math
 import sys
-import time
-from typing import Any, Optional, TextIO
+from types import TracebackType
+from typing import Any, Mapping, Optional, TextIO, Type
 
-__all__ = ["Progress"]
+from tqdm import tqdm
+
+__all__ = ["Progress", "format_duration"]
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """``h:mm:ss`` (from one hour on) or ``mm:ss``; ``?`` when unknown (NaN or infinite)."""
+    if not math.isfinite(seconds):
+        return "?"
     seconds = int(max(0, seconds))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
@@ -17,7 +28,17 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    """Counts images; shows rate and ETA. Disabled (silent) when ``enabled`` is False."""
+    """A tqdm bar counting ``unit`` up to ``total``, with rate and ETA; silent when disabled.
+
+    Arguments:
+      total: the count at which the work is done.
+      desc: the label in front of the bar.
+      enabled: False on ranks other than 0 and with ``--no-progress``: nothing is shown, and
+        :meth:`write` prints nothing either.
+      stream: where the bar goes (default stderr).
+      unit: what is counted (``img``, ``step``).
+      initial: the count already done (a resumed training run starts at its checkpoint's step).
+    """
 
     def __init__(
         self,
@@ -25,52 +46,57 @@ class Progress:
         desc: str = "eval",
         enabled: bool = True,
         stream: Optional[TextIO] = None,
-        every_s: float = 5.0,
+        unit: str = "img",
+        initial: int = 0,
     ) -> None:
         self.total = total
         self.desc = desc
         self.enabled = enabled
         self.stream = stream or sys.stderr
-        self.every_s = every_s
-        self.done = 0
-        self.start = time.perf_counter()
-        self._last = self.start
-        self._bar: Any = None
+        self.done = initial
+        self._bar: Optional[Any] = None
         if enabled:
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                self._bar = None
-            else:
-                self._bar = tqdm(
-                    total=total, desc=desc, unit="img", file=self.stream, dynamic_ncols=True
-                )
+            self._bar = tqdm(
+                total=total,
+                initial=initial,
+                desc=desc,
+                unit=unit,
+                file=self.stream,
+                dynamic_ncols=True,
+            )
 
-    def update(self, n: int = 1) -> None:
+    def update(self, n: int = 1, postfix: Optional[Mapping[str, str]] = None) -> None:
+        """``n`` more done; ``postfix`` (``{"loss": "0.31", ...}``) is shown after the bar."""
         self.done += n
+        if self._bar is None:
+            return
+        if postfix is not None:
+            self._bar.set_postfix(dict(postfix), refresh=False)
+        self._bar.update(n)
+
+    def write(self, message: str) -> None:
+        """A message line that does not break the bar (nothing when disabled)."""
         if not self.enabled:
             return
         if self._bar is not None:
-            self._bar.update(n)
-            return
-        now = time.perf_counter()
-        if now - self._last >= self.every_s or self.done >= self.total:
-            self._last = now
-            self.stream.write(self.line() + "\n")
+            self._bar.write(message, file=self.stream)
+        else:
+            self.stream.write(message + "\n")
             self.stream.flush()
 
-    def line(self) -> str:
-        """``desc: done/total img, rate img/s, elapsed, ETA``."""
-        elapsed = time.perf_counter() - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-        eta_text = _duration(eta) if eta == eta else "?"
-        return (
-            f"{self.desc}: {self.done}/{self.total} img, {rate:.2f} img/s, "
-            f"elapsed {_duration(elapsed)}, ETA {eta_text}"
-        )
-
     def close(self) -> None:
+        """Finish the bar (idempotent); :meth:`write` still works afterwards."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()

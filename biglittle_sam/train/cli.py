@@ -12,6 +12,7 @@ import json
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
+from ..fileio import FileWriteError
 from .settings import AMP_MODES, TrainSettings
 
 __all__ = [
@@ -41,6 +42,7 @@ _TRAIN_FIELDS = (
     "threads",
     "out_dir",
     "checkpoint_every",
+    "keep_last",
     "log_every",
     "resume",
     "stop_after",
@@ -81,6 +83,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--checkpoint-every", type=int, default=None, help="steps between saves")
     run.add_argument(
         "--keep-checkpoints", action="store_true", default=None, help="keep step_<N>.pth too"
+    )
+    run.add_argument(
+        "--keep-last",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --keep-checkpoints, keep only the newest N step_<N>.pth (default: 10; 0: all)",
     )
     run.add_argument("--log-every", type=int, default=None, help="steps between metric lines")
     run.add_argument(
@@ -139,12 +148,15 @@ def given(args: argparse.Namespace, names: Sequence[str]) -> Dict[str, Any]:
 
 def run_cli(work: Callable[[], T]) -> T:
     """Run ``work``; a user error (bad path, checkpoint, cache, setting) exits with status 2 and
-    one ``error:`` line instead of a traceback."""
+    one ``error:`` line instead of a traceback, a failed write (a full disk) with status 1."""
     from ..checkpoint import CheckpointError
     from ..data.records import DatasetError
 
     try:
         return work()
+    except FileWriteError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     except (CheckpointError, DatasetError, ValueError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None

@@ -1,4 +1,4 @@
-"""What a training run reports: JSONL metrics, optional TensorBoard, a progress bar, a loss plot.
+"""What a training run reports: JSONL metrics, optional TensorBoard and a loss plot.
 
 Only rank 0 writes. ``metrics.jsonl`` gets one line every ``log_every`` steps with the interval's
 mean loss, its parts, the learning rate and the throughput. A resumed run first drops the lines of
@@ -8,25 +8,67 @@ steps after its checkpoint, so the file reads as one uninterrupted run.
 from __future__ import annotations
 
 import json
-import math
-import os
-import sys
-import tempfile
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, TextIO
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-__all__ = ["MetricsLog", "TrainProgress", "plot_losses", "read_metrics", "format_duration"]
+from ..fileio import atomic_open
+
+__all__ = ["MetricsLog", "RunningMeans", "plot_losses", "read_metrics"]
 
 
-def format_duration(seconds: float) -> str:
-    """``h:mm:ss`` or ``mm:ss``; ``?`` when unknown."""
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(max(0, seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+@dataclass
+class RunningMeans:
+    """One rank's sums behind the next metrics line; saved in training checkpoints, so the first
+    line after a resume averages the same steps as an uninterrupted run's.
+
+    Attributes:
+      sums: per metric, the sum of this rank's step values since the last line.
+      steps: steps since the last line.
+      skipped: images this rank skipped since the run began (over every resume).
+    """
+
+    sums: Dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    skipped: int = 0
+
+    def add(self, values: Mapping[str, float]) -> None:
+        """One step's values."""
+        for name, value in values.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.steps += 1
+
+    def reset(self) -> None:
+        """A line was written: the next one starts from here."""
+        self.sums, self.steps = {}, 0
+
+    def state(self) -> Dict[str, Any]:
+        """Plain values for a checkpoint."""
+        return {"sums": dict(self.sums), "steps": self.steps, "skipped": self.skipped}
+
+    @classmethod
+    def restore(cls, saved: Sequence[Mapping[str, Any]], rank: int, world: int) -> "RunningMeans":
+        """This rank's means from every rank's :meth:`state` in a checkpoint.
+
+        With the same number of processes each rank takes its own. Otherwise rank 0 takes the
+        mean over the saved ranks, scaled so that the sum over the new ranks (what a line divides
+        by ``steps x world``) stays the same, and the other ranks start empty.
+        """
+        if not saved:
+            return cls()
+        if len(saved) == world:
+            own = saved[rank]
+            sums = {str(k): float(v) for k, v in own["sums"].items()}
+            return cls(sums, int(own["steps"]), int(own["skipped"]))
+        steps = int(saved[0]["steps"])
+        if rank != 0:
+            return cls({str(k): 0.0 for k in saved[0]["sums"]}, steps, 0)
+        scale = world / len(saved)
+        sums: Dict[str, float] = {}
+        for part in saved:
+            for k, v in part["sums"].items():
+                sums[str(k)] = sums.get(str(k), 0.0) + float(v) * scale
+        return cls(sums, steps, sum(int(part["skipped"]) for part in saved))
 
 
 def read_metrics(path: Path) -> List[Dict[str, Any]]:
@@ -84,16 +126,9 @@ class MetricsLog:
         self._rewrite(kept)
 
     def _rewrite(self, records: List[Dict[str, Any]]) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for r in records:
-                    f.write(json.dumps(r) + "\n")
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_open(self.path, "w") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
 
     def write(self, record: Dict[str, Any]) -> None:
         """Append one record (``step`` plus numbers); flushed at once so a crash keeps it."""
@@ -112,88 +147,6 @@ class MetricsLog:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
-
-
-class TrainProgress:
-    """Steps done, loss, lr, images/s and ETA: a tqdm bar, or a line every few seconds."""
-
-    def __init__(
-        self,
-        total: int,
-        start: int,
-        desc: str,
-        enabled: bool,
-        stream: Optional[TextIO] = None,
-        every_s: float = 10.0,
-    ) -> None:
-        self.total = total
-        self.done = start
-        self.first = start
-        self.desc = desc
-        self.enabled = enabled
-        self.stream = stream or sys.stderr
-        self.every_s = every_s
-        self.started = time.perf_counter()
-        self._last = self.started
-        self._bar: Any = None
-        self.postfix: Dict[str, str] = {}
-        if enabled:
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                self._bar = None
-            else:
-                self._bar = tqdm(
-                    total=total,
-                    initial=start,
-                    desc=desc,
-                    unit="step",
-                    file=self.stream,
-                    dynamic_ncols=True,
-                )
-
-    def update(self, loss: float, lr: float, images_per_s: float) -> None:
-        """One step done."""
-        self.done += 1
-        if not self.enabled:
-            return
-        self.postfix = {"loss": f"{loss:.4g}", "lr": f"{lr:.3g}", "img/s": f"{images_per_s:.1f}"}
-        if self._bar is not None:
-            self._bar.set_postfix(self.postfix, refresh=False)
-            self._bar.update(1)
-            return
-        now = time.perf_counter()
-        if now - self._last >= self.every_s or self.done >= self.total:
-            self._last = now
-            self.stream.write(self.line() + "\n")
-            self.stream.flush()
-
-    def line(self) -> str:
-        """``desc: step done/total, loss, lr, img/s, elapsed, ETA``."""
-        elapsed = time.perf_counter() - self.started
-        steps = self.done - self.first
-        rate = steps / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-        extra = ", ".join(f"{k} {v}" for k, v in self.postfix.items())
-        return (
-            f"{self.desc}: step {self.done}/{self.total}, {extra}, elapsed "
-            f"{format_duration(elapsed)}, ETA {format_duration(eta)}"
-        )
-
-    def write(self, message: str) -> None:
-        """A message that does not break the bar."""
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.write(message, file=self.stream)
-        else:
-            self.stream.write(message + "\n")
-            self.stream.flush()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
 
 
 def plot_losses(metrics_path: Path, out_path: Path, title: str) -> Optional[Path]:
@@ -230,7 +183,9 @@ def plot_losses(metrics_path: Path, out_path: Path, title: str) -> Optional[Path
     ax.legend(fontsize=8, loc="upper right")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path)
-    plt.close(fig)
+    try:
+        with atomic_open(out_path, "wb") as f:
+            fig.savefig(f, format="png")
+    finally:
+        plt.close(fig)
     return out_path

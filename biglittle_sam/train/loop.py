@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import signal
 import threading
 import time
@@ -37,11 +38,13 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint import save_model_checkpoint
 from ..config import SamViTConfig
+from ..fileio import atomic_open, sweep_temp_files
 from ..runtime.amp import autocast_context, keep_norms_fp32, resolve_amp
 from ..runtime.distributed import DistContext
+from ..runtime.progress import Progress, format_duration
 from .data import StreamSampler, TrainImages, collate_items
 from .ema import WeightAverage
-from .logging import MetricsLog, TrainProgress, format_duration, plot_losses
+from .logging import MetricsLog, RunningMeans, plot_losses
 from .optim import base_lr, build_optimizer, build_scheduler
 from .parts import trainable_summary
 from .settings import TrainSettings, settings_to_dict
@@ -203,6 +206,7 @@ def run_training(
       ValueError: a batch size the processes and accumulation steps do not divide.
       FloatingPointError: a non-finite gradient (the message names the step).
     """
+    began = time.time()
     out_dir = Path(settings.out_dir)
     ckpt_dir = out_dir / "checkpoints"
     world, accum = ctx.world_size, settings.grad_accum
@@ -239,6 +243,13 @@ def run_training(
         restore_rng(rng[ctx.rank] if len(rng) == world else rng[0])
     else:
         _seed_all(settings.seed)
+    # What the metrics lines continue from: the interval's sums and the time spent before.
+    saved_log = payload["train"].get("log") if payload is not None else None
+    running = RunningMeans()
+    elapsed_before = 0.0
+    if isinstance(saved_log, dict):
+        running = RunningMeans.restore(saved_log["ranks"], ctx.rank, world)
+        elapsed_before = float(saved_log["elapsed_s"])
     ema = WeightAverage(sam, settings.ema_decay) if settings.ema_decay > 0 else None
     if ema is not None and payload is not None:
         ema.load_state_dict(payload["train"]["ema"])
@@ -266,14 +277,25 @@ def run_training(
         collate_fn=collate_items,
         pin_memory=device.type == "cuda",
     )
+    # A run stopped between two lines wrote an interim line at its last step; its checkpoint
+    # holds the unfinished interval, so the resumed run drops that line and writes the full one.
+    kept_through = step - 1 if running.steps else step
     log = MetricsLog(
-        out_dir, ctx.is_main, settings.tensorboard, resume_step=step if payload else None
+        out_dir, ctx.is_main, settings.tensorboard, resume_step=kept_through if payload else None
     )
     stop_at = settings.steps
     if settings.stop_after is not None:
         stop_at = min(stop_at, step + settings.stop_after)
-    progress = TrainProgress(
-        settings.steps, step, desc=task.name, enabled=settings.progress and ctx.is_main
+    # Writes killed mid-way (SIGKILL, power loss) leave temporary files; none is newer than us.
+    swept = (
+        [p for d in (out_dir, ckpt_dir) for p in sweep_temp_files(d, began)] if ctx.is_main else []
+    )
+    progress = Progress(
+        settings.steps,
+        desc=task.name,
+        enabled=settings.progress and ctx.is_main,
+        unit="step",
+        initial=step,
     )
     if ctx.is_main and settings.progress:
         counts = trainable_summary(sam)
@@ -283,11 +305,11 @@ def run_training(
             f"process(es) x {accum} accumulation x {micro}; "
             + (f"resuming at step {step} from {resume_path}" if payload else "new run")
         )
+        if swept:
+            progress.write(f"removed {len(swept)} stale temporary file(s): {swept[0].name}, ...")
 
     start_step = step
     started = time.perf_counter()
-    interval: Dict[str, float] = {}
-    interval_steps = 0
     skipped = 0
     last_loss: Optional[float] = None
     history: List[Dict[str, Any]] = []
@@ -311,6 +333,7 @@ def run_training(
                     step_values[name] = step_values.get(name, 0.0) + float(value) / accum
                 skipped_here = int((~batch["ok"]).sum())
                 skipped += skipped_here
+                running.skipped += skipped_here
                 if skipped_here and ctx.is_main:
                     for problem in batch["problems"]:
                         if problem:
@@ -331,40 +354,64 @@ def run_training(
             samples_seen += settings.batch_size
             step_values["grad_norm"] = float(grad_norm)
             step_values.update({k: float(v) for k, v in logged.items()})
-            for name, value in step_values.items():
-                interval[name] = interval.get(name, 0.0) + value
-            interval_steps += 1
-            elapsed = time.perf_counter() - started
-            images_per_s = (step - start_step) * settings.batch_size / max(elapsed, 1e-9)
-            progress.update(step_values["loss"], lr, images_per_s)
+            running.add(step_values)
+            run_elapsed = time.perf_counter() - started
+            images_per_s = (step - start_step) * settings.batch_size / max(run_elapsed, 1e-9)
+            progress.update(
+                1,
+                postfix={
+                    "loss": f"{step_values['loss']:.4g}",
+                    "lr": f"{lr:.3g}",
+                    "img/s": f"{images_per_s:.1f}",
+                },
+            )
 
-            if step % settings.log_every == 0 or step == stop_at:
-                names = sorted(interval)
-                totals = torch.tensor([interval[n] for n in names] + [float(skipped)])
+            # A line every log_every steps and at the end; a run stopped early (stop_after) also
+            # writes an interim line, but keeps the interval going in its checkpoint.
+            on_grid = step % settings.log_every == 0 or step == settings.steps
+            if on_grid or step == stop_at:
+                names = sorted(running.sums)
+                totals = torch.tensor([running.sums[n] for n in names] + [float(running.skipped)])
                 totals = _all_reduce(totals, ctx)
                 record: Dict[str, Any] = {"step": step}
                 for n, v in zip(names, totals[:-1].tolist()):
-                    record[n] = v / (interval_steps * world)
+                    record[n] = v / (running.steps * world)
                 record.update(
                     {
                         "lr": lr,
                         "epoch": samples_seen / len(task.dataset),
                         "images_per_s": images_per_s,
-                        "elapsed_s": elapsed,
+                        "elapsed_s": elapsed_before + run_elapsed,
                         "skipped_images": int(totals[-1]),
                     }
                 )
                 log.write(record)
                 history.append(record)
                 last_loss = record["loss"]
-                interval, interval_steps = {}, 0
+                if on_grid:
+                    running.reset()
 
             stop_now = stop_request.requested
             if world > 1:
                 flag = _all_reduce(torch.tensor([float(stop_now)]), ctx, op="max")
                 stop_now = bool(flag.item() > 0)
             if step % settings.checkpoint_every == 0 or step == stop_at or stop_now:
-                _checkpoint(task, settings, ctx, sam, optimizer, scheduler, step, samples_seen, ema)
+                log_state = {
+                    "running": running.state(),
+                    "elapsed_s": elapsed_before + time.perf_counter() - started,
+                }
+                _checkpoint(
+                    task,
+                    settings,
+                    ctx,
+                    sam,
+                    optimizer,
+                    scheduler,
+                    step,
+                    samples_seen,
+                    log_state,
+                    ema,
+                )
                 if ctx.is_main and settings.progress:
                     progress.write(f"step {step}: checkpoint {last_path}")
             if stop_now:
@@ -443,12 +490,19 @@ def _checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     step: int,
     samples_seen: int,
+    log_state: Dict[str, Any],
     ema: Optional[WeightAverage] = None,
 ) -> None:
-    """Gather every rank's RNG state; rank 0 writes ``last.pth`` (and ``step_<N>.pth``)."""
-    rng = ctx.gather(capture_rng())
-    if not ctx.is_main:
+    """Gather every rank's RNG state and running means; rank 0 writes ``last.pth`` (and
+    ``step_<N>.pth``).
+
+    Arguments:
+      log_state: this rank's ``{"running": RunningMeans.state(), "elapsed_s": seconds}``.
+    """
+    gathered = ctx.gather({"rng": capture_rng(), "running": log_state["running"]})
+    if gathered is None:  # not rank 0
         return
+    rng = [part["rng"] for part in gathered]
     train = {
         "task": task.name,
         "fingerprint": task.fingerprint,
@@ -461,6 +515,10 @@ def _checkpoint(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "rng": rng,
+        "log": {
+            "ranks": [part["running"] for part in gathered],
+            "elapsed_s": float(log_state["elapsed_s"]),
+        },
     }
     if ema is not None:
         train["ema"] = ema.state_dict()
@@ -469,9 +527,22 @@ def _checkpoint(
         ckpt_dir / "last.pth", sam, task.config, task.teacher, train, **task.extra
     )
     if settings.keep_checkpoints:
-        import shutil
-
         kept = ckpt_dir / f"step_{step:07d}.pth"
-        tmp = kept.with_name(f".{kept.name}.tmp")
-        shutil.copyfile(last, tmp)
-        tmp.replace(kept)
+        with open(last, "rb") as src, atomic_open(kept, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        if settings.keep_last:
+            _prune_step_checkpoints(ckpt_dir, settings.keep_last)
+
+
+def _prune_step_checkpoints(ckpt_dir: Path, keep: int) -> List[Path]:
+    """Delete all but the newest ``keep`` ``step_<N>.pth`` (by N); returns the deleted files."""
+    steps = []
+    for path in ckpt_dir.glob("step_*.pth"):
+        number = path.stem[len("step_") :]
+        if number.isdigit():
+            steps.append((int(number), path))
+    steps.sort()
+    doomed = [path for _, path in steps[:-keep]] if len(steps) > keep else []
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    return doomed

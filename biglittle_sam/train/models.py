@@ -11,33 +11,25 @@ import dataclasses
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Mapping, Optional, Tuple, Union
 
 import torch
 from segment_anything.modeling import Sam
 
-from ..build_sam import build_sam_from_config, inherit_from_sam
-from ..checkpoint import (
-    CheckpointError,
-    describe_state_dict,
-    guess_model_name,
-    load_state_dict_strict,
-    read_checkpoint,
-    split_checkpoint,
-)
+from ..build_sam import build_sam_from_config, inherit_from_sam, load_sam, resolve_checkpoint
+from ..checkpoint import CheckpointError, load_state_dict_strict
 from ..config import (
     BIGLITTLE_CONFIGS,
     SAM_CONFIGS,
     BigLittleConfig,
     SamViTConfig,
     biglittle_config_for,
-    config_from_dict,
+    get_config,
 )
 
 __all__ = [
     "file_sha256",
     "load_sam",
-    "sam_checkpoint_config",
     "student_config",
     "build_student",
     "build_model",
@@ -55,74 +47,6 @@ def file_sha256(path: PathLike, chunk: int = 1 << 22) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _stored_config(meta: Mapping[str, Any], path: PathLike) -> Optional[SamViTConfig]:
-    data = meta.get("config")
-    if not isinstance(data, dict):
-        return None
-    try:
-        return config_from_dict(data)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: its stored config is not valid: {e}") from None
-
-
-def sam_checkpoint_config(
-    path: PathLike, name: Optional[str] = None
-) -> Tuple[SamViTConfig, Dict[str, torch.Tensor], Dict[str, Any]]:
-    """The config of the model in a checkpoint, with its state dict and metadata.
-
-    A checkpoint written by this project stores its config. An official SAM file does not: its
-    size is recognized from its keys (``vit_b``, ``vit_l``, ``vit_h``), or taken from ``name``.
-
-    Raises:
-      CheckpointError: unreadable, not a whole SAM, or of unknown size with no ``name`` given.
-    """
-    state, meta = split_checkpoint(read_checkpoint(path), path)
-    if not any(k.startswith("image_encoder.") for k in state):
-        raise CheckpointError(
-            f"{path}: not a whole-SAM checkpoint (no 'image_encoder.' keys); it looks like "
-            f"{describe_state_dict(state)}"
-        )
-    config = _stored_config(meta, path)
-    if config is None:
-        guessed = name or guess_model_name(state)
-        if guessed in SAM_CONFIGS:
-            config = SAM_CONFIGS[guessed]
-        elif guessed in BIGLITTLE_CONFIGS:
-            config = BIGLITTLE_CONFIGS[guessed]
-        else:
-            raise CheckpointError(
-                f"{path}: cannot tell which model this is (it looks like "
-                f"{describe_state_dict(state)}); name it (vit_b, vit_l, vit_h, bl_b, ...)"
-            )
-    return config, state, meta
-
-
-def load_sam(
-    path: PathLike, name: Optional[str] = None
-) -> Tuple[Sam, SamViTConfig, Dict[str, Any]]:
-    """Any SAM or big.LITTLE checkpoint as a ``Sam`` (strict load), with its config and metadata.
-
-    ``name`` picks the model for a checkpoint that stores no config and whose size is not
-    recognized; a ``name`` that disagrees with the checkpoint is an error naming both.
-    """
-    config, state, meta = sam_checkpoint_config(path, name)
-    if (
-        name is not None
-        and name != config.name
-        and not (name == "default" and config.name == "vit_h")
-    ):
-        raise CheckpointError(
-            f"{path}: holds a '{config.name}' model, not '{name}'; build it as '{config.name}'"
-        )
-    sam = build_sam_from_config(config)
-    load_state_dict_strict(sam, state, path, config.name)
-    if isinstance(config, BigLittleConfig):
-        teacher = meta.get("teacher")
-        sam.image_encoder.teacher = teacher if isinstance(teacher, str) else config.teacher
-    sam.eval()
-    return sam, config, meta
 
 
 def student_config(
@@ -192,7 +116,7 @@ def build_student(
     """
     if init not in STUDENT_INITS:
         raise ValueError(f"init must be one of {STUDENT_INITS}, got {init!r}")
-    teacher_cfg, state, _ = sam_checkpoint_config(sam_checkpoint)
+    teacher_cfg, state, _ = resolve_checkpoint(sam_checkpoint)
     config = student_config(student, teacher_cfg, overrides)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -200,7 +124,7 @@ def build_student(
     tag = f"{teacher_cfg.name}:{Path(sam_checkpoint).name}"
     if init == "teacher":
         try:
-            tag = inherit_from_sam(sam, sam_checkpoint)
+            tag = inherit_from_sam(sam, sam_checkpoint, state)
         except CheckpointError as e:
             raise CheckpointError(
                 f"{e}. The student {student} ({config.embed_dim} wide, {config.depth} blocks) must "
@@ -236,21 +160,11 @@ def build_model(
     Returns:
       The model (eval mode), its config and its teacher tag (None for plain SAM).
     """
-    from ..config import get_config
-
     overrides = dict(overrides or {})
     if checkpoint is not None and sam_checkpoint is not None:
         raise ValueError("give checkpoint or sam_checkpoint, not both")
     if checkpoint is not None:
-        config, state, meta = sam_checkpoint_config(
-            checkpoint, None if model == "default" else model
-        )
-        expected = "vit_h" if model == "default" else model
-        if config.name != expected:
-            raise CheckpointError(
-                f"{checkpoint}: holds a '{config.name}' model, not '{model}'; use --model "
-                f"{config.name}"
-            )
+        config, state, meta = resolve_checkpoint(checkpoint, model)
         config = dataclasses.replace(config, **overrides) if overrides else config
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

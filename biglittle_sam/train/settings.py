@@ -34,6 +34,7 @@ RESUME_FREE_FIELDS = frozenset(
         "out_dir",
         "checkpoint_every",
         "keep_checkpoints",
+        "keep_last",
         "log_every",
         "tensorboard",
         "progress",
@@ -68,6 +69,7 @@ class TrainSettings:
     out_dir: str = "outputs/train"  # checkpoints, metrics.jsonl, loss plot, final model
     checkpoint_every: int = 500  # steps between atomic checkpoints (and one at the end)
     keep_checkpoints: bool = False  # keep step_<N>.pth next to last.pth instead of only last
+    keep_last: int = 10  # with keep_checkpoints, only the newest N step_<N>.pth stay (0: all)
     log_every: int = 10  # steps between JSONL metric lines (averaged over the interval)
     tensorboard: bool = False  # also write TensorBoard events (needs the tensorboard package)
     progress: bool = True  # progress bar with loss, lr, images/s and ETA on rank 0
@@ -106,6 +108,10 @@ class TrainSettings:
             raise ValueError(
                 "checkpoint_every and log_every must be >= 1, got "
                 f"{self.checkpoint_every}, {self.log_every}"
+            )
+        if self.keep_last < 0:
+            raise ValueError(
+                f"keep_last must be >= 0 (0 keeps every checkpoint), got {self.keep_last}"
             )
         if self.stop_after is not None and self.stop_after < 1:
             raise ValueError(f"stop_after must be >= 1, got {self.stop_after}")

@@ -9,7 +9,6 @@ file loads with ``weights_only=True``.
 
 from __future__ import annotations
 
-import datetime
 import random
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
@@ -18,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import FORMAT_NAME, FORMAT_VERSION, CheckpointError, atomic_save, read_checkpoint
-from ..config import SamViTConfig, config_to_dict
+from ..checkpoint import CheckpointError, atomic_save, checkpoint_payload, read_checkpoint
+from ..config import SamViTConfig
 from .settings import without_later_defaults
 
 __all__ = [
@@ -99,16 +98,13 @@ def save_training_checkpoint(
         ``optimizer``, ``scheduler``, ``rng`` (one entry per rank) and what else the loop records.
       extra: more plain metadata (``teacher_sha256``, ...).
     """
-    payload: Dict[str, Any] = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "config": config_to_dict(config),
-        "teacher": teacher,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "train": {"format": TRAIN_FORMAT, "version": TRAIN_VERSION, **train},
-    }
-    payload.update(extra)
+    payload = checkpoint_payload(
+        model,
+        config,
+        teacher,
+        train={"format": TRAIN_FORMAT, "version": TRAIN_VERSION, **train},
+        **extra,
+    )
     return atomic_save(payload, path)
 
 

@@ -1,108 +1,66 @@
-"""The teacher embedding cache: one fp16 embedding per image, computed once, checked, resumable.
+"""The teacher embedding cache's writer: compute, store and check entries, sharded and resumable.
 
-Layout under the cache folder::
-
-    cache.json                 teacher (name, file, SHA-256, config), input size, embedding shape
-    entries/<xy>/<key>.pt      one image: {"embedding": C x g x g fp16, "key", "image_id", "file",
-                               "input_size", "original_size", "valid", "teacher", "checksum"}
-    index.json                 key -> {file, image_id, input_size, original_size, valid, checksum,
-                               path}, plus the images skipped as unreadable and why
-    index/rank-R-of-W.json     a rank's part of the index while a run is in progress
+The layout is :mod:`.format`'s.
 
 - Every file is written to a temporary name and renamed, so an interrupted run (or a full disk)
-  never leaves a half-written entry under a real name, and an entry once written stays valid.
+  never leaves a half-written entry under a real name, and an entry once written stays valid. A
+  run (``verify`` too) first removes the temporary files that a killed run left, those older than
+  its own start.
 - Resumable: images with an entry are skipped. An entry file that a crash kept out of the index is
   checked (checksum) and adopted.
 - Sharded under torchrun: rank r of W caches images r, r + W, ...; rank 0 merges the index.
 - ``verify``: every entry of the source is loaded and checked (readable, shape, dtype, checksum,
   finite values, teacher); bad ones are recomputed.
-- The key of an image is :func:`biglittle_sam.train.data.image_key` of its file name, so a cache
-  made from a folder serves training on the COCO or SA-1B annotations of the same images.
 """
 
 from __future__ import annotations
 
 import datetime
 import errno
-import hashlib
 import json
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..checkpoint import CheckpointError, atomic_save, read_checkpoint
-from ..config import BigLittleConfig, SamViTConfig, config_to_dict
-from ..data.records import DatasetError, EvalDataset, ImageProblemError
-from ..fidelity import valid_embedding_size
-from ..runtime.amp import autocast_context, resolve_amp
-from ..runtime.distributed import DistContext, init_distributed
-from ..runtime.progress import Progress
-from ..train.data import build_image_source, image_key, preprocess_image, source_file_names
-from ..train.logging import format_duration
-from ..train.models import file_sha256, load_sam
+from ...checkpoint import atomic_save, read_checkpoint
+from ...config import BigLittleConfig, SamViTConfig, config_to_dict
+from ...data.records import DatasetError, EvalDataset, ImageProblemError
+from ...fidelity import valid_embedding_size
+from ...fileio import atomic_open, sweep_temp_files
+from ...runtime.amp import autocast_context, resolve_amp
+from ...runtime.distributed import DistContext, init_distributed
+from ...runtime.progress import Progress, format_duration
+from ...train.data import build_image_source, image_key, preprocess_image, source_file_names
+from ...train.models import file_sha256, load_sam
+from .format import (
+    CACHE_FORMAT,
+    CACHE_VERSION,
+    ENTRY_FORMAT,
+    CacheError,
+    TeacherCache,
+    embedding_checksum,
+    entry_path,
+    entry_problem,
+    read_index,
+)
 
-__all__ = [
-    "CACHE_FORMAT",
-    "CACHE_VERSION",
-    "CacheError",
-    "CacheWriteError",
-    "CacheSettings",
-    "TeacherCache",
-    "cache_teacher_embeddings",
-    "entry_problem",
-    "embedding_checksum",
-]
-
-CACHE_FORMAT = "biglittle-sam-teacher-cache"
-ENTRY_FORMAT = "biglittle-sam-teacher-embedding"
-CACHE_VERSION = 1
-PathLike = Union[str, os.PathLike]
-
-
-class CacheError(ValueError):
-    """A cache that cannot be used as asked: missing, from another teacher, incomplete, corrupt."""
+__all__ = ["CacheSettings", "CacheWriteError", "cache_teacher_embeddings", "sweep_stale_temps"]
 
 
 class CacheWriteError(OSError):
     """Writing the cache failed (for example, the disk is full). Entries written before are kept."""
 
 
-def embedding_checksum(embedding: Tensor) -> str:
-    """SHA-256 of an embedding's bytes (fp16, C order)."""
-    return hashlib.sha256(embedding.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
-
-
 def _write_json(path: Path, payload: Any) -> None:
-    """JSON written atomically: a temporary file in the same folder, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CacheError(f"{path}: {what} not found") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CacheError(f"{path}: cannot read the {what}: {e}") from None
+    """Compact JSON, written atomically (:func:`biglittle_sam.fileio.atomic_open`)."""
+    with atomic_open(path, "w") as f:
+        json.dump(payload, f)
 
 
 def _write_entry(path: Path, payload: Dict[str, Any]) -> None:
@@ -111,207 +69,10 @@ def _write_entry(path: Path, payload: Dict[str, Any]) -> None:
 
 
 def _plain_id(value: Any) -> Any:
+    """An image id as the index stores it: ints and strings unchanged, anything else as text."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         return str(value)
     return value
-
-
-@dataclass(frozen=True)
-class TeacherInfo:
-    """Which teacher made a cache."""
-
-    name: str  # the teacher's config name (vit_b, vit_h, vit_tiny, ...)
-    checkpoint: str  # the teacher checkpoint's file name
-    sha256: str  # the teacher checkpoint's SHA-256: the teacher's identity
-    config: Dict[str, Any]
-
-    @property
-    def tag(self) -> str:
-        return f"{self.name}:{self.checkpoint}"
-
-
-class TeacherCache:
-    """A cache folder opened for reading (see the module docstring for its layout)."""
-
-    def __init__(
-        self,
-        root: Path,
-        meta: Dict[str, Any],
-        entries: Dict[str, Dict[str, Any]],
-        skipped: Dict[str, Dict[str, Any]],
-    ) -> None:
-        self.root = root
-        self.meta = meta
-        self.entries = entries
-        self.skipped = skipped
-
-    # -- opening --------------------------------------------------------------------------
-    @classmethod
-    def open(cls, root: PathLike) -> "TeacherCache":
-        """Read ``cache.json`` and the index (merged index plus any per-rank parts).
-
-        Raises:
-          CacheError: no cache there, or one of another format or version.
-        """
-        root = Path(root)
-        if not root.is_dir():
-            raise CacheError(
-                f"{root}: teacher cache folder not found; make it with tools/cache_teacher.py"
-            )
-        meta = cls.read_meta(root)
-        entries, skipped = _read_index(root)
-        return cls(root, meta, entries, skipped)
-
-    @staticmethod
-    def read_meta(root: Path) -> Dict[str, Any]:
-        meta = _read_json(root / "cache.json", "teacher cache description (cache.json)")
-        if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
-            raise CacheError(
-                f"{root / 'cache.json'}: not a teacher cache description (format "
-                f"'{CACHE_FORMAT}' expected)"
-            )
-        if meta.get("version") != CACHE_VERSION:
-            raise CacheError(
-                f"{root / 'cache.json'}: cache version {meta.get('version')} is not supported "
-                f"(expected {CACHE_VERSION}); make the cache again"
-            )
-        return meta
-
-    # -- what it holds --------------------------------------------------------------------
-    @property
-    def teacher(self) -> TeacherInfo:
-        t = self.meta["teacher"]
-        return TeacherInfo(t["name"], t["checkpoint"], t["sha256"], dict(t.get("config") or {}))
-
-    @property
-    def img_size(self) -> int:
-        return int(self.meta["img_size"])
-
-    @property
-    def embedding_shape(self) -> Tuple[int, int, int]:
-        """(C, g, g) of every entry."""
-        c, h, w = self.meta["embedding_shape"]
-        return int(c), int(h), int(w)
-
-    def entry_path(self, key: str) -> Path:
-        return entry_path(self.root, key)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.entries
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    # -- checks ---------------------------------------------------------------------------
-    def check_teacher(self, sha256: str, what: str) -> None:
-        """CacheError unless this cache was made by the teacher whose checkpoint hashes to
-        ``sha256`` (``what`` names that checkpoint in the message)."""
-        if sha256 != self.teacher.sha256:
-            t = self.teacher
-            raise CacheError(
-                f"{self.root}: the cached embeddings come from teacher {t.tag} (SHA-256 "
-                f"{t.sha256[:12]}...), but {what} has SHA-256 {sha256[:12]}...: a student "
-                "distilled from these embeddings would learn another teacher. Use the cache of "
-                "this teacher, or the teacher checkpoint this cache was made with"
-            )
-
-    def check_student(self, config: SamViTConfig) -> None:
-        """CacheError unless a model of ``config`` takes the cache's input size and produces its
-        embedding shape."""
-        shape = (config.out_chans, config.grid_size, config.grid_size)
-        if config.img_size != self.img_size or shape != self.embedding_shape:
-            raise CacheError(
-                f"{self.root}: holds {self.img_size} px inputs and embeddings of shape "
-                f"{self.embedding_shape}, but the student '{config.name}' takes {config.img_size} "
-                f"px and produces {shape}; the student must match its teacher's input and "
-                "embedding"
-            )
-
-    def load_embedding(self, key: str) -> Tensor:
-        """The fp16 C x g x g embedding of image ``key``.
-
-        Raises:
-          CacheError: no entry, or an entry that does not read or does not fit (pointing to
-            ``--verify``, which recomputes it).
-        """
-        if key not in self.entries:
-            raise CacheError(f"{self.root}: no cached embedding for image key {key!r}")
-        path = self.entry_path(key)
-        try:
-            payload = read_checkpoint(path)
-        except (FileNotFoundError, CheckpointError) as e:
-            raise CacheError(
-                f"{e}; run tools/cache_teacher.py --verify on {self.root} to recompute it"
-            ) from None
-        emb = payload.get("embedding") if isinstance(payload, dict) else None
-        if (
-            not isinstance(emb, Tensor)
-            or tuple(emb.shape) != self.embedding_shape
-            or emb.dtype != torch.float16
-        ):
-            raise CacheError(
-                f"{path}: not a {self.embedding_shape} fp16 embedding; run tools/cache_teacher.py "
-                f"--verify on {self.root} to recompute it"
-            )
-        return emb
-
-
-def entry_path(root: Path, key: str) -> Path:
-    """``entries/<last two hex digits of the key>/<key>.pt``: at most 256 entries per folder per
-    65k images."""
-    return root / "entries" / key[-2:] / f"{key}.pt"
-
-
-def _read_index(root: Path) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, Dict[str, Any]]]:
-    entries: Dict[str, Dict[str, Any]] = {}
-    skipped: Dict[str, Dict[str, Any]] = {}
-    files = []
-    if (root / "index.json").is_file():
-        files.append(root / "index.json")
-    if (root / "index").is_dir():
-        files.extend(sorted((root / "index").glob("rank-*.json")))
-    for path in files:
-        data = _read_json(path, "cache index")
-        if not isinstance(data, dict):
-            raise CacheError(f"{path}: a cache index must be a JSON object with 'entries'")
-        for key, rec in (data.get("entries") or {}).items():
-            entries[key] = rec
-            skipped.pop(key, None)
-        for key, rec in (data.get("skipped") or {}).items():
-            if key not in entries:
-                skipped[key] = rec
-    return entries, skipped
-
-
-def entry_problem(
-    path: Path, key: str, shape: Tuple[int, int, int], teacher_sha256: str
-) -> Optional[str]:
-    """What is wrong with one entry file, or None when it is complete and correct.
-
-    Checked: it exists and loads (``weights_only``), it is an entry for ``key`` by this teacher,
-    the embedding is a ``shape`` fp16 tensor, its checksum matches, and every value is finite.
-    """
-    if not path.is_file():
-        return "missing"
-    try:
-        payload = read_checkpoint(path)
-    except CheckpointError as e:
-        return f"unreadable ({str(e).split(': ', 1)[-1][:120]})"
-    if not isinstance(payload, dict) or payload.get("format") != ENTRY_FORMAT:
-        return "not a cache entry"
-    if payload.get("key") != key:
-        return f"holds image {payload.get('key')!r}, not {key!r}"
-    if payload.get("teacher") != teacher_sha256:
-        return "made by another teacher"
-    emb = payload.get("embedding")
-    if not isinstance(emb, Tensor) or tuple(emb.shape) != shape or emb.dtype != torch.float16:
-        got = f"{tuple(emb.shape)} {emb.dtype}" if isinstance(emb, Tensor) else type(emb).__name__
-        return f"embedding is {got}, expected {shape} float16"
-    if embedding_checksum(emb) != payload.get("checksum"):
-        return "checksum mismatch (corrupted)"
-    if not bool(torch.isfinite(emb).all()):
-        return "non-finite values (NaN or inf)"
-    return None
 
 
 @dataclass(frozen=True)
@@ -461,6 +222,7 @@ def cache_teacher_embeddings(settings: CacheSettings) -> Optional[Dict[str, Any]
 
 def _cache(s: CacheSettings, ctx: DistContext, device: torch.device) -> Optional[Dict[str, Any]]:
     started = time.perf_counter()
+    started_at = time.time()  # file times are wall-clock: temp files older than this are stale
     root = Path(s.out)
     teacher, config, meta = _teacher_meta(s.teacher_checkpoint, s.teacher, ctx)
     source = build_image_source(s.images, s.dataset, s.annotations, s.limit, need_masks=False)
@@ -473,9 +235,11 @@ def _cache(s: CacheSettings, ctx: DistContext, device: torch.device) -> Optional
                 raise DatasetError(f"two images of the source share the file name {n!r}")
             seen[k] = n
     error: Optional[BaseException] = None
-    if ctx.is_main:
+    swept: List[Path] = []
+    if ctx.is_main:  # before the other ranks start writing: every temp file found is another run's
         try:
             _prepare_folder(root, meta)
+            swept = sweep_stale_temps(root, started_at)
         except BaseException as e:  # every rank must learn it, or the others wait forever
             error = e
     failed = ctx.broadcast(None if error is None else str(error))
@@ -485,7 +249,7 @@ def _cache(s: CacheSettings, ctx: DistContext, device: torch.device) -> Optional
         raise CacheError(failed)
     sha = meta["teacher"]["sha256"]
     shape: Tuple[int, int, int] = tuple(meta["embedding_shape"])  # type: ignore[assignment]
-    entries, skipped = _read_index(root)
+    entries, skipped = read_index(root)
     mine = ctx.shard(len(source))
     my_entries: Dict[str, Dict[str, Any]] = {}
     my_skipped: Dict[str, Dict[str, Any]] = {}
@@ -578,7 +342,7 @@ def _cache(s: CacheSettings, ctx: DistContext, device: torch.device) -> Optional
         dist.barrier()
     if not ctx.is_main:
         return None
-    merged_entries, merged_skipped = _read_index(root)
+    merged_entries, merged_skipped = read_index(root)
     _write_json(root / "index.json", {"entries": merged_entries, "skipped": merged_skipped})
     for part in (root / "index").glob("rank-*.json"):
         part.unlink()
@@ -598,6 +362,7 @@ def _cache(s: CacheSettings, ctx: DistContext, device: torch.device) -> Optional
         **total,
         "verified": s.verify,
         "world_size": ctx.world_size,
+        "stale_temps_removed": len(swept),
         "wall_s": wall,
         "images_per_s": total["cached"] / wall if wall > 0 else None,
     }
@@ -607,23 +372,29 @@ def _cache(s: CacheSettings, ctx: DistContext, device: torch.device) -> Optional
             f"teacher cache {root}: {len(merged_entries)} of {len(source)} images cached "
             f"({total['cached']} now, {total['already']} kept, {total['adopted']} adopted, "
             f"{len(total['repaired'])} repaired, {len(total['skipped'])} skipped) in "
-            f"{format_duration(wall)}",
+            f"{format_duration(wall)}"
+            + (f"; removed {len(swept)} stale temporary files" if swept else ""),
             flush=True,
         )
     return result
 
 
-def _record_from_file(path: Path, root: Path) -> Dict[str, Any]:
-    payload = read_checkpoint(path)
+def _index_record(entry: Mapping[str, Any], path: Path, root: Path) -> Dict[str, Any]:
+    """The index's record of the entry ``entry`` (its payload) stored at ``path``."""
     return {
-        "file": payload["file"],
-        "image_id": payload["image_id"],
-        "input_size": list(payload["input_size"]),
-        "original_size": list(payload["original_size"]),
-        "valid": list(payload["valid"]),
-        "checksum": payload["checksum"],
+        "file": entry["file"],
+        "image_id": entry["image_id"],
+        "input_size": list(entry["input_size"]),
+        "original_size": list(entry["original_size"]),
+        "valid": list(entry["valid"]),
+        "checksum": entry["checksum"],
         "path": str(path.relative_to(root)),
     }
+
+
+def _record_from_file(path: Path, root: Path) -> Dict[str, Any]:
+    """The index's record of an entry file the index misses (checked before it is adopted)."""
+    return _index_record(read_checkpoint(path), path, root)
 
 
 def _store(
@@ -635,6 +406,7 @@ def _store(
     entries: Dict[str, Dict[str, Any]],
     skipped: Dict[str, Dict[str, Any]],
 ) -> None:
+    """Write the entry of one image (``embedding``: C x g x g fp16) and record it in ``entries``."""
     key = item["key"]
     path = entry_path(root, key)
     valid = list(valid_embedding_size(tuple(item["input_size"]), config.img_size, config.grid_size))
@@ -653,15 +425,7 @@ def _store(
         "checksum": checksum,
     }
     _write_entry(path, payload)
-    entries[key] = {
-        "file": item["file"],
-        "image_id": item["image_id"],
-        "input_size": list(item["input_size"]),
-        "original_size": list(item["original_size"]),
-        "valid": valid,
-        "checksum": checksum,
-        "path": str(path.relative_to(root)),
-    }
+    entries[key] = _index_record(payload, path, root)
     skipped.pop(key, None)
 
 
@@ -674,3 +438,23 @@ def _flush_best_effort(
         _write_json(path, {"entries": entries, "skipped": skipped})
     except OSError:
         pass
+
+
+def sweep_stale_temps(root: Path, before: float) -> List[Path]:
+    """Remove the temporary files a killed run left in the cache folder ``root``.
+
+    :func:`biglittle_sam.fileio.sweep_temp_files` on each folder the cache writes to (``root``,
+    ``index/``, ``entries/<xy>/``).
+
+    Arguments:
+      root: the cache folder.
+      before: a ``time.time()``, the start of the run that sweeps. A temporary file modified since
+        may belong to a writer that is still running, and is kept.
+
+    Returns:
+      The files removed.
+    """
+    folders = [root, root / "index"]
+    if (root / "entries").is_dir():
+        folders += sorted(p for p in (root / "entries").iterdir() if p.is_dir())
+    return [path for folder in folders for path in sweep_temp_files(folder, before)]

@@ -1,0 +1,24 @@
+"""Measured encoder speed: SAM ViT against big.LITTLE at several keep ratios, peers for context.
+
+- :mod:`.rows`: :class:`BenchmarkConfig` (what to measure) and each model built ready to time.
+- :mod:`.measure`: :func:`run_benchmark`, interleaved timed rounds, peak memory.
+- :mod:`.report`: speedups against SAM, the JSON, the markdown table and the plot.
+
+Optional rows: big.LITTLE with pooled keys/values (``pool_kv_ratios``), and with ``onnx`` the
+exported encoders (SAM and big.LITTLE at each ratio) in onnxruntime; ``compile`` runs every
+PyTorch model through ``torch.compile`` first.
+"""
+
+from .measure import run_benchmark
+from .report import save_json, save_plot, to_markdown
+from .rows import PEERS, BenchmarkConfig, ModelResult
+
+__all__ = [
+    "BenchmarkConfig",
+    "ModelResult",
+    "PEERS",
+    "run_benchmark",
+    "save_json",
+    "save_plot",
+    "to_markdown",
+]

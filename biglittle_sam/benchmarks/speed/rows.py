@@ -1,0 +1,332 @@
+"""The speed benchmark's rows: what is measured, and each model built ready to time.
+
+A row is one model at one setting: upstream SAM's encoder, SAM's weights on the fused dense path,
+big.LITTLE at each keep ratio (and with pooled keys/values), the timm backbones of peer methods,
+and optionally every SAM and big.LITTLE row exported to ONNX. Weights are random (nothing is
+downloaded): speed does not depend on the weights' values, except through routing, whose capacity
+is static.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ...build_sam import build_sam_from_config, sam_model_registry, set_keep_ratio
+from ...config import BigLittleConfig, get_config
+from ...export import OnnxImageEncoder, export_image_encoder
+from ...flops import encoder_gmacs
+from ...modeling import ImageEncoderViTFused
+
+__all__ = [
+    "BenchmarkConfig",
+    "CORE_FAMILIES",
+    "ModelResult",
+    "PEERS",
+    "Row",
+    "build_rows",
+    "onnx_rows",
+]
+
+# timm backbones of the peers, at the input size their SAM variant feeds them. Backbone only: the
+# peers' SAM necks (and MobileSAM's / EdgeSAM's stride changes) are not included, so these are
+# lower bounds.
+PEERS: Dict[str, Dict[str, Any]] = {
+    "repvit_m1": {"paper": "EdgeSAM (RepViT-M1)", "size": 1024},
+    "tiny_vit_5m_224": {"paper": "MobileSAM (TinyViT-5M)", "size": 1024},
+    "efficientvit_l1": {"paper": "EfficientViT-SAM-L1", "size": 512},
+    "sam2_hiera_tiny": {"paper": "SAM 2 (Hiera-T)", "size": 1024},
+}
+
+
+@dataclass
+class BenchmarkConfig:
+    """What to measure. Defaults: SAM ViT-B against bl_b at 1.0, 0.5, 0.25 and 0.1 (and pooled k/v
+    at 0.5, 0.25 and 0.1), with peers, at batch 1, 4 and 8."""
+
+    sam: str = "vit_b"  # baseline SAM encoder (registry name)
+    fast_sam: bool = True  # also time SAM's weights on our fused dense path, to split the speedup
+    model: str = "bl_b"  # big.LITTLE config (registry name)
+    keep_ratios: Sequence[float] = (1.0, 0.5, 0.25, 0.1)
+    peers: Sequence[str] = tuple(PEERS)  # timm backbones; empty to skip
+    device: str = "cpu"
+    dtype: str = "fp32"  # "fp32" or "bf16" (autocast; LayerNorm stays fp32)
+    batch_sizes: Sequence[int] = (1, 4, 8)  # latency at the first; images/s at every one
+    # Peers, pooled-k/v and ONNX rows are measured only up to this batch size (None: every one):
+    # batch 8 of every row would double the run for rows that only give context.
+    max_batch_others: Optional[int] = 4
+    pool_kv_ratios: Sequence[float] = (0.5, 0.25, 0.1)  # big.LITTLE with pooled keys/values
+    onnx: bool = False  # also time the exported SAM and big.LITTLE encoders in onnxruntime
+    onnx_opset: int = 17
+    compile: bool = False  # torch.compile every PyTorch model first (compile time reported apart)
+    compile_backend: str = "inductor"
+    warmup: int = 1  # untimed passes per model at the first batch size
+    repeats: int = 5  # timed rounds at the first batch size (median reported)
+    batch_repeats: int = 2  # timed rounds at the other batch sizes
+    img_size: Optional[int] = None  # default: the config's (1024)
+    threads: Optional[int] = None  # torch threads; default: torch's choice (all cores)
+    memory: bool = True  # measure peak memory of one pass
+    seed: int = 0
+
+
+@dataclass
+class ModelResult:
+    """The figures of one row of the benchmark (what the report holds)."""
+
+    name: str
+    family: str  # "sam", "fast_sam", "biglittle", "biglittle_pooled", "onnx" or "peer"
+    keep_ratio: Optional[float]
+    input_size: int
+    params_m: float
+    gmacs: Optional[float]
+    gmacs_source: str
+    latency_s: Optional[float] = None  # median at batch 1 (the first batch size)
+    latency_runs_s: List[float] = field(default_factory=list)
+    images_per_s: Dict[int, float] = field(default_factory=dict)
+    peak_memory_mb: Optional[float] = None
+    speedup: Optional[float] = None  # baseline latency / this latency
+    flops_ratio: Optional[float] = None  # baseline GMACs / this GMACs
+    efficiency: Optional[float] = None  # speedup / flops_ratio
+    speedup_vs_fast: Optional[float] = None  # against SAM on the fused path: routing alone
+    efficiency_vs_fast: Optional[float] = None  # speedup_vs_fast / its GMACs ratio
+    runtime: str = "pytorch"  # "pytorch", "pytorch+compile" or "onnxruntime"
+    compile_s: Dict[int, float] = field(default_factory=dict)  # first call per batch (compiling)
+    note: str = ""
+
+
+def _build_peer(name: str) -> nn.Module:
+    """A timm backbone with random weights, returning its features (B x 3 x S x S in)."""
+    try:
+        import timm
+    except ImportError:
+        raise RuntimeError(
+            "peer backbones need timm: pip install 'biglittle-sam[dev]' or pass --peers none"
+        ) from None
+    model = timm.create_model(name, pretrained=False, num_classes=0)
+
+    class _Features(nn.Module):
+        def __init__(self, backbone: nn.Module) -> None:
+            super().__init__()
+            self.backbone = backbone
+
+        def forward(self, x: torch.Tensor) -> Any:
+            return self.backbone.forward_features(x)
+
+    return _Features(model)
+
+
+def _fvcore_gmacs(model: nn.Module, size: int) -> Optional[float]:
+    """fvcore's count of one ``size`` x ``size`` image, or None without fvcore."""
+    try:
+        from fvcore.nn import FlopCountAnalysis
+    except ImportError:
+        return None
+    logging.getLogger("fvcore").setLevel(logging.ERROR)
+    with torch.no_grad():
+        analysis = FlopCountAnalysis(model, torch.zeros(1, 3, size, size))
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        return analysis.total() / 1e9
+
+
+# Rows measured at every batch size; the others stop at BenchmarkConfig.max_batch_others.
+CORE_FAMILIES = ("sam", "fast_sam", "biglittle")
+
+
+@dataclass
+class Row:
+    """A row to time: the model (or an onnxruntime session), what to set before each pass, and the
+    :class:`ModelResult` that measuring fills in."""
+
+    result: ModelResult
+    module: Optional[nn.Module]  # None for an onnxruntime session
+    prepare: Callable[[], None]  # sets the keep ratio before each timed pass
+    fn: Optional[Callable[[torch.Tensor], Any]] = None  # what is timed; default: module
+
+    def __call__(self, x: torch.Tensor) -> Any:
+        run = self.fn if self.fn is not None else self.module
+        return run(x)  # type: ignore[misc]
+
+    def measured_at(self, batch: int, cfg: "BenchmarkConfig") -> bool:
+        """Whether this row is timed at ``batch`` (context rows stop at ``max_batch_others``)."""
+        core = self.result.family in CORE_FAMILIES
+        return core or cfg.max_batch_others is None or batch <= cfg.max_batch_others
+
+
+def _params_m(module: nn.Module) -> float:
+    """Parameters, in millions."""
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
+def build_rows(cfg: BenchmarkConfig) -> List[Row]:
+    """Every PyTorch row of ``cfg``, in timing order: SAM, fused SAM, big.LITTLE, pooled, peers."""
+    entries: List[Row] = []
+    overrides: Dict[str, Any] = {}
+    if cfg.img_size is not None:
+        overrides["img_size"] = cfg.img_size
+
+    def noop() -> None:
+        return None
+
+    if cfg.sam:
+        sam_cfg = get_config(cfg.sam)
+        if isinstance(sam_cfg, BigLittleConfig):
+            raise ValueError(f"--sam must name a plain SAM model, got big.LITTLE '{cfg.sam}'")
+        if overrides:
+            sam = build_sam_from_config(dataclasses.replace(sam_cfg, **overrides))
+        else:
+            sam = sam_model_registry[cfg.sam]()
+        enc = sam.image_encoder
+        size = enc.img_size
+        entries.append(
+            Row(
+                ModelResult(
+                    name=f"SAM {cfg.sam} (segment_anything)",
+                    family="sam",
+                    keep_ratio=None,
+                    input_size=size,
+                    params_m=_params_m(enc),
+                    gmacs=encoder_gmacs(enc),
+                    gmacs_source="analytic",
+                ),
+                enc,
+                noop,
+            )
+        )
+        if cfg.fast_sam:
+            fast = ImageEncoderViTFused.from_sam(enc)
+            entries.append(
+                Row(
+                    ModelResult(
+                        name=f"SAM {cfg.sam}, fused attention (ours)",
+                        family="fast_sam",
+                        keep_ratio=None,
+                        input_size=size,
+                        params_m=_params_m(fast),
+                        gmacs=encoder_gmacs(fast),
+                        gmacs_source="analytic",
+                        note="SAM's weights on the big block's dense path (SDPA)",
+                    ),
+                    fast,
+                    noop,
+                )
+            )
+    if cfg.model:
+        bl = sam_model_registry[cfg.model](**overrides).image_encoder
+        params = _params_m(bl)
+        for r in cfg.keep_ratios:
+
+            def prepare(r: float = r, bl: nn.Module = bl) -> None:
+                set_keep_ratio(bl, r)
+
+            entries.append(
+                Row(
+                    ModelResult(
+                        name=f"{cfg.model} r={r:g}",
+                        family="biglittle",
+                        keep_ratio=r,
+                        input_size=bl.img_size,
+                        params_m=params,
+                        gmacs=encoder_gmacs(bl, r),
+                        gmacs_source="analytic",
+                    ),
+                    bl,
+                    prepare,
+                )
+            )
+        entries.extend(_pooled_rows(cfg, bl, overrides))
+    for peer in cfg.peers:
+        if peer not in PEERS:
+            raise ValueError(f"unknown peer {peer!r}; known peers: {', '.join(PEERS)}")
+        module = _build_peer(peer)
+        size = PEERS[peer]["size"]
+        gmacs = _fvcore_gmacs(module, size)
+        entries.append(
+            Row(
+                ModelResult(
+                    name=f"{peer} ({PEERS[peer]['paper']})",
+                    family="peer",
+                    keep_ratio=None,
+                    input_size=size,
+                    params_m=_params_m(module),
+                    gmacs=gmacs,
+                    gmacs_source="fvcore" if gmacs is not None else "n/a",
+                    note="timm backbone only, at its SAM input size",
+                ),
+                module,
+                noop,
+            )
+        )
+    return entries
+
+
+def _pooled_rows(cfg: BenchmarkConfig, bl: nn.Module, overrides: Dict[str, Any]) -> List[Row]:
+    """Rows of big.LITTLE with pooled keys/values, on a twin of ``bl`` (same weights)."""
+    if not cfg.pool_kv_ratios:
+        return []
+    pooled = sam_model_registry[cfg.model](pool_kv=True, **overrides).image_encoder
+    pooled.load_state_dict(bl.state_dict(), strict=True)
+    params = _params_m(pooled)
+    entries = []
+    for r in cfg.pool_kv_ratios:
+
+        def prepare(r: float = r, enc: nn.Module = pooled) -> None:
+            set_keep_ratio(enc, r)
+
+        prepare()
+        entries.append(
+            Row(
+                ModelResult(
+                    name=f"{cfg.model} r={r:g} pooled k/v",
+                    family="biglittle_pooled",
+                    keep_ratio=r,
+                    input_size=pooled.img_size,
+                    params_m=params,
+                    gmacs=encoder_gmacs(pooled, r),
+                    gmacs_source="analytic",
+                    note="unrouted tokens' keys/values averaged 2x2",
+                ),
+                pooled,
+                prepare,
+            )
+        )
+    return entries
+
+
+def onnx_rows(
+    cfg: BenchmarkConfig, entries: Sequence[Row], folder: Path, say: Callable[[str], None]
+) -> List[Row]:
+    """The SAM row and every big.LITTLE row exported to ONNX, each in an onnxruntime session."""
+    if not cfg.device.startswith("cpu"):
+        raise ValueError("--onnx times onnxruntime's CPU provider; use --device cpu")
+    out: List[Row] = []
+    for e in entries:
+        r = e.result
+        if r.family not in ("sam", "biglittle") or e.module is None:
+            continue
+        name = f"{r.family}_{r.keep_ratio if r.keep_ratio is not None else 1.0:g}.onnx"
+        start = time.perf_counter()
+        path = export_image_encoder(
+            e.module, folder / name, keep_ratio=r.keep_ratio, opset=cfg.onnx_opset
+        )
+        say(f"exported {r.name} to ONNX in {time.perf_counter() - start:.1f} s")
+        session = OnnxImageEncoder(path, threads=cfg.threads)
+        result = dataclasses.replace(
+            r,
+            name=f"{r.name.split(' (')[0]} (onnxruntime)",
+            family="onnx",
+            runtime="onnxruntime",
+            latency_runs_s=[],
+            images_per_s={},
+            compile_s={},
+            note=f"exported with opset {cfg.onnx_opset}; fp32 whatever --dtype",
+        )
+        out.append(Row(result, None, lambda: None, session))
+    return out

@@ -14,11 +14,11 @@ Flags left out keep the library's defaults (``biglittle_sam.distill.DistillSetti
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import Optional, Sequence
 
 from biglittle_sam.distill.distill import DistillSettings, run_distillation
 from biglittle_sam.train.cli import (
+    add_config_argument,
     add_train_arguments,
     given,
     parse_overrides,
@@ -28,6 +28,7 @@ from biglittle_sam.train.cli import (
 from biglittle_sam.train.loop import TrainResult
 from biglittle_sam.train.models import STUDENT_INITS
 from biglittle_sam.train.parts import PARTS
+from biglittle_sam.train.recipes import load_recipe, merge_settings, write_settings
 
 _FIELDS = (
     "cache",
@@ -60,9 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Distil a big.LITTLE SAM student from cached teacher embeddings."
     )
+    add_config_argument(parser)
     data = parser.add_argument_group("data")
-    data.add_argument("--cache", required=True, help="teacher embedding cache folder")
-    data.add_argument("--images", required=True, help="the images the cache was made from")
+    data.add_argument(
+        "--cache",
+        default=None,
+        help="teacher embedding cache folder (required here or in --config)",
+    )
+    data.add_argument(
+        "--images", default=None, help="the images the cache was made from (required, as --cache)"
+    )
     data.add_argument("--annotations", default=None, help="COCO / LVIS json (phase 2 masks)")
     data.add_argument("--dataset", choices=["coco", "lvis", "sa1b", "folder"], default=None)
     data.add_argument("--limit", type=int, default=None, help="only the first N images")
@@ -118,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> DistillSettings:
+    """Defaults, then the ``--config`` recipe, then the flags given."""
     changes = given(args, _FIELDS)
     if args.keep_ratios is not None:
         changes["keep_ratios"] = tuple(args.keep_ratios)
@@ -128,14 +137,22 @@ def settings_from_args(args: argparse.Namespace) -> DistillSettings:
             changes[flag] = True
     if args.no_save_init:
         changes["save_init"] = False
-    base = DistillSettings(cache=args.cache, images=args.images)
-    changes["train"] = train_settings_from_args(args, base.train)
-    return dataclasses.replace(base, **changes)
+    recipe = load_recipe(args.config, DistillSettings) if args.config else {}
+    for name in ("cache", "images"):
+        if not changes.get(name) and not recipe.get(name):
+            raise ValueError(f"--{name} is required (or '{name}' in the --config file)")
+    return merge_settings(
+        DistillSettings, recipe, changes, lambda train: train_settings_from_args(args, train)
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> TrainResult:
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: run_distillation(settings_from_args(args)))
+    settings = run_cli(lambda: settings_from_args(args))
+    try:
+        return run_cli(lambda: run_distillation(settings))
+    finally:
+        write_settings(settings)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,10 @@ refinement clicks. Flags left out keep the library's defaults
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import Optional, Sequence
 
 from biglittle_sam.train.cli import (
+    add_config_argument,
     add_train_arguments,
     given,
     parse_overrides,
@@ -26,6 +26,7 @@ from biglittle_sam.train.cli import (
 from biglittle_sam.train.finetune import FinetuneSettings, run_finetune
 from biglittle_sam.train.loop import TrainResult
 from biglittle_sam.train.parts import PARTS
+from biglittle_sam.train.recipes import load_recipe, merge_settings, write_settings
 
 _FIELDS = (
     "images",
@@ -51,8 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Fine-tune SAM or big.LITTLE SAM on COCO / SA-1B masks (focal + Dice + IoU)."
     )
+    add_config_argument(parser)
     data = parser.add_argument_group("data")
-    data.add_argument("--images", required=True, help="COCO image folder or SA-1B folder")
+    data.add_argument(
+        "--images",
+        default=None,
+        help="COCO image folder or SA-1B folder (required here or in --config)",
+    )
     data.add_argument("--annotations", default=None, help="COCO / LVIS instance json")
     data.add_argument("--dataset", choices=["coco", "lvis", "sa1b"], default=None)
     data.add_argument("--limit", type=int, default=None, help="only the first N images")
@@ -92,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
+    """Defaults, then the ``--config`` recipe, then the flags given."""
     changes = given(args, _FIELDS)
     if args.keep_ratios is not None:
         changes["keep_ratios"] = tuple(args.keep_ratios)
@@ -99,14 +106,21 @@ def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
         changes["overrides"] = parse_overrides(args.override)
     if args.strict:
         changes["strict"] = True
-    base = FinetuneSettings(images=args.images)
-    changes["train"] = train_settings_from_args(args, base.train)
-    return dataclasses.replace(base, **changes)
+    recipe = load_recipe(args.config, FinetuneSettings) if args.config else {}
+    if not changes.get("images") and not recipe.get("images"):
+        raise ValueError("--images is required (or 'images' in the --config file)")
+    return merge_settings(
+        FinetuneSettings, recipe, changes, lambda train: train_settings_from_args(args, train)
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> TrainResult:
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: run_finetune(settings_from_args(args)))
+    settings = run_cli(lambda: settings_from_args(args))
+    try:
+        return run_cli(lambda: run_finetune(settings))
+    finally:
+        write_settings(settings)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 from .settings import AMP_MODES, TrainSettings
 
 __all__ = [
+    "add_config_argument",
     "add_train_arguments",
     "train_settings_from_args",
     "parse_overrides",
@@ -46,6 +47,17 @@ _TRAIN_FIELDS = (
     "stop_after",
     "ema_decay",
 )
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE``: a recipe of settings fields (``biglittle_sam.train.recipes``)."""
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="a recipe: settings fields in a .yaml, .toml or .json file (train fields under "
+        "'train'); flags given override it (default: none)",
+    )
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:

@@ -20,9 +20,11 @@ from biglittle_sam.distill.distill import DistillSettings, run_distillation
 from biglittle_sam.train.cli import (
     add_config_argument,
     add_train_arguments,
+    describe_defaults,
     given,
     parse_overrides,
     run_cli,
+    settings_defaults,
     train_settings_from_args,
 )
 from biglittle_sam.train.loop import TrainResult
@@ -57,9 +59,17 @@ _FIELDS = (
 )
 
 
+# The library's defaults, for --help (the flags default to None: only the ones given are used).
+_DEFAULTS = {
+    **settings_defaults(DistillSettings(cache="-", images="-")),
+    "override": (),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Distil a big.LITTLE SAM student from cached teacher embeddings."
+        prog="biglittle-sam-distill",
+        description="Distil a big.LITTLE SAM student from cached teacher embeddings.",
     )
     add_config_argument(parser)
     data = parser.add_argument_group("data")
@@ -72,7 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--images", default=None, help="the images the cache was made from (required, as --cache)"
     )
     data.add_argument("--annotations", default=None, help="COCO / LVIS json (phase 2 masks)")
-    data.add_argument("--dataset", choices=["coco", "lvis", "sa1b", "folder"], default=None)
+    data.add_argument(
+        "--dataset",
+        choices=["coco", "lvis", "sa1b", "folder"],
+        default=None,
+        help="the images' format (default: from the files)",
+    )
     data.add_argument("--limit", type=int, default=None, help="only the first N images")
     data.add_argument(
         "--allow-partial-cache", action="store_true", help="train on the cached images only"
@@ -84,20 +99,37 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--sam-checkpoint", default=None, help="SAM the student inherits from (default teacher)"
     )
-    model.add_argument("--init", choices=STUDENT_INITS, default=None)
+    model.add_argument(
+        "--init",
+        choices=STUDENT_INITS,
+        default=None,
+        help="teacher: inherit SAM's blocks; none: a random encoder (ablation)",
+    )
     model.add_argument("--init-checkpoint", default=None, help="start from a big.LITTLE model")
     model.add_argument(
-        "--override", action="append", default=None, metavar="KEY=VALUE", help="student config"
+        "--override",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="student config field, e.g. little_dim=192 (repeatable)",
     )
     model.add_argument("--no-save-init", action="store_true", help="do not write init.pth")
     model.add_argument(
         "--train-parts", default=None, help=f"comma-separated subset of {', '.join(PARTS)}"
     )
-    model.add_argument("--keep-ratios", type=float, nargs="+", default=None)
+    model.add_argument(
+        "--keep-ratios", type=float, nargs="+", default=None, help="one drawn per step"
+    )
     loss = parser.add_argument_group("loss")
-    loss.add_argument("--phase", type=int, choices=[1, 2], default=None)
-    loss.add_argument("--mse-weight", type=float, default=None)
-    loss.add_argument("--cosine-weight", type=float, default=None)
+    loss.add_argument(
+        "--phase",
+        type=int,
+        choices=[1, 2],
+        default=None,
+        help="1: embeddings; 2: embeddings and the teacher's masks under prompts",
+    )
+    loss.add_argument("--mse-weight", type=float, default=None, help="embedding MSE")
+    loss.add_argument("--cosine-weight", type=float, default=None, help="embedding cosine distance")
     loss.add_argument("--mask-weight", type=float, default=None, help="phase 2")
     loss.add_argument(
         "--iou-weight", type=float, default=None, help="phase 2: predicted IoUs vs the teacher's"
@@ -122,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     router.add_argument("--router-lr-scale", type=float, default=None, help="router lr x this")
     add_train_arguments(parser)
-    return parser
+    return describe_defaults(parser, _DEFAULTS)
 
 
 def settings_from_args(args: argparse.Namespace) -> DistillSettings:

@@ -14,42 +14,58 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+from biglittle_sam.train.cli import RUNTIME_ERRORS, USAGE_ERRORS
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="biglittle-sam-export-onnx", description=__doc__.split("\n")[0]
+    )
     models = parser.add_argument_group("model")
     models.add_argument(
         "--model",
         required=True,
-        help="registry name: bl_b, bl_l, bl_h, vit_b, vit_tiny, bl_tiny...",
+        help="registry name: bl_b, bl_l, bl_h, vit_b, vit_tiny, bl_tiny... (required)",
     )
     models.add_argument(
-        "--checkpoint", default=None, help="a checkpoint of that model (random weights if omitted)"
+        "--checkpoint",
+        default=None,
+        help="a checkpoint of that model (default: none, random weights)",
     )
     models.add_argument(
         "--sam-checkpoint",
         default=None,
-        help="for bl_*: an official SAM checkpoint to inherit from (not distilled)",
+        help="for bl_*: an official SAM checkpoint to inherit from (not distilled; default: none)",
     )
     models.add_argument(
-        "--seed", type=int, default=None, help="seed of the weights no checkpoint provides"
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the weights no checkpoint provides (default 0)",
     )
     export = parser.add_argument_group("export")
     export.add_argument(
-        "--keep-ratio", type=float, default=None, help="big.LITTLE keep ratio in (0, 1]"
+        "--keep-ratio",
+        type=float,
+        default=None,
+        help="big.LITTLE keep ratio in (0, 1] (default: the model's)",
     )
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
     export.add_argument("--out-dir", default=None, help="output folder (default: current)")
-    export.add_argument("--skip-decoder", action="store_true", help="export only the image encoder")
+    export.add_argument(
+        "--skip-decoder", action="store_true", help="export only the image encoder (default: both)"
+    )
     export.add_argument(
         "--multimask",
         action="store_true",
-        help="decoder returns all 4 masks, not only the best (return_single_mask=False)",
+        help="decoder returns all 4 masks, not only the best (return_single_mask=False; "
+        "default: off)",
     )
     parser.add_argument(
         "--check",
         action="store_true",
-        help="run the exported files in onnxruntime and print the max abs diff from PyTorch",
+        help="run the exported files in onnxruntime and print the max abs diff from PyTorch "
+        "(default: off)",
     )
     return parser
 
@@ -77,7 +93,6 @@ def _build_model(args: argparse.Namespace) -> Any:
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Path]:
     args = build_parser().parse_args(argv)
     from biglittle_sam.build_sam import get_keep_ratio
-    from biglittle_sam.checkpoint import CheckpointError
     from biglittle_sam.export import (
         compare_image_encoder,
         compare_prompt_decoder,
@@ -112,9 +127,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Path]:
             if "decoder" in written:
                 diff = compare_prompt_decoder(sam, written["decoder"])
                 print(f"check: decoder max abs diff onnxruntime vs PyTorch = {diff:.3g}")
-    except (CheckpointError, FileNotFoundError, ValueError, ImportError) as e:
+    except USAGE_ERRORS as e:  # CheckpointError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except RUNTIME_ERRORS as e:  # onnx / onnxruntime not installed, a file not written
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
     return written
 
 

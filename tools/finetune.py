@@ -18,9 +18,11 @@ from typing import Optional, Sequence
 from biglittle_sam.train.cli import (
     add_config_argument,
     add_train_arguments,
+    describe_defaults,
     given,
     parse_overrides,
     run_cli,
+    settings_defaults,
     train_settings_from_args,
 )
 from biglittle_sam.train.finetune import FinetuneSettings, run_finetune
@@ -48,9 +50,14 @@ _FIELDS = (
 )
 
 
+# The library's defaults, for --help (the flags default to None: only the ones given are used).
+_DEFAULTS = {**settings_defaults(FinetuneSettings(images="-")), "override": ()}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Fine-tune SAM or big.LITTLE SAM on COCO / SA-1B masks (focal + Dice + IoU)."
+        prog="biglittle-sam-finetune",
+        description="Fine-tune SAM or big.LITTLE SAM on COCO / SA-1B masks (focal + Dice + IoU).",
     )
     add_config_argument(parser)
     data = parser.add_argument_group("data")
@@ -60,10 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="COCO image folder or SA-1B folder (required here or in --config)",
     )
     data.add_argument("--annotations", default=None, help="COCO / LVIS instance json")
-    data.add_argument("--dataset", choices=["coco", "lvis", "sa1b"], default=None)
+    data.add_argument(
+        "--dataset",
+        choices=["coco", "lvis", "sa1b"],
+        default=None,
+        help="the annotations' format (default: from the files)",
+    )
     data.add_argument("--limit", type=int, default=None, help="only the first N images")
     data.add_argument("--max-instances", type=int, default=None, help="objects per image")
-    data.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None)
+    data.add_argument(
+        "--hflip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="flip half of the images horizontally",
+    )
     data.add_argument("--strict", action="store_true", help="stop at an unreadable image")
     model = parser.add_argument_group("model")
     model.add_argument("--model", default=None, help="registry name (default vit_b)")
@@ -90,11 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument(
         "--mask-input-prob", type=float, default=None, help="refinement rounds with the last mask"
     )
-    loss.add_argument("--focal-weight", type=float, default=None)
-    loss.add_argument("--dice-weight", type=float, default=None)
-    loss.add_argument("--iou-weight", type=float, default=None)
+    loss.add_argument("--focal-weight", type=float, default=None, help="focal loss weight")
+    loss.add_argument("--dice-weight", type=float, default=None, help="Dice loss weight")
+    loss.add_argument(
+        "--iou-weight", type=float, default=None, help="MSE of the IoU head against the real IoU"
+    )
     add_train_arguments(parser)
-    return parser
+    return describe_defaults(parser, _DEFAULTS)
 
 
 def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:

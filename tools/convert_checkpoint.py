@@ -9,12 +9,11 @@ The output loads with ``sam_model_registry["bl_b"](checkpoint="bl_b.pth")``.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from biglittle_sam.convert import convert_checkpoint
-from biglittle_sam.train.cli import RUNTIME_ERRORS, USAGE_ERRORS
+from biglittle_sam.train.cli import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,16 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> Path:
     args = build_parser().parse_args(argv)
-    try:
-        out = convert_checkpoint(
+    out = run_cli(  # exit 2 for a wrong or missing file, 1 if it cannot be written
+        lambda: convert_checkpoint(
             args.encoder, args.sam_checkpoint, args.output, model=args.model, teacher=args.teacher
         )
-    except USAGE_ERRORS as e:  # CheckpointError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except RUNTIME_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    )
     print(f"wrote {out}")
     return out
 

@@ -10,11 +10,10 @@ in onnxruntime and prints the largest difference from PyTorch. Needs the ``expor
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-from biglittle_sam.train.cli import RUNTIME_ERRORS, USAGE_ERRORS
+from biglittle_sam.train.cli import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +104,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Path]:
         options["opset"] = args.opset
     out_dir = Path(args.out_dir) if args.out_dir is not None else Path(".")
     written: Dict[str, Path] = {}
-    try:
+
+    def export() -> None:
         sam = _build_model(args)
         ratio = args.keep_ratio if args.keep_ratio is not None else get_keep_ratio(sam)
         encoder_path = out_dir / f"{args.model}_r{ratio:g}_encoder.onnx"
@@ -127,12 +127,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Path]:
             if "decoder" in written:
                 diff = compare_prompt_decoder(sam, written["decoder"])
                 print(f"check: decoder max abs diff onnxruntime vs PyTorch = {diff:.3g}")
-    except USAGE_ERRORS as e:  # CheckpointError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except RUNTIME_ERRORS as e:  # onnx / onnxruntime not installed, a file not written
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+
+    # exit 2 for a bad model, ratio or file; 1 when onnx is missing or a file cannot be written
+    run_cli(export)
     return written
 
 

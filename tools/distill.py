@@ -4,11 +4,13 @@
         --teacher-checkpoint sam_vit_b_01ec64.pth --steps 20000 --batch-size 64 \
         --out-dir outputs/bl_b
     torchrun --nproc_per_node=8 tools/distill.py ... --resume auto
+    biglittle-sam-distill --config configs/bl_b_sa1b.yaml --steps 5000   # a recipe and a flag
     biglittle-sam-distill --phase 2 --init-checkpoint outputs/bl_b/model.pth \
         --annotations instances_train2017.json ...
 
-Flags left out keep the library's defaults (``biglittle_sam.distill.DistillSettings`` and
-``biglittle_sam.train.TrainSettings``).
+Flags override the --config recipe; what neither gives keeps the library's defaults
+(``biglittle_sam.distill.DistillSettings`` and ``biglittle_sam.train.TrainSettings``). The resolved
+settings are written to <out-dir>/settings.json.
 """
 
 from __future__ import annotations

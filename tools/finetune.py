@@ -4,10 +4,12 @@
         --images train2017 --annotations instances_train2017.json --train-parts decoder \
         --steps 5000 --batch-size 16 --out-dir outputs/ft_vit_b
     torchrun --nproc_per_node=4 tools/finetune.py ... --resume auto
+    biglittle-sam-finetune --config configs/toy/teacher.yaml --steps 100   # a recipe and a flag
 
 Losses: focal + Dice + IoU-head MSE (SAM's); prompts: boxes and points from the masks, with
-refinement clicks. Flags left out keep the library's defaults
-(``biglittle_sam.train.FinetuneSettings`` and ``TrainSettings``).
+refinement clicks. Flags override the --config recipe; what neither gives keeps the library's
+defaults (``biglittle_sam.train.FinetuneSettings`` and ``TrainSettings``). The resolved settings are
+written to <out-dir>/settings.json.
 """
 
 from __future__ import annotations

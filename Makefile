@@ -37,8 +37,7 @@ test-slow: venv
 # same command with docs/benchmarks/ as the output folder. Batches 4 and 8 and --onnx: separate runs
 # (README), since every model at batch 8 plus onnxruntime sessions needs more than 24 GB.
 benchmark: venv
-	$(PY) -m biglittle_sam_tools.benchmark --batch-sizes 1 --json outputs/benchmark.json \
-		--markdown outputs/benchmark.md --plot outputs/benchmark.png $(BENCH_ARGS)
+	$(PY) -m biglittle_sam_tools.benchmark --device cpu --batch-sizes 1 --out-dir outputs $(BENCH_ARGS)
 
 # The whole distillation pipeline on synthetic shapes, on CPU (~23 min on 2 cores): writes
 # outputs/toy/. The committed demo models came from the same tool with --assets-dir biglittle_sam/assets.

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 from biglittle_sam.model_spec import SPEC_FORM, model_spec_arg
+from biglittle_sam.train.cli import run_cli
 
 # Kept equal to biglittle_sam.export.onnx.FP32_TOLERANCE / INT8_MIN_COSINE (checked by a test);
 # written out so that --help does not import torch.
@@ -25,7 +26,9 @@ INT8_MIN_COSINE = 0.99
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="biglittle-sam-export-onnx", description=__doc__.split("\n")[0]
+    )
     models = parser.add_argument_group("model")
     models.add_argument(
         "--model",
@@ -35,23 +38,33 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the model: {SPEC_FORM}; --checkpoint and --keep-ratio may give those parts",
     )
     models.add_argument(
-        "--checkpoint", default=None, help="a checkpoint of that model (random weights if omitted)"
+        "--checkpoint",
+        default=None,
+        help="a checkpoint of that model (default: none, random weights)",
     )
     models.add_argument(
         "--sam-checkpoint",
         default=None,
-        help="for bl_*: an official SAM checkpoint to inherit from (not distilled)",
+        help="for bl_*: an official SAM checkpoint to inherit from (not distilled; default: none)",
     )
     models.add_argument(
-        "--seed", type=int, default=None, help="seed of the weights no checkpoint provides"
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the weights no checkpoint provides (default 0)",
     )
     export = parser.add_argument_group("export")
     export.add_argument(
-        "--keep-ratio", type=float, default=None, help="big.LITTLE keep ratio in (0, 1]"
+        "--keep-ratio",
+        type=float,
+        default=None,
+        help="big.LITTLE keep ratio in (0, 1] (default: the model's)",
     )
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
     export.add_argument("--out-dir", default=None, help="output folder (default: current)")
-    export.add_argument("--skip-decoder", action="store_true", help="export only the image encoder")
+    export.add_argument(
+        "--skip-decoder", action="store_true", help="export only the image encoder (default: both)"
+    )
     export.add_argument(
         "--return-single-mask",
         action="store_true",
@@ -115,7 +128,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Path]:
     if not args.check_tolerance > 0:
         parser.error(f"--check-tolerance must be a positive number, got {args.check_tolerance}")
     from biglittle_sam.build_sam import build_model_from_spec, get_keep_ratio
-    from biglittle_sam.checkpoint import CheckpointError
     from biglittle_sam.export import (
         check_image_encoder,
         check_prompt_decoder,
@@ -131,7 +143,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Path]:
     out_dir = Path(args.out_dir) if args.out_dir is not None else Path(".")
     written: Dict[str, Path] = {}
     failed = []
-    try:
+
+    def export() -> None:
         spec = spec_with(args.model, args.checkpoint, args.keep_ratio)
         seed = args.seed if args.seed is not None else 0
         sam = build_model_from_spec(spec, seed, sam_checkpoint=args.sam_checkpoint)
@@ -177,9 +190,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Path]:
                     )
                 if not result.passes(quantized, args.check_tolerance):
                     failed.append(kind)
-    except (CheckpointError, FileNotFoundError, ValueError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+
+    # exit 2 for a bad model, ratio or file; 1 when onnx is missing or a file cannot be written
+    run_cli(export)
     if failed:
         print(
             f"error: --check failed for {', '.join(failed)}: beyond the tolerance printed above",

@@ -1,18 +1,19 @@
-"""Each extra's environment, built on paper: every module imports only what core plus its extra declare.
+"""Each extra's environment on paper: every module imports only what core and its extra declare.
 
-A user installs ``biglittle-sam`` (core) or ``biglittle-sam[EXTRA]``; a module they then run must find
-every third-party package it imports. For every module under ``biglittle_sam/``, ``tools/`` and
+A user installs ``biglittle-sam`` (core) or ``biglittle-sam[EXTRA]``; a module they then run must
+find every third-party package it imports. For every module under ``biglittle_sam/``, ``tools/`` and
 ``demo/``, this test collects the imports that running it can reach: its own imports (top level and
-inside functions, including ``importlib.import_module("x")`` with a literal name), and, transitively,
-those of every project module it imports (a package's ``__init__`` included). An import reached only
-inside a function still counts: the demo's *Download mask* imports pycocotools inside
-``data.masks.encode_mask``, and a ``[demo]`` install without it fails when the user clicks. Imports under
-``if TYPE_CHECKING:`` do not run and are skipped.
+inside functions, and ``importlib.import_module("x")`` with a literal name), and, transitively,
+those of every project module it imports (a package's ``__init__`` included). An import reached
+only inside a function still counts: the demo's *Download mask* imports pycocotools inside
+``data.masks.encode_mask``, and a ``[demo]`` install without it fails when the user clicks. Imports
+under ``if TYPE_CHECKING:`` do not run and are skipped.
 
-Every module has a home (``HOMES``): the extra its user installs to run it. Its reachable third-party
-imports must be declared by core (``install_requires``) or by that extra. A module shared by features
-of several extras (the dataset readers) lists them all, and must work under each. A module not named
-in ``HOMES`` is core: a new module with an optional dependency fails here until it is given a home.
+Every module has a home (``HOMES``): the extra its user installs to run it. Its reachable
+third-party imports must be declared by core (``install_requires``) or by that extra. A module
+shared by features of several extras (the dataset readers) lists them all, and must work under
+each. A module not named in ``HOMES`` is core: a new module with an optional dependency fails here
+until it is given a home.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ HOMES: Dict[str, Tuple[str, ...]] = {
     "demo/": ("demo",),
     "biglittle_sam/eval/": ("eval",),
     "tools/eval_miou.py": ("eval",),
-    # Readers and writers of COCO / LVIS / SA-1B / shapes data: evaluation and training both use them.
+    # Readers and writers of COCO / LVIS / SA-1B / shapes data: evaluation and training use them.
     "biglittle_sam/data/": ("eval", "train"),
     "biglittle_sam/train/": ("train",),
     "biglittle_sam/distill/": ("train",),
@@ -63,7 +64,7 @@ HOMES: Dict[str, Tuple[str, ...]] = {
     "tools/amg.py": ("amg",),
 }
 
-# Import name -> the distributions that provide it, where the name alone does not say (any one will do).
+# Import name -> the distributions that provide it, where the name does not say (any one will do).
 PROVIDERS: Dict[str, FrozenSet[str]] = {
     "cv2": frozenset(
         {

@@ -54,7 +54,7 @@ HOMES: Dict[str, Tuple[str, ...]] = {
     "tools/cache_teacher.py": ("train",),
     "tools/toy_benchmark.py": ("train",),
     "tools/proxy_benchmark.py": ("train",),
-    "tools/make_shapes_dataset.py": ("train",),
+    "tools/make_shapes_dataset.py": ("eval", "train"),
     "biglittle_sam/benchmark.py": ("bench",),
     "biglittle_sam/benchmarks/speed/": ("bench",),
     "tools/benchmark.py": ("bench",),

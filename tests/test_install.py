@@ -110,8 +110,8 @@ def _normalize(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
 
 
-def _run(command: List[str], **kwargs: object) -> subprocess.CompletedProcess:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, **kwargs)
+def _run(command: List[str], timeout: float = 600, **kwargs: object) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
     assert (
         done.returncode == 0
     ), f"{' '.join(command)}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
@@ -269,13 +269,23 @@ def test_the_venv_sees_only_what_is_required(wheel: Path) -> None:
     assert "timm" not in demo and "pytest" not in demo
 
 
+def test_wheel_ships_the_license_and_the_package_data(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+    assert any(n.endswith(".dist-info/LICENSE") or n.endswith("licenses/LICENSE") for n in names)
+    assert any(n.startswith("biglittle_sam/assets/") and n.endswith(".pth") for n in names)
+    assert any(n.startswith("biglittle_sam_demo/examples/") for n in names)
+    assert not any(n.startswith(("tests/", "tools/", "demo/")) for n in names)
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_real_pip_install_of_demo_extra(wheel: Path, tmp_path: Path) -> None:
     """``pip install "<wheel>[demo]"`` into a fresh venv from the configured index (minutes)."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
-    _run([str(python), "-m", "pip", "install", f"{wheel}[demo]"])
+    _run([str(python), "-m", "pip", "install", f"{wheel}[demo]"], timeout=3000)
     (tmp_path / "out").mkdir()
     report = run_script(python, DEMO_SCRIPT, tmp_path, str(tmp_path / "out"))
     assert report["files"] == [".png", ".json"] and report["rle_matches_png"]

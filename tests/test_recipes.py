@@ -8,8 +8,8 @@ from typing import Any, List
 
 import pytest
 
+from biglittle_sam.benchmarks.toy import TOY_TEACHER, ToyBenchmarkSettings
 from biglittle_sam.distill.distill import DistillSettings
-from biglittle_sam.distill.toy_benchmark import TOY_TEACHER, ToyBenchmarkSettings
 from biglittle_sam.train.finetune import FinetuneSettings
 from biglittle_sam.train.recipes import RecipeError, load_recipe, write_settings
 from tools import distill, finetune

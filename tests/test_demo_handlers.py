@@ -14,19 +14,13 @@ import torch
 from PIL import Image
 
 from biglittle_sam.data.masks import decode_rle
+from biglittle_sam.demo import controller as controller_module
 from biglittle_sam.demo import engine
-from biglittle_sam.demo import session as session_module
+from biglittle_sam.demo.controller import DemoController
 from biglittle_sam.demo.engine import decode_prompts, encode_image, mask_iou
 from biglittle_sam.demo.models import DemoModel
-from biglittle_sam.demo.session import (
-    MODE_BOX,
-    MODE_NEGATIVE,
-    NO_IMAGE,
-    DemoController,
-    DemoSession,
-    Settings,
-)
-from demo.app import parse_prompts_json
+from biglittle_sam.demo.prompts import parse_prompts_json
+from biglittle_sam.demo.session import MODE_BOX, MODE_NEGATIVE, NO_IMAGE, DemoSession, Settings
 
 from .demo_fixtures import demo_models, example_image, interior_point, torch_threads
 
@@ -78,7 +72,7 @@ def test_positive_point_gives_three_masks_and_reuses_features(
     session, instances = _loaded(controller, settings)
     calls = []
     real = engine.encode_image
-    monkeypatch.setattr(session_module, "encode_image", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(controller_module, "encode_image", lambda *a: calls.append(a) or real(*a))
     target = max(instances, key=lambda d: d["mask"].sum())["mask"]
     x, y = interior_point(target)
     view = controller.click(session, settings, *_canvas_xy(session, x, y))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import colorsys
+import math
 from typing import Any, Dict, List, Sequence, Tuple
 
 import cv2
@@ -18,6 +19,7 @@ __all__ = [
     "draw_heat",
     "draw_mask",
     "draw_prompts",
+    "pad_for_display",
     "resize_for_display",
 ]
 
@@ -33,6 +35,8 @@ NEGATIVE = (230, 30, 30)
 BOX = (255, 215, 0)
 SMALL_SIDE = 768  # small images are enlarged to this long side, so clicks land where intended
 LARGE_SIDE = 1024  # large ones are shrunk to it, so each update sends a small picture
+MAX_ASPECT = 4.0  # longer and thinner canvases are padded: a 4000 x 50 photo stays clickable
+PAD = (38, 38, 46)  # the padding: a dark grey that no mask colour uses
 
 
 def display_scale(height: int, width: int) -> float:
@@ -55,6 +59,24 @@ def resize_for_display(image: np.ndarray, scale: float) -> np.ndarray:
     if image.dtype == bool:
         return cv2.resize(image.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
     return cv2.resize(image, size, interpolation=mode)
+
+
+def pad_for_display(canvas: np.ndarray, max_aspect: float = MAX_ASPECT) -> np.ndarray:
+    """Pad an H x W x 3 canvas at the bottom or right to at most ``max_aspect`` : 1.
+
+    A very long, thin image would otherwise be laid out as a strip a few pixels high under the
+    image label. The padding is below or to the right, so canvas pixel (x, y) is still image pixel
+    (x, y) / scale, and a click on the padding falls outside the image.
+    """
+    h, w = canvas.shape[:2]
+    height = max(h, math.ceil(w / max_aspect))
+    width = max(w, math.ceil(h / max_aspect))
+    if (height, width) == (h, w):
+        return canvas
+    out = np.empty((height, width) + canvas.shape[2:], dtype=canvas.dtype)
+    out[...] = np.array(PAD, dtype=canvas.dtype)[: canvas.shape[2]] if canvas.ndim == 3 else 0
+    out[:h, :w] = canvas
+    return out
 
 
 def _fit(mask: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:

@@ -10,6 +10,7 @@
 from .build_sam import (
     build_sam_from_config,
     get_keep_ratio,
+    keep_ratio_context,
     model_config,
     sam_model_registry,
     set_keep_ratio,
@@ -32,6 +33,7 @@ __all__ = [
     "build_sam_from_config",
     "get_config",
     "get_keep_ratio",
+    "keep_ratio_context",
     "model_config",
     "read_checkpoint",
     "sam_model_registry",

@@ -49,7 +49,13 @@ from .config import (
     validate_keep_ratio,
 )
 from .modeling import ImageEncoderBigLittle
-from .modeling.encoder_ops import get_keep_ratio, model_config, set_keep_ratio, swap_image_encoder
+from .modeling.encoder_ops import (
+    get_keep_ratio,
+    keep_ratio_context,
+    model_config,
+    set_keep_ratio,
+    swap_image_encoder,
+)
 
 __all__ = [
     "sam_model_registry",
@@ -57,6 +63,7 @@ __all__ = [
     "swap_image_encoder",
     "set_keep_ratio",
     "get_keep_ratio",
+    "keep_ratio_context",
     "model_config",
     "inherit_from_sam",
 ]

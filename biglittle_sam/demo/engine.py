@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from ..build_sam import set_keep_ratio
 from .models import DemoModel
 
 __all__ = [
@@ -106,8 +105,8 @@ def _usage_grid(usage: torch.Tensor, input_size: Tuple[int, int], patch: int) ->
 def encode_image(model: DemoModel, image: np.ndarray, keep_ratio: float) -> EncodedImage:
     """Run the image encoder on an H x W x 3 uint8 RGB image.
 
-    The keep ratio is set on the shared encoder under the model's lock, so sessions encoding at
-    different ratios at the same time cannot see each other's setting.
+    The encoder runs this call at ``keep_ratio`` without changing the shared model's ratio, so
+    sessions encoding at different ratios cannot see each other's setting.
     """
     sam = model.sam
     device = model.device
@@ -124,8 +123,7 @@ def encode_image(model: DemoModel, image: np.ndarray, keep_ratio: float) -> Enco
         start = time.perf_counter()
         if model.is_biglittle:
             ratio = float(keep_ratio)
-            set_keep_ratio(sam, ratio)
-            features, aux = sam.image_encoder.forward_with_aux(x)
+            features, aux = sam.image_encoder.forward_with_aux(x, keep_ratio=ratio)
             _sync(device)
             seconds = time.perf_counter() - start
             patch = model.config.patch_size

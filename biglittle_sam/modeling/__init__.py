@@ -2,7 +2,13 @@
 
 from .attention import Attention, resize_rel_pos, window_partition, window_unpartition
 from .blocks import BigBlock, BigLittleBlock, LayerRouting, LittleBlock
-from .encoder_ops import get_keep_ratio, model_config, set_keep_ratio, swap_image_encoder
+from .encoder_ops import (
+    get_keep_ratio,
+    keep_ratio_context,
+    model_config,
+    set_keep_ratio,
+    swap_image_encoder,
+)
 from .image_encoder import BigLittleAux, ImageEncoderBigLittle, ImageEncoderViTFused
 from .router import Router, select_tokens
 
@@ -17,6 +23,7 @@ __all__ = [
     "LittleBlock",
     "Router",
     "get_keep_ratio",
+    "keep_ratio_context",
     "model_config",
     "resize_rel_pos",
     "select_tokens",

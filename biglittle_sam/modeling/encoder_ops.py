@@ -6,16 +6,23 @@ import the registry.
 
 from __future__ import annotations
 
-from typing import Union
+from contextlib import contextmanager, nullcontext
+from typing import ContextManager, Iterator, Union
 
 from segment_anything.modeling import ImageEncoderViT, Sam
 from torch import nn
 
-from ..config import SamViTConfig
+from ..config import SamViTConfig, validate_keep_ratio
 from .image_encoder import ImageEncoderBigLittle, ImageEncoderViTFused
 from .vit_config import vit_config
 
-__all__ = ["swap_image_encoder", "set_keep_ratio", "get_keep_ratio", "model_config"]
+__all__ = [
+    "swap_image_encoder",
+    "set_keep_ratio",
+    "get_keep_ratio",
+    "keep_ratio_context",
+    "model_config",
+]
 
 
 def swap_image_encoder(sam: Sam, encoder: nn.Module) -> Sam:
@@ -62,6 +69,33 @@ def get_keep_ratio(model: Union[Sam, nn.Module]) -> float:
     """The keep ratio of a big.LITTLE model, or 1.0 for a plain SAM encoder (every token is big)."""
     encoder = _encoder(model)
     return encoder.keep_ratio if isinstance(encoder, ImageEncoderBigLittle) else 1.0
+
+
+@contextmanager
+def keep_ratio_context(model: Union[Sam, nn.Module], keep_ratio: float) -> Iterator[None]:
+    """Encode at ``keep_ratio`` in this thread, inside the ``with`` block only.
+
+    Other threads sharing the model keep their own ratio, and nothing is left changed afterwards,
+    so a server can encode each request at its own ratio on one shared model::
+
+        with keep_ratio_context(sam, 0.25):
+            predictor.set_image(image)
+
+    A plain SAM encoder routes every token, so it accepts only ``keep_ratio`` 1 (a no-op);
+    anything else raises ``TypeError``. ``ValueError`` outside (0, 1].
+    """
+    encoder = _encoder(model)
+    if isinstance(encoder, ImageEncoderBigLittle):
+        context: ContextManager[None] = encoder.keep_ratio_context(keep_ratio)
+    elif validate_keep_ratio(keep_ratio) == 1.0:
+        context = nullcontext()
+    else:
+        raise TypeError(
+            f"{type(encoder).__name__} is not a big.LITTLE encoder; it runs every token at keep "
+            f"ratio 1, got {keep_ratio}"
+        )
+    with context:
+        yield
 
 
 def model_config(model: Union[Sam, nn.Module]) -> SamViTConfig:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 from segment_anything.modeling.common import LayerNorm2d
@@ -22,6 +24,13 @@ from .blocks import BigBlock, BigLittleBlock, LayerRouting
 from .vit_config import vit_config
 
 __all__ = ["ImageEncoderBigLittle", "ImageEncoderViTFused", "BigLittleAux", "padding_tokens"]
+
+
+# Per-thread keep-ratio overrides, {id(encoder): ratio}, set by
+# ImageEncoderBigLittle.keep_ratio_context. Kept here rather than on the encoder so that encoders
+# stay deep-copyable and picklable; an entry lives only while its context (which holds the
+# encoder) is open, so an id is never reused for another encoder meanwhile.
+_THREAD_RATIOS = threading.local()
 
 
 @dataclass
@@ -141,12 +150,44 @@ class ImageEncoderBigLittle(nn.Module):
 
     @property
     def keep_ratio(self) -> float:
-        """Share of each group's tokens that take the big path, in (0, 1]; settable at run time."""
+        """Share of each group's tokens that take the big path, in (0, 1]; settable at run time.
+
+        Inside :meth:`keep_ratio_context` this reads the calling thread's ratio; setting it
+        changes the encoder's default, which every thread without a context uses.
+        """
+        ratios = getattr(_THREAD_RATIOS, "ratios", None)
+        if ratios:
+            override = ratios.get(id(self))
+            if override is not None:
+                return override
         return self._keep_ratio
 
     @keep_ratio.setter
     def keep_ratio(self, value: float) -> None:
         self._keep_ratio = validate_keep_ratio(value)
+
+    @contextmanager
+    def keep_ratio_context(self, keep_ratio: float) -> Iterator[None]:
+        """Run this thread's forward passes at ``keep_ratio`` inside the ``with`` block.
+
+        Other threads keep their own ratio (their context's, or the encoder's default), so one
+        shared encoder can serve requests at different ratios at the same time. Contexts nest; the
+        ratio is validated once, on entry (``ValueError`` outside (0, 1]).
+        """
+        value = validate_keep_ratio(keep_ratio)
+        ratios: Optional[Dict[int, float]] = getattr(_THREAD_RATIOS, "ratios", None)
+        if ratios is None:
+            ratios = _THREAD_RATIOS.ratios = {}
+        key = id(self)
+        previous = ratios.get(key)
+        ratios[key] = value
+        try:
+            yield
+        finally:
+            if previous is None:
+                del ratios[key]
+            else:
+                ratios[key] = previous
 
     @property
     def routing(self) -> str:
@@ -195,14 +236,16 @@ class ImageEncoderBigLittle(nn.Module):
     def _attentions(self) -> List[nn.Module]:
         return [m for blk in self.blocks for m in (blk.attn, blk.little.attn)]
 
-    def _run(self, x: Tensor, record: bool) -> Tuple[Tensor, Optional[BigLittleAux]]:
+    def _run(
+        self, x: Tensor, record: bool, keep_ratio: float
+    ) -> Tuple[Tensor, Optional[BigLittleAux]]:
         _check_input(x, self.in_chans, self.img_size)
         padding = padding_tokens(x, self.patch_size) if self.skip_padding else None  # (B, H, W)
         x = self.patch_embed(x)  # (B, H, W, C)
         x = x + self.pos_embed
         aux = BigLittleAux() if record else None
         for i, blk in enumerate(self.blocks):
-            x, routing = blk(x, self._keep_ratio, return_routing=record, padding=padding)
+            x, routing = blk(x, keep_ratio, return_routing=record, padding=padding)
             if aux is not None and routing is not None:
                 scores, selected, k, routed = routing
                 # Capacity is static, so every image routes the same number of tokens; a stable
@@ -216,11 +259,19 @@ class ImageEncoderBigLittle(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: B x 3 x S x S -> B x out_chans x S/16 x S/16 image embeddings."""
-        return self._run(x, record=False)[0]
+        return self._run(x, record=False, keep_ratio=self.keep_ratio)[0]
 
-    def forward_with_aux(self, x: Tensor) -> Tuple[Tensor, BigLittleAux]:
-        """As :meth:`forward`, plus per-layer routing (selected tokens and router scores)."""
-        out, aux = self._run(x, record=True)
+    def forward_with_aux(
+        self, x: Tensor, keep_ratio: Optional[float] = None
+    ) -> Tuple[Tensor, BigLittleAux]:
+        """As :meth:`forward`, plus per-layer routing (selected tokens and router scores).
+
+        Arguments:
+          x: B x 3 x S x S normalized, padded images.
+          keep_ratio: run this call at this ratio, in (0, 1]; None: :attr:`keep_ratio`.
+        """
+        ratio = self.keep_ratio if keep_ratio is None else validate_keep_ratio(keep_ratio)
+        out, aux = self._run(x, record=True, keep_ratio=ratio)
         assert aux is not None
         return out, aux
 

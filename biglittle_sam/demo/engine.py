@@ -106,7 +106,8 @@ def encode_image(model: DemoModel, image: np.ndarray, keep_ratio: float) -> Enco
     """Run the image encoder on an H x W x 3 uint8 RGB image.
 
     The encoder runs this call at ``keep_ratio`` without changing the shared model's ratio, so
-    sessions encoding at different ratios cannot see each other's setting.
+    sessions encoding at different ratios cannot see each other's setting, and no lock is
+    needed: two sessions encode at the same time (the page's queue bounds how many at once).
     """
     sam = model.sam
     device = model.device
@@ -117,7 +118,7 @@ def encode_image(model: DemoModel, image: np.ndarray, keep_ratio: float) -> Enco
     usage: Optional[np.ndarray] = None
     patch = 16
     ratio = 1.0
-    with model.lock, torch.inference_mode():
+    with torch.inference_mode():
         x = sam.preprocess(x)  # normalise and pad to 1 x 3 x S x S
         _sync(device)
         start = time.perf_counter()

@@ -417,20 +417,23 @@ def test_long_thin_image_gets_a_clickable_canvas(
     controller: DemoController, settings: Settings
 ) -> None:
     session = DemoSession()
-    strip = np.full((50, 4000, 3), 200, np.uint8)
+    strip = np.zeros((50, 4000, 3), np.uint8)
+    strip[:, 1000:2000] = 255  # a white band: the object to click
     view = controller.load(session, strip, settings)
-    h, w = view.canvas.shape[:2]
-    assert w == 1024 and h == 256  # padded to 4:1, not a 13 px strip
-    shown = session.display.shape[:2]
-    assert shown == (13, 1024)
-    assert np.array_equal(view.canvas[: shown[0], : shown[1]], session.display)
-    # The padding sits below the image: canvas pixels still map to image pixels ...
-    view = controller.click(session, settings, 512, 6)
-    assert session.prompts.points[0].x == pytest.approx(512 / session.scale)
-    # ... and a click on the padding is outside the image.
-    view = controller.click(session, settings, 512, 200)
+    assert view.canvas.shape[:2] == (256, 1024)  # stretched to 4:1, not a 13 px strip
+    assert "stretched" in view.message and "true shape" in view.message
+    assert view.canvas[128, 384].tolist() == [255, 255, 255] and view.canvas[128, 100].max() == 0
+    # Clicks map back through the stretch: canvas (384, 192) is image (1500, 37.5).
+    controller.click(session, settings, 384, 192)
+    point = session.prompts.points[0]
+    assert (point.x, point.y) == pytest.approx((1500, 37.5))
+    assert session.prediction.masks.shape[1:] == (50, 4000)  # the true shape
+    view = controller.click(session, settings, 384, 300)
     assert "outside the image" in view.message and len(session.prompts.points) == 1
-    assert view.compare_canvas is None
+    png, _ = controller.export(session, settings)[0]
+    assert Image.open(png).size == (4000, 50)
+    tall = DemoSession()
+    assert controller.load(tall, strip.transpose(1, 0, 2), settings).canvas.shape[:2] == (1024, 256)
 
 
 def test_compare_warns_when_models_differ_in_size(

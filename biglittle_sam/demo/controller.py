@@ -20,7 +20,7 @@ from .engine import EncodedImage, decode_prompts, encode_image, segment_everythi
 from .export import export_masks
 from .images import ImageLoadError, load_image, normalize_image
 from .models import DemoModel
-from .render import display_scale, resize_for_display
+from .render import display_scale, display_stretch, resize_for_display
 from .session import MODE_BOX, MODE_NEGATIVE, NO_IMAGE, DemoSession, ProgressFn, Settings, View
 from .views import build_view
 
@@ -109,12 +109,19 @@ class DemoController(ModelCatalog):
             session.image = session.display = None
             return View(canvas=None, message=f"Could not load the image: {e}", level="error")
         session.image = image
-        session.scale = display_scale(*image.rgb.shape[:2])
-        session.display = resize_for_display(image.rgb, session.scale)
+        h, w = image.rgb.shape[:2]
+        session.scale = display_scale(h, w)
+        session.stretch = display_stretch(h, w, session.scale)
+        session.display = resize_for_display(image.rgb, session.scale, session.stretch)
         model = self.model(settings.model)
         self._encoded(session, model, self.ratio(model, settings), progress)
-        h, w = image.rgb.shape[:2]
-        notes = image.notes
+        notes = list(image.notes)
+        if session.stretch != (1.0, 1.0):
+            axis = "vertically" if session.stretch[1] > 1 else "horizontally"
+            notes.append(
+                f"a long, thin image: shown stretched {max(session.stretch):.1f}x {axis} so it "
+                "can be clicked; masks and downloads keep its true shape"
+            )
         message = f"Loaded {image.name} ({w} x {h}). Click on an object to segment it."
         return self._view(session, settings, message, "warning" if notes else "info", notes)
 
@@ -131,7 +138,8 @@ class DemoController(ModelCatalog):
         if session.image is None:
             return View(canvas=None, message=NO_IMAGE, level="warning")
         h, w = session.image.rgb.shape[:2]
-        ix, iy = float(x) / session.scale, float(y) / session.scale
+        sx, sy = session.canvas_scale
+        ix, iy = float(x) / sx, float(y) / sy
         if not (math.isfinite(ix) and math.isfinite(iy) and 0 <= ix < w and 0 <= iy < h):
             return self._view(
                 session,

@@ -121,15 +121,13 @@ def _settings(
 
 
 def _toast(view: View) -> None:
-    """Raise a toast for a problem or a note, titled by what it is (not Gradio's "Warning")."""
-    if view.level not in ("warning", "error") or not view.message:
-        return
-    text = view.message.replace("\n\n", " ").replace("\n- ", " ")
-    if view.level == "error":
-        title, _, rest = text.partition(": ")
-        gr.Warning(rest or text, title=title if rest else "Problem")
-    else:
-        gr.Info(text, title="Note")
+    """A toast for a note about the input (a converted or downscaled image).
+
+    Errors get no toast: Gradio titles every warning toast "Warning", whatever the title passed,
+    so an error is shown in the message line instead, above the (emptied) picture, as
+    "Error: <what failed>: <why>"."""
+    if view.level == "warning" and view.message:
+        gr.Info(view.message.replace("\n\n", " ").replace("\n- ", " "), title="Note")
 
 
 def _view_outputs(session: DemoSession, view: View, settings: Settings) -> Tuple[Any, ...]:
@@ -417,6 +415,7 @@ def build_demo(
             message,
             queue=False,
             api_name=False,
+            show_progress="hidden",
         ).then(
             handler("on_load", on_load, extras=("payload",)),
             [state, image_input, *controls],
@@ -448,6 +447,7 @@ def build_demo(
             message,
             queue=False,
             api_name=False,
+            show_progress="hidden",
         ).then(
             handler("on_model", on_model, outputs=model_outputs),
             [state, *controls],
@@ -461,6 +461,7 @@ def build_demo(
             message,
             queue=False,
             api_name=False,
+            show_progress="hidden",
         ).then(refresh, [state, *controls], view_outputs, api_name="keep_ratio")
         for control in (multimask, heat, compare, partner, mode):
             control.input(refresh, [state, *controls], view_outputs, api_name=False)
@@ -488,6 +489,7 @@ def build_demo(
             message,
             queue=False,
             api_name=False,
+            show_progress="hidden",
         ).then(
             handler("on_everything", on_everything, extras=("pps", "iou", "stability")),
             [state, points_per_side, min_iou, min_stability, *controls],

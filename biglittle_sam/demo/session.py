@@ -113,6 +113,7 @@ class DemoSession:
     image: Optional[LoadedImage] = None
     display: Optional[np.ndarray] = None  # the image at canvas size
     scale: float = 1.0  # canvas pixels per image pixel
+    stretch: Tuple[float, float] = (1.0, 1.0)  # (x, y) on top of scale for long thin images
     prompts: PromptSet = field(default_factory=PromptSet)
     cache: "OrderedDict[Tuple[str, float], EncodedImage]" = field(default_factory=OrderedDict)
     cache_entries: int = CACHE_ENTRIES
@@ -131,6 +132,11 @@ class DemoSession:
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
     _workspace: Optional[Path] = field(default=None, repr=False, compare=False)
     _finalizer: Optional[Any] = field(default=None, repr=False, compare=False)
+
+    @property
+    def canvas_scale(self) -> Tuple[float, float]:
+        """(x, y) canvas pixels per image pixel."""
+        return self.scale * self.stretch[0], self.scale * self.stretch[1]
 
     def reset_outputs(self) -> None:
         self.prediction = None

@@ -16,7 +16,6 @@ from .render import (
     draw_heat,
     draw_mask,
     draw_prompts,
-    pad_for_display,
     resize_for_display,
 )
 from .session import NO_IMAGE, DemoSession, Settings, View
@@ -33,8 +32,7 @@ def _canvas(
     heat: bool,
     colour: Tuple[int, int, int],
 ) -> np.ndarray:
-    """The display image with the heat map, the masks and the prompts drawn on it, padded so that
-    a very long and thin image is not a strip too thin to click (see ``pad_for_display``)."""
+    """The display image with the heat map, the masks and the prompts drawn on it."""
     assert session.display is not None
     canvas = session.display
     if heat and encoded is not None and encoded.usage_grid is not None:
@@ -44,7 +42,7 @@ def _canvas(
     if prediction is not None:
         i = min(session.choice, len(prediction.masks) - 1)
         canvas = draw_mask(canvas, prediction.masks[i], colour)
-    return pad_for_display(draw_prompts(canvas, session.prompts, session.scale))
+    return draw_prompts(canvas, session.prompts, session.canvas_scale)
 
 
 def _thumbnails(session: DemoSession) -> Tuple[List[Tuple[np.ndarray, str]], List[str]]:
@@ -56,7 +54,7 @@ def _thumbnails(session: DemoSession) -> Tuple[List[Tuple[np.ndarray, str]], Lis
     thumbs, labels = [], []
     for i, (mask, score) in enumerate(zip(prediction.masks, prediction.scores)):
         label = f"Mask {i + 1}: predicted IoU {score:.2f}"
-        thumbs.append((pad_for_display(draw_mask(small, mask, MASK_COLOURS[0])), label))
+        thumbs.append((draw_mask(small, mask, MASK_COLOURS[0]), label))
         labels.append(label)
     return thumbs, labels
 

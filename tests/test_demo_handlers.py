@@ -401,7 +401,7 @@ def test_segment_everything_says_decoding_and_load_says_what_encodes(
     seen: List[Tuple[float, str]] = []
     image, _ = example_image(1)
     controller.load(session, image, settings, lambda f, t: seen.append((f, t)))
-    assert seen == [(0.0, f"Running the image encoder of {settings.model} at keep ratio 0.50")]
+    assert seen == [(None, f"Running the image encoder of {settings.model} at keep ratio 0.50")]
     seen.clear()
     controller.everything(session, settings, 8, lambda f, t: seen.append((f, t)))
     assert seen and all("decoding" in t and "encod" not in t for _, t in seen)  # cached features

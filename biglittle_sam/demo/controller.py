@@ -43,8 +43,8 @@ def _one_at_a_time(method: F) -> F:
 class DemoController(ModelCatalog):
     """The demo's actions. Each returns a :class:`View`; none raises on a user's mistake.
 
-    Actions that may run the image encoder take ``progress``: called with (0.0, what is running)
-    before an encoder pass, so the page can say what the wait is for.
+    Actions that may run the image encoder take ``progress``: called with (None, what is running)
+    before an encoder pass (whose progress is unknown), so the page can say what the wait is for.
     """
 
     def __init__(self, models: Dict[str, DemoModel], export_dir: Optional[Path] = None) -> None:
@@ -68,7 +68,7 @@ class DemoController(ModelCatalog):
             return hit
         if progress is not None:
             at = f" at keep ratio {ratio:.2f}" if model.is_biglittle else ""
-            progress(0.0, f"Running the image encoder of {model.name}{at}")
+            progress(None, f"Running the image encoder of {model.name}{at}")
         encoded = encode_image(model, session.image.rgb, ratio)
         session.remember(key, encoded)
         session.last_encode = (model.name, ratio, encoded.seconds, False)
@@ -327,7 +327,7 @@ class DemoController(ModelCatalog):
         """``progress`` for segment everything's decoding: says it decodes, not encodes."""
         grid = f"{points_per_side}x{points_per_side}"
 
-        def report(fraction: float, text: str) -> None:
+        def report(fraction: Optional[float], text: str) -> None:
             progress(fraction, f"Segment everything ({grid} points): decoding {text}".rstrip())
 
         return report

@@ -196,8 +196,8 @@ def make_handler(
         settings = _settings(*controls)
         tracker = rest[-1]
 
-        def report(fraction: float, text: str) -> None:
-            tracker(fraction, desc=text)
+        def report(fraction: Optional[float], text: str) -> None:
+            tracker(fraction, desc=text)  # None: Gradio shows the text and the elapsed time
 
         event = rest[:-1] if select else ()
         return outputs(session, action(session, settings, report, *values, *event), settings)
@@ -221,7 +221,7 @@ def _busy(what: str) -> Callable[[str, float], str]:
 
     def message(model: str, ratio: float) -> str:
         doing = what.format(model=model, ratio=float(ratio if ratio is not None else 0.5))
-        return f"**Working:** {doing} (progress and elapsed time show over the picture)."
+        return f"**Working:** {doing} (the time so far shows on the picture)."
 
     return message
 
@@ -420,6 +420,7 @@ def build_demo(
             handler("on_load", on_load, extras=("payload",)),
             [state, image_input, *controls],
             view_outputs,
+            show_progress_on=canvas,  # the message line keeps saying what runs
             api_name="load_image",
             preprocess=False,  # see _upload_path
         )
@@ -427,18 +428,21 @@ def build_demo(
             handler("on_click", on_click, select=True),
             [state, *controls],
             view_outputs,
+            show_progress_on=canvas,  # the message line keeps saying what runs
             api_name="click",
         )
         undo.click(
             handler("on_undo", lambda s, st, report: c.undo(s, st, report)),
             [state, *controls],
             view_outputs,
+            show_progress_on=canvas,  # the message line keeps saying what runs
             api_name="undo",
         )
         clear.click(
             handler("on_clear", lambda s, st, report: c.clear(s, st)),
             [state, *controls],
             view_outputs,
+            show_progress_on=canvas,  # the message line keeps saying what runs
             api_name="clear",
         )
         model.input(
@@ -452,6 +456,7 @@ def build_demo(
             handler("on_model", on_model, outputs=model_outputs),
             [state, *controls],
             [keep_ratio, *view_outputs],
+            show_progress_on=canvas,
             api_name="model",
         )
         # Encode on release only: dragging through 0.45, 0.40 ... would encode at each value.
@@ -462,13 +467,22 @@ def build_demo(
             queue=False,
             api_name=False,
             show_progress="hidden",
-        ).then(refresh, [state, *controls], view_outputs, api_name="keep_ratio")
+        ).then(
+            refresh,
+            [state, *controls],
+            view_outputs,
+            show_progress_on=canvas,
+            api_name="keep_ratio",
+        )
         for control in (multimask, heat, compare, partner, mode):
-            control.input(refresh, [state, *controls], view_outputs, api_name=False)
+            control.input(
+                refresh, [state, *controls], view_outputs, show_progress_on=canvas, api_name=False
+            )
         choice.input(
             handler("on_choose", on_choose, extras=("index",)),
             [state, choice, *controls],
             view_outputs,
+            show_progress_on=canvas,  # the message line keeps saying what runs
             api_name="choose",
         )
         gallery.select(
@@ -481,6 +495,7 @@ def build_demo(
             ),
             [state, *controls],
             view_outputs,
+            show_progress_on=canvas,  # the message line keeps saying what runs
             api_name=False,
         )
         everything.click(
@@ -494,12 +509,14 @@ def build_demo(
             handler("on_everything", on_everything, extras=("pps", "iou", "stability")),
             [state, points_per_side, min_iou, min_stability, *controls],
             view_outputs,
+            show_progress_on=canvas,  # the message line keeps saying what runs
             api_name="everything",
         )
         api_prompts.submit(
             handler("on_prompts", on_prompts, extras=("text",)),
             [state, api_prompts, *controls],
             view_outputs,
+            show_progress_on=canvas,  # the message line keeps saying what runs
             api_name="prompts",
         )
         export.click(

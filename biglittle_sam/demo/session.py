@@ -42,7 +42,7 @@ MODE_BOX = "Box (two corner clicks)"
 MODES = (MODE_POSITIVE, MODE_NEGATIVE, MODE_BOX)
 NO_IMAGE = "Load an image first: upload one, paste one, or pick an example below."
 CACHE_ENTRIES = 6  # encoder outputs kept per session by default: a few models x keep ratios
-ProgressFn = Callable[[float, str], None]
+ProgressFn = Callable[[Optional[float], str], None]  # (fraction done or None: unknown, what)
 
 
 @dataclass

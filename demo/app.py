@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -25,6 +25,13 @@ __all__ = ["EXAMPLES_DIR", "bounds_from_args", "main", "parse_args"]
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 LOG = logging.getLogger("biglittle_sam_demo")
+# (flag, type, metavar, help): each sets the Bounds field of the same name.
+BOUND_FLAGS: Tuple[Tuple[str, Callable[[str], float], str, str], ...] = (
+    ("--max-sessions", int, "N", "sessions kept in memory; beyond N the least recently used goes"),
+    ("--session-ttl", float, "SECONDS", "an idle session is deleted with its files after this"),
+    ("--file-max-age", int, "SECONDS", "uploaded and served files older than this are deleted"),
+    ("--encodings-per-session", int, "N", "encoder outputs cached per session (model x ratio)"),
+)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -62,38 +69,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     limits = parser.add_argument_group("bounds on what the server keeps per user (docs/demo.md)")
     default = Bounds()
-    limits.add_argument(
-        "--max-sessions",
-        type=_positive(int),
-        default=None,
-        metavar="N",
-        help="sessions kept in memory; the least recently used beyond N is dropped "
-        f"(default {default.max_sessions})",
-    )
-    limits.add_argument(
-        "--session-ttl",
-        type=_positive(float),
-        default=None,
-        metavar="SECONDS",
-        help="a session idle this long is deleted with its encodings, downloads and uploads "
-        f"(default {default.session_ttl:g})",
-    )
-    limits.add_argument(
-        "--file-max-age",
-        type=_positive(int),
-        default=None,
-        metavar="SECONDS",
-        help="uploaded and served files older than this are deleted (default "
-        f"{default.file_max_age})",
-    )
-    limits.add_argument(
-        "--encodings-per-session",
-        type=_positive(int),
-        default=None,
-        metavar="N",
-        help="encoder outputs cached per session, one per model and keep ratio (default "
-        f"{default.encodings_per_session})",
-    )
+    for flag, kind, metavar, text in BOUND_FLAGS:
+        value = getattr(default, flag[2:].replace("-", "_"))
+        limits.add_argument(
+            flag,
+            type=_positive(kind),
+            default=None,
+            metavar=metavar,
+            help=f"{text} (default {value:g})",
+        )
     return parser.parse_args(argv)
 
 
@@ -114,11 +98,8 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
 
 def bounds_from_args(args: argparse.Namespace) -> Bounds:
     """The bounds given on the command line; the others keep :class:`Bounds`' defaults."""
-    given = {
-        name: getattr(args, name)
-        for name in ("max_sessions", "session_ttl", "file_max_age", "encodings_per_session")
-        if getattr(args, name) is not None
-    }
+    names = [flag[2:].replace("-", "_") for flag, _, _, _ in BOUND_FLAGS]
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     return Bounds(**given)
 
 

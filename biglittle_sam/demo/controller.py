@@ -74,15 +74,8 @@ class DemoController(ModelCatalog):
         session.last_encode = (model.name, ratio, encoded.seconds, False)
         return encoded
 
-    def _view(
-        self,
-        session: DemoSession,
-        settings: Settings,
-        message: str = "",
-        level: str = "info",
-        notes: Optional[List[str]] = None,
-    ) -> View:
-        return build_view(self, session, settings, message, level, notes)
+    # self._view(session, settings, message, level, notes): build_view with this catalog.
+    _view = build_view
 
     # ----------------------------------------------------------------------------------- actions
     @_one_at_a_time

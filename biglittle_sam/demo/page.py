@@ -386,6 +386,9 @@ def build_demo(
                 return c.refresh(s, st, progress=report)
             return c.choose(s, st, int(index))
 
+        def on_gallery(s: DemoSession, st: Settings, report: ProgressFn, evt: Any) -> View:
+            return c.choose(s, st, evt.index if isinstance(evt.index, int) else 0)
+
         def on_everything(
             s: DemoSession, st: Settings, report: ProgressFn, pps: float, iou: float, stab: float
         ) -> View:
@@ -407,127 +410,85 @@ def build_demo(
         def handler(name: str, action: Action, **kwargs: Any) -> Callable[..., Tuple[Any, ...]]:
             return make_handler(name, action, bounds=bounds, **kwargs)
 
+        def wire(
+            trigger: Callable[..., Any],
+            fn: Callable[..., Tuple[Any, ...]],
+            extra_inputs: Sequence[Any] = (),
+            api_name: Any = False,
+            outputs: Sequence[Any] = tuple(view_outputs),
+            busy: Optional[str] = None,
+            **options: Any,
+        ) -> None:
+            """Wire one event: ``fn`` gets the state, ``extra_inputs`` and the controls. ``busy``
+            (a slow event): first, at once, the message line says what runs; the progress and
+            the time so far show on the picture only, so that line stays readable."""
+            inputs = [state, *extra_inputs, *controls]
+            if busy is not None:
+                trigger = trigger(
+                    _busy(busy),
+                    [model, keep_ratio],
+                    message,
+                    queue=False,
+                    api_name=False,
+                    show_progress="hidden",
+                ).then
+            trigger(
+                fn, inputs, list(outputs), show_progress_on=canvas, api_name=api_name, **options
+            )
+
         refresh = handler("on_refresh", lambda s, st, report: c.refresh(s, st, progress=report))
-        busy_inputs = [model, keep_ratio]
-        image_input.change(
-            _busy("loading the image and running the image encoder of {model}"),
-            busy_inputs,
-            message,
-            queue=False,
-            api_name=False,
-            show_progress="hidden",
-        ).then(
+        wire(
+            image_input.change,
             handler("on_load", on_load, extras=("payload",)),
-            [state, image_input, *controls],
-            view_outputs,
-            show_progress_on=canvas,  # the message line keeps saying what runs
-            api_name="load_image",
+            [image_input],
+            "load_image",
+            busy="loading the image and running the image encoder of {model}",
             preprocess=False,  # see _upload_path
         )
-        canvas.select(
-            handler("on_click", on_click, select=True),
-            [state, *controls],
-            view_outputs,
-            show_progress_on=canvas,  # the message line keeps saying what runs
-            api_name="click",
-        )
-        undo.click(
-            handler("on_undo", lambda s, st, report: c.undo(s, st, report)),
-            [state, *controls],
-            view_outputs,
-            show_progress_on=canvas,  # the message line keeps saying what runs
-            api_name="undo",
-        )
-        clear.click(
-            handler("on_clear", lambda s, st, report: c.clear(s, st)),
-            [state, *controls],
-            view_outputs,
-            show_progress_on=canvas,  # the message line keeps saying what runs
-            api_name="clear",
-        )
-        model.input(
-            _busy("switching to {model} (its encoder runs once per image)"),
-            busy_inputs,
-            message,
-            queue=False,
-            api_name=False,
-            show_progress="hidden",
-        ).then(
+        wire(canvas.select, handler("on_click", on_click, select=True), api_name="click")
+        wire(undo.click, handler("on_undo", lambda s, st, r: c.undo(s, st, r)), api_name="undo")
+        wire(clear.click, handler("on_clear", lambda s, st, r: c.clear(s, st)), api_name="clear")
+        wire(
+            model.input,
             handler("on_model", on_model, outputs=model_outputs),
-            [state, *controls],
-            [keep_ratio, *view_outputs],
-            show_progress_on=canvas,
             api_name="model",
+            outputs=[keep_ratio, *view_outputs],
+            busy="switching to {model} (its encoder runs once per image)",
         )
         # Encode on release only: dragging through 0.45, 0.40 ... would encode at each value.
-        keep_ratio.release(
-            _busy("encoding with {model} at keep ratio {ratio:.2f}"),
-            busy_inputs,
-            message,
-            queue=False,
-            api_name=False,
-            show_progress="hidden",
-        ).then(
+        wire(
+            keep_ratio.release,
             refresh,
-            [state, *controls],
-            view_outputs,
-            show_progress_on=canvas,
             api_name="keep_ratio",
+            busy="encoding with {model} at keep ratio {ratio:.2f}",
         )
         for control in (multimask, heat, compare, partner, mode):
-            control.input(
-                refresh, [state, *controls], view_outputs, show_progress_on=canvas, api_name=False
-            )
-        choice.input(
+            wire(control.input, refresh)
+        wire(
+            choice.input,
             handler("on_choose", on_choose, extras=("index",)),
-            [state, choice, *controls],
-            view_outputs,
-            show_progress_on=canvas,  # the message line keeps saying what runs
-            api_name="choose",
+            [choice],
+            "choose",
         )
-        gallery.select(
-            handler(
-                "on_gallery",
-                lambda s, st, report, evt: c.choose(
-                    s, st, evt.index if isinstance(evt.index, int) else 0
-                ),
-                select=True,
-            ),
-            [state, *controls],
-            view_outputs,
-            show_progress_on=canvas,  # the message line keeps saying what runs
-            api_name=False,
-        )
-        everything.click(
-            _busy("segment everything with {model}"),
-            busy_inputs,
-            message,
-            queue=False,
-            api_name=False,
-            show_progress="hidden",
-        ).then(
+        wire(gallery.select, handler("on_gallery", on_gallery, select=True))
+        wire(
+            everything.click,
             handler("on_everything", on_everything, extras=("pps", "iou", "stability")),
-            [state, points_per_side, min_iou, min_stability, *controls],
-            view_outputs,
-            show_progress_on=canvas,  # the message line keeps saying what runs
-            api_name="everything",
+            [points_per_side, min_iou, min_stability],
+            "everything",
+            busy="segment everything with {model}",
         )
-        api_prompts.submit(
+        wire(
+            api_prompts.submit,
             handler("on_prompts", on_prompts, extras=("text",)),
-            [state, api_prompts, *controls],
-            view_outputs,
-            show_progress_on=canvas,  # the message line keeps saying what runs
-            api_name="prompts",
+            [api_prompts],
+            "prompts",
         )
-        export.click(
-            handler(
-                "on_export",
-                lambda s, st, report: c.export(s, st)[1],
-                outputs=export_outputs,
-            ),
-            [state, *controls],
-            [state, files, message],
+        wire(
+            export.click,
+            handler("on_export", lambda s, st, r: c.export(s, st)[1], outputs=export_outputs),
             api_name="export",
+            outputs=[state, files, message],
         )
     return demo
 

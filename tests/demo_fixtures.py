@@ -21,6 +21,7 @@ from biglittle_sam import model_config, sam_model_registry, save_model_checkpoin
 from biglittle_sam.data.shapes import render_shapes_image
 from biglittle_sam.demo.examples import EXAMPLE_CONFIG, EXAMPLE_INDICES
 from biglittle_sam.demo.models import DemoModel, default_model_paths, load_demo_model, load_models
+from biglittle_sam.demo.page import Bounds, build_demo, launch_options
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "demo" / "examples"
@@ -108,14 +109,21 @@ def torch_threads(n: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def running_demo(models: Dict[str, DemoModel], export_dir: Path) -> Iterator[str]:
-    """Serve :func:`demo.app.build_demo` on a free localhost port; yields its URL."""
-    from demo.app import build_demo
-
-    demo = build_demo(models, export_dir=export_dir)
+def running_demo(
+    models: Dict[str, DemoModel], export_dir: Path, bounds: Bounds = Bounds()
+) -> Iterator[str]:
+    """Serve :func:`biglittle_sam.demo.page.build_demo` with the bundled examples on a free
+    localhost port, under ``bounds``; yields its URL."""
+    demo = build_demo(models, EXAMPLES, export_dir=export_dir, bounds=bounds)
     demo.queue(default_concurrency_limit=2)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        **launch_options(bounds),
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_for(url)

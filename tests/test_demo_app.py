@@ -13,6 +13,7 @@ import torch
 from biglittle_sam import model_config, sam_model_registry, save_model_checkpoint
 from biglittle_sam.demo import models as models_module
 from biglittle_sam.demo.models import load_demo_model, load_models, parse_checkpoint_arg
+from biglittle_sam.demo.page import Bounds
 from demo import app
 
 
@@ -92,10 +93,10 @@ def test_main_exits_with_a_message_on_bad_checkpoint(
 ) -> None:
     with pytest.raises(SystemExit) as info:
         app.main(["--no-builtin", "--checkpoint", str(tmp_path / "nope.pth")])
-    assert "no such checkpoint file" in str(info.value.code)
+    assert info.value.code == 2 and "no such checkpoint file" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         app.main(["--no-builtin"])
-    assert "no models to serve" in str(info.value.code)
+    assert info.value.code == 2 and "no models to serve" in capsys.readouterr().err
 
 
 def test_main_launches_on_localhost_without_extra_paths(
@@ -120,3 +121,29 @@ def test_main_launches_on_localhost_without_extra_paths(
     assert launched["server_name"] == "127.0.0.1" and launched["server_port"] == 7999
     assert launched["share"] is False and launched["threads"] == 1
     assert "allowed_paths" not in launched
+
+
+def test_bounds_flags(
+    checkpoints: Dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    assert app.bounds_from_args(app.parse_args([])) == Bounds()
+    args = app.parse_args(
+        ["--max-sessions", "3", "--session-ttl", "90", "--file-max-age", "600"]
+        + ["--encodings-per-session", "2"]
+    )
+    assert app.bounds_from_args(args) == Bounds(3, 90.0, 600, 2)
+    for flag, value in (("--max-sessions", "0"), ("--session-ttl", "-5"), ("--file-max-age", "x")):
+        with pytest.raises(SystemExit) as info:
+            app.parse_args([flag, value])
+        assert info.value.code == 2 and "expected a positive number" in capsys.readouterr().err
+    launched: Dict[str, Any] = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: launched.update(kw, blocks=self))
+    app.main(
+        ["--no-builtin", "--checkpoint", f"student={checkpoints['bl']}", "--max-sessions", "3"]
+        + ["--session-ttl", "90", "--file-max-age", "600"]
+    )
+    assert launched["state_session_capacity"] == 3
+    blocks = launched["blocks"]
+    assert blocks.delete_cache == (600, 600)
+    (state,) = [b for b in blocks.blocks.values() if isinstance(b, gr.State)]
+    assert state.time_to_live == 90.0

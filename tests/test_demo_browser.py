@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import io
 import shutil
+import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from biglittle_sam.demo import controller as controller_module
 from biglittle_sam.demo.engine import decode_prompts, encode_image, mask_iou
 from biglittle_sam.demo.images import load_image
 from biglittle_sam.demo.models import DemoModel
@@ -200,3 +202,55 @@ def test_segment_everything_and_a_corrupt_upload(
     page.wait_for_function(
         "() => document.querySelector('#message').innerText.includes('Loaded shapes_1')"
     )
+
+
+def test_long_thin_image_and_the_keep_ratio_slider(
+    page: Any,
+    server: Tuple[str, Dict[str, DemoModel], bool],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url, _, _ = server
+    page.goto(url)
+    strip = tmp_path / "panorama.png"
+    Image.fromarray(np.full((50, 4000, 3), 180, np.uint8)).save(strip)
+    page.locator("#image-input input[type=file]").set_input_files(str(strip))
+    page.wait_for_function(
+        "() => document.querySelector('#message').innerText.includes('Loaded panorama')"
+    )
+    page.wait_for_timeout(300)
+    _save(page, tmp_path, "demo_long_thin_image.png")
+    box = page.locator("#canvas img").bounding_box()
+    assert box["height"] >= box["width"] / 4 - 2  # stretched to 4:1, not a 10 px strip
+    assert "stretched" in page.locator("#message").inner_text()
+
+    # Dragging the slider through 0.45, 0.40, ... encodes once, at the value where it is released;
+    # while it runs, the message line says what is running.
+    ratios: List[float] = []
+
+    def slow_encode(model: DemoModel, image: np.ndarray, ratio: float) -> Any:
+        ratios.append(ratio)
+        time.sleep(1.5)
+        return encode_image(model, image, ratio)
+
+    monkeypatch.setattr(controller_module, "encode_image", slow_encode)
+    track = page.locator("#keep-ratio input[type=range]").bounding_box()
+    y = track["y"] + track["height"] / 2
+
+    def at(value: float) -> float:  # the slider runs from 0.05 to 1
+        return track["x"] + track["width"] * (value - 0.05) / 0.95
+
+    page.mouse.move(at(0.5), y)
+    page.mouse.down()
+    for value in (0.45, 0.4, 0.35, 0.3, 0.25):
+        page.mouse.move(at(value), y, steps=3)
+        page.wait_for_timeout(150)
+    page.mouse.up()
+    page.wait_for_function(  # what runs, in the message line; the elapsed time, on the picture
+        "() => document.querySelector('#message').innerText.includes('Working: encoding')"
+        " && /[0-9]+[.][0-9]s/.test(document.querySelector('#canvas').innerText)"
+    )
+    _save(page, tmp_path, "demo_encoding_progress.png")
+    assert "at keep ratio 0.25" in page.locator("#message").inner_text()
+    page.wait_for_function("() => document.querySelector('#cost').innerText.includes('0.25 of')")
+    assert ratios == [0.25]

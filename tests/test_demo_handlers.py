@@ -3,6 +3,7 @@ download, and the bad inputs a user can give."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -13,20 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
+from biglittle_sam import build_sam_from_config
 from biglittle_sam.data.masks import decode_rle
+from biglittle_sam.demo import controller as controller_module
 from biglittle_sam.demo import engine
-from biglittle_sam.demo import session as session_module
+from biglittle_sam.demo.controller import DemoController
 from biglittle_sam.demo.engine import decode_prompts, encode_image, mask_iou
 from biglittle_sam.demo.models import DemoModel
-from biglittle_sam.demo.session import (
-    MODE_BOX,
-    MODE_NEGATIVE,
-    NO_IMAGE,
-    DemoController,
-    DemoSession,
-    Settings,
-)
-from demo.app import parse_prompts_json
+from biglittle_sam.demo.prompts import parse_prompts_json
+from biglittle_sam.demo.session import MODE_BOX, MODE_NEGATIVE, NO_IMAGE, DemoSession, Settings
 
 from .demo_fixtures import demo_models, example_image, interior_point, torch_threads
 
@@ -78,7 +74,7 @@ def test_positive_point_gives_three_masks_and_reuses_features(
     session, instances = _loaded(controller, settings)
     calls = []
     real = engine.encode_image
-    monkeypatch.setattr(session_module, "encode_image", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(controller_module, "encode_image", lambda *a: calls.append(a) or real(*a))
     target = max(instances, key=lambda d: d["mask"].sum())["mask"]
     x, y = interior_point(target)
     view = controller.click(session, settings, *_canvas_xy(session, x, y))
@@ -307,7 +303,7 @@ def test_bad_input_gives_messages_not_exceptions(
 
 
 def test_concurrent_sessions_at_different_keep_ratios(controller: DemoController) -> None:
-    """The keep ratio is set on the shared encoder; the model lock keeps sessions apart."""
+    """Each encode runs at its own keep ratio on the shared encoder, whatever other threads do."""
     model = controller.model(controller.default_model())
     if not model.is_biglittle:
         pytest.skip("no big.LITTLE model")
@@ -343,3 +339,152 @@ def test_parse_prompts_json() -> None:
     ]:
         with pytest.raises(ValueError, match=match):
             parse_prompts_json(text)
+
+
+def test_two_sessions_encode_at_once_each_at_its_own_ratio(controller: DemoController) -> None:
+    """Two sessions in two threads are inside the encoder at the same moment (a barrier in the
+    first block proves it) and each gets its own ratio's features, routing and cost; the shared
+    model's ratio, which the slider starts from, never changes."""
+    name = controller.default_model()
+    model = controller.model(name)
+    if not model.is_biglittle:
+        pytest.skip("no big.LITTLE model")
+    image, _ = example_image(2)
+    default = model.default_keep_ratio
+    expected = {r: encode_image(model, image, r) for r in (0.25, 0.75)}
+    barrier = threading.Barrier(2, timeout=20)
+    met: List[bool] = []
+
+    def meet(module: torch.nn.Module, inputs: Tuple[torch.Tensor, ...]) -> None:
+        if len(met) < 2:  # the first pass of each thread waits for the other one
+            met.append(True)
+            barrier.wait()
+
+    hook = model.sam.image_encoder.blocks[0].register_forward_pre_hook(meet)
+    views: Dict[float, object] = {}
+    sessions = {r: DemoSession() for r in expected}
+
+    def work(ratio: float) -> None:
+        views[ratio] = controller.load(
+            sessions[ratio], image, Settings(model=name, keep_ratio=ratio)
+        )
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in expected]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        hook.remove()
+    assert not barrier.broken and len(met) == 2, "the two encodes did not overlap"
+    for ratio, reference in expected.items():
+        got = sessions[ratio].cache[(name, ratio)]
+        assert got.keep_ratio == ratio
+        assert torch.equal(got.features, reference.features)
+        # The routing: the share of tokens that took the big blocks is this ratio's.
+        assert np.array_equal(got.usage_grid, reference.usage_grid)
+        assert f"{model.gmacs(ratio):.3g} at keep ratio {ratio:.2f}" in views[ratio].cost
+    low, high = (sessions[r].cache[(name, r)].usage_grid.mean() for r in (0.25, 0.75))
+    assert low < high
+    assert model.default_keep_ratio == default
+    # A new session after one encoded at 0.75 starts from the model's default, not from 0.75.
+    fresh = DemoSession()
+    controller.load(fresh, image, Settings(model=name, keep_ratio=model.default_keep_ratio))
+    assert list(fresh.cache) == [(name, default)]
+
+
+def test_segment_everything_says_decoding_and_load_says_what_encodes(
+    controller: DemoController, settings: Settings
+) -> None:
+    session = DemoSession()
+    seen: List[Tuple[float, str]] = []
+    image, _ = example_image(1)
+    controller.load(session, image, settings, lambda f, t: seen.append((f, t)))
+    assert seen == [(None, f"Running the image encoder of {settings.model} at keep ratio 0.50")]
+    seen.clear()
+    controller.everything(session, settings, 8, lambda f, t: seen.append((f, t)))
+    assert seen and all("decoding" in t and "encod" not in t for _, t in seen)  # cached features
+    assert seen[0] == (0.0, "Segment everything (8x8 points): decoding")
+    assert seen[-1][0] == pytest.approx(1.0) and "point batch" in seen[-1][1]
+    seen.clear()
+    settings.keep_ratio = 0.35
+    controller.everything(session, settings, 8, lambda f, t: seen.append((f, t)))
+    assert "Running the image encoder" in seen[0][1] and "decoding" in seen[1][1]
+
+
+def test_long_thin_image_gets_a_clickable_canvas(
+    controller: DemoController, settings: Settings
+) -> None:
+    session = DemoSession()
+    strip = np.zeros((50, 4000, 3), np.uint8)
+    strip[:, 1000:2000] = 255  # a white band: the object to click
+    view = controller.load(session, strip, settings)
+    assert view.canvas.shape[:2] == (256, 1024)  # stretched to 4:1, not a 13 px strip
+    assert "stretched" in view.message and "true shape" in view.message
+    assert view.canvas[128, 384].tolist() == [255, 255, 255] and view.canvas[128, 100].max() == 0
+    # Clicks map back through the stretch: canvas (384, 192) is image (1500, 37.5).
+    controller.click(session, settings, 384, 192)
+    point = session.prompts.points[0]
+    assert (point.x, point.y) == pytest.approx((1500, 37.5))
+    assert session.prediction.masks.shape[1:] == (50, 4000)  # the true shape
+    view = controller.click(session, settings, 384, 300)
+    assert "outside the image" in view.message and len(session.prompts.points) == 1
+    png, _ = controller.export(session, settings)[0]
+    assert Image.open(png).size == (4000, 50)
+    tall = DemoSession()
+    assert controller.load(tall, strip.transpose(1, 0, 2), settings).canvas.shape[:2] == (1024, 256)
+
+
+def test_compare_warns_when_models_differ_in_size(
+    models_and_trained: Tuple[Dict[str, DemoModel], bool], settings: Settings
+) -> None:
+    models = dict(models_and_trained[0])
+    student = next(m for m in models.values() if m.is_biglittle)
+    config = dataclasses.replace(student.teacher, name="vit_wide", embed_dim=96, num_heads=3)
+    wide = DemoModel("wide SAM", build_sam_from_config(config).eval())
+    controller = DemoController({student.name: student, wide.name: wide})
+    session = DemoSession()
+    settings = Settings(model=student.name, compare=True)
+    controller.load(session, example_image(1)[0], settings)
+    view = controller.click(session, settings, 300, 200)
+    assert controller.compare_partner(settings) == "wide SAM"
+    assert view.compare_text.startswith("**Not the same size.**")
+    assert (
+        "not a like-for-like comparison" in view.compare_text and "IoU between" in view.compare_text
+    )
+    same = DemoController(models_and_trained[0])
+    same_settings = Settings(model=same.default_model(), compare=True)
+    plain = DemoSession()
+    same.load(plain, example_image(1)[0], same_settings)
+    if same.compare_partner(same_settings) is not None:
+        assert "Not the same size" not in same.click(plain, same_settings, 300, 200).compare_text
+
+
+def test_download_links_last_only_until_the_view_changes(
+    controller: DemoController, settings: Settings
+) -> None:
+    session, _ = _loaded(controller, settings)
+    controller.click(session, settings, 300, 200)
+    first, view = controller.export(session, settings)
+    assert view.files == first and all(p.is_file() for p in first)
+    assert controller.click(session, settings, 200, 100).files == []  # the page drops the links
+    second, _ = controller.export(session, settings)
+    assert all(p.is_file() for p in second) and not any(p.exists() for p in first)
+
+
+def test_page_opens_on_the_first_model_from_the_command_line(
+    models_and_trained: Tuple[Dict[str, DemoModel], bool],
+) -> None:
+    models = models_and_trained[0].values()
+    given = {
+        f"cli {m.name}": dataclasses.replace(m, name=f"cli {m.name}", builtin=False) for m in models
+    }
+    toy = {
+        f"toy {m.name}": dataclasses.replace(m, name=f"toy {m.name}", builtin=True) for m in models
+    }
+    plain = next(n for n, m in given.items() if not m.is_biglittle)
+    student = next(n for n, m in given.items() if m.is_biglittle)
+    assert DemoController({**toy, plain: given[plain]}).default_model() == plain
+    assert DemoController({**toy, **given}).default_model() == student
+    assert DemoController(toy).default_model() == student.replace("cli ", "toy ", 1)

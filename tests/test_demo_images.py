@@ -126,3 +126,11 @@ def test_truncated_image_is_a_clear_error(tmp_path: Path) -> None:
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ImageLoadError, match="file not found"):
         load_image(tmp_path / "nope.png")
+
+
+def test_messages_name_the_problem_not_the_library(tmp_path: Path) -> None:
+    path = tmp_path / "notes.png"
+    path.write_text("meeting notes")
+    with pytest.raises(ImageLoadError) as info:
+        load_image(path)
+    assert "Pillow" not in str(info.value) and "PNG, JPEG" in str(info.value)

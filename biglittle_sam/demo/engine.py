@@ -43,8 +43,10 @@ class EncodedImage:
       input_size: (h, w) after ResizeLongestSide, before padding to ``img_size``.
       keep_ratio: the ratio the encoder ran at (1.0 for plain SAM).
       seconds: wall time of the encoder pass.
-      usage: H x W float32 in [0, 1], the share of layers in which the token under each pixel took
-        the big path; None for plain SAM.
+      usage_grid: rows x cols float32 in [0, 1], the share of layers in which each token that
+        covers the image took the big path; None for plain SAM. Kept at token resolution (a few KB)
+        and drawn at any size by :meth:`usage_at`.
+      patch: pixels per token side at the encoder's input.
     """
 
     features: torch.Tensor
@@ -52,7 +54,25 @@ class EncodedImage:
     input_size: Tuple[int, int]
     keep_ratio: float
     seconds: float
-    usage: Optional[np.ndarray] = None
+    usage_grid: Optional[np.ndarray] = None
+    patch: int = 16
+
+    def usage_at(self, size: Tuple[int, int]) -> np.ndarray:
+        """The usage map laid over the image at ``size`` (H', W'): float32 in [0, 1]."""
+        if self.usage_grid is None:
+            raise ValueError("plain SAM has no usage map: every token takes every block")
+        rows, cols = self.usage_grid.shape
+        grid = torch.from_numpy(self.usage_grid)[None, None]  # (1, 1, rows, cols)
+        # The tokens cover rows * patch >= h pixels: resize to that, then cut the padding off.
+        covered = F.interpolate(grid, size=(rows * self.patch, cols * self.patch), mode="nearest")
+        covered = covered[:, :, : self.input_size[0], : self.input_size[1]]
+        full = F.interpolate(covered, size=tuple(size), mode="bilinear", align_corners=False)
+        return full[0, 0].clamp(0, 1).numpy().astype(np.float32)
+
+    @property
+    def usage(self) -> Optional[np.ndarray]:
+        """The usage map at the image's size (H x W float32), or None for plain SAM."""
+        return None if self.usage_grid is None else self.usage_at(self.original_size)
 
 
 @dataclass
@@ -75,25 +95,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _usage_map(
-    usage: torch.Tensor, input_size: Tuple[int, int], original_size: Tuple[int, int], patch: int
-) -> np.ndarray:
-    """Crop the g x g usage grid to the tokens that cover the image and resize it to H x W."""
+def _usage_grid(usage: torch.Tensor, input_size: Tuple[int, int], patch: int) -> np.ndarray:
+    """Crop the g x g usage grid to the rows x cols tokens that cover the image."""
     rows = max(1, math.ceil(input_size[0] / patch))
     cols = max(1, math.ceil(input_size[1] / patch))
-    grid = usage[:rows, :cols].float()[None, None]  # (1, 1, rows, cols)
-    # The tokens cover rows * patch >= h pixels: resize to that, then cut the padding off.
-    covered = F.interpolate(grid, size=(rows * patch, cols * patch), mode="nearest")
-    covered = covered[:, :, : input_size[0], : input_size[1]]
-    full = F.interpolate(covered, size=original_size, mode="bilinear", align_corners=False)
-    return full[0, 0].clamp(0, 1).cpu().numpy().astype(np.float32)
+    return usage[:rows, :cols].float().cpu().numpy().astype(np.float32)  # (rows, cols)
 
 
 def encode_image(model: DemoModel, image: np.ndarray, keep_ratio: float) -> EncodedImage:
     """Run the image encoder on an H x W x 3 uint8 RGB image.
 
     The encoder runs this call at ``keep_ratio`` without changing the shared model's ratio, so
-    sessions encoding at different ratios cannot see each other's setting.
+    sessions encoding at different ratios cannot see each other's setting, and no lock is
+    needed: two sessions encode at the same time (the page's queue bounds how many at once).
     """
     sam = model.sam
     device = model.device
@@ -102,8 +116,9 @@ def encode_image(model: DemoModel, image: np.ndarray, keep_ratio: float) -> Enco
     x = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]  # 1x3xhxw
     input_size = (int(x.shape[-2]), int(x.shape[-1]))
     usage: Optional[np.ndarray] = None
+    patch = 16
     ratio = 1.0
-    with model.lock, torch.inference_mode():
+    with torch.inference_mode():
         x = sam.preprocess(x)  # normalise and pad to 1 x 3 x S x S
         _sync(device)
         start = time.perf_counter()
@@ -113,13 +128,13 @@ def encode_image(model: DemoModel, image: np.ndarray, keep_ratio: float) -> Enco
             _sync(device)
             seconds = time.perf_counter() - start
             patch = model.config.patch_size
-            usage = _usage_map(aux.usage()[0], input_size, image.shape[:2], patch)
+            usage = _usage_grid(aux.usage()[0], input_size, patch)
         else:
             features = sam.image_encoder(x)
             _sync(device)
             seconds = time.perf_counter() - start
     return EncodedImage(
-        features, (image.shape[0], image.shape[1]), input_size, ratio, seconds, usage
+        features, (image.shape[0], image.shape[1]), input_size, ratio, seconds, usage, patch
     )
 
 

@@ -148,7 +148,8 @@ def load_image(path: PathLike, max_side: int = MAX_SIDE) -> LoadedImage:
         ) from None
     except Image.UnidentifiedImageError:
         raise ImageLoadError(
-            f"{path.name}: not an image file Pillow can read (PNG, JPEG, TIFF, WebP, BMP, ...)"
+            f"{path.name}: not an image file, or a format the demo does not read (it reads PNG, "
+            "JPEG, TIFF, WebP, BMP, GIF, ...)"
         ) from None
     except (OSError, SyntaxError, ValueError) as e:
         if isinstance(e, ImageLoadError):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["PointPrompt", "BoxPrompt", "PromptSet"]
+__all__ = ["PointPrompt", "BoxPrompt", "PromptSet", "parse_prompts_json"]
 
 
 @dataclass(frozen=True)
@@ -109,3 +110,42 @@ class PromptSet:
         if self.pending_corner is not None:
             parts.append("box: click the opposite corner")
         return ", ".join(parts) or "no prompts"
+
+
+def parse_prompts_json(
+    text: str,
+) -> Tuple[List[Tuple[float, float, bool]], Optional[Tuple[float, float, float, float]]]:
+    """``{"points": [[x, y, label], ...], "box": [x0, y0, x1, y1]}`` -> (points, box).
+
+    Points are (x, y, positive) in image pixels; a label is 1 (positive, the default) or 0.
+
+    Raises:
+      ValueError: not JSON, or the wrong shape, with a message that says what is expected.
+    """
+    try:
+        data = json.loads(text or "{}")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not JSON ({e.msg})") from None
+    if not isinstance(data, dict):
+        raise ValueError('expected an object like {"points": [[x, y, 1]], "box": [x0, y0, x1, y1]}')
+    points = []
+    for item in data.get("points") or []:
+        if not (isinstance(item, (list, tuple)) and len(item) in (2, 3)):
+            raise ValueError(f"a point must be [x, y] or [x, y, label], got {item!r}")
+        try:
+            x, y = float(item[0]), float(item[1])
+            label = int(item[2]) if len(item) == 3 else 1
+        except (TypeError, ValueError):
+            raise ValueError(f"a point must hold numbers, got {item!r}") from None
+        if label not in (0, 1):
+            raise ValueError(f"a point label must be 1 (positive) or 0 (negative), got {label}")
+        points.append((x, y, label == 1))
+    box = data.get("box")
+    if box is not None:
+        if not (isinstance(box, (list, tuple)) and len(box) == 4):
+            raise ValueError(f"the box must be [x0, y0, x1, y1], got {box!r}")
+        try:
+            box = tuple(float(v) for v in box)
+        except (TypeError, ValueError):
+            raise ValueError(f"the box must hold numbers, got {box!r}") from None
+    return points, box

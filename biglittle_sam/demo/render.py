@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import colorsys
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -18,6 +18,7 @@ __all__ = [
     "draw_heat",
     "draw_mask",
     "draw_prompts",
+    "display_stretch",
     "resize_for_display",
 ]
 
@@ -33,6 +34,7 @@ NEGATIVE = (230, 30, 30)
 BOX = (255, 215, 0)
 SMALL_SIDE = 768  # small images are enlarged to this long side, so clicks land where intended
 LARGE_SIDE = 1024  # large ones are shrunk to it, so each update sends a small picture
+MAX_ASPECT = 4.0  # longer and thinner images are stretched across: a 4000 x 50 photo is clickable
 
 
 def display_scale(height: int, width: int) -> float:
@@ -45,15 +47,39 @@ def display_scale(height: int, width: int) -> float:
     return 1.0
 
 
-def resize_for_display(image: np.ndarray, scale: float) -> np.ndarray:
-    """Resize H x W (x C) to the canvas: nearest when enlarging (crisp), area when shrinking."""
-    if scale == 1.0:
+def display_stretch(height: int, width: int, scale: float) -> Tuple[float, float]:
+    """Extra (x, y) factors that bring a very long, thin image to at most ``MAX_ASPECT`` : 1.
+
+    A 4000 x 50 photo at 1024 px wide would be a 13 px strip; stretched across its short side it
+    can be seen and clicked. Clicks map back through the same factors, and masks and downloads
+    keep the image's true shape. (1, 1) for every other image.
+    """
+    h, w = height * scale, width * scale
+    if w > MAX_ASPECT * h:
+        return 1.0, w / (MAX_ASPECT * h)
+    if h > MAX_ASPECT * w:
+        return h / (MAX_ASPECT * w), 1.0
+    return 1.0, 1.0
+
+
+def resize_for_display(
+    image: np.ndarray, scale: float, stretch: Tuple[float, float] = (1.0, 1.0)
+) -> np.ndarray:
+    """Resize H x W (x C) to the canvas, by ``scale`` times the (x, y) ``stretch``: nearest when
+    enlarging (crisp), area when shrinking."""
+    fx, fy = scale * stretch[0], scale * stretch[1]
+    if fx == 1.0 and fy == 1.0:
         return image.copy()
     h, w = image.shape[:2]
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    mode = cv2.INTER_NEAREST if scale > 1 else cv2.INTER_AREA
+    size = (max(1, round(w * fx)), max(1, round(h * fy)))
     if image.dtype == bool:
         return cv2.resize(image.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+    if fx >= 1 and fy >= 1:
+        mode = cv2.INTER_NEAREST
+    elif fx <= 1 and fy <= 1:
+        mode = cv2.INTER_AREA
+    else:
+        mode = cv2.INTER_LINEAR
     return cv2.resize(image, size, interpolation=mode)
 
 
@@ -114,24 +140,28 @@ def draw_everything(
     return out
 
 
-def draw_prompts(canvas: np.ndarray, prompts: PromptSet, scale: float) -> np.ndarray:
-    """Draw points (green positive, red negative), the active box and a pending corner."""
+def draw_prompts(
+    canvas: np.ndarray, prompts: PromptSet, scale: Union[float, Tuple[float, float]]
+) -> np.ndarray:
+    """Draw points (green positive, red negative), the active box and a pending corner, at
+    canvas pixel = image pixel x ``scale`` (one factor, or (x, y) factors)."""
+    sx, sy = (scale, scale) if isinstance(scale, (int, float)) else scale
     out = canvas.copy()
     radius = max(5, round(min(out.shape[:2]) / 80))
     box = prompts.box
     if box is not None:
-        p0 = (round(box.x0 * scale), round(box.y0 * scale))
-        p1 = (round(box.x1 * scale), round(box.y1 * scale))
+        p0 = (round(box.x0 * sx), round(box.y0 * sy))
+        p1 = (round(box.x1 * sx), round(box.y1 * sy))
         cv2.rectangle(out, p0, p1, (0, 0, 0), 4)
         cv2.rectangle(out, p0, p1, BOX, 2)
     if prompts.pending_corner is not None:
-        cx, cy = (round(v * scale) for v in prompts.pending_corner)
+        cx, cy = round(prompts.pending_corner[0] * sx), round(prompts.pending_corner[1] * sy)
         arm = radius * 2
         for colour, width in (((0, 0, 0), 4), (BOX, 2)):
             cv2.line(out, (cx - arm, cy), (cx + arm, cy), colour, width)
             cv2.line(out, (cx, cy - arm), (cx, cy + arm), colour, width)
     for point in prompts.points:
-        centre = (round(point.x * scale), round(point.y * scale))
+        centre = (round(point.x * sx), round(point.y * sy))
         colour = POSITIVE if point.positive else NEGATIVE
         cv2.circle(out, centre, radius + 2, (255, 255, 255), -1, cv2.LINE_AA)
         cv2.circle(out, centre, radius, colour, -1, cv2.LINE_AA)

@@ -78,12 +78,14 @@ import biglittle_sam_demo
 from biglittle_sam_demo import app
 from biglittle_sam.data.masks import decode_rle
 from biglittle_sam.demo.models import load_models
-from biglittle_sam.demo.session import DemoController, DemoSession, Settings
+from biglittle_sam.demo.controller import DemoController
+from biglittle_sam.demo.page import build_demo
+from biglittle_sam.demo.session import DemoSession, Settings
 
 out = Path(sys.argv[1])
 models = load_models(builtin=True)  # the toy models shipped as package data
 examples = sorted((Path(biglittle_sam_demo.__file__).parent / "examples").glob("*.png"))
-app.build_demo(models, export_dir=out)  # the Gradio page and its handlers
+build_demo(models, export_dir=out)  # the Gradio page and its handlers
 controller = DemoController(models, export_dir=out)
 settings = Settings(model=controller.default_model(), keep_ratio=0.5)
 session = DemoSession()

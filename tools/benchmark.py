@@ -23,8 +23,8 @@ from biglittle_sam.benchmarks.speed import (
     to_markdown,
 )
 from biglittle_sam.fileio import atomic_open
+from biglittle_sam.runtime.cli import add_old_spelling, describe_defaults, run_cli
 from biglittle_sam.runtime.distributed import resolve_device
-from biglittle_sam.train.cli import add_old_spelling, describe_defaults, run_cli
 
 # The library's defaults, for --help (the flags default to None: only the ones given are used).
 _DEFAULTS = {

@@ -17,7 +17,7 @@ import dataclasses
 from typing import Any, Dict, Optional, Sequence
 
 from biglittle_sam.distill.cache import CacheSettings, cache_teacher_embeddings
-from biglittle_sam.train.cli import add_old_spelling, describe_defaults, given, run_cli
+from biglittle_sam.runtime.cli import add_old_spelling, describe_defaults, given, run_cli
 
 # The library's defaults, for --help (the flags default to None: only the ones given are used).
 _DEFAULTS = dataclasses.asdict(CacheSettings(images="-", out="-", teacher_checkpoint="-"))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from biglittle_sam.convert import convert_checkpoint
-from biglittle_sam.train.cli import run_cli
+from biglittle_sam.runtime.cli import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 from biglittle_sam.model_spec import SPEC_FORM, model_spec_arg
-from biglittle_sam.train.cli import run_cli
+from biglittle_sam.runtime.cli import run_cli
 
 # Kept equal to biglittle_sam.export.onnx.FP32_TOLERANCE / INT8_MIN_COSINE (checked by a test);
 # written out so that --help does not import torch.

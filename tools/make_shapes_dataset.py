@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from biglittle_sam.train.cli import add_old_spelling
+from biglittle_sam.runtime.cli import add_old_spelling
 
 __all__ = ["build_parser", "main"]
 

@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional, Sequence
 
 from biglittle_sam.fileio import atomic_write_json
 from biglittle_sam.profile import format_table, profile_encoder
-from biglittle_sam.train.cli import add_old_spelling
+from biglittle_sam.runtime.cli import add_old_spelling
 
 
 def build_parser() -> argparse.ArgumentParser:

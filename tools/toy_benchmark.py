@@ -19,7 +19,7 @@ import sys
 from typing import Any, Dict, Optional, Sequence
 
 from biglittle_sam.benchmarks.toy import ToyBenchmarkSettings, run_toy_benchmark
-from biglittle_sam.train.cli import describe_defaults, given, run_cli
+from biglittle_sam.runtime.cli import describe_defaults, given, run_cli
 
 _FIELDS = (
     "out_dir",

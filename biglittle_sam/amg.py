@@ -24,7 +24,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .build_sam import build_model_from_spec
 from .fileio import atomic_open
+from .model_spec import parse_model_spec, spec_with
+from .modeling import set_keep_ratio
+from .runtime.distributed import resolve_device
 from .runtime.progress import Progress
 
 __all__ = [
@@ -223,8 +227,11 @@ def build_mask_generator(
     """A ``SamAutomaticMaskGenerator`` on a registry model (plain SAM or big.LITTLE).
 
     Arguments:
-      model_type: a ``sam_model_registry`` name.
-      checkpoint, sam_checkpoint, keep_ratio: as the registry builders take them.
+      model_type: a registry name, or a whole model spec ``NAME[=CHECKPOINT][@KEEP_RATIO]``
+        (the one form every tool takes; ``checkpoint`` and ``keep_ratio`` may give those parts).
+      checkpoint: the model's checkpoint; for ``bl_*`` an official SAM file is inherited from.
+      sam_checkpoint: an official SAM file a ``bl_*`` model inherits from.
+      keep_ratio: the big.LITTLE keep ratio (the model's own when None).
       device: auto (CUDA when available), cpu, cuda or cuda:N.
       convert_to_rle: ``output_mode="coco_rle"`` (needs pycocotools), else ``binary_mask``.
       amg_settings: :data:`AMG_SETTINGS` fields; the ones left out keep upstream's defaults.
@@ -233,21 +240,18 @@ def build_mask_generator(
       ValueError: an unknown model type or AMG setting, or a bad device or keep ratio
         (``CheckpointError`` is a ``ValueError`` too).
     """
+    # segment_anything's generator module imports cv2 at import time; it stays lazy so that
+    # `--help` and the core install work without the [amg] extra.
     from segment_anything import SamAutomaticMaskGenerator
 
-    from .build_sam import sam_model_registry
-    from .runtime.distributed import resolve_device
-
-    if model_type not in sam_model_registry:
-        raise ValueError(
-            f"--model-type {model_type!r}: unknown; expected one of {', '.join(sam_model_registry)}"
-        )
     unknown = sorted(set(amg_settings) - set(AMG_SETTINGS))
     if unknown:
         raise ValueError(f"unknown AMG settings {unknown}; expected some of {list(AMG_SETTINGS)}")
+    spec = spec_with(parse_model_spec(model_type), checkpoint, keep_ratio)
     target = resolve_device(device)
-    kwargs = {"checkpoint": checkpoint, "sam_checkpoint": sam_checkpoint, "keep_ratio": keep_ratio}
-    sam = sam_model_registry[model_type](**{k: v for k, v in kwargs.items() if v is not None})
+    sam = build_model_from_spec(spec, seed=0, sam_checkpoint=sam_checkpoint)
+    if spec.keep_ratio is not None and spec.is_big_little:
+        set_keep_ratio(sam, spec.keep_ratio)
     sam.to(target)
     output_mode = "coco_rle" if convert_to_rle else "binary_mask"
     return SamAutomaticMaskGenerator(sam, output_mode=output_mode, **amg_settings)

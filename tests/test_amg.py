@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from biglittle_sam import sam_model_registry, save_model_checkpoint
-from biglittle_sam.amg import METADATA_HEADER, find_images
+from biglittle_sam import get_keep_ratio, sam_model_registry, save_model_checkpoint
+from biglittle_sam.amg import METADATA_HEADER, build_mask_generator, find_images
 from tests.conftest import randomize_
 from tools import amg
 
@@ -130,7 +130,16 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys) -> None:
     images = _images(tmp_path / "in", ["a.png"])
     with pytest.raises(SystemExit) as info:
         _run(["--input", str(images), "--output", str(tmp_path / "o"), "--model-type", "vit_q"])
-    assert info.value.code == 2 and "unknown; expected one of" in capsys.readouterr().err
+    assert info.value.code == 2 and "unknown model 'vit_q'" in capsys.readouterr().err
+
+
+def test_model_type_takes_the_model_spec_every_tool_takes() -> None:
+    """``--model-type`` goes through the one spec parser: ``NAME@RATIO`` sets the keep ratio, and
+    a ratio given twice is refused."""
+    generator = build_mask_generator("bl_tiny@0.25", device="cpu")
+    assert get_keep_ratio(generator.predictor.model) == 0.25
+    with pytest.raises(ValueError, match="sets its keep ratio already"):
+        build_mask_generator("bl_tiny@0.25", keep_ratio=0.5, device="cpu")
 
 
 def test_stems_that_collide_are_refused(tmp_path: Path) -> None:

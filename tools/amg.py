@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model-type",
         required=True,
-        help="registry name: vit_b, vit_l, vit_h, bl_b, bl_l, bl_h (bl_tiny, vit_tiny: test sizes)",
+        help="registry name (vit_b, vit_l, vit_h, bl_b, bl_l, bl_h; bl_tiny, vit_tiny: test sizes) "
+        "or a whole model spec NAME[=CHECKPOINT][@KEEP_RATIO], as the other tools take",
     )
     parser.add_argument(
         "--checkpoint",

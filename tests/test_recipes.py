@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, List
+from typing import List
 
 import pytest
 
 from biglittle_sam.benchmarks.toy import TOY_TEACHER, ToyBenchmarkSettings
 from biglittle_sam.distill.distill import DistillSettings
-from biglittle_sam.train.finetune import FinetuneSettings
-from biglittle_sam.train.recipes import RecipeError, load_recipe, write_settings
+from biglittle_sam.train.finetune import FinetuneSettings, run_finetune
+from biglittle_sam.train.recipes import RecipeError, load_recipe, merge_settings
 from tools import distill, finetune
+
+from .train_fixtures import *  # noqa: F401,F403 (fixtures)
+from .train_fixtures import fast_train, make_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,35 +81,24 @@ def test_finetune_recipe_plus_flag(tmp_path: Path) -> None:
     assert finetune.settings_from_args(args) == expected
 
 
-def test_settings_json_is_written_and_reads_back(tmp_path: Path, monkeypatch) -> None:
-    seen: List[Any] = []
-
-    def run(settings: DistillSettings) -> str:  # stands in for a run that made its out_dir
-        seen.append(settings)
-        Path(settings.train.out_dir).mkdir()
-        return "ran"
-
-    monkeypatch.setattr(distill, "run_distillation", run)
-    out = tmp_path / "run"
-    assert distill.main(FLAGS_ALONE[:-2] + ["--out-dir", str(out)]) == "ran"
-    written = json.loads((out / "settings.json").read_text())
-    assert written["train"]["out_dir"] == str(out) and written["keep_ratios"] == [0.25, 0.5]
-    # settings.json is itself a recipe: the same settings come back
-    assert _distill(["--config", str(out / "settings.json")]) == seen[0]
-
-
-def test_write_settings_only_on_rank_0_into_a_run_folder(tmp_path: Path, monkeypatch) -> None:
-    base = DistillSettings(cache="c", images="i")
-    settings = DistillSettings(
-        cache="c", images="i", train=base.train.replace(out_dir=str(tmp_path))
+def test_a_run_writes_its_settings_when_it_starts_and_they_read_back(
+    tmp_path: Path, teacher_ckpt: Path, one_thread
+) -> None:
+    """The training loop writes ``settings.json`` as the run starts (here it stops after one of two
+    steps), and the file is a recipe that gives the same settings back."""
+    data = make_shapes(tmp_path / "shapes", num_images=2)
+    out = tmp_path / "ft"
+    settings = FinetuneSettings(
+        images=str(data.coco_images),
+        annotations=str(data.coco_annotations),
+        model="vit_tiny",
+        checkpoint=str(teacher_ckpt),
+        train=fast_train(out, steps=2, stop_after=1),
     )
-    monkeypatch.setenv("RANK", "1")
-    assert write_settings(settings) is None and not (tmp_path / "settings.json").exists()
-    monkeypatch.setenv("RANK", "0")
-    gone = DistillSettings(cache="c", images="i", train=base.train.replace(out_dir="nowhere/x"))
-    assert write_settings(gone) is None and not Path("nowhere").exists()
-    monkeypatch.setenv("RANK", "0")
-    assert write_settings(settings) == tmp_path / "settings.json"
+    result = run_finetune(settings)
+    assert not result.finished and (out / "settings.json").is_file()
+    recipe = load_recipe(out / "settings.json", FinetuneSettings)
+    assert merge_settings(FinetuneSettings, recipe, {}, lambda train: train) == settings
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ from biglittle_sam.train.cli import (
 from biglittle_sam.train.loop import TrainResult
 from biglittle_sam.train.models import STUDENT_INITS
 from biglittle_sam.train.parts import PARTS
-from biglittle_sam.train.recipes import load_recipe, merge_settings, write_settings
+from biglittle_sam.train.recipes import load_recipe, merge_settings
 
 _FIELDS = (
     "cache",
@@ -183,10 +183,7 @@ def settings_from_args(args: argparse.Namespace) -> DistillSettings:
 def main(argv: Optional[Sequence[str]] = None) -> TrainResult:
     args = build_parser().parse_args(argv)
     settings = run_cli(lambda: settings_from_args(args))
-    try:
-        return run_cli(lambda: run_distillation(settings))
-    finally:
-        write_settings(settings)
+    return run_cli(lambda: run_distillation(settings))
 
 
 if __name__ == "__main__":

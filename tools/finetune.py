@@ -30,7 +30,7 @@ from biglittle_sam.train.cli import (
 from biglittle_sam.train.finetune import FinetuneSettings, run_finetune
 from biglittle_sam.train.loop import TrainResult
 from biglittle_sam.train.parts import PARTS
-from biglittle_sam.train.recipes import load_recipe, merge_settings, write_settings
+from biglittle_sam.train.recipes import load_recipe, merge_settings
 
 _FIELDS = (
     "images",
@@ -138,10 +138,7 @@ def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
 def main(argv: Optional[Sequence[str]] = None) -> TrainResult:
     args = build_parser().parse_args(argv)
     settings = run_cli(lambda: settings_from_args(args))
-    try:
-        return run_cli(lambda: run_finetune(settings))
-    finally:
-        write_settings(settings)
+    return run_cli(lambda: run_finetune(settings))
 
 
 if __name__ == "__main__":

@@ -448,6 +448,7 @@ def build_distill_task(
         teacher=tag,
         fingerprint=fingerprint,
         settings={**settings_to_dict(s), "data": info},
+        recipe=settings_to_dict(s),
         begin_step=begin_step,
         extra={"teacher_sha256": cache.teacher.sha256, "distill_phase": s.phase},
         lr_scales=((".router.", s.router_lr_scale),) if s.router_lr_scale != 1.0 else (),

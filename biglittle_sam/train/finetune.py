@@ -256,6 +256,7 @@ def build_finetune_task(
         teacher=teacher,
         fingerprint=fingerprint,
         settings=settings_to_dict(settings),
+        recipe=settings_to_dict(settings),
         begin_step=begin_step,
     )
 

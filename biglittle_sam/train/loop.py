@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint import save_model_checkpoint
 from ..config import SamViTConfig
-from ..fileio import atomic_open, sweep_temp_files
+from ..fileio import atomic_open, atomic_write_json, sweep_temp_files
 from ..runtime.amp import autocast_context, keep_norms_fp32, resolve_amp
 from ..runtime.distributed import DistContext
 from ..runtime.progress import Progress, format_duration
@@ -80,6 +80,9 @@ class TrainTask:
         numbers to log.
       extra: plain metadata for every checkpoint and the final model (``teacher_sha256``, ...).
       lr_scales: (name substring, factor) pairs: those parameters train at factor x lr.
+      recipe: the run's resolved settings as a recipe file reads them (``--config``); written to
+        ``<out_dir>/settings.json`` when the run starts, so a running job's settings can be read
+        and reused. None writes nothing.
     """
 
     name: str
@@ -93,6 +96,7 @@ class TrainTask:
     begin_step: Optional[Callable[[int], Dict[str, float]]] = None
     extra: Dict[str, Any] = field(default_factory=dict)
     lr_scales: Tuple[Tuple[str, float], ...] = ()
+    recipe: Optional[Dict[str, Any]] = None
 
 
 @dataclass
@@ -290,6 +294,8 @@ def run_training(
     swept = (
         [p for d in (out_dir, ckpt_dir) for p in sweep_temp_files(d, began)] if ctx.is_main else []
     )
+    if ctx.is_main and task.recipe is not None:
+        atomic_write_json(out_dir / "settings.json", task.recipe)
     progress = Progress(
         settings.steps,
         desc=task.name,

@@ -13,9 +13,9 @@ top level, and ``TrainSettings`` fields under ``train``; every field left out ke
 
 Command-line flags override the file. Each value is validated by pydantic against the field's type
 hint (JSON rules, strict: ``1`` is a valid float, ``"1"`` is not an int), so an unknown key or a
-wrong type fails before anything runs, naming the key and the expected type. The resolved settings
-of a run are written to ``<out_dir>/settings.json`` when it ends (finished, stopped or failed after
-it started), a recipe that runs it again.
+wrong type fails before anything runs, naming the key and the expected type. The training loop
+writes the resolved settings of a run to ``<out_dir>/settings.json`` when it starts
+(``TrainTask.recipe``), a recipe that runs it again.
 """
 
 from __future__ import annotations
@@ -26,10 +26,9 @@ import os
 import sys
 import typing
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, TypeVar, Union
+from typing import Any, Callable, Dict, Mapping, TypeVar, Union
 
-from ..fileio import atomic_write_json
-from .settings import TrainSettings, settings_to_dict
+from .settings import TrainSettings
 
 __all__ = [
     "RECIPE_SUFFIXES",
@@ -38,7 +37,6 @@ __all__ = [
     "check_recipe",
     "load_recipe",
     "merge_settings",
-    "write_settings",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -179,17 +177,3 @@ def merge_settings(
     settings = cls(**top)
     train = dataclasses.replace(settings.train, **recipe.get("train", {}))  # type: ignore
     return dataclasses.replace(settings, train=train_flags(train))  # type: ignore
-
-
-def write_settings(settings: Any) -> Optional[Path]:
-    """Write ``settings`` to ``<settings.train.out_dir>/settings.json`` (atomically; rank 0 only
-    under torchrun) when that folder exists: a run that stopped at its checks made none.
-
-    Returns the path, or None where nothing was written.
-    """
-    out_dir = Path(settings.train.out_dir)
-    if int(os.environ.get("RANK", "0")) != 0 or not out_dir.is_dir():
-        return None
-    return atomic_write_json(
-        Path(settings.train.out_dir) / "settings.json", settings_to_dict(settings)
-    )

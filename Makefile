@@ -1,4 +1,6 @@
-# Every target that runs Python creates and fills .venv from the project's own files first.
+# Every target that runs Python creates and fills .venv from the project's own files first: `make demo`
+# with what the demo needs (core + [demo]), every other target with everything (.[all]: the extras,
+# tests and lint). pip shows its progress: the first install downloads torch.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,14 +12,22 @@ BENCH_ARGS ?=
 DEMO_ARGS ?=
 TOY_ARGS ?=
 
-.PHONY: venv browser test test-slow benchmark toy-benchmark demo lint format clean
+.PHONY: venv venv-demo browser test test-slow benchmark toy-benchmark demo lint format clean
 
 venv: $(VENV)/.installed
+venv-demo: $(VENV)/.installed-demo
 
-$(VENV)/.installed: setup.cfg pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e ".[all]" $(TORCH_SPEC)
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: setup.cfg pyproject.toml | $(PY)
+	$(PY) -m pip install $(TORCH_SPEC)
+	$(PY) -m pip install -e ".[all]" $(TORCH_SPEC)
+	touch $@
+
+$(VENV)/.installed-demo: setup.cfg pyproject.toml | $(PY)
+	$(PY) -m pip install $(TORCH_SPEC)
+	$(PY) -m pip install -e ".[demo]" $(TORCH_SPEC)
 	touch $@
 
 # Debian's Chromium for the demo's real-browser test (Playwright drives /usr/bin/chromium; nothing is
@@ -37,8 +47,7 @@ test-slow: venv
 # same command with docs/benchmarks/ as the output folder. Batches 4 and 8 and --onnx: separate runs
 # (README), since every model at batch 8 plus onnxruntime sessions needs more than 24 GB.
 benchmark: venv
-	$(PY) -m biglittle_sam_tools.benchmark --batch-sizes 1 --json outputs/benchmark.json \
-		--markdown outputs/benchmark.md --plot outputs/benchmark.png $(BENCH_ARGS)
+	$(PY) -m biglittle_sam_tools.benchmark --device cpu --batch-sizes 1 --out-dir outputs $(BENCH_ARGS)
 
 # The whole distillation pipeline on synthetic shapes, on CPU (~23 min on 2 cores): writes
 # outputs/toy/. The committed demo models came from the same tool with --assets-dir biglittle_sam/assets.
@@ -47,7 +56,7 @@ toy-benchmark: venv
 
 # The interactive demo on http://127.0.0.1:7860 (built-in toy models and examples). More models:
 # make demo DEMO_ARGS="--sam-checkpoint sam_vit_b_01ec64.pth --checkpoint bl_b=bl_b.pth"
-demo: venv
+demo: venv-demo
 	$(PY) -m biglittle_sam_demo.app $(DEMO_ARGS)
 
 LINT_PATHS := biglittle_sam tools demo tests

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, List, Optional
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from .build_sam import build_sam_from_config, sam_model_registry
 from .config import BigLittleConfig, get_config
@@ -107,8 +108,6 @@ def profile_encoder(
     Returns:
       an :class:`EncoderProfile`.
     """
-    from torch.profiler import ProfilerActivity, profile
-
     if batch_size < 1 or steps < 1 or warmup < 0:
         raise ValueError(
             f"need batch_size >= 1, steps >= 1, warmup >= 0; got {batch_size}, {steps}, {warmup}"

@@ -31,7 +31,14 @@ from biglittle_sam.demo.session import (
     View,
 )
 
-__all__ = ["EXAMPLES_DIR", "build_demo", "main", "parse_args", "parse_prompts_json"]
+__all__ = [
+    "EXAMPLES_DIR",
+    "build_demo",
+    "build_parser",
+    "main",
+    "parse_args",
+    "parse_prompts_json",
+]
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 AUTO_PARTNER = "auto: plain SAM of the same size"
@@ -404,7 +411,8 @@ def build_demo(
     return demo
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The demo's command line (``biglittle-sam-demo``)."""
     parser = argparse.ArgumentParser(
         prog="biglittle-sam-demo",
         description="Interactive Segment Anything demo with the big.LITTLE image encoder.",
@@ -416,7 +424,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=None,
         metavar="[NAME=]PATH",
         help="a big.LITTLE (or plain SAM) checkpoint to serve; repeatable. NAME labels it in the "
-        "model menu; a registry name (bl_b, vit_b, ...) also says which model a bare state dict is",
+        "model menu; a registry name (bl_b, vit_b, ...) also says which model a bare state dict "
+        "is (default: none)",
     )
     models.add_argument(
         "--sam-checkpoint",
@@ -424,20 +433,42 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=None,
         metavar="[NAME=]PATH",
         help="an official SAM checkpoint (vit_b / vit_l / vit_h, recognised from the weights); "
-        "the plain SAM to compare with; repeatable",
+        "the plain SAM to compare with; repeatable (default: none)",
     )
     models.add_argument(
-        "--no-builtin", action="store_true", help="do not offer the built-in toy models"
+        "--no-builtin",
+        action="store_true",
+        help="do not offer the built-in toy models (default: offered)",
     )
-    models.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, ...")
-    models.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    models.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)",
+    )
+    models.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     server = parser.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     server.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860)")
     server.add_argument(
         "--share", action="store_true", help="also open a public gradio.live link (off by default)"
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The parsed command line; ``--device auto`` comes back as the device it stands for, and a
+    device that is not there is a usage error (exit 2)."""
+    from biglittle_sam.runtime.distributed import resolve_device
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.device = str(resolve_device(args.device))
+    except ValueError as e:
+        parser.error(str(e))
+    return args
 
 
 def _warm_up(models: Dict[str, DemoModel]) -> None:

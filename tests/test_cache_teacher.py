@@ -52,7 +52,7 @@ def test_cache_holds_the_teacher_embedding_of_every_image(
     out = tmp_path / "cache"
     report = cache_teacher.main(
         ["--images", str(data.coco_images), "--teacher-checkpoint", str(teacher),
-         "--out", str(out), "--num-workers", "0", "--batch-size", "2", "--no-progress"]
+         "--out-dir", str(out), "--num-workers", "0", "--batch-size", "2", "--no-progress"]
     )  # fmt: skip
     assert report is not None and report["cached"] == 5 and report["entries"] == 5
     cache = TeacherCache.open(out)
@@ -181,7 +181,7 @@ def test_running_out_of_disk_loses_nothing_already_written(
     with pytest.raises(SystemExit) as info:
         cache_teacher.main(
             ["--images", str(data.coco_images), "--teacher-checkpoint", str(teacher),
-             "--out", str(out), "--num-workers", "0", "--no-progress", "--batch-size", "1"]
+             "--out-dir", str(out), "--num-workers", "0", "--no-progress", "--batch-size", "1"]
         )  # fmt: skip
     assert info.value.code == 1
     err = capsys.readouterr().err

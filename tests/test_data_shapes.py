@@ -130,7 +130,8 @@ def test_cli_writes_a_dataset_the_loaders_read(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     rc = make_shapes_main(
-        ["--out", str(tmp_path), "--num-images", "3", "--sizes", "100x80", "80x100", "--seed", "4"]
+        ["--out-dir", str(tmp_path), "--num-images", "3", "--sizes", "100x80", "80x100"]
+        + ["--seed", "4"]
     )
     assert rc == 0
     assert "wrote 3 images" in capsys.readouterr().out
@@ -140,8 +141,8 @@ def test_cli_writes_a_dataset_the_loaders_read(
     assert len(coco) == 3
     assert coco.load_image(coco.record(1)).shape == (100, 80, 3)
     assert len(SA1BDataset(tmp_path / "sa1b")) == 3
-    assert make_shapes_main(["--out", str(tmp_path), "--num-images", "1"]) == 1
+    assert make_shapes_main(["--out-dir", str(tmp_path), "--num-images", "1"]) == 2
     assert "already exists" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        make_shapes_main(["--out", str(tmp_path), "--sizes", "100by80"])
+        make_shapes_main(["--out-dir", str(tmp_path), "--sizes", "100by80"])
     assert "WIDTHxHEIGHT" in capsys.readouterr().err

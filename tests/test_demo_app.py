@@ -26,7 +26,8 @@ def test_import_loads_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults_are_local_and_private() -> None:
     args = app.parse_args([])
     assert args.host == "127.0.0.1" and args.share is False and args.port is None
-    assert args.checkpoint is None and args.sam_checkpoint is None and args.device is None
+    assert args.checkpoint is None and args.sam_checkpoint is None
+    assert args.device == ("cuda:0" if torch.cuda.is_available() else "cpu")  # --device auto
     args = app.parse_args(["--checkpoint", "a=x.pth", "--checkpoint", "y.pth", "--port", "9"])
     assert args.checkpoint == ["a=x.pth", "y.pth"] and args.port == 9
 

@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict
 
+import numpy as np
 import pytest
 import torch
+from segment_anything.utils.onnx import SamOnnxModel
 from torch import nn
 
 pytest.importorskip("onnx")
@@ -17,15 +19,21 @@ ort = pytest.importorskip("onnxruntime")
 from biglittle_sam import sam_model_registry  # noqa: E402
 from biglittle_sam.config import BigLittleConfig  # noqa: E402
 from biglittle_sam.export import (  # noqa: E402
+    FP32_TOLERANCE,
+    INT8_MIN_COSINE,
     MIN_OPSET,
     OnnxImageEncoder,
+    check_image_encoder,
+    check_prompt_decoder,
     compare_image_encoder,
     compare_prompt_decoder,
     export_image_encoder,
     export_prompt_decoder,
     max_opset,
+    quantize_onnx,
     read_metadata,
 )
+from biglittle_sam.predictor import BatchedSamPredictor  # noqa: E402
 from tools import export_onnx  # noqa: E402
 
 TOL = 1e-3
@@ -150,9 +158,11 @@ def test_prompt_decoder_matches_sam_onnx_model(
     ]
     assert [o.name for o in session.get_outputs()] == ["masks", "iou_predictions", "low_res_masks"]
 
-    multi = export_prompt_decoder(bl_sam, tmp_path / "multi.onnx", return_single_mask=False)
-    assert read_metadata(multi)["return_single_mask"] == "False"
-    assert compare_prompt_decoder(bl_sam, multi) < TOL
+    # Upstream's default: all four masks; the single-mask decoder on request.
+    assert read_metadata(path)["return_single_mask"] == "False"
+    single = export_prompt_decoder(bl_sam, tmp_path / "single.onnx", return_single_mask=True)
+    assert read_metadata(single)["return_single_mask"] == "True"
+    assert compare_prompt_decoder(bl_sam, single) < TOL
 
 
 def test_metadata(exported: Callable[[str], Path]) -> None:
@@ -245,3 +255,154 @@ def test_missing_onnx_says_how_to_install(
         export_image_encoder(bl_sam, tmp_path / "x.onnx")
     with pytest.raises(ImportError, match=r'pip install "biglittle-sam\[export\]"'):
         OnnxImageEncoder(tmp_path / "x.onnx")
+
+
+def _decoder_feed(embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, size) -> dict:
+    """Decoder inputs for K prompt sets (coords K x N x 2 in the input frame) on one image."""
+    h, w = embedding.shape[-2:]
+    return {
+        "image_embeddings": embedding.astype(np.float32),
+        "point_coords": coords.astype(np.float32),
+        "point_labels": labels.astype(np.float32),
+        "mask_input": np.zeros((1, 1, 4 * h, 4 * w), np.float32),
+        "has_mask_input": np.zeros(1, np.float32),
+        "orig_im_size": np.array(size, dtype=np.float32),
+    }
+
+
+def test_exported_decoder_takes_several_boxes_like_predict_batch(
+    bl_sam: nn.Module, exported: Callable[[str], Path]
+) -> None:
+    image = np.random.default_rng(3).integers(0, 256, size=(120, 200, 3), dtype=np.uint8)
+    boxes = np.array([[5, 5, 150, 100], [20, 10, 60, 70], [0, 0, 199, 119]])  # K = 3
+    predictor = BatchedSamPredictor(bl_sam)
+    predictor.set_images([image])
+    ((masks, iou, low_res),) = predictor.predict_batch(box=[boxes], return_logits=True)
+    corners = predictor.transform.apply_boxes(boxes, image.shape[:2]).reshape(3, 2, 2)
+    labels = np.tile(np.array([[2.0, 3.0]]), (3, 1))  # (K, 2): SAM's box-corner labels
+    session = ort.InferenceSession(str(exported("decoder")), providers=["CPUExecutionProvider"])
+    embedding = predictor.get_image_embedding(0).numpy()
+    out_masks, out_iou, out_low = session.run(
+        None, _decoder_feed(embedding, corners, labels, image.shape[:2])
+    )
+    assert out_masks.shape == (3, 4, 120, 200)  # all four masks (upstream's default)
+    # Outputs 1..3 are SAM's multimask outputs, as predict_torch returns them.
+    np.testing.assert_allclose(out_masks[:, 1:], masks, atol=TOL, rtol=0)
+    np.testing.assert_allclose(out_iou[:, 1:], iou, atol=TOL, rtol=0)
+    np.testing.assert_allclose(out_low[:, 1:], low_res, atol=TOL, rtol=0)
+    # Any image size: the crop to the resized image is not fixed at the traced example's.
+    upstream = SamOnnxModel(bl_sam, return_single_mask=False).eval()
+    for size in ((120, 200), (300, 100), (192, 256)):
+        feed = _decoder_feed(embedding, corners, labels, size)
+        with torch.no_grad():
+            ref = upstream(*(torch.from_numpy(feed[k]) for k in feed))[0]
+        got = session.run(None, feed)[0]
+        assert got.shape == (3, 4, *size)
+        np.testing.assert_allclose(got, ref.numpy(), atol=TOL, rtol=0)
+    # One box at a time gives the same rows.
+    alone, _, _ = session.run(None, _decoder_feed(embedding, corners[1:2], labels[:1], (120, 200)))
+    np.testing.assert_allclose(alone[0], out_masks[1], atol=TOL, rtol=0)
+
+
+def _ops(path: Path) -> set:
+    import onnx
+
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+def test_decoder_flags_gelu_stability_single_mask_and_extra_metrics(
+    bl_sam: nn.Module, tmp_path: Path
+) -> None:
+    from segment_anything.utils.amg import calculate_stability_score
+
+    path = export_prompt_decoder(
+        bl_sam,
+        tmp_path / "flags.onnx",
+        return_single_mask=True,
+        use_stability_score=True,
+        gelu_approximate=True,
+    )
+    meta = read_metadata(path)
+    assert (meta["gelu_approximate"], meta["use_stability_score"]) == ("True", "True")
+    assert all(m.approximate == "none" for m in bl_sam.modules() if isinstance(m, nn.GELU))
+    assert "Erf" not in _ops(path) and "Tanh" in _ops(path)  # GELU exported as tanh
+    result = check_prompt_decoder(bl_sam, path, num_points=2, num_prompts=3)
+    assert result.max_abs < TOL and result.passes(quantized=False)
+    corners = np.array([[[10.0, 10.0], [200.0, 180.0]], [[50.0, 60.0], [90.0, 100.0]]])
+    feed = _decoder_feed(
+        np.random.default_rng(0).normal(size=(1, 32, 16, 16)),
+        corners,
+        np.array([[2.0, 3.0], [2.0, 3.0]]),
+        (192, 256),
+    )
+    masks, scores, low_res = ort.InferenceSession(
+        str(path), providers=["CPUExecutionProvider"]
+    ).run(None, feed)
+    assert masks.shape == (2, 1, 192, 256) and scores.shape == (2, 1)
+    stability = calculate_stability_score(torch.from_numpy(low_res), bl_sam.mask_threshold, 1.0)
+    np.testing.assert_allclose(scores, stability.numpy(), atol=1e-5)  # not the predicted IoU
+
+    exact = export_prompt_decoder(bl_sam, tmp_path / "exact.onnx", return_extra_metrics=True)
+    assert "Erf" in _ops(exact)
+    session = ort.InferenceSession(str(exact), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == [
+        "masks",
+        "iou_predictions",
+        "stability_scores",
+        "areas",
+        "low_res_masks",
+    ]
+    assert compare_prompt_decoder(bl_sam, exact) < TOL
+
+
+def test_int8_copies_stay_close_to_fp32(tmp_path: Path) -> None:
+    sam = sam_model_registry["bl_tiny"](checkpoint=TOY_STUDENT, keep_ratio=0.25)
+    encoder = export_image_encoder(sam, tmp_path / "enc.onnx")
+    decoder = export_prompt_decoder(sam, tmp_path / "dec.onnx")
+    for path, check in ((encoder, check_image_encoder), (decoder, check_prompt_decoder)):
+        quantized = quantize_onnx(path, tmp_path / f"{path.stem}_int8.onnx")
+        assert "MatMulInteger" in _ops(quantized) and "MatMulInteger" not in _ops(path)
+        meta = read_metadata(quantized)
+        assert (
+            meta["quantized"].startswith("dynamic int8")
+            and meta["kind"] == read_metadata(path)["kind"]
+        )
+        result = check(sam, quantized)
+        assert result.min_cosine >= INT8_MIN_COSINE and result.passes(quantized=True)
+        assert result.max_abs > check(sam, path).max_abs  # it is quantized for real
+    with pytest.raises(ValueError, match="weight_type must be one of"):
+        quantize_onnx(encoder, tmp_path / "x.onnx", weight_type="int4")
+    with pytest.raises(ValueError, match="must not replace its source"):
+        quantize_onnx(encoder, encoder)
+
+
+def test_cli_upstream_flags_quantize_and_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert (export_onnx.FP32_TOLERANCE, export_onnx.INT8_MIN_COSINE) == (
+        FP32_TOLERANCE,
+        INT8_MIN_COSINE,
+    )
+    args = ["--model", "bl_tiny", "--checkpoint", str(TOY_STUDENT), "--out-dir", str(tmp_path)]
+    written = export_onnx.main(
+        args
+        + ["--return-single-mask", "--gelu-approximate", "--use-stability-score"]
+        + ["--quantize-out", "--check"]
+    )
+    assert set(written) == {"encoder", "decoder", "encoder_int8", "decoder_int8"}
+    assert written["decoder_int8"] == tmp_path / "bl_tiny_decoder_int8.onnx"
+    meta = read_metadata(written["decoder"])
+    assert meta["return_single_mask"] == "True" and meta["use_stability_score"] == "True"
+    assert read_metadata(written["encoder"])["gelu_approximate"] == "True"
+    out = capsys.readouterr().out
+    assert out.count("check: ") == 4 and "min cosine" in out and "(tolerance 0.001)" in out
+
+    with pytest.raises(SystemExit) as info:  # beyond a stated tolerance: exit 1
+        export_onnx.main(args + ["--skip-decoder", "--check", "--check-tolerance", "1e-12"])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "--check failed for encoder" in err
+    for bad in (["--return-single-mask", "--multimask"], ["--check-tolerance", "0"]):
+        with pytest.raises(SystemExit) as info:
+            export_onnx.main(args + bad)
+        assert info.value.code == 2

@@ -17,7 +17,7 @@ import torch
 
 from biglittle_sam import sam_model_registry
 from biglittle_sam.config import BigLittleConfig
-from biglittle_sam.modeling import ImageEncoderViTFused
+from biglittle_sam.modeling import ImageEncoderViTFused, keep_ratio_context
 from biglittle_sam.modeling.attention import Attention
 from biglittle_sam.runtime.amp import NORM_TYPES, keep_norms_fp32
 
@@ -81,7 +81,8 @@ def test_compile_one_graph_equals_eager(keep_ratio: float, routing: str, pool_kv
 
 
 def test_compiled_encoder_follows_keep_ratio_changes() -> None:
-    """The keep ratio is a Python float read in forward: dynamo guards on it and recompiles."""
+    """The keep ratio is a Python float read in forward: dynamo guards on it and recompiles. The
+    per-thread ratio of keep_ratio_context is read there too, still in one graph."""
     torch._dynamo.reset()
     enc = _encoder(keep_ratio=0.5, **TWO_LAYERS)
     compiled = torch.compile(enc, backend="aot_eager", fullgraph=True)
@@ -90,6 +91,10 @@ def test_compiled_encoder_follows_keep_ratio_changes() -> None:
         for r in (0.5, 1.0, 0.5):
             enc.keep_ratio = r
             torch.testing.assert_close(compiled(x), enc(x), atol=1e-4, rtol=0)
+        with keep_ratio_context(enc, 1.0):
+            inside = compiled(x)
+            torch.testing.assert_close(inside, enc(x), atol=1e-4, rtol=0)
+        assert not torch.allclose(compiled(x), inside, atol=1e-4)  # back at 0.5 outside
 
 
 def test_explain_reports_no_graph_break() -> None:

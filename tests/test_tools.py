@@ -27,9 +27,7 @@ def test_benchmark_tiny_run(tmp_path: Path, capsys) -> None:
         [
             "--sam", "vit_tiny", "--model", "bl_tiny", "--keep-ratios", "1.0", "0.25",
             "--peers", "none", "--repeats", "2", "--batch-sizes", "1", "2", "--batch-repeats", "1",
-            "--pool-kv-ratios", "none", "--json", str(tmp_path / "b.json"),
-            "--markdown", str(tmp_path / "b.md"),
-            "--plot", str(tmp_path / "b.png"),
+            "--pool-kv-ratios", "none", "--out-dir", str(tmp_path), "--no-progress",
         ]
     )  # fmt: skip
     rows = {r["name"]: r for r in report["results"]}
@@ -50,16 +48,18 @@ def test_benchmark_tiny_run(tmp_path: Path, capsys) -> None:
         assert set(r["images_per_s"]) == {1, 2}
         assert r["efficiency"] == pytest.approx(r["speedup"] / r["flops_ratio"])
     assert rows["bl_tiny r=0.25"]["gmacs"] < rows["bl_tiny r=1"]["gmacs"]
-    saved = json.loads((tmp_path / "b.json").read_text())
+    saved = json.loads((tmp_path / "benchmark.json").read_text())
     assert saved["meta"]["hardware"] and len(saved["results"]) == 4
-    assert (tmp_path / "b.md").read_text().startswith("| model |")
-    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
-    assert "bl_tiny r=0.25" in capsys.readouterr().out
+    assert (tmp_path / "benchmark.md").read_text().startswith("| model |")
+    assert (tmp_path / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
+    captured = capsys.readouterr()
+    assert "bl_tiny r=0.25" in captured.out and captured.err == ""  # --no-progress
 
 
-def test_benchmark_rejects_unknown_peer() -> None:
-    with pytest.raises(ValueError, match="unknown peer"):
+def test_benchmark_rejects_unknown_peer(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
         benchmark.main(["--sam", "vit_tiny", "--model", "bl_tiny", "--peers", "nope"])
+    assert info.value.code == 2 and "unknown peer" in capsys.readouterr().err
 
 
 def test_convert_cli(tiny_sam_checkpoint: Path, tmp_path: Path, capsys) -> None:

@@ -1,7 +1,6 @@
 """Measure encoder speed: SAM ViT against big.LITTLE at several keep ratios, peers for context.
 
-    biglittle-sam-benchmark --json outputs/benchmark.json --markdown outputs/benchmark.md \
-        --plot outputs/benchmark.png
+    biglittle-sam-benchmark --device cpu --out-dir outputs   # benchmark.json, .md and .png
     biglittle-sam-benchmark --onnx --compile ...   # also onnxruntime rows; torch.compile first
 
 Flags left out keep the library's defaults (``biglittle_sam.benchmarks.speed.BenchmarkConfig``).
@@ -10,7 +9,9 @@ Flags left out keep the library's defaults (``biglittle_sam.benchmarks.speed.Ben
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from biglittle_sam.benchmarks.speed import (
@@ -21,69 +22,112 @@ from biglittle_sam.benchmarks.speed import (
     save_plot,
     to_markdown,
 )
+from biglittle_sam.fileio import atomic_open
+from biglittle_sam.runtime.distributed import resolve_device
+from biglittle_sam.train.cli import add_old_spelling, describe_defaults, run_cli
+
+# The library's defaults, for --help (the flags default to None: only the ones given are used).
+_DEFAULTS = {
+    **dataclasses.asdict(BenchmarkConfig()),
+    "peers": " ".join(PEERS),
+    "img_size": "the model's (1024)",
+    "threads": "torch's choice",
+    "max_batch_others": 4,
+}
+_OUTPUTS = {"json": "benchmark.json", "markdown": "benchmark.md", "plot": "benchmark.png"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        prog="biglittle-sam-benchmark",
         description="Measured latency, throughput, memory and GMACs of SAM and big.LITTLE "
         "encoders.",
     )
     models = parser.add_argument_group("models")
-    models.add_argument("--sam", default=None, help="baseline SAM registry name (default vit_b)")
-    models.add_argument("--model", default=None, help="big.LITTLE registry name (default bl_b)")
+    models.add_argument("--sam", default=None, help="baseline SAM registry name")
+    models.add_argument("--model", default=None, help="big.LITTLE registry name")
     models.add_argument(
-        "--keep-ratios", type=float, nargs="+", default=None, help="default: 1.0 0.5 0.25 0.1"
+        "--keep-ratios", type=float, nargs="+", default=None, help="big.LITTLE keep ratios"
     )
     models.add_argument(
-        "--peers",
-        nargs="+",
-        default=None,
-        help=f"timm peer backbones, or 'none' (default: {' '.join(PEERS)})",
+        "--peers", nargs="+", default=None, help="timm peer backbones, or 'none' (needs timm)"
     )
     models.add_argument("--img-size", type=int, default=None, help="override the input size")
     models.add_argument(
         "--no-fast-sam",
         action="store_true",
-        help="skip the row of SAM's weights on our fused attention path",
+        help="skip the row of SAM's weights on our fused attention path (default: timed)",
     )
     models.add_argument(
         "--pool-kv-ratios",
         nargs="+",
         default=None,
-        help="keep ratios of the pooled keys/values rows, or 'none' (default: 0.5 0.25 0.1)",
+        help="keep ratios of the pooled keys/values rows, or 'none'",
     )
     models.add_argument(
         "--onnx",
         action="store_true",
-        help="also export SAM and big.LITTLE at each ratio to ONNX and time them in onnxruntime",
+        help="also export SAM and big.LITTLE at each ratio to ONNX and time them in onnxruntime "
+        "(default: off)",
     )
-    models.add_argument("--onnx-opset", type=int, default=None, help="default: 17")
+    models.add_argument("--onnx-opset", type=int, default=None, help="ONNX opset of --onnx")
     run = parser.add_argument_group("run")
-    run.add_argument("--device", default=None, help="cpu (default) or cuda")
-    run.add_argument("--dtype", choices=["fp32", "bf16"], default=None)
-    run.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 1 4 8")
+    run.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)",
+    )
+    run.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16"],
+        default=None,
+        help="bf16: autocast, LayerNorm stays fp32",
+    )
+    run.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="latency at the first, images/s at every one",
+    )
     run.add_argument(
         "--max-batch-others",
         type=int,
         default=None,
-        help="largest batch for peers, pooled-k/v and ONNX rows; 0 for no limit (default: 4)",
+        help="largest batch for peers, pooled-k/v and ONNX rows; 0 for no limit",
     )
     run.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile every PyTorch model before timing (compile time reported apart)",
+        help="torch.compile every PyTorch model before timing (compile time reported apart; "
+        "default: off)",
     )
-    run.add_argument("--compile-backend", default=None, help="default: inductor")
-    run.add_argument("--warmup", type=int, default=None)
+    run.add_argument("--compile-backend", default=None, help="torch.compile backend")
+    run.add_argument(
+        "--warmup", type=int, default=None, help="untimed passes per model at the first batch"
+    )
     run.add_argument("--repeats", type=int, default=None, help="timed rounds at the first batch")
     run.add_argument("--batch-repeats", type=int, default=None, help="rounds at other batches")
-    run.add_argument("--threads", type=int, default=None)
-    run.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    run.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    run.add_argument(
+        "--no-memory", action="store_true", help="skip the peak-memory pass (default: measured)"
+    )
+    run.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a line per model measured, on stderr (default: on)",
+    )
     out = parser.add_argument_group("output")
-    out.add_argument("--json", default=None, help="write the full report as JSON")
-    out.add_argument("--markdown", default=None, help="write the markdown table")
-    out.add_argument("--plot", default=None, help="write a PNG of latency against GMACs")
-    return parser
+    out.add_argument(
+        "--out-dir",
+        default=None,
+        help="write benchmark.json (full report), benchmark.md (table) and benchmark.png "
+        "(latency against GMACs) here (default: none, the table is printed only)",
+    )
+    for name in _OUTPUTS:  # single files, before --out-dir: kept for old command lines
+        add_old_spelling(out, f"--{name}", name)
+    return describe_defaults(parser, _DEFAULTS)
 
 
 def _ratios(values: List[str]) -> Tuple[float, ...]:
@@ -99,7 +143,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = build_parser()
     args = parser.parse_args(argv)
     given: Dict[str, Any] = {}
-    for name in ("sam", "model", "device", "dtype", "img_size", "threads", "warmup", "repeats"):
+    try:
+        given["device"] = str(resolve_device(args.device))
+    except ValueError as e:
+        parser.error(str(e))
+    for name in ("sam", "model", "dtype", "img_size", "threads", "warmup", "repeats"):
         if getattr(args, name) is not None:
             given[name] = getattr(args, name)
     if args.batch_repeats is not None:
@@ -130,20 +178,20 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         given["compile"] = True
     if args.compile_backend is not None:
         given["compile_backend"] = args.compile_backend
-    report = run_benchmark(
-        BenchmarkConfig(**given), progress=lambda m: print(m, file=sys.stderr, flush=True)
-    )
+    paths: Dict[str, Optional[str]] = {name: getattr(args, name, None) for name in _OUTPUTS}
+    if args.out_dir is not None:
+        paths = {name: str(Path(args.out_dir) / file) for name, file in _OUTPUTS.items()}
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.progress else None
+    report = run_cli(lambda: run_benchmark(BenchmarkConfig(**given), progress=log))
     table = to_markdown(report)
     print(table)
-    if args.json:
-        save_json(report, args.json)
-    if args.markdown:
-        from pathlib import Path
-
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(table + "\n")
-    if args.plot:
-        save_plot(report, args.plot)
+    if paths["json"]:
+        save_json(report, paths["json"])
+    if paths["markdown"]:
+        with atomic_open(paths["markdown"], "w") as f:
+            f.write(table + "\n")
+    if paths["plot"]:
+        save_plot(report, paths["plot"])
     return report
 
 

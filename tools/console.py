@@ -12,6 +12,7 @@ import importlib
 from typing import Callable
 
 __all__ = [
+    "amg",
     "benchmark",
     "cache_teacher",
     "convert_checkpoint",
@@ -37,6 +38,7 @@ def _entry(tool: str) -> Callable[[], int]:
     return run
 
 
+amg = _entry("amg")
 benchmark = _entry("benchmark")
 cache_teacher = _entry("cache_teacher")
 convert_checkpoint = _entry("convert_checkpoint")

@@ -69,17 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=model_spec_arg,
         metavar="SPEC",
         default=None,
-        help=f"a model to evaluate, repeatable: {SPEC_FORM}",
+        help=f"a model to evaluate, repeatable (at least one required): {SPEC_FORM}",
     )
     models.add_argument(
         "--teacher",
         default=None,
         type=model_spec_arg,
         metavar="SPEC",
-        help="teacher model spec for --task fidelity",
+        help="teacher model spec for --task fidelity (default: none)",
     )
     models.add_argument(
-        "--device", default=None, help="auto (default: CUDA when available), cpu, cuda or cuda:N"
+        "--device",
+        default="auto",
+        help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)",
     )
     models.add_argument(
         "--threads",
@@ -92,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed",
         type=int,
         default=None,
-        help="seeds SA-1B instance sampling, EdgeSAM random clicks and weights a checkpoint lacks",
+        help="seeds SA-1B instance sampling, EdgeSAM random clicks and weights a checkpoint lacks "
+        "(default 0)",
     )
 
     data = parser.add_argument_group("data")
@@ -103,14 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: from --annotations (lvis if its name says so, else coco) or the SA-1B files",
     )
     data.add_argument(
-        "--annotations", default=None, metavar="JSON", help="COCO instances_*.json or LVIS json"
+        "--annotations",
+        default=None,
+        metavar="JSON",
+        help="COCO instances_*.json or LVIS json (default: none; SA-1B and folders have none)",
     )
     data.add_argument(
         "--images",
         default=None,
         metavar="DIR",
         help="image folder (COCO: val2017/; LVIS: the folder holding train2017/ and val2017/; "
-        "SA-1B: the folder of sa_<id>.jpg + .json; fidelity: any image folder)",
+        "SA-1B: the folder of sa_<id>.jpg + .json; fidelity: any image folder; required)",
     )
     data.add_argument(
         "--sa1b-instances",
@@ -120,7 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="sample N instances per SA-1B image (EdgeSAM's SA-1K uses 64; default: all)",
     )
     data.add_argument(
-        "--image-list", default=None, metavar="TXT", help="SA-1B held-out image names, one a line"
+        "--image-list",
+        default=None,
+        metavar="TXT",
+        help="SA-1B held-out image names, one a line (default: every image)",
     )
     data.add_argument(
         "--include-crowd",
@@ -134,12 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="skip (and count) annotations with a smaller area (default 1)",
     )
-    data.add_argument("--limit", type=int, default=None, metavar="N", help="first N images only")
+    data.add_argument(
+        "--limit", type=int, default=None, metavar="N", help="first N images only (default: all)"
+    )
     data.add_argument(
         "--strict",
         action="store_true",
         default=None,
-        help="stop at a missing, corrupt or mismatched image instead of skipping and listing it",
+        help="stop at a missing, corrupt or mismatched image instead of skipping and listing it "
+        "(default: skip)",
     )
 
     prompts = parser.add_argument_group("prompts")
@@ -174,7 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the protocol's)",
     )
     prompts.add_argument(
-        "--detections", default=None, metavar="JSON", help="COCO results json with boxes (mask AP)"
+        "--detections",
+        default=None,
+        metavar="JSON",
+        help="COCO results json with boxes (mask AP; default: none)",
     )
     prompts.add_argument(
         "--max-detections", type=int, default=None, help="boxes prompted per image (default 100)"
@@ -190,13 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="x axis of the plot (default latency: measured encoder ms)",
     )
     output.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar"
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: on)",
     )
     output.add_argument(
         "--save-masks",
         action="store_true",
         default=None,
-        help="mask AP: also write each model's COCO segm results json",
+        help="mask AP: also write each model's COCO segm results json (default: off)",
     )
     return parser
 

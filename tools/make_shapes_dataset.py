@@ -1,6 +1,6 @@
 """Write a synthetic shapes dataset with exact masks (``biglittle-sam-make-shapes``).
 
-    biglittle-sam-make-shapes --out data/shapes --num-images 50
+    biglittle-sam-make-shapes --out-dir data/shapes --num-images 50
     biglittle-sam-eval --annotations data/shapes/coco/annotations/instances_shapes.json \\
         --images data/shapes/coco/val2017 --model vit_tiny
 
@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import Any, Dict, Optional, Sequence, Tuple
+
+from biglittle_sam.train.cli import add_old_spelling
 
 __all__ = ["build_parser", "main"]
 
@@ -34,8 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
             "Write a synthetic shapes dataset (COCO, LVIS and SA-1B format) with exact masks."
         ),
     )
-    parser.add_argument("--out", required=True, help="output folder (gets coco/ and sa1b/)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing coco/ and sa1b/")
+    parser.add_argument(
+        "--out-dir", dest="out", default=None, help="output folder (gets coco/ and sa1b/; required)"
+    )
+    add_old_spelling(parser, "--out", "out")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing coco/ and sa1b/ (default: refuse, exit 2)",
+    )
     draw = parser.add_argument_group("what to draw")
     draw.add_argument("--num-images", type=int, default=None, help="number of images (default 8)")
     draw.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
@@ -47,13 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="WxH",
         help="image sizes, cycled over the images (default 160x120 120x160 200x200 144x96 256x192)",
     )
-    draw.add_argument("--min-shapes", type=int, default=None, help="shapes per image, at least")
-    draw.add_argument("--max-shapes", type=int, default=None, help="shapes per image, at most")
+    draw.add_argument(
+        "--min-shapes", type=int, default=None, help="shapes per image, at least (default 3)"
+    )
+    draw.add_argument(
+        "--max-shapes", type=int, default=None, help="shapes per image, at most (default 7)"
+    )
     draw.add_argument(
         "--crowd-every",
         type=int,
         default=None,
-        help="every N-th image gets a crowd region (0: none)",
+        help="every N-th image gets a crowd region (0: none; default 3)",
     )
     draw.add_argument(
         "--edge-cases",
@@ -82,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.out is None:
+        parser.error("--out-dir is required: the output folder")
     from biglittle_sam.data.shapes import ShapesConfig, make_shapes_dataset
 
     given: Dict[str, Any] = {
@@ -95,9 +110,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(str(e))
     try:
         written = make_shapes_dataset(args.out, config, overwrite=args.overwrite)
-    except FileExistsError as e:
+    except FileExistsError as e:  # a usage error: the flags name a folder in use
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 1
+        return 2
     print(
         f"wrote {written.num_images} images, {written.num_instances} instances under {written.root}"
     )

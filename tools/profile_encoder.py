@@ -1,7 +1,7 @@
 """Profile one image encoder with torch.profiler: the top operators by self CPU time.
 
     biglittle-sam-profile --model bl_b --keep-ratio 0.25 --top 15
-    biglittle-sam-profile --model bl_b --keep-ratio 0.1 --pool-kv --json outputs/profile.json
+    biglittle-sam-profile --model bl_b --keep-ratio 0.1 --pool-kv --output outputs/profile.json
 
 Flags left out keep the library's defaults (``biglittle_sam.profile.profile_encoder``).
 """
@@ -9,31 +9,48 @@ Flags left out keep the library's defaults (``biglittle_sam.profile.profile_enco
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+from biglittle_sam.fileio import atomic_write_json
 from biglittle_sam.profile import format_table, profile_encoder
+from biglittle_sam.train.cli import add_old_spelling
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        prog="biglittle-sam-profile",
         description="torch.profiler of one image encoder (random weights): top operators by self "
-        "CPU time, and any host syncs in the forward pass."
+        "CPU time, and any host syncs in the forward pass.",
     )
     model = parser.add_argument_group("model")
     model.add_argument("--model", default=None, help="registry name (default bl_b)")
-    model.add_argument("--keep-ratio", type=float, default=None, help="big.LITTLE keep ratio")
-    model.add_argument("--pool-kv", action="store_true", help="pooled keys/values (big.LITTLE)")
-    model.add_argument("--img-size", type=int, default=None, help="override the input size")
+    model.add_argument(
+        "--keep-ratio",
+        type=float,
+        default=None,
+        help="big.LITTLE keep ratio (default: the config's)",
+    )
+    model.add_argument(
+        "--pool-kv", action="store_true", help="pooled keys/values (big.LITTLE; default: off)"
+    )
+    model.add_argument(
+        "--img-size", type=int, default=None, help="override the input size (default: 1024)"
+    )
     run = parser.add_argument_group("run")
     run.add_argument("--batch-size", type=int, default=None, help="default 1")
     run.add_argument("--warmup", type=int, default=None, help="unprofiled passes (default 1)")
     run.add_argument("--steps", type=int, default=None, help="profiled passes (default 1)")
-    run.add_argument("--threads", type=int, default=None)
+    run.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--top", type=int, default=15, help="operators to print (default 15)")
-    out.add_argument("--json", default=None, help="write every operator's totals as JSON")
+    add_old_spelling(out, "--json", "output")
+    out.add_argument(
+        "--output",
+        default=None,
+        help="write every operator's totals to this JSON file (default: none, print only)",
+    )
     return parser
 
 
@@ -52,9 +69,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         parser.error(str(e).strip("'\""))
     print(format_table(result, top=args.top))
     report = result.to_dict()
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
+    if args.output:
+        atomic_write_json(args.output, report, indent=2)
     return report
 
 

@@ -19,7 +19,7 @@ import sys
 from typing import Any, Dict, Optional, Sequence
 
 from biglittle_sam.benchmarks.toy import ToyBenchmarkSettings, run_toy_benchmark
-from biglittle_sam.train.cli import given, run_cli
+from biglittle_sam.train.cli import describe_defaults, given, run_cli
 
 _FIELDS = (
     "out_dir",
@@ -49,33 +49,46 @@ _FIELDS = (
     "threads",
     "num_workers",
     "assets_dir",
+    "progress",
 )
+
+# The library's defaults, for --help (the flags default to None: only the ones given are used).
+_DEFAULTS = {
+    **dataclasses.asdict(ToyBenchmarkSettings()),
+    "distill_images": "8000 (the teacher's images and more)",
+    "scratch_steps": "--student-steps",
+    "processes": "min(2, CPUs)",
+    "assets_dir": "none (not written)",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="End-to-end toy benchmark of distillation on synthetic shapes (CPU)."
+        prog="biglittle-sam-toy-benchmark",
+        description="End-to-end toy benchmark of distillation on synthetic shapes (CPU).",
     )
     data = parser.add_argument_group("data")
     data.add_argument("--train-images", type=int, default=None, help="the teacher's images")
     data.add_argument(
         "--distill-images", type=int, default=None, help="the students' (the teacher's and more)"
     )
-    data.add_argument("--val-images", type=int, default=None)
-    data.add_argument("--seed", type=int, default=None)
+    data.add_argument(
+        "--val-images", type=int, default=None, help="shapes images to evaluate on (never trained)"
+    )
+    data.add_argument("--seed", type=int, default=None, help="data, weights and prompts")
     budget = parser.add_argument_group("budgets")
-    budget.add_argument("--teacher-steps", type=int, default=None)
-    budget.add_argument("--teacher-lr", type=float, default=None)
+    budget.add_argument("--teacher-steps", type=int, default=None, help="teacher training steps")
+    budget.add_argument("--teacher-lr", type=float, default=None, help="teacher peak lr")
     budget.add_argument("--teacher-batch-size", type=int, default=None, help="images per step")
-    budget.add_argument("--student-steps", type=int, default=None)
-    budget.add_argument("--student-lr", type=float, default=None)
+    budget.add_argument("--student-steps", type=int, default=None, help="phase 1 steps")
+    budget.add_argument("--student-lr", type=float, default=None, help="phase 1 peak lr")
     budget.add_argument(
         "--phase2-steps",
         type=int,
         default=None,
         help="phase 2 after the student's phase 1 (0: off)",
     )
-    budget.add_argument("--phase2-lr", type=float, default=None)
+    budget.add_argument("--phase2-lr", type=float, default=None, help="phase 2 peak lr")
     budget.add_argument(
         "--phase2-keep-ratios", type=float, nargs="+", default=None, help="drawn per phase 2 step"
     )
@@ -97,12 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument(
         "--phase2-ema-decay", type=float, default=None, help="phase 2's model: weight average"
     )
-    budget.add_argument(
-        "--student-parts", default=None, help="what the student trains (default: encoder)"
-    )
+    budget.add_argument("--student-parts", default=None, help="what the student trains")
     budget.add_argument("--routers-steps", type=int, default=None, help="routers-only ablation")
-    budget.add_argument("--scratch-steps", type=int, default=None, help="default: student's")
-    budget.add_argument("--scratch-lr", type=float, default=None)
+    budget.add_argument(
+        "--scratch-steps", type=int, default=None, help="no-teacher-init ablation steps"
+    )
+    budget.add_argument(
+        "--scratch-lr", type=float, default=None, help="no-teacher-init ablation peak lr"
+    )
     budget.add_argument(
         "--batch-size", type=int, default=None, help="images per step of the distillation stages"
     )
@@ -110,25 +125,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--processes", type=int, default=None, help="gloo processes per stage")
     run.add_argument("--threads", type=int, default=None, help="torch threads per process")
     run.add_argument("--num-workers", type=int, default=None, help="data loader processes")
-    run.add_argument("--out-dir", default=None)
+    run.add_argument("--out-dir", default=None, help="output folder")
     run.add_argument("--assets-dir", default=None, help="write fp16 teacher / student here")
-    run.add_argument("--no-progress", action="store_true")
     run.add_argument(
-        "--resume", action="store_true", help="continue an interrupted run in the same out-dir"
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="stage lines and progress bars",
     )
-    return parser
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in the same out-dir (default: start again)",
+    )
+    return describe_defaults(parser, _DEFAULTS)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = build_parser().parse_args(argv)
     changes = given(args, _FIELDS)
-    if args.no_progress:
-        changes["progress"] = False
     if args.resume:
         changes["resume"] = True
     words = list(sys.argv[1:] if argv is None else argv)
     changes["command"] = " ".join(["biglittle-sam-toy-benchmark", *map(shlex.quote, words)])
-    settings = dataclasses.replace(ToyBenchmarkSettings(), **changes)
+    settings = run_cli(lambda: dataclasses.replace(ToyBenchmarkSettings(), **changes))
     result = run_cli(lambda: run_toy_benchmark(settings))
     print(open(result["outputs"]["markdown"], encoding="utf-8").read())
     return result

@@ -31,9 +31,9 @@ import torch
 from segment_anything.modeling import Sam
 from torch import Tensor, nn
 
-from ..build_sam import set_keep_ratio
 from ..checkpoint import CheckpointError, save_model_checkpoint
 from ..config import BigLittleConfig, config_to_dict, validate_keep_ratio
+from ..modeling import set_keep_ratio
 from ..runtime.distributed import DistContext, init_distributed
 from ..train.data import TrainImages, build_image_source, image_key, source_file_names
 from ..train.loop import TrainResult, TrainTask, resolve_resume, run_training

@@ -9,8 +9,13 @@ The two files form a pair, as in ``segment_anything``'s ONNX example:
   group, fixed by the ratio, so the top-k, gather and scatter have static shapes and the graph
   holds no data-dependent shape. Another ratio needs another file.
 - ``export_prompt_decoder`` writes the prompt encoder and mask decoder through upstream
-  ``segment_anything.utils.onnx.SamOnnxModel``, with the input names and dynamic axes of
-  ``segment_anything``'s ``scripts/export_onnx_model.py``.
+  ``segment_anything.utils.onnx.SamOnnxModel``, with the input names, options and defaults of
+  ``segment_anything``'s ``scripts/export_onnx_model.py`` (all masks unless
+  ``return_single_mask``), and a dynamic prompt dimension: K boxes or point sets against one
+  image's embedding in one call, as ``SamPredictor.predict_torch`` takes them.
+- ``quantize_onnx`` writes a dynamic int8 copy of either file (onnxruntime ``quantize_dynamic``,
+  as upstream's ``--quantize-out``); ``check_image_encoder`` / ``check_prompt_decoder`` measure a
+  file against PyTorch (max abs difference and cosine similarity) for ``--check``.
 
 Both go through PyTorch's TorchScript exporter (``torch.onnx.export(..., dynamo=False)``). The
 dynamo exporter cannot yet decompose the encoder's fused attention path (see docs/export.md).
@@ -21,14 +26,15 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import math
+import logging
 import numbers
 import os
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Dict, Iterator, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from segment_anything.modeling import ImageEncoderViT, Sam
@@ -43,12 +49,19 @@ __all__ = [
     "MIN_OPSET",
     "DECODER_INPUTS",
     "DECODER_OUTPUTS",
+    "FP32_TOLERANCE",
+    "INT8_MIN_COSINE",
+    "Comparison",
     "OnnxImageEncoder",
+    "check_image_encoder",
+    "check_prompt_decoder",
     "compare_image_encoder",
     "compare_prompt_decoder",
     "export_image_encoder",
     "export_prompt_decoder",
+    "gelu_approximation",
     "max_opset",
+    "quantize_onnx",
     "read_metadata",
     "validate_opset",
 ]
@@ -71,6 +84,14 @@ DECODER_INPUTS = (
     "orig_im_size",
 )
 DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
+# With return_extra_metrics, SamOnnxModel returns these, in this order.
+DECODER_EXTRA_OUTPUTS = ("masks", "iou_predictions", "stability_scores", "areas", "low_res_masks")
+# --check: an fp32 file passes when every output is within this max abs difference of PyTorch.
+FP32_TOLERANCE = 1e-3
+# --check: an int8 file (quantize_onnx) passes when every output keeps this cosine similarity to
+# fp32 PyTorch (the embedding-fidelity bar of the int8 work).
+INT8_MIN_COSINE = 0.99
+QUANT_WEIGHT_TYPES = ("int8", "uint8")
 _ENCODERS = (ImageEncoderBigLittle, ImageEncoderViTFused, ImageEncoderViT)
 
 
@@ -148,6 +169,45 @@ def _export_state(encoder: nn.Module, keep_ratio: Optional[float]) -> Iterator[N
         encoder.train(was_training)
 
 
+@contextlib.contextmanager
+def gelu_approximation(module: nn.Module, approximate: bool = True) -> Iterator[None]:
+    """Every ``nn.GELU`` in ``module`` uses the tanh approximation for the duration, then its own.
+
+    Upstream's ``--gelu-approximate``: for runtimes with a slow or missing ``Erf``. A no-op when
+    ``approximate`` is False.
+    """
+    gelus = [m for m in module.modules() if isinstance(m, nn.GELU)] if approximate else []
+    old = [m.approximate for m in gelus]
+    try:
+        for m in gelus:
+            m.approximate = "tanh"
+        yield
+    finally:
+        for m, value in zip(gelus, old):
+            m.approximate = value
+
+
+@contextlib.contextmanager
+def _temp_beside(target: Path, suffix: str) -> Iterator[str]:
+    """A temporary file name in ``target``'s folder (created there), removed afterwards."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    try:
+        yield tmp
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _set_metadata(proto: Any, metadata: Dict[str, str]) -> None:
+    """Replace an ONNX ``ModelProto``'s ``metadata_props`` with ``metadata``."""
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
 def _torch_export(
     module: nn.Module,
     args: Tuple[Tensor, ...],
@@ -162,43 +222,33 @@ def _torch_export(
     replace ``path``."""
     onnx = _require("onnx")
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".export.onnx", dir=target.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            # Tracing warns about every Python int taken from a shape: capacity and padding are
-            # static by design, so those constants are what we want.
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", category=UserWarning)
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            torch.onnx.export(
-                module,
-                args,
-                tmp,
-                export_params=True,
-                opset_version=opset,
-                do_constant_folding=True,
-                input_names=list(input_names),
-                output_names=list(output_names),
-                dynamic_axes=dynamic_axes,
-                dynamo=False,
-            )
-        # Tensors above 2 GB (ViT-H scale) go to external files beside the model; loading without
-        # them keeps the references intact while the metadata is added.
+    with _temp_beside(target, ".export.onnx") as tmp, warnings.catch_warnings(), torch.no_grad():
+        # Tracing warns about every Python int taken from a shape: capacity and padding are
+        # static by design, so those constants are what we want.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        torch.onnx.export(
+            module,
+            args,
+            tmp,
+            export_params=True,
+            opset_version=opset,
+            do_constant_folding=True,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_axes=dynamic_axes,
+            dynamo=False,
+        )
+        # Tensors above 2 GB (ViT-H scale) go to external files beside the model; loading
+        # without them keeps the references intact while the metadata is added.
         proto = onnx.load(tmp, load_external_data=False)
-        del proto.metadata_props[:]
-        for key, value in metadata.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
+        _set_metadata(proto, metadata)
         if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
             onnx.checker.check_model(proto)
         with atomic_open(target, "wb") as f:
             f.write(proto.SerializeToString())
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
     return target
 
 
@@ -208,6 +258,7 @@ def export_image_encoder(
     keep_ratio: Optional[float] = None,
     opset: int = DEFAULT_OPSET,
     img_size: Optional[int] = None,
+    gelu_approximate: bool = False,
 ) -> Path:
     """Export an image encoder to ONNX at a fixed keep ratio.
 
@@ -221,6 +272,8 @@ def export_image_encoder(
       opset: ONNX opset, ``MIN_OPSET`` to :func:`max_opset`.
       img_size: side S of the input; the position embedding fixes it to the encoder's
         ``img_size``, so this is a check (None takes the encoder's).
+      gelu_approximate: export every GELU as its tanh approximation (upstream's
+        ``--gelu-approximate``; the model itself is left exact).
 
     The graph maps ``image`` (B x 3 x S x S float32, normalized and padded as ``Sam.preprocess``
     does) to ``image_embeddings`` (B x out_chans x S/16 x S/16); B is dynamic. The model's
@@ -262,13 +315,14 @@ def export_image_encoder(
         "keep_ratio": repr(float(ratio)),
         "img_size": str(size),
         "teacher": str(getattr(encoder, "teacher", "") or ""),
+        "gelu_approximate": str(bool(gelu_approximate)),
         "input": f"{ENCODER_INPUT}: B x 3 x {size} x {size} float32, as Sam.preprocess",
         "output": f"{ENCODER_OUTPUT}: B x out_chans x {size // 16} x {size // 16}",
     }
     if sam is not None:
         metadata["pixel_mean"] = ",".join(f"{v:g}" for v in sam.pixel_mean.flatten().tolist())
         metadata["pixel_std"] = ",".join(f"{v:g}" for v in sam.pixel_std.flatten().tolist())
-    with _export_state(encoder, keep_ratio):
+    with _export_state(encoder, keep_ratio), gelu_approximation(encoder, gelu_approximate):
         return _torch_export(
             encoder,
             (dummy,),
@@ -281,20 +335,24 @@ def export_image_encoder(
         )
 
 
-def _decoder_inputs(sam: Sam, num_points: int = 5, seed: int = 0) -> Dict[str, Tensor]:
-    """Example inputs of the prompt decoder, as ``scripts/export_onnx_model.py`` makes them.
+def _decoder_inputs(
+    sam: Sam, num_points: int = 5, seed: int = 0, num_prompts: int = 1
+) -> Dict[str, Tensor]:
+    """Example inputs of the prompt decoder, as ``scripts/export_onnx_model.py`` makes them, with
+    ``num_prompts`` (K) prompt sets against one image.
 
-    image_embeddings: 1 x C x h x w; point_coords: 1 x N x 2 (input-frame pixels); point_labels:
-    1 x N; mask_input: 1 x 1 x 4h x 4w; has_mask_input: 1; orig_im_size: 2 (H, W).
+    image_embeddings: 1 x C x h x w; point_coords: K x N x 2 (input-frame pixels); point_labels:
+    K x N; mask_input: 1 x 1 x 4h x 4w; has_mask_input: 1; orig_im_size: 2 (H, W).
     """
     embed_dim = sam.prompt_encoder.embed_dim
     embed_size = sam.prompt_encoder.image_embedding_size
     size = int(sam.image_encoder.img_size)
     gen = torch.Generator().manual_seed(seed)
+    k = num_prompts
     return {
         "image_embeddings": torch.randn(1, embed_dim, *embed_size, generator=gen),
-        "point_coords": torch.randint(0, size, (1, num_points, 2), generator=gen).float(),
-        "point_labels": torch.randint(0, 4, (1, num_points), generator=gen).float(),
+        "point_coords": torch.randint(0, size, (k, num_points, 2), generator=gen).float(),
+        "point_labels": torch.randint(0, 4, (k, num_points), generator=gen).float(),
         "mask_input": torch.randn(1, 1, *[4 * s for s in embed_size], generator=gen),
         "has_mask_input": torch.tensor([1.0]),
         "orig_im_size": torch.tensor([size * 3 // 4, size], dtype=torch.float),
@@ -309,7 +367,30 @@ def _onnx_decoder_model(
 ) -> nn.Module:
     from segment_anything.utils.onnx import SamOnnxModel
 
-    return SamOnnxModel(
+    class SamOnnxDecoder(SamOnnxModel):
+        """``SamOnnxModel`` whose crop to the resized image stays dynamic when traced.
+
+        Upstream crops with ``masks[..., : int(h), : int(w)]``; tracing turns those ints into the
+        example's constants, so the exported masks are right only for images of the example's
+        aspect ratio. Here the crop is an ``index_select`` over ``arange(h)``, which exports as
+        ``Range`` + ``Gather``; the numbers equal upstream's.
+        """
+
+        def mask_postprocessing(self, masks: Tensor, orig_im_size: Tensor) -> Tensor:
+            """masks K x M x h x w low-res logits -> K x M x H x W at ``orig_im_size`` (H, W)."""
+            masks = nn.functional.interpolate(
+                masks, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False
+            )  # (K, M, S, S)
+            prepadded = self.resize_longest_image_size(orig_im_size, self.img_size)  # (2,) int64
+            rows = torch.arange(prepadded[0], device=masks.device)  # (h',)
+            cols = torch.arange(prepadded[1], device=masks.device)  # (w',)
+            masks = masks.index_select(2, rows).index_select(3, cols)  # (K, M, h', w')
+            size = orig_im_size.to(torch.int64)
+            return nn.functional.interpolate(
+                masks, size=(size[0], size[1]), mode="bilinear", align_corners=False
+            )  # (K, M, H, W)
+
+    return SamOnnxDecoder(
         model=sam,
         return_single_mask=return_single_mask,
         use_stability_score=use_stability_score,
@@ -321,9 +402,10 @@ def export_prompt_decoder(
     sam: Sam,
     path: PathLike,
     opset: int = DEFAULT_OPSET,
-    return_single_mask: bool = True,
+    return_single_mask: bool = False,
     use_stability_score: bool = False,
     return_extra_metrics: bool = False,
+    gelu_approximate: bool = False,
 ) -> Path:
     """Export SAM's prompt encoder and mask decoder through upstream ``SamOnnxModel``.
 
@@ -331,14 +413,23 @@ def export_prompt_decoder(
       sam: a ``Sam`` (any registry model; the image encoder is not exported).
       path: the ``.onnx`` file to write (atomically).
       opset: ONNX opset, ``MIN_OPSET`` to :func:`max_opset`.
-      return_single_mask, use_stability_score, return_extra_metrics: as in ``SamOnnxModel``.
+      return_single_mask: only the best mask (by predicted IoU, or the single-mask output once
+        there are more than 2 points); upstream's default is all masks.
+      use_stability_score: ``iou_predictions`` are stability scores of the low-resolution masks
+        (offset 1.0) instead of the predicted IoU.
+      return_extra_metrics: also return ``stability_scores`` and ``areas`` of the upscaled masks.
+      gelu_approximate: GELU as its tanh approximation (the model itself is left exact).
+      (All four as upstream's ``scripts/export_onnx_model.py``.)
 
     Inputs (``segment_anything``'s names): image_embeddings 1 x C x h x w (the encoder's output),
-    point_coords 1 x N x 2 (N dynamic; pixels in the resized input frame, add a (0, 0) point of
-    label -1 when there is no box), point_labels 1 x N, mask_input 1 x 1 x 4h x 4w,
-    has_mask_input 1, orig_im_size 2 (H, W). Outputs: masks 1 x M x H x W logits at the original
-    size, iou_predictions 1 x M, low_res_masks 1 x M x 4h x 4w (M = 1 with
-    ``return_single_mask``, else 4).
+    point_coords K x N x 2 (K prompt sets for the same image and N points each, both dynamic;
+    pixels in the resized input frame; a box is its two corners with labels 2 and 3, and without
+    a box add a (0, 0) point of label -1), point_labels K x N, mask_input 1 x 1 x 4h x 4w (or
+    K x 1 x 4h x 4w), has_mask_input 1, orig_im_size 2 (H, W). Outputs: masks K x M x H x W
+    logits at the original size, iou_predictions K x M, low_res_masks K x M x 4h x 4w (M = 1 with
+    ``return_single_mask``, else 4: the single-mask output, then SAM's three multimask outputs);
+    with ``return_extra_metrics`` also stability_scores K x M and areas K x M, before
+    low_res_masks.
 
     Returns:
       ``path`` as a ``Path``.
@@ -356,7 +447,8 @@ def export_prompt_decoder(
     onnx_model = _onnx_decoder_model(
         sam, return_single_mask, use_stability_score, return_extra_metrics
     )
-    inputs = _decoder_inputs(sam)
+    # Traced with 2 prompt sets, so no reshape can fold the prompt count into a constant.
+    inputs = _decoder_inputs(sam, num_prompts=2)
     device = next(sam.parameters()).device
     args = tuple(v.to(device) for v in inputs.values())
     metadata = {
@@ -367,20 +459,21 @@ def export_prompt_decoder(
         "return_single_mask": str(bool(return_single_mask)),
         "use_stability_score": str(bool(use_stability_score)),
         "return_extra_metrics": str(bool(return_extra_metrics)),
+        "gelu_approximate": str(bool(gelu_approximate)),
+        "prompts": "point_coords K x N x 2: K prompt sets (boxes) per image, both dynamic",
     }
+    outputs = DECODER_EXTRA_OUTPUTS if return_extra_metrics else DECODER_OUTPUTS
+    prompt_axes = {0: "num_prompts", 1: "num_points"}
+    dynamic_axes = {"point_coords": prompt_axes, "point_labels": prompt_axes}
+    dynamic_axes["mask_input"] = {0: "num_masks"}
+    dynamic_axes.update({name: {0: "num_prompts"} for name in outputs})
     was_training = sam.training
     try:
         sam.eval()
-        return _torch_export(
-            onnx_model,
-            args,
-            path,
-            opset,
-            DECODER_INPUTS,
-            DECODER_OUTPUTS,
-            {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
-            metadata,
-        )
+        with gelu_approximation(onnx_model, gelu_approximate):
+            return _torch_export(
+                onnx_model, args, path, opset, DECODER_INPUTS, outputs, dynamic_axes, metadata
+            )
     finally:
         sam.train(was_training)
 
@@ -456,17 +549,49 @@ class OnnxImageEncoder:
         return f"OnnxImageEncoder({str(self.path)!r}, keep_ratio={self.keep_ratio})"
 
 
-def compare_image_encoder(
+@dataclass(frozen=True)
+class Comparison:
+    """How far an exported file's outputs are from PyTorch's on the same inputs.
+
+    ``max_abs``: the largest absolute difference over all outputs; ``min_cosine``: the lowest
+    cosine similarity of an output (flattened) to PyTorch's.
+    """
+
+    max_abs: float
+    min_cosine: float
+
+    def passes(self, quantized: bool, tolerance: float = FP32_TOLERANCE) -> bool:
+        """fp32 files: ``max_abs <= tolerance``; int8 files: ``min_cosine >= INT8_MIN_COSINE``."""
+        if quantized:
+            return self.min_cosine >= INT8_MIN_COSINE
+        return self.max_abs <= tolerance
+
+
+def _comparison(outputs: Sequence[Tensor], expected: Sequence[Tensor]) -> Comparison:
+    max_abs, min_cos = 0.0, 1.0
+    for out, ref in zip(outputs, expected):
+        a, b = out.double().flatten(), ref.double().flatten().cpu()
+        if a.numel() == 0:
+            continue
+        max_abs = max(max_abs, float((a - b).abs().max()))
+        norm = float(a.norm() * b.norm())
+        cos = float(a @ b) / norm if norm > 0 else (1.0 if torch.equal(a, b) else 0.0)
+        min_cos = min(min_cos, cos)
+    return Comparison(max_abs=max_abs, min_cosine=min_cos)
+
+
+def check_image_encoder(
     model: Union[Sam, nn.Module],
     path: PathLike,
     x: Optional[Tensor] = None,
     threads: Optional[int] = None,
-) -> float:
-    """Max abs difference between the exported encoder in onnxruntime and ``model`` in PyTorch.
+) -> Comparison:
+    """The exported encoder in onnxruntime against ``model`` in PyTorch.
 
     Arguments:
-      model: what was exported (a ``Sam`` or its encoder); run at the file's keep ratio.
-      path: the exported encoder.
+      model: what was exported (a ``Sam`` or its encoder); run at the file's keep ratio, with
+        GELU approximated when the file was exported so.
+      path: the exported encoder (fp32 or its :func:`quantize_onnx` copy).
       x: B x 3 x S x S input; None draws one (seed 0).
       threads: onnxruntime intra-op threads.
     """
@@ -476,19 +601,33 @@ def compare_image_encoder(
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(1, 3, encoder.img_size, encoder.img_size, generator=gen)
     param = next(encoder.parameters())
+    approximate = session.metadata.get("gelu_approximate") == "True"
     with _export_state(encoder, session.keep_ratio), torch.no_grad():
-        expected = encoder(x.to(param.device, param.dtype)).float().cpu()
-    return float((session(x.cpu()) - expected).abs().max())
+        with gelu_approximation(encoder, approximate):
+            expected = encoder(x.to(param.device, param.dtype)).float().cpu()
+    return _comparison([session(x.cpu())], [expected])
 
 
-def compare_prompt_decoder(
+def compare_image_encoder(
+    model: Union[Sam, nn.Module],
+    path: PathLike,
+    x: Optional[Tensor] = None,
+    threads: Optional[int] = None,
+) -> float:
+    """Max abs difference between the exported encoder in onnxruntime and ``model`` in PyTorch
+    (see :func:`check_image_encoder`)."""
+    return check_image_encoder(model, path, x, threads).max_abs
+
+
+def check_prompt_decoder(
     sam: Sam,
     path: PathLike,
     num_points: int = 3,
+    num_prompts: int = 2,
     threads: Optional[int] = None,
-) -> float:
-    """Max abs difference, over all outputs, between the exported prompt decoder in onnxruntime and
-    ``SamOnnxModel`` run in PyTorch, on random inputs with ``num_points`` points."""
+) -> Comparison:
+    """The exported prompt decoder in onnxruntime against ``SamOnnxModel`` run in PyTorch with the
+    file's options, on random inputs: ``num_prompts`` prompt sets of ``num_points`` points."""
     metadata = read_metadata(path)
     onnx_model = _onnx_decoder_model(
         sam,
@@ -496,14 +635,82 @@ def compare_prompt_decoder(
         metadata.get("use_stability_score", "False") == "True",
         metadata.get("return_extra_metrics", "False") == "True",
     )
-    inputs = _decoder_inputs(sam, num_points=num_points, seed=1)
+    inputs = _decoder_inputs(sam, num_points=num_points, seed=1, num_prompts=num_prompts)
+    # An image size of another aspect ratio than the traced example's, so a size folded into a
+    # constant shows.
+    size = int(sam.image_encoder.img_size)
+    inputs["orig_im_size"] = torch.tensor([size * 5 // 8 + 1, size * 3 // 2], dtype=torch.float)
     session = _session(path, threads)
     outputs = session.run(None, {k: v.numpy() for k, v in inputs.items()})
     device = next(sam.parameters()).device
-    with torch.no_grad():
+    approximate = metadata.get("gelu_approximate") == "True"
+    with torch.no_grad(), gelu_approximation(onnx_model, approximate):
         expected = onnx_model(*(v.to(device) for v in inputs.values()))
-    diffs = [
-        (torch.from_numpy(o).float() - e.float().cpu()).abs().max()
-        for o, e in zip(outputs, expected)
-    ]
-    return float(max(diffs)) if diffs else math.nan
+    return _comparison(
+        [torch.from_numpy(o).float() for o in outputs], [e.float() for e in expected]
+    )
+
+
+def compare_prompt_decoder(
+    sam: Sam,
+    path: PathLike,
+    num_points: int = 3,
+    threads: Optional[int] = None,
+    num_prompts: int = 2,
+) -> float:
+    """Max abs difference, over all outputs, between the exported prompt decoder in onnxruntime and
+    ``SamOnnxModel`` run in PyTorch (see :func:`check_prompt_decoder`)."""
+    return check_prompt_decoder(sam, path, num_points, num_prompts, threads).max_abs
+
+
+def quantize_onnx(src: PathLike, dst: PathLike, weight_type: str = "int8") -> Path:
+    """Dynamic 8-bit quantization of an exported file's matrix products, for CPU inference.
+
+    Upstream's ``--quantize-out``: onnxruntime ``quantize_dynamic`` (weights quantized once,
+    activations per run). Upstream quantizes weights to ``uint8``; ``int8`` is onnxruntime's
+    default and the form its x86 kernels prefer.
+
+    Arguments:
+      src: an fp32 file from :func:`export_image_encoder` or :func:`export_prompt_decoder`.
+      dst: the quantized file to write (atomically); its metadata is the source's plus
+        ``quantized``.
+      weight_type: ``int8`` or ``uint8``.
+
+    Returns:
+      ``dst`` as a ``Path``.
+
+    Raises:
+      ValueError: an unknown weight type, or ``src`` and ``dst`` are the same file.
+      FileNotFoundError: ``src`` does not exist.
+      ImportError: ``onnx`` or ``onnxruntime`` is not installed.
+    """
+    if weight_type not in QUANT_WEIGHT_TYPES:
+        raise ValueError(f"weight_type must be one of {QUANT_WEIGHT_TYPES}, got {weight_type!r}")
+    source, target = Path(src), Path(dst)
+    if not source.is_file():
+        raise FileNotFoundError(f"ONNX model {source} not found")
+    if source.resolve() == target.resolve():
+        raise ValueError(f"the quantized file must not replace its source {source}")
+    onnx = _require("onnx")
+    _require("onnxruntime")
+    quantization = importlib.import_module("onnxruntime.quantization")
+    qtype = quantization.QuantType.QInt8 if weight_type == "int8" else quantization.QuantType.QUInt8
+    with _temp_beside(target, ".quant.onnx") as tmp:
+        # The quantizer logs a warning per tensor whose type it cannot infer (shape-only tensors
+        # such as the router's indices, which it leaves in fp32 / int64 anyway).
+        disabled = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quantization.quantize_dynamic(str(source), tmp, weight_type=qtype)
+        finally:
+            logging.disable(disabled)
+        proto = onnx.load(tmp)
+        metadata = {p.key: p.value for p in proto.metadata_props}
+        metadata.update(read_metadata(source))
+        metadata["quantized"] = f"dynamic {weight_type} (onnxruntime quantize_dynamic)"
+        _set_metadata(proto, metadata)
+        with atomic_open(target, "wb") as f:
+            f.write(proto.SerializeToString())
+    return target

@@ -1,4 +1,5 @@
-"""Command-line helpers shared by ``tools/distill.py`` and ``tools/finetune.py``.
+"""Command-line helpers shared by the tools: the training flags of ``distill`` and ``finetune``,
+defaults shown in ``--help``, and the exit statuses.
 
 Every flag defaults to None and only the flags a user gives are passed on, so the dataclass
 defaults (``TrainSettings``, ``DistillSettings``, ``FinetuneSettings``) stay the only defaults.
@@ -10,17 +11,22 @@ import argparse
 import dataclasses
 import json
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
-from ..fileio import FileWriteError
 from .settings import AMP_MODES, TrainSettings
 
 __all__ = [
+    "add_config_argument",
     "add_train_arguments",
     "train_settings_from_args",
     "parse_overrides",
     "given",
+    "describe_defaults",
+    "settings_defaults",
+    "add_old_spelling",
     "run_cli",
+    "USAGE_ERRORS",
+    "RUNTIME_ERRORS",
 ]
 
 T = TypeVar("T")
@@ -50,6 +56,17 @@ _TRAIN_FIELDS = (
 )
 
 
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE``: a recipe of settings fields (``biglittle_sam.train.recipes``)."""
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="a recipe: settings fields in a .yaml, .toml or .json file (train fields under "
+        "'train'); flags given override it (default: none)",
+    )
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``optimization`` and ``run`` argument groups (``TrainSettings``)."""
     opt = parser.add_argument_group("optimization")
@@ -64,11 +81,22 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--lr", type=float, default=None, help="peak learning rate")
     opt.add_argument("--min-lr-ratio", type=float, default=None, help="final lr / peak lr")
     opt.add_argument("--warmup-steps", type=int, default=None, help="default: 5%% of steps")
-    opt.add_argument("--weight-decay", type=float, default=None)
-    opt.add_argument("--betas", type=float, nargs=2, default=None, metavar=("B1", "B2"))
+    opt.add_argument(
+        "--weight-decay", type=float, default=None, help="AdamW decay (not on norms, biases)"
+    )
+    opt.add_argument(
+        "--betas",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("B1", "B2"),
+        help="AdamW moment decay rates",
+    )
     opt.add_argument("--clip-grad", type=float, default=None, help="max gradient norm; 0: off")
     opt.add_argument("--amp", choices=AMP_MODES, default=None, help="bf16 autocast (auto: CUDA)")
-    opt.add_argument("--seed", type=int, default=None)
+    opt.add_argument(
+        "--seed", type=int, default=None, help="data order, prompts, keep ratios, fresh weights"
+    )
     opt.add_argument(
         "--ema-decay",
         type=float,
@@ -76,7 +104,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="the final model is a moving average of the weights with this decay (0: off)",
     )
     run = parser.add_argument_group("run")
-    run.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    run.add_argument(
+        "--device", default=None, help="auto (CUDA when available), cpu, cuda or cuda:N"
+    )
     run.add_argument("--num-workers", type=int, default=None, help="data loader processes")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     run.add_argument("--out-dir", default=None, help="checkpoints, metrics, plot, model.pth")
@@ -95,7 +125,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--tensorboard", action="store_true", default=None, help="also write TensorBoard events"
     )
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar with loss, lr, images/s and ETA",
+    )
     run.add_argument(
         "--resume", default=None, help="a training checkpoint, or 'auto' (out-dir's last.pth)"
     )
@@ -114,8 +149,8 @@ def train_settings_from_args(args: argparse.Namespace, defaults: TrainSettings) 
     for flag in ("keep_checkpoints", "tensorboard"):
         if getattr(args, flag, None):
             changes[flag] = True
-    if getattr(args, "no_progress", False):
-        changes["progress"] = False
+    if getattr(args, "progress", None) is not None:
+        changes["progress"] = args.progress
     return dataclasses.replace(defaults, **changes)
 
 
@@ -146,17 +181,67 @@ def given(args: argparse.Namespace, names: Sequence[str]) -> Dict[str, Any]:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-def run_cli(work: Callable[[], T]) -> T:
-    """Run ``work``; a user error (bad path, checkpoint, cache, setting) exits with status 2 and
-    one ``error:`` line instead of a traceback, a failed write (a full disk) with status 1."""
-    from ..checkpoint import CheckpointError
-    from ..data.records import DatasetError
+def _default_text(value: Any) -> str:
+    if value is None or value == ():
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (tuple, list)):
+        return " ".join(_default_text(v) for v in value)
+    return str(value)
 
+
+def settings_defaults(settings: Any) -> Dict[str, Any]:
+    """A settings dataclass's field values, its ``train`` fields included: the defaults that
+    :func:`describe_defaults` shows."""
+    out = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
+    train = out.pop("train", None)
+    if dataclasses.is_dataclass(train):
+        out.update({f.name: getattr(train, f.name) for f in dataclasses.fields(train)})
+    return out
+
+
+def describe_defaults(
+    parser: argparse.ArgumentParser, defaults: Mapping[str, Any]
+) -> argparse.ArgumentParser:
+    """Append ``(default: X)`` to the help of every optional flag whose destination is in
+    ``defaults`` and whose help does not already name its default (or say it is required).
+
+    The flags default to None so that only the flags given are passed on; this shows the
+    library's real default (``defaults``: the settings dataclass's values) in ``--help``.
+    """
+    for action in parser._actions:
+        text = action.help
+        if action.dest not in defaults or action.required or text in (None, argparse.SUPPRESS):
+            continue
+        if "default" not in text.lower() and "required" not in text.lower():
+            value = _default_text(defaults[action.dest]).replace("%", "%%")
+            action.help = f"{text} (default: {value})"
+    return parser
+
+
+def add_old_spelling(parser: Any, flag: str, dest: str) -> None:
+    """Accept ``flag``, an older spelling of the flag stored in ``dest``, without listing it in
+    ``--help`` (``parser``: a parser or an argument group)."""
+    parser.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+# Exit statuses of every tool: 2 when the command line, or a file or setting it names, is unusable
+# (argparse's own status for a bad flag); 1 when the work failed (a full disk, a missing optional
+# package, images that could not be processed).
+USAGE_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+RUNTIME_ERRORS = (OSError, ImportError)
+
+
+def run_cli(work: Callable[[], T]) -> T:
+    """Run ``work``; a user error (bad path, checkpoint, cache, setting: :data:`USAGE_ERRORS`)
+    exits with status 2 and a runtime one (:data:`RUNTIME_ERRORS`) with status 1, each with one
+    ``error:`` line instead of a traceback."""
     try:
         return work()
-    except FileWriteError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
-    except (CheckpointError, DatasetError, ValueError, FileNotFoundError, ImportError) as e:
+    except USAGE_ERRORS as e:  # CheckpointError, DatasetError, RecipeError are ValueErrors
         print(f"error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    except RUNTIME_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None

@@ -24,8 +24,8 @@ import torch
 from segment_anything.modeling import Sam
 from torch import Tensor, nn
 
-from ..build_sam import set_keep_ratio
 from ..config import BigLittleConfig, config_to_dict, validate_keep_ratio
+from ..modeling import set_keep_ratio
 from ..runtime.distributed import DistContext, init_distributed
 from .data import TrainImages, build_image_source
 from .loop import TrainResult, TrainTask, run_training

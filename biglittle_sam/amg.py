@@ -1,0 +1,253 @@
+"""Automatic mask generation over a folder, written as segment_anything's ``scripts/amg.py`` does.
+
+For every image ``<stem>.<ext>`` of the input (one file, or every file of a folder), the output
+folder gets either
+
+- ``<stem>/`` holding one PNG per mask (``0.png``, ``1.png``, ...; 0 or 255) and ``metadata.csv``
+  with upstream's header (:data:`METADATA_HEADER`), or
+- ``<stem>.json``: the list of masks with COCO RLE segmentations (``convert_to_rle``).
+
+Runs resume: an image's result appears only once complete (the PNG folder is filled under a
+temporary name with ``metadata.csv`` written last, then renamed; the json is written atomically),
+so an image whose result exists is skipped by a re-run. Images that cannot be read are listed and
+skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .fileio import atomic_open
+from .runtime.progress import Progress
+
+__all__ = [
+    "AMG_SETTINGS",
+    "METADATA_HEADER",
+    "AmgResult",
+    "build_mask_generator",
+    "find_images",
+    "is_done",
+    "result_path",
+    "run_amg",
+    "write_masks_to_folder",
+]
+
+PathLike = Union[str, os.PathLike]
+
+# The SamAutomaticMaskGenerator arguments that scripts/amg.py exposes as flags, with their types.
+AMG_SETTINGS: Dict[str, type] = {
+    "points_per_side": int,
+    "points_per_batch": int,
+    "pred_iou_thresh": float,
+    "stability_score_thresh": float,
+    "stability_score_offset": float,
+    "box_nms_thresh": float,
+    "crop_n_layers": int,
+    "crop_nms_thresh": float,
+    "crop_overlap_ratio": float,
+    "crop_n_points_downscale_factor": int,
+    "min_mask_region_area": int,
+}
+
+# scripts/amg.py's metadata.csv header, byte for byte.
+METADATA_HEADER = (
+    "id,area,bbox_x0,bbox_y0,bbox_w,bbox_h,point_input_x,point_input_y,predicted_iou,"
+    "stability_score,crop_box_x0,crop_box_y0,crop_box_w,crop_box_h"
+)
+
+
+@dataclass
+class AmgResult:
+    """What a run did, image paths as given: written now, skipped (done before), failed (reason)."""
+
+    written: List[str] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)
+    failed: List[Tuple[str, str]] = field(default_factory=list)
+
+
+def find_images(input_path: PathLike) -> List[Path]:
+    """The files to segment: ``input_path`` itself, or every file directly in that folder (sorted).
+
+    Like ``scripts/amg.py``, every file of a folder is tried; the ones that are not images are
+    listed as failed by :func:`run_amg`. Hidden files (``.name``) are left out.
+
+    Raises:
+      FileNotFoundError: the path does not exist.
+      ValueError: two files share a stem (``a.jpg``, ``a.png``), so their outputs would collide.
+    """
+    path = Path(input_path)
+    if not path.exists():
+        raise FileNotFoundError(f"--input {path}: no such file or folder")
+    if not path.is_dir():
+        return [path]
+    files = sorted(p for p in path.iterdir() if not p.is_dir() and not p.name.startswith("."))
+    stems: Dict[str, Path] = {}
+    for p in files:
+        if p.stem in stems:
+            raise ValueError(
+                f"--input {path}: {stems[p.stem].name} and {p.name} would both write "
+                f"'{p.stem}' in the output folder; rename one"
+            )
+        stems[p.stem] = p
+    return files
+
+
+def result_path(out_dir: PathLike, image: PathLike, convert_to_rle: bool) -> Path:
+    """``<out_dir>/<stem>.json`` (RLE) or ``<out_dir>/<stem>`` (the folder of PNGs)."""
+    stem = Path(image).stem
+    return Path(out_dir) / (f"{stem}.json" if convert_to_rle else stem)
+
+
+def is_done(out_dir: PathLike, image: PathLike, convert_to_rle: bool) -> bool:
+    """Whether ``image``'s result is complete: its json, or its folder's ``metadata.csv`` (last)."""
+    target = result_path(out_dir, image, convert_to_rle)
+    return target.is_file() if convert_to_rle else (target / "metadata.csv").is_file()
+
+
+def write_masks_to_folder(masks: Sequence[Dict[str, Any]], folder: PathLike) -> None:
+    """``scripts/amg.py``'s layout: ``<i>.png`` (H x W, 0 / 255) per mask and ``metadata.csv``.
+
+    ``metadata.csv`` is written last and atomically; it marks the folder complete.
+    """
+    import cv2
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [METADATA_HEADER]
+    for i, mask in enumerate(masks):
+        png = folder / f"{i}.png"
+        if not cv2.imwrite(str(png), mask["segmentation"].astype(np.uint8) * 255):
+            raise OSError(f"could not write {png}")
+        values = [
+            i,
+            mask["area"],
+            *mask["bbox"],
+            *mask["point_coords"][0],
+            mask["predicted_iou"],
+            mask["stability_score"],
+            *mask["crop_box"],
+        ]
+        rows.append(",".join(str(v) for v in values))
+    with atomic_open(folder / "metadata.csv", "w") as f:
+        f.write("\n".join(rows))  # no final newline, as upstream writes it
+
+
+def _write_result(
+    masks: List[Dict[str, Any]], out_dir: Path, image: Path, convert_to_rle: bool
+) -> None:
+    target = result_path(out_dir, image, convert_to_rle)
+    if convert_to_rle:
+        with atomic_open(target, "w") as f:
+            json.dump(masks, f)
+        return
+    if target.exists():
+        raise FileExistsError(
+            f"{target} exists without metadata.csv (not written by a finished run); delete it to "
+            "segment this image again"
+        )
+    partial = out_dir / f".{target.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run
+    write_masks_to_folder(masks, partial)
+    os.replace(partial, target)
+
+
+def _read_rgb(path: Path) -> Optional[np.ndarray]:
+    """H x W x 3 uint8 RGB as ``scripts/amg.py`` reads it (``cv2.imread``); None if unreadable."""
+    import cv2
+
+    image = cv2.imread(str(path))
+    if image is None:
+        return None
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def run_amg(
+    generate: Callable[[np.ndarray], List[Dict[str, Any]]],
+    images: Sequence[PathLike],
+    out_dir: PathLike,
+    convert_to_rle: bool = False,
+    progress: bool = True,
+) -> AmgResult:
+    """Segment every image not done yet and write its result.
+
+    Arguments:
+      generate: ``SamAutomaticMaskGenerator.generate``, taking an H x W x 3 uint8 RGB image; its
+        ``output_mode`` must be ``coco_rle`` when ``convert_to_rle`` is set, else ``binary_mask``.
+      images: the image files (:func:`find_images`).
+      out_dir: the output folder (created).
+      convert_to_rle: one ``<stem>.json`` per image instead of a folder of PNGs.
+      progress: show a progress bar.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = AmgResult()
+    bar = Progress(len(images), desc="amg", enabled=progress)
+    try:
+        for image in images:
+            path = Path(image)
+            if is_done(out, path, convert_to_rle):
+                result.skipped.append(str(image))
+            else:
+                rgb = _read_rgb(path)
+                if rgb is None:
+                    result.failed.append((str(image), "could not be read as an image"))
+                else:
+                    try:
+                        _write_result(generate(rgb), out, path, convert_to_rle)
+                    except FileExistsError as e:
+                        result.failed.append((str(image), str(e)))
+                    else:
+                        result.written.append(str(image))
+            bar.update()
+    finally:
+        bar.close()
+    return result
+
+
+def build_mask_generator(
+    model_type: str,
+    checkpoint: Optional[PathLike] = None,
+    sam_checkpoint: Optional[PathLike] = None,
+    keep_ratio: Optional[float] = None,
+    device: str = "auto",
+    convert_to_rle: bool = False,
+    **amg_settings: Any,
+) -> Any:
+    """A ``SamAutomaticMaskGenerator`` on a registry model (plain SAM or big.LITTLE).
+
+    Arguments:
+      model_type: a ``sam_model_registry`` name.
+      checkpoint, sam_checkpoint, keep_ratio: as the registry builders take them.
+      device: auto (CUDA when available), cpu, cuda or cuda:N.
+      convert_to_rle: ``output_mode="coco_rle"`` (needs pycocotools), else ``binary_mask``.
+      amg_settings: :data:`AMG_SETTINGS` fields; the ones left out keep upstream's defaults.
+
+    Raises:
+      ValueError: an unknown model type or AMG setting, or a bad device or keep ratio
+        (``CheckpointError`` is a ``ValueError`` too).
+    """
+    from segment_anything import SamAutomaticMaskGenerator
+
+    from .build_sam import sam_model_registry
+    from .runtime.distributed import resolve_device
+
+    if model_type not in sam_model_registry:
+        raise ValueError(
+            f"--model-type {model_type!r}: unknown; expected one of {', '.join(sam_model_registry)}"
+        )
+    unknown = sorted(set(amg_settings) - set(AMG_SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown AMG settings {unknown}; expected some of {list(AMG_SETTINGS)}")
+    target = resolve_device(device)
+    kwargs = {"checkpoint": checkpoint, "sam_checkpoint": sam_checkpoint, "keep_ratio": keep_ratio}
+    sam = sam_model_registry[model_type](**{k: v for k, v in kwargs.items() if v is not None})
+    sam.to(target)
+    output_mode = "coco_rle" if convert_to_rle else "binary_mask"
+    return SamAutomaticMaskGenerator(sam, output_mode=output_mode, **amg_settings)

@@ -1,0 +1,179 @@
+"""Recipes as files: --config for distill and finetune, flags over the file, settings.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, List
+
+import pytest
+
+from biglittle_sam.benchmarks.toy import TOY_TEACHER, ToyBenchmarkSettings
+from biglittle_sam.distill.distill import DistillSettings
+from biglittle_sam.train.finetune import FinetuneSettings
+from biglittle_sam.train.recipes import RecipeError, load_recipe, write_settings
+from tools import distill, finetune
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RECIPE_YAML = """\
+student: bl_tiny
+cache: c
+images: i
+keep_ratios: [0.25, 0.5]
+student_overrides: {little_dim: 16, global_attn_indexes: [1, 3]}
+phase: 2
+train:
+  steps: 50
+  lr: 2.0e-3
+  betas: [0.8, 0.9]
+  out_dir: runs/a
+"""
+
+RECIPE_TOML = """\
+student = "bl_tiny"
+cache = "c"
+images = "i"
+keep_ratios = [0.25, 0.5]
+student_overrides = {little_dim = 16, global_attn_indexes = [1, 3]}
+phase = 2
+
+[train]
+steps = 50
+lr = 2.0e-3
+betas = [0.8, 0.9]
+out_dir = "runs/a"
+"""
+
+FLAGS_ALONE = [
+    "--student", "bl_tiny", "--cache", "c", "--images", "i", "--keep-ratios", "0.25", "0.5",
+    "--override", "little_dim=16", "--override", "global_attn_indexes=[1,3]", "--phase", "2",
+    "--steps", "50", "--lr", "2e-3", "--betas", "0.8", "0.9", "--out-dir", "runs/a",
+]  # fmt: skip
+OVERRIDE = ["--steps", "70", "--mask-weight", "3"]
+
+
+def _distill(argv: List[str]) -> DistillSettings:
+    return distill.settings_from_args(distill.build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize("suffix,text", [(".yaml", RECIPE_YAML), (".toml", RECIPE_TOML)])
+def test_recipe_plus_flag_equals_flags_alone(tmp_path: Path, suffix: str, text: str) -> None:
+    recipe = tmp_path / f"recipe{suffix}"
+    recipe.write_text(text)
+    from_file = _distill(["--config", str(recipe)] + OVERRIDE)
+    from_flags = _distill(FLAGS_ALONE + OVERRIDE)
+    assert from_file == from_flags
+    assert from_file.train.steps == 70 and from_file.mask_weight == 3.0  # the flags won
+    assert from_file.student_overrides == (("little_dim", 16), ("global_attn_indexes", (1, 3)))
+    # train fields the file leaves out keep distillation's defaults, not TrainSettings()'s
+    assert from_file.train.weight_decay == DistillSettings(cache="c", images="i").train.weight_decay
+
+
+def test_finetune_recipe_plus_flag(tmp_path: Path) -> None:
+    recipe = tmp_path / "ft.yaml"
+    recipe.write_text("images: i\nmodel: vit_tiny\nhflip: false\ntrain: {batch_size: 2}\n")
+    args = finetune.build_parser().parse_args(["--config", str(recipe), "--model", "bl_tiny"])
+    flags = ["--images", "i", "--model", "bl_tiny", "--no-hflip", "--batch-size", "2"]
+    expected = finetune.settings_from_args(finetune.build_parser().parse_args(flags))
+    assert finetune.settings_from_args(args) == expected
+
+
+def test_settings_json_is_written_and_reads_back(tmp_path: Path, monkeypatch) -> None:
+    seen: List[Any] = []
+
+    def run(settings: DistillSettings) -> str:  # stands in for a run that made its out_dir
+        seen.append(settings)
+        Path(settings.train.out_dir).mkdir()
+        return "ran"
+
+    monkeypatch.setattr(distill, "run_distillation", run)
+    out = tmp_path / "run"
+    assert distill.main(FLAGS_ALONE[:-2] + ["--out-dir", str(out)]) == "ran"
+    written = json.loads((out / "settings.json").read_text())
+    assert written["train"]["out_dir"] == str(out) and written["keep_ratios"] == [0.25, 0.5]
+    # settings.json is itself a recipe: the same settings come back
+    assert _distill(["--config", str(out / "settings.json")]) == seen[0]
+
+
+def test_write_settings_only_on_rank_0_into_a_run_folder(tmp_path: Path, monkeypatch) -> None:
+    base = DistillSettings(cache="c", images="i")
+    settings = DistillSettings(
+        cache="c", images="i", train=base.train.replace(out_dir=str(tmp_path))
+    )
+    monkeypatch.setenv("RANK", "1")
+    assert write_settings(settings) is None and not (tmp_path / "settings.json").exists()
+    monkeypatch.setenv("RANK", "0")
+    gone = DistillSettings(cache="c", images="i", train=base.train.replace(out_dir="nowhere/x"))
+    assert write_settings(gone) is None and not Path("nowhere").exists()
+    monkeypatch.setenv("RANK", "0")
+    assert write_settings(settings) == tmp_path / "settings.json"
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("train:\n  stepz: 5\n", "unknown key 'train.stepz'; TrainSettings has: "),
+        ("studnet: bl_b\n", "unknown key 'studnet'; DistillSettings has: "),
+        ("train:\n  steps: many\n", "'train.steps' must be int, got 'many' (str)"),
+        ("train:\n  steps: 1.5\n", "'train.steps' must be int, got 1.5 (float)"),
+        ("keep_ratios: half\n", "'keep_ratios' must be Tuple[float, ...], got 'half' (str)"),
+        ("refine_click: 'yes'\n", "'refine_click' must be bool, got 'yes' (str)"),
+        ("limit: null\ntrain: 3\n", "'train' must be a mapping of TrainSettings fields"),
+        ("- a\n- b\n", "expected a mapping of settings fields at the top level, got list"),
+        ("a: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_recipes_name_the_key_and_type(tmp_path: Path, text: str, message: str) -> None:
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(text)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(recipe, DistillSettings)
+    assert message in str(info.value) and str(recipe) in str(info.value)
+
+
+def test_bad_recipe_on_the_command_line_exits_2(tmp_path: Path, capsys) -> None:
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text('cache = "c"\nimages = "i"\n[train]\nlr = "fast"\n')
+    with pytest.raises(SystemExit) as info:
+        distill.main(["--config", str(recipe)])
+    assert info.value.code == 2
+    assert "'train.lr' must be float, got 'fast' (str)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        distill.main(["--images", "i"])
+    assert info.value.code == 2
+    assert "--cache is required (or 'cache' in the --config file)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        finetune.main(["--config", str(tmp_path / "missing.ini")])
+    assert info.value.code == 2 and "expected a .yaml, .yml, .toml, .json file" in (
+        capsys.readouterr().err
+    )
+
+
+def test_shipped_recipes_load_and_match_the_toy_benchmark() -> None:
+    toy = ToyBenchmarkSettings()
+    teacher = load_recipe(ROOT / "configs/toy/teacher.yaml", FinetuneSettings)
+    assert teacher["overrides"] == TOY_TEACHER
+    assert (teacher["train"]["steps"], teacher["train"]["lr"]) == (
+        toy.teacher_steps,
+        toy.teacher_lr,
+    )
+    assert teacher["train"]["batch_size"] == toy.teacher_batch_size
+    assert teacher["focal_weight"] == toy.teacher_focal_weight
+    assert teacher["limit"] == toy.train_images
+    phase1 = load_recipe(ROOT / "configs/toy/distill_phase1.yaml", DistillSettings)
+    assert (phase1["train"]["steps"], phase1["train"]["lr"]) == (toy.student_steps, toy.student_lr)
+    assert phase1["train_parts"] == toy.student_parts and phase1["keep_ratios"] == toy.keep_ratios
+    assert dict(phase1["student_overrides"]) == {
+        "little_dim": toy.student_little_dim,
+        "little_heads": toy.student_little_heads,
+    }
+    phase2 = load_recipe(ROOT / "configs/toy/distill_phase2.yaml", DistillSettings)
+    assert (phase2["train"]["steps"], phase2["train"]["lr"]) == (toy.phase2_steps, toy.phase2_lr)
+    assert phase2["keep_ratios"] == toy.phase2_keep_ratios
+    assert phase2["mask_weight"] == toy.phase2_mask_weight
+    assert phase2["point_prob"] == toy.phase2_point_prob
+    assert phase2["router_lr_scale"] == toy.phase2_router_lr_scale
+    sa1b = load_recipe(ROOT / "configs/bl_b_sa1b.yaml", DistillSettings)
+    assert sa1b["student"] == "bl_b"
+    assert DistillSettings(**{k: v for k, v in sa1b.items() if k != "train"}).phase == 1

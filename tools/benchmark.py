@@ -2,6 +2,7 @@
 
     biglittle-sam-benchmark --device cpu --out-dir outputs   # benchmark.json, .md and .png
     biglittle-sam-benchmark --onnx --compile ...   # also onnxruntime rows; torch.compile first
+    biglittle-sam-benchmark --runtimes pytorch pytorch-int8 onnxruntime onnxruntime-int8 ...
 
 Flags left out keep the library's defaults (``biglittle_sam.benchmarks.speed.BenchmarkConfig``).
 """
@@ -16,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from biglittle_sam.benchmarks.speed import (
     PEERS,
+    RUNTIMES,
     BenchmarkConfig,
     run_benchmark,
     save_json,
@@ -71,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: off)",
     )
     models.add_argument("--onnx-opset", type=int, default=None, help="ONNX opset of --onnx")
+    models.add_argument(
+        "--runtimes",
+        nargs="+",
+        choices=RUNTIMES,
+        default=None,
+        help="time every model in each runtime, one subprocess per runtime, with speedups against "
+        "SAM in the same runtime (default: PyTorch eager only, in this process)",
+    )
     run = parser.add_argument_group("run")
     run.add_argument(
         "--device",
@@ -174,6 +184,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         given["onnx_opset"] = args.onnx_opset
     if args.max_batch_others is not None:
         given["max_batch_others"] = args.max_batch_others or None
+    if args.runtimes is not None:
+        given["runtimes"] = tuple(args.runtimes)
     if args.compile:
         given["compile"] = True
     if args.compile_backend is not None:

@@ -240,6 +240,11 @@ def mac_split(
     return out
 
 
+def _gmacs(macs: int) -> str:
+    """GMACs with one decimal, or two below 1 (the router's few hundredths stay visible)."""
+    return f"{macs / 1e9:.1f}" if macs >= 1e9 or macs == 0 else f"{macs / 1e9:.2f}"
+
+
 def format_split_table(names: Sequence[str], ratios: Sequence[float], pool_kv: bool = True) -> str:
     """A markdown table of :func:`mac_split` in GMACs (share of the total in brackets) for
     registry ``names``, big.LITTLE ones at each of ``ratios`` (pooled keys/values below r = 1 when
@@ -256,7 +261,7 @@ def format_split_table(names: Sequence[str], ratios: Sequence[float], pool_kv: b
             split = mac_split(cfg, r, pool_kv and r < 1.0) if big_little else mac_split(cfg)
             total = split["total"]
             cells = " | ".join(
-                f"{split[key] / 1e9:.1f} ({100 * split[key] / total:.0f}%)"
+                f"{_gmacs(split[key])} ({100 * split[key] / total:.0f}%)"
                 for key, _ in SPLIT_PARTS
             )
             label = f"{r:g}" + (" pooled" if big_little and pool_kv and r < 1.0 else "")

@@ -102,3 +102,15 @@ def test_mac_split_parts_follow_the_design() -> None:
     assert pooled["little"] / pooled["total"] > 0.3  # E-blocks at d = 192: over a third at r = 0.1
     table = format_split_table(["vit_b", "bl_b", "bl_b_lite"], [0.1])
     assert "| bl_b_lite | 0.1 pooled |" in table and "k/v of unrouted tokens" in table
+
+
+def test_profile_tool_prints_the_mac_split(capsys) -> None:
+    from tools import profile_encoder
+
+    report = profile_encoder.main(["--macs", "--macs-models", "vit_b", "bl_b_lite"])
+    out = capsys.readouterr().out
+    assert "| bl_b_lite | 0.1 pooled |" in out and "| vit_b | - |" in out
+    assert report["macs"]["bl_b_lite"]["0.1"] == mac_split("bl_b_lite", 0.1, True)
+    with pytest.raises(SystemExit) as info:
+        profile_encoder.main(["--macs", "--macs-models", "nope"])
+    assert info.value.code == 2

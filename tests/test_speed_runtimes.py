@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
-from biglittle_sam.benchmarks.speed import RUNTIMES, BenchmarkConfig, run_benchmark, to_markdown
+from biglittle_sam.benchmarks.speed import (
+    RUNTIMES,
+    BenchmarkConfig,
+    run_benchmark,
+    run_runtimes,
+    to_markdown,
+)
 from biglittle_sam.benchmarks.speed.measure import _quantize_rows
 from biglittle_sam.benchmarks.speed.rows import build_rows
 from biglittle_sam.benchmarks.speed.runtimes import merge_reports
@@ -72,7 +78,10 @@ def test_pytorch_int8_runtime_quantises_every_row() -> None:
 
 def test_every_runtime_in_its_own_process(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    report = run_benchmark(BenchmarkConfig(runtimes=RUNTIMES, **TINY))
+    cfg = BenchmarkConfig(runtimes=RUNTIMES, **TINY)
+    with pytest.raises(ValueError, match="run_runtimes"):
+        run_benchmark(cfg)
+    report = run_runtimes(cfg)
     assert report["meta"]["runtimes"] == list(RUNTIMES)
     by_runtime = {}
     for r in report["results"]:

@@ -21,6 +21,7 @@ from biglittle_sam.benchmarks.speed import (
     RUNTIMES,
     BenchmarkConfig,
     run_benchmark,
+    run_runtimes,
     save_json,
     save_plot,
     to_markdown,
@@ -215,7 +216,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if args.out_dir is not None:
         paths = {name: str(Path(args.out_dir) / file) for name, file in _OUTPUTS.items()}
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.progress else None
-    report = run_cli(lambda: run_benchmark(BenchmarkConfig(**given), progress=log))
+    run = run_runtimes if given.get("runtimes") else run_benchmark
+    report = run_cli(lambda: run(BenchmarkConfig(**given), log))
     table = to_markdown(report)
     print(table)
     if paths["json"]:

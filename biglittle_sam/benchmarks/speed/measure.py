@@ -141,9 +141,10 @@ def run_benchmark(
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     if cfg.runtimes:
-        from .runtimes import run_runtimes  # a subprocess per runtime, each back here
-
-        return run_runtimes(cfg, say)
+        raise ValueError(
+            "run_benchmark times one runtime (cfg.runtime); several runtimes (cfg.runtimes) run "
+            "through run_runtimes, one subprocess each"
+        )
     onnx_only = cfg.runtime.startswith("onnxruntime")
     if onnx_only:  # peers have no exporter here
         cfg = dataclasses.replace(cfg, peers=())

@@ -23,6 +23,7 @@ from segment_anything.modeling import Sam
 
 from ...build_sam import build_sam_from_config, sam_model_registry, set_keep_ratio
 from ...config import get_config
+from ...eval.predictor import _EncoderTimer  # forward hooks: the evaluation's encoder clock
 from ...runtime.hardware import hardware_description
 
 __all__ = [
@@ -47,32 +48,6 @@ class SegmentEverythingRow:
     encoder_speedup: Optional[float] = None  # SAM's encoder time / this encoder time
 
 
-class _EncoderClock:
-    """Seconds spent inside ``module``'s forward calls while the context is open."""
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.module = module
-        self.seconds = 0.0
-        self._start = 0.0
-
-    def _pre(self, *_: Any) -> None:
-        self._start = time.perf_counter()
-
-    def _post(self, *_: Any) -> None:
-        self.seconds += time.perf_counter() - self._start
-
-    def __enter__(self) -> "_EncoderClock":
-        self._handles = [
-            self.module.register_forward_pre_hook(self._pre),
-            self.module.register_forward_hook(self._post),
-        ]
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-
 def time_segment_everything(
     sam: Sam, image: np.ndarray, repeats: int = 1, **generator_kwargs: Any
 ) -> Tuple[float, float, int]:
@@ -93,7 +68,7 @@ def time_segment_everything(
     with torch.inference_mode():
         generator.generate(image)  # warm-up
         for _ in range(repeats):
-            with _EncoderClock(sam.image_encoder) as clock:
+            with _EncoderTimer(sam.image_encoder, cuda=False) as clock:
                 start = time.perf_counter()
                 masks = generator.generate(image)
                 totals.append(time.perf_counter() - start)

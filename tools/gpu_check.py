@@ -16,7 +16,9 @@ import sys
 from typing import Any, Dict, Optional, Sequence
 
 from biglittle_sam.benchmarks.speed.gpu_check import GpuCheckSettings, cuda_missing, run_gpu_check
-from biglittle_sam.train.cli import describe_defaults, run_cli
+from biglittle_sam.train.cli import describe_defaults
+from biglittle_sam.train.cli import given as given_flags
+from biglittle_sam.train.cli import run_cli
 
 _DEFAULTS = dataclasses.asdict(GpuCheckSettings())
 
@@ -55,9 +57,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(missing)
         return 0
     given: Dict[str, Any] = {"tests": args.tests}
-    for name in ("out_dir", "sam", "model", "repeats", "distill_steps"):
-        if getattr(args, name) is not None:
-            given[name] = getattr(args, name)
+    given.update(given_flags(args, ("out_dir", "sam", "model", "repeats", "distill_steps")))
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.progress else None
     result = run_cli(lambda: run_gpu_check(GpuCheckSettings(**given), progress=log))
     folder = given.get("out_dir", GpuCheckSettings.out_dir)

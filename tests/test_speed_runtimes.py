@@ -65,6 +65,8 @@ def test_merge_keeps_same_runtime_speedups_and_adds_pytorch_sam() -> None:
 def test_unknown_runtime_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown runtime 'tensorrt'"):
         BenchmarkConfig(runtimes=("pytorch", "tensorrt"))
+    with pytest.raises(ValueError, match="use --device cpu, not cuda"):
+        BenchmarkConfig(runtimes=("pytorch", "onnxruntime-int8"), device="cuda")
 
 
 def test_pytorch_int8_runtime_quantises_every_row() -> None:

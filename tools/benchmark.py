@@ -84,8 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=RUNTIMES,
         default=None,
-        help="time every model in each runtime, one subprocess per runtime, with speedups against "
-        "SAM in the same runtime (default: PyTorch eager only, in this process)",
+        metavar="RUNTIME",
+        help=f"time every model in each runtime ({', '.join(RUNTIMES)}), one subprocess per "
+        "runtime, with speedups against SAM in the same runtime (default: PyTorch eager only, "
+        "in this process)",
     )
     everything = parser.add_argument_group("segment everything (instead of the encoder table)")
     everything.add_argument(

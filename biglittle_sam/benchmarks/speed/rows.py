@@ -93,6 +93,12 @@ class BenchmarkConfig:
         for name in (self.runtime, *self.runtimes):
             if name not in RUNTIMES:
                 raise ValueError(f"unknown runtime {name!r}; expected one of {', '.join(RUNTIMES)}")
+        cpu_only = sorted({self.runtime, *self.runtimes} - {"pytorch"})
+        if cpu_only and not self.device.startswith("cpu"):
+            raise ValueError(
+                f"runtimes {', '.join(cpu_only)} run on the CPU (dynamic int8, onnxruntime's CPU "
+                f"provider); use --device cpu, not {self.device}"
+            )
 
 
 @dataclass

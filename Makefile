@@ -11,8 +11,9 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 DEMO_ARGS ?=
 TOY_ARGS ?=
+GPU_ARGS ?=
 
-.PHONY: venv venv-demo browser test test-slow benchmark toy-benchmark demo lint format clean
+.PHONY: venv venv-demo browser test test-slow benchmark toy-benchmark gpu-check demo lint format clean
 
 venv: $(VENV)/.installed
 venv-demo: $(VENV)/.installed-demo
@@ -53,6 +54,12 @@ benchmark: venv
 # outputs/toy/. The committed demo models came from the same tool with --assets-dir biglittle_sam/assets.
 toy-benchmark: venv
 	$(PY) -m biglittle_sam_tools.toy_benchmark --out-dir outputs/toy $(TOY_ARGS)
+
+# On one CUDA GPU, <= 8 minutes: the CUDA-marked tests, SAM ViT-B against bl_b at every keep ratio in
+# fp32 and bf16 at batch 1 and 8, and a 50-step distill smoke run; writes outputs/gpu_check/. Without
+# a CUDA device it prints one line and succeeds.
+gpu-check: venv
+	$(PY) -m biglittle_sam_tools.gpu_check --out-dir outputs/gpu_check $(GPU_ARGS)
 
 # The interactive demo on http://127.0.0.1:7860 (built-in toy models and examples). More models:
 # make demo DEMO_ARGS="--sam-checkpoint sam_vit_b_01ec64.pth --checkpoint bl_b=bl_b.pth"

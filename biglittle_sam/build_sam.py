@@ -7,8 +7,9 @@ returns an upstream ``segment_anything.modeling.Sam`` in eval mode, so ``SamPred
 - ``default``, ``vit_h``, ``vit_l``, ``vit_b``: built by ``segment_anything`` itself; ``checkpoint``
   is an official SAM checkpoint.
 - ``vit_tiny``: a plain SAM at test size (the toy benchmark's teacher).
-- ``bl_b``, ``bl_l``, ``bl_h``, ``bl_tiny``: big.LITTLE. ``checkpoint`` is a full big.LITTLE SAM
-  checkpoint (loaded strictly); ``sam_checkpoint`` is an official SAM checkpoint to inherit the
+- ``bl_b``, ``bl_l``, ``bl_h``, ``bl_tiny``, ``bl_b_lite`` (bl_b with lighter E-blocks):
+  big.LITTLE. ``checkpoint`` is a full big.LITTLE SAM checkpoint (loaded strictly);
+  ``sam_checkpoint`` is an official SAM checkpoint to inherit the
   patch and position embeddings, the P-blocks, the neck, the prompt encoder and the mask decoder
   from. An official SAM file given as ``checkpoint=`` is refused with a message that says to pass
   it as ``sam_checkpoint=``: the result would not be distilled, which a strict ``checkpoint=``
@@ -493,4 +494,5 @@ sam_model_registry: Dict[str, Callable[..., Sam]] = {
     "bl_l": _build_biglittle("bl_l"),
     "bl_h": _build_biglittle("bl_h"),
     "bl_tiny": _build_biglittle("bl_tiny"),
+    "bl_b_lite": _build_biglittle("bl_b_lite"),
 }

@@ -260,6 +260,18 @@ BIGLITTLE_CONFIGS: Dict[str, BigLittleConfig] = {
     "bl_l": biglittle_config_for(_VIT_L, "bl_l", little_dim=256, little_heads=4),
     "bl_h": biglittle_config_for(_VIT_H, "bl_h", little_dim=320, little_heads=5),
     "bl_tiny": biglittle_config_for(_VIT_TINY, "bl_tiny", little_dim=16, little_heads=2),
+    # bl_b with a quarter of its E-block MACs: at r = 0.1 pooled the E-blocks at d = 192 are about
+    # a third of bl_b's MACs (docs/speed.md). Half the width (d = 96, two heads of 48) and half
+    # the MLP ratio cut the E-block's attention and MLP by 4x and its down/up projections by 2x;
+    # keys and values pooled 2 x 2 because that is how the low ratios run. Same big blocks as bl_b.
+    "bl_b_lite": biglittle_config_for(
+        _VIT_B,
+        "bl_b_lite",
+        little_dim=96,
+        little_heads=2,
+        little_mlp_ratio=2.0,
+        pool_kv=True,
+    ),
 }
 
 AnyConfig = Union[SamViTConfig, BigLittleConfig]

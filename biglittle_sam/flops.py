@@ -7,7 +7,8 @@ activations, softmax, gathers and scatters are a few tenths of a percent and are
 fvcore leaves them out.
 
 For bl_b (C = 768, d = 192) at 1024 x 1024: about 463 GMACs for SAM ViT-B's trunk against roughly
-300 at r = 0.5, 200 at r = 0.25 and 140 at r = 0.1 (see ``python -m biglittle_sam.flops``).
+300 at r = 0.5, 200 at r = 0.25 and 140 at r = 0.1 (see ``python -m biglittle_sam.flops``);
+``--split`` prints where they go (:func:`mac_split`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ from .config import (
 )
 from .modeling import ImageEncoderBigLittle, ImageEncoderViTFused, model_config
 
-__all__ = ["encoder_macs", "encoder_gmacs", "format_table"]
+__all__ = [
+    "encoder_macs",
+    "encoder_gmacs",
+    "format_table",
+    "mac_split",
+    "format_split_table",
+    "SPLIT_PARTS",
+]
 
 ModelOrConfig = Union[nn.Module, SamViTConfig, str]
 
@@ -98,10 +106,19 @@ def _big_block(
     else:
         kv = 2 * N * C * C
         keys = group
-    linear = kv + 2 * routed * C * C + 2 * routed * C * hidden
+    # Keys/values of the tokens the big block does not update: the pooled grid, or every
+    # unrouted token; the rest of ``kv`` projects the routed tokens.
+    kv_unrouted = 2 * (N // 4) * C * C if pool_kv else 2 * (N - routed) * C * C
+    linear = kv - kv_unrouted + 2 * routed * C * C + 2 * routed * C * hidden
     attn = _attention_macs(slots, keys, C, rel)
     norm = _LN * (N + routed) * C  # norm1 on every token, norm2 on the routed ones
-    return {"big_linear": linear, "big_attention": attn, "router": N * C, "norm": norm}
+    return {
+        "big_linear": linear,
+        "kv_unrouted": kv_unrouted,
+        "big_attention": attn,
+        "router": N * C,
+        "norm": norm,
+    }
 
 
 def _resolve(model: ModelOrConfig) -> Tuple[SamViTConfig, bool, float, bool]:
@@ -123,6 +140,45 @@ def _resolve(model: ModelOrConfig) -> Tuple[SamViTConfig, bool, float, bool]:
     return cfg, isinstance(encoder, ImageEncoderViTFused), 1.0, False
 
 
+def _encoder_parts(
+    model: ModelOrConfig, keep_ratio: Optional[float], pool_kv: Optional[bool]
+) -> Dict[str, int]:
+    """:func:`encoder_macs` with the big blocks' key/value projections of unrouted tokens apart
+    (``kv_unrouted``, not in ``big_linear``) and no total."""
+    cfg, fused, current_ratio, current_pool_kv = _resolve(model)
+    r = current_ratio if keep_ratio is None else validate_keep_ratio(keep_ratio)
+    if pool_kv is None:
+        pool_kv = current_pool_kv
+    C, g = cfg.embed_dim, cfg.grid_size
+    N = g * g
+    out: Dict[str, int] = {
+        k: 0
+        for k in (
+            "patch_embed",
+            "little",
+            "router",
+            "big_linear",
+            "kv_unrouted",
+            "big_attention",
+            "norm",
+        )
+    }
+    out["patch_embed"] = N * C * cfg.in_chans * cfg.patch_size**2
+    for i in range(cfg.depth):
+        windowed = i not in cfg.global_attn_indexes
+        if isinstance(cfg, BigLittleConfig):
+            out["little"] += _little_block(cfg)
+            parts = _big_block(cfg, windowed, r, pool_kv)
+        elif fused:  # BigBlock's dense path: keys and values of real tokens only
+            parts = _big_block(cfg, windowed, 1.0)
+        else:
+            parts = _sam_block(cfg, windowed)
+        for name, value in parts.items():
+            out[name] += value
+    out["neck"] = N * C * cfg.out_chans + N * cfg.out_chans * cfg.out_chans * 9
+    return out
+
+
 def encoder_macs(
     model: ModelOrConfig, keep_ratio: Optional[float] = None, pool_kv: Optional[bool] = None
 ) -> Dict[str, int]:
@@ -138,30 +194,81 @@ def encoder_macs(
     Returns:
       {"patch_embed", "little", "router", "big_linear", "big_attention", "norm", "neck", "total"}.
     """
-    cfg, fused, current_ratio, current_pool_kv = _resolve(model)
-    r = current_ratio if keep_ratio is None else validate_keep_ratio(keep_ratio)
-    if pool_kv is None:
-        pool_kv = current_pool_kv
-    C, g = cfg.embed_dim, cfg.grid_size
-    N = g * g
-    out: Dict[str, int] = {
-        k: 0 for k in ("patch_embed", "little", "router", "big_linear", "big_attention", "norm")
-    }
-    out["patch_embed"] = N * C * cfg.in_chans * cfg.patch_size**2
-    for i in range(cfg.depth):
-        windowed = i not in cfg.global_attn_indexes
-        if isinstance(cfg, BigLittleConfig):
-            out["little"] += _little_block(cfg)
-            parts = _big_block(cfg, windowed, r, pool_kv)
-        elif fused:  # BigBlock's dense path: keys and values of real tokens only
-            parts = _big_block(cfg, windowed, 1.0)
-        else:
-            parts = _sam_block(cfg, windowed)
-        for name, value in parts.items():
-            out[name] += value
-    out["neck"] = N * C * cfg.out_chans + N * cfg.out_chans * cfg.out_chans * 9
+    out = _encoder_parts(model, keep_ratio, pool_kv)
+    out["big_linear"] += out.pop("kv_unrouted")
     out["total"] = sum(out.values())
     return out
+
+
+# The MAC split's parts, in table order, with their column titles.
+SPLIT_PARTS = (
+    ("little", "E-blocks"),
+    ("kv_unrouted", "k/v of unrouted tokens"),
+    ("embed_neck", "patch embed + neck"),
+    ("routed_big", "routed big blocks"),
+    ("attention", "attention"),
+    ("router", "router"),
+    ("norm", "LayerNorms"),
+)
+
+
+def mac_split(
+    model: ModelOrConfig, keep_ratio: Optional[float] = None, pool_kv: Optional[bool] = None
+) -> Dict[str, int]:
+    """Where an encoder's MACs go, by the parts a lighter design can cut.
+
+    Arguments: as :func:`encoder_macs`.
+
+    Returns:
+      {"little": E-blocks; "kv_unrouted": big-block key/value projections of the tokens the big
+      block does not update (the pooled grid with ``pool_kv``); "embed_neck": patch embedding and
+      neck; "routed_big": big-block projections and MLPs of the routed tokens (every token for
+      SAM); "attention": big-block attention products; "router"; "norm": LayerNorms; "total"}.
+      The parts sum to ``total``, which equals :func:`encoder_macs`'s.
+    """
+    parts = _encoder_parts(model, keep_ratio, pool_kv)
+    out = {
+        "little": parts["little"],
+        "kv_unrouted": parts["kv_unrouted"],
+        "embed_neck": parts["patch_embed"] + parts["neck"],
+        "routed_big": parts["big_linear"],
+        "attention": parts["big_attention"],
+        "router": parts["router"],
+        "norm": parts["norm"],
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+def _gmacs(macs: int) -> str:
+    """GMACs with one decimal, or two below 1 (the router's few hundredths stay visible)."""
+    return f"{macs / 1e9:.1f}" if macs >= 1e9 or macs == 0 else f"{macs / 1e9:.2f}"
+
+
+def format_split_table(names: Sequence[str], ratios: Sequence[float], pool_kv: bool = True) -> str:
+    """A markdown table of :func:`mac_split` in GMACs (share of the total in brackets) for
+    registry ``names``, big.LITTLE ones at each of ``ratios`` (pooled keys/values below r = 1 when
+    ``pool_kv``)."""
+    head = " | ".join(title for _, title in SPLIT_PARTS)
+    rows: List[str] = [
+        f"| model | keep ratio | {head} | total GMACs |",
+        "|---|---|" + "---|" * len(SPLIT_PARTS) + "---|",
+    ]
+    for name in names:
+        cfg = get_config(name)
+        big_little = isinstance(cfg, BigLittleConfig)
+        for r in ratios if big_little else [1.0]:
+            split = mac_split(cfg, r, pool_kv and r < 1.0) if big_little else mac_split(cfg)
+            total = split["total"]
+            cells = " | ".join(
+                f"{_gmacs(split[key])} ({100 * split[key] / total:.0f}%)"
+                for key, _ in SPLIT_PARTS
+            )
+            label = f"{r:g}" + (" pooled" if big_little and pool_kv and r < 1.0 else "")
+            rows.append(
+                f"| {name} | {label if big_little else '-'} | {cells} | {total / 1e9:.1f} |"
+            )
+    return "\n".join(rows)
 
 
 def encoder_gmacs(
@@ -191,8 +298,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="Analytic encoder GMACs (1024 x 1024, batch 1).")
     parser.add_argument("--models", nargs="+", default=["vit_b", "bl_b"])
     parser.add_argument("--ratios", nargs="+", type=float, default=[1.0, 0.5, 0.25, 0.1])
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="print where the MACs go (E-blocks, k/v of unrouted tokens, ...), pooled keys/values "
+        "below r = 1",
+    )
     args = parser.parse_args(argv)
-    print(format_table(args.models, args.ratios))
+    table = format_split_table if args.split else format_table
+    print(table(args.models, args.ratios))
 
 
 if __name__ == "__main__":

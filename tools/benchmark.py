@@ -2,6 +2,8 @@
 
     biglittle-sam-benchmark --device cpu --out-dir outputs   # benchmark.json, .md and .png
     biglittle-sam-benchmark --onnx --compile ...   # also onnxruntime rows; torch.compile first
+    biglittle-sam-benchmark --runtimes pytorch pytorch-int8 onnxruntime onnxruntime-int8 ...
+    biglittle-sam-benchmark --segment-everything --device cpu --out-dir outputs/amg
 
 Flags left out keep the library's defaults (``biglittle_sam.benchmarks.speed.BenchmarkConfig``).
 """
@@ -16,11 +18,17 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from biglittle_sam.benchmarks.speed import (
     PEERS,
+    RUNTIMES,
     BenchmarkConfig,
     run_benchmark,
+    run_runtimes,
     save_json,
     save_plot,
     to_markdown,
+)
+from biglittle_sam.benchmarks.speed.segment_everything import (
+    run_segment_everything,
+    segment_everything_markdown,
 )
 from biglittle_sam.fileio import atomic_open
 from biglittle_sam.runtime.cli import add_old_spelling, describe_defaults, run_cli
@@ -71,6 +79,30 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: off)",
     )
     models.add_argument("--onnx-opset", type=int, default=None, help="ONNX opset of --onnx")
+    models.add_argument(
+        "--runtimes",
+        nargs="+",
+        choices=RUNTIMES,
+        default=None,
+        metavar="RUNTIME",
+        help=f"time every model in each runtime ({', '.join(RUNTIMES)}), one subprocess per "
+        "runtime, with speedups against SAM in the same runtime (default: PyTorch eager only, "
+        "in this process)",
+    )
+    everything = parser.add_argument_group("segment everything (instead of the encoder table)")
+    everything.add_argument(
+        "--segment-everything",
+        action="store_true",
+        help="time SamAutomaticMaskGenerator end to end on the CPU, split into encoder and "
+        "decoder time, for --sam and --model at --keep-ratios; writes segment_everything.json "
+        "and .md to --out-dir (default: off)",
+    )
+    everything.add_argument(
+        "--points-per-side",
+        type=int,
+        default=32,
+        help="the generator's point grid (default: 32, SAM's)",
+    )
     run = parser.add_argument_group("run")
     run.add_argument(
         "--device",
@@ -174,15 +206,20 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         given["onnx_opset"] = args.onnx_opset
     if args.max_batch_others is not None:
         given["max_batch_others"] = args.max_batch_others or None
+    if args.runtimes is not None:
+        given["runtimes"] = tuple(args.runtimes)
     if args.compile:
         given["compile"] = True
     if args.compile_backend is not None:
         given["compile_backend"] = args.compile_backend
+    if args.segment_everything:
+        return _segment_everything(parser, args, given)
     paths: Dict[str, Optional[str]] = {name: getattr(args, name, None) for name in _OUTPUTS}
     if args.out_dir is not None:
         paths = {name: str(Path(args.out_dir) / file) for name, file in _OUTPUTS.items()}
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.progress else None
-    report = run_cli(lambda: run_benchmark(BenchmarkConfig(**given), progress=log))
+    run = run_runtimes if given.get("runtimes") else run_benchmark
+    report = run_cli(lambda: run(BenchmarkConfig(**given), log))
     table = to_markdown(report)
     print(table)
     if paths["json"]:
@@ -192,6 +229,28 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             f.write(table + "\n")
     if paths["plot"]:
         save_plot(report, paths["plot"])
+    return report
+
+
+def _segment_everything(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, given: Dict[str, Any]
+) -> Dict[str, Any]:
+    """``--segment-everything``: the generator's time split into encoder and decoder (CPU)."""
+    if args.device not in ("auto", "cpu"):
+        parser.error("--segment-everything times the CPU; use --device cpu")
+    kwargs: Dict[str, Any] = {"points_per_side": args.points_per_side}
+    for name in ("sam", "model", "img_size", "keep_ratios"):
+        if name in given:
+            kwargs[name] = given[name]
+    kwargs["repeats"] = given.get("repeats", 1)
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.progress else None
+    report = run_cli(lambda: run_segment_everything(progress=log, **kwargs))
+    table = segment_everything_markdown(report)
+    print(table)
+    if args.out_dir is not None:
+        save_json(report, str(Path(args.out_dir) / "segment_everything.json"))
+        with atomic_open(Path(args.out_dir) / "segment_everything.md", "w") as f:
+            f.write(table + "\n")
     return report
 
 

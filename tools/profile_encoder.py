@@ -2,6 +2,7 @@
 
     biglittle-sam-profile --model bl_b --keep-ratio 0.25 --top 15
     biglittle-sam-profile --model bl_b --keep-ratio 0.1 --pool-kv --output outputs/profile.json
+    biglittle-sam-profile --macs   # no profiling: the analytic MAC split (flops.mac_split)
 
 Flags left out keep the library's defaults (``biglittle_sam.profile.profile_encoder``).
 """
@@ -12,6 +13,7 @@ import argparse
 from typing import Any, Dict, Optional, Sequence
 
 from biglittle_sam.fileio import atomic_write_json
+from biglittle_sam.flops import format_split_table, mac_split
 from biglittle_sam.profile import format_table, profile_encoder
 from biglittle_sam.runtime.cli import add_old_spelling
 
@@ -43,6 +45,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
+    macs = parser.add_argument_group("analytic MAC split (no profiling)")
+    macs.add_argument(
+        "--macs",
+        action="store_true",
+        help="print where the MACs go (E-blocks, k/v of unrouted tokens, patch embed + neck, "
+        "routed big blocks, attention, router) instead of profiling (default: off)",
+    )
+    macs.add_argument(
+        "--macs-models",
+        nargs="+",
+        default=["vit_b", "bl_b", "bl_b_lite"],
+        help="registry names of --macs (default: vit_b bl_b bl_b_lite)",
+    )
+    macs.add_argument(
+        "--macs-ratios",
+        nargs="+",
+        type=float,
+        default=[1.0, 0.5, 0.25, 0.1],
+        help="keep ratios of --macs, pooled keys/values below 1 (default: 1 0.5 0.25 0.1)",
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--top", type=int, default=15, help="operators to print (default 15)")
     add_old_spelling(out, "--json", "output")
@@ -57,6 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.macs:
+        try:
+            print(format_split_table(args.macs_models, args.macs_ratios))
+        except (KeyError, ValueError) as e:  # an unknown model or a bad ratio
+            parser.error(str(e).strip("'\""))
+        return {
+            "macs": {
+                name: {f"{r:g}": mac_split(name, r, r < 1.0) for r in args.macs_ratios}
+                for name in args.macs_models
+            }
+        }
     given: Dict[str, Any] = {}
     for name in ("model", "keep_ratio", "img_size", "batch_size", "warmup", "steps", "threads"):
         if getattr(args, name) is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -21,6 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
+from ...quantize import quantize_encoder_int8
 from ...runtime.amp import keep_norms_fp32
 from .report import build_report
 from .rows import BenchmarkConfig, Row, build_rows, onnx_rows
@@ -103,6 +105,19 @@ def compile_rows(entries: Sequence[Row], cfg: BenchmarkConfig) -> None:
         e.result.runtime = "pytorch+compile"
 
 
+def _quantize_rows(entries: Sequence[Row], cfg: BenchmarkConfig) -> None:
+    """Dynamic int8 Linear layers in every PyTorch row, in place (rows sharing a module, the keep
+    ratios, share its quantised form)."""
+    if not cfg.device.startswith("cpu"):
+        raise ValueError("the pytorch-int8 runtime is dynamic int8 on the CPU; use --device cpu")
+    done = set()
+    for e in entries:
+        if e.module is not None and id(e.module) not in done:
+            quantize_encoder_int8(e.module, inplace=True)
+            done.add(id(e.module))
+        e.result.runtime = "pytorch-int8"
+
+
 def _time_once(entry: Row, x: torch.Tensor, cfg: BenchmarkConfig) -> float:
     """Seconds of one pass of ``entry`` on ``x`` (B x 3 x S x S), after its ``prepare``."""
     entry.prepare()
@@ -125,16 +140,29 @@ def run_benchmark(
         raise ValueError("repeats and batch_repeats must be >= 1")
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
+    if cfg.runtimes:
+        raise ValueError(
+            "run_benchmark times one runtime (cfg.runtime); several runtimes (cfg.runtimes) run "
+            "through run_runtimes, one subprocess each"
+        )
+    onnx_only = cfg.runtime.startswith("onnxruntime")
+    if onnx_only:  # peers have no exporter here
+        cfg = dataclasses.replace(cfg, peers=())
     entries = build_rows(cfg)
     for e in entries:
         if e.module is not None:
             e.module.to(device).eval()
             if cfg.dtype != "fp32":  # statistics over 768+ channels lose too much in bf16
                 keep_norms_fp32(e.module)
+    if cfg.runtime == "pytorch-int8":
+        _quantize_rows(entries, cfg)
     with contextlib.ExitStack() as stack:
-        if cfg.onnx:
+        if cfg.onnx or onnx_only:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bl_onnx_")))
-            entries += onnx_rows(cfg, entries, folder, say)
+            exported = onnx_rows(
+                cfg, entries, folder, say, cfg.runtime if onnx_only else "onnxruntime"
+            )
+            entries = exported if onnx_only else entries + exported
         if cfg.compile:
             compile_rows(entries, cfg)
         _measure(entries, cfg, device, say)

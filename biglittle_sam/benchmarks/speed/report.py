@@ -71,17 +71,21 @@ def to_markdown(report: Dict[str, Any]) -> str:
     config = report["meta"]["config"]
     sizes = config["batch_sizes"]
     compiled = bool(config.get("compile"))
-    head = ["model", "input", "params (M)", "GMACs", "latency (s)"]
+    runtimes = bool(config.get("runtimes"))
+    head = ["model"] + (["runtime"] if runtimes else []) + ["input", "params (M)", "GMACs"]
+    head += ["latency (s)"]
     head += [f"img/s @{b}" for b in sizes]
     head += ["peak mem (MB)", "speedup", "GMACs ratio", "efficiency"]
     head += ["speedup vs fused SAM", "efficiency vs fused SAM"]
+    if runtimes:
+        head += ["speedup vs SAM in PyTorch"]
     if compiled:
         head += [f"compile (s) @{sizes[0]}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["results"]:
         ips = r["images_per_s"]
-        row = [
-            r["name"],
+        row = [r["name"]] + ([r["runtime"]] if runtimes else [])
+        row += [
             str(r["input_size"]),
             f"{r['params_m']:.1f}",
             _fmt(r["gmacs"]),
@@ -96,6 +100,8 @@ def to_markdown(report: Dict[str, Any]) -> str:
             _fmt(r.get("speedup_vs_fast"), ".2f", "x"),
             _fmt(r.get("efficiency_vs_fast"), ".2f"),
         ]
+        if runtimes:
+            row.append(_fmt(r.get("speedup_vs_sam_pytorch"), ".2f", "x"))
         if compiled:
             cs = r.get("compile_s") or {}
             row.append(_fmt(cs.get(sizes[0], cs.get(str(sizes[0])))))
@@ -143,6 +149,14 @@ def _notes(report: Dict[str, Any]) -> List[str]:
             f'"(onnxruntime)": the same encoder exported to ONNX (opset '
             f"{config.get('onnx_opset')}) on onnxruntime's CPU provider, fp32; speedup against "
             "upstream SAM in PyTorch."
+        )
+    if config.get("runtimes"):
+        notes.append(
+            "Each runtime ran in a process of its own. Speedup, GMACs ratio and efficiency are "
+            "against SAM in the same runtime (onnxruntime against onnxruntime, int8 against "
+            "int8); the last column is against upstream SAM in PyTorch eager fp32. pytorch-int8: "
+            "dynamic int8 Linear layers (biglittle_sam.quantize); onnxruntime-int8: "
+            "quantize_onnx (onnxruntime quantize_dynamic)."
         )
     if config.get("compile"):
         notes.append(

@@ -21,13 +21,14 @@ from torch import nn
 
 from ...build_sam import build_sam_from_config, sam_model_registry, set_keep_ratio
 from ...config import BigLittleConfig, get_config
-from ...export import OnnxImageEncoder, export_image_encoder
+from ...export import OnnxImageEncoder, export_image_encoder, quantize_onnx
 from ...flops import encoder_gmacs
 from ...modeling import ImageEncoderViTFused
 
 __all__ = [
     "BenchmarkConfig",
     "CORE_FAMILIES",
+    "RUNTIMES",
     "ModelResult",
     "PEERS",
     "Row",
@@ -44,6 +45,12 @@ PEERS: Dict[str, Dict[str, Any]] = {
     "efficientvit_l1": {"paper": "EfficientViT-SAM-L1", "size": 512},
     "sam2_hiera_tiny": {"paper": "SAM 2 (Hiera-T)", "size": 1024},
 }
+
+
+# Runtimes a run can time its models in, one per process (see :mod:`.runtimes`): PyTorch eager,
+# PyTorch with dynamic int8 Linear layers (:func:`biglittle_sam.quantize.quantize_encoder_int8`),
+# and the exported encoders in onnxruntime, fp32 or dynamically quantised to int8.
+RUNTIMES = ("pytorch", "pytorch-int8", "onnxruntime", "onnxruntime-int8")
 
 
 @dataclass
@@ -74,6 +81,24 @@ class BenchmarkConfig:
     threads: Optional[int] = None  # torch threads; default: torch's choice (all cores)
     memory: bool = True  # measure peak memory of one pass
     seed: int = 0
+    # The runtime every row of this run is timed in (one of RUNTIMES). "pytorch-int8" quantises
+    # every model's Linear layers; the onnxruntime ones export SAM, fused SAM and big.LITTLE and
+    # time only the exports (peers have no exporter here). Speedups are against SAM in it.
+    runtime: str = "pytorch"
+    # Runtimes to time, each in a subprocess of its own, merged into one report (empty: only
+    # ``runtime``, in this process). See :func:`.runtimes.run_runtimes`.
+    runtimes: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        for name in (self.runtime, *self.runtimes):
+            if name not in RUNTIMES:
+                raise ValueError(f"unknown runtime {name!r}; expected one of {', '.join(RUNTIMES)}")
+        cpu_only = sorted({self.runtime, *self.runtimes} - {"pytorch"})
+        if cpu_only and not self.device.startswith("cpu"):
+            raise ValueError(
+                f"runtimes {', '.join(cpu_only)} run on the CPU (dynamic int8, onnxruntime's CPU "
+                f"provider); use --device cpu, not {self.device}"
+            )
 
 
 @dataclass
@@ -96,7 +121,11 @@ class ModelResult:
     efficiency: Optional[float] = None  # speedup / flops_ratio
     speedup_vs_fast: Optional[float] = None  # against SAM on the fused path: routing alone
     efficiency_vs_fast: Optional[float] = None  # speedup_vs_fast / its GMACs ratio
-    runtime: str = "pytorch"  # "pytorch", "pytorch+compile" or "onnxruntime"
+    # "pytorch", "pytorch+compile", "pytorch-int8", "onnxruntime" or "onnxruntime-int8"
+    runtime: str = "pytorch"
+    # Multi-runtime runs: against upstream SAM in PyTorch eager fp32 (``speedup`` is against SAM
+    # in this row's own runtime).
+    speedup_vs_sam_pytorch: Optional[float] = None
     compile_s: Dict[int, float] = field(default_factory=dict)  # first call per batch (compiling)
     note: str = ""
 
@@ -301,32 +330,49 @@ def _pooled_rows(cfg: BenchmarkConfig, bl: nn.Module, overrides: Dict[str, Any])
 
 
 def onnx_rows(
-    cfg: BenchmarkConfig, entries: Sequence[Row], folder: Path, say: Callable[[str], None]
+    cfg: BenchmarkConfig,
+    entries: Sequence[Row],
+    folder: Path,
+    say: Callable[[str], None],
+    runtime: str = "onnxruntime",
 ) -> List[Row]:
-    """The SAM row and every big.LITTLE row exported to ONNX, each in an onnxruntime session."""
+    """Rows of ``entries`` exported to ONNX, each in an onnxruntime session.
+
+    ``runtime`` "onnxruntime" (``--onnx``: extra rows beside PyTorch's) exports the SAM and
+    big.LITTLE rows as family "onnx". In a run whose ``cfg.runtime`` is an onnxruntime one, every
+    SAM, fused SAM and big.LITTLE row (pooled too) is exported and keeps its family, so speedups
+    are against SAM's export; "onnxruntime-int8" times the files after ``quantize_onnx``.
+    """
     if not cfg.device.startswith("cpu"):
-        raise ValueError("--onnx times onnxruntime's CPU provider; use --device cpu")
+        raise ValueError("onnxruntime rows run onnxruntime's CPU provider; use --device cpu")
+    only = cfg.runtime.startswith("onnxruntime")
+    families = CORE_FAMILIES + ("biglittle_pooled",) if only else ("sam", "biglittle")
+    int8 = runtime == "onnxruntime-int8"
     out: List[Row] = []
     for e in entries:
         r = e.result
-        if r.family not in ("sam", "biglittle") or e.module is None:
+        if r.family not in families or e.module is None:
             continue
-        name = f"{r.family}_{r.keep_ratio if r.keep_ratio is not None else 1.0:g}.onnx"
+        ratio = r.keep_ratio if r.keep_ratio is not None else 1.0
+        name = f"{r.family}_{ratio:g}.onnx"
         start = time.perf_counter()
         path = export_image_encoder(
             e.module, folder / name, keep_ratio=r.keep_ratio, opset=cfg.onnx_opset
         )
+        if int8:
+            path = quantize_onnx(path, folder / f"{r.family}_{ratio:g}.int8.onnx")
         say(f"exported {r.name} to ONNX in {time.perf_counter() - start:.1f} s")
         session = OnnxImageEncoder(path, threads=cfg.threads)
         result = dataclasses.replace(
             r,
-            name=f"{r.name.split(' (')[0]} (onnxruntime)",
-            family="onnx",
-            runtime="onnxruntime",
+            name=r.name if only else f"{r.name.split(' (')[0]} (onnxruntime)",
+            family=r.family if only else "onnx",
+            runtime=runtime,
             latency_runs_s=[],
             images_per_s={},
             compile_s={},
-            note=f"exported with opset {cfg.onnx_opset}; fp32 whatever --dtype",
+            note=f"exported with opset {cfg.onnx_opset}; "
+            + ("dynamic int8 (quantize_onnx)" if int8 else "fp32 whatever --dtype"),
         )
         out.append(Row(result, None, lambda: None, session))
     return out

@@ -1,0 +1,124 @@
+"""The speed benchmark across runtimes: PyTorch eager, PyTorch int8, onnxruntime fp32 and int8,
+one subprocess per runtime, speedups against SAM in the same runtime (tiny models; the timings
+themselves mean nothing here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+from biglittle_sam.benchmarks.speed import (
+    RUNTIMES,
+    BenchmarkConfig,
+    run_benchmark,
+    run_runtimes,
+    to_markdown,
+)
+from biglittle_sam.benchmarks.speed.measure import _quantize_rows
+from biglittle_sam.benchmarks.speed.rows import build_rows
+from biglittle_sam.benchmarks.speed.runtimes import merge_reports
+from tools import benchmark
+
+TINY = dict(
+    sam="vit_tiny",
+    model="bl_tiny",
+    keep_ratios=(1.0, 0.25),
+    pool_kv_ratios=(0.25,),
+    peers=(),
+    batch_sizes=(1,),
+    warmup=0,
+    repeats=1,
+    memory=False,
+)
+
+
+def _row(name: str, family: str, runtime: str, latency: float, speedup: float) -> dict:
+    return {
+        "name": name,
+        "family": family,
+        "runtime": runtime,
+        "latency_s": latency,
+        "speedup": speedup,
+    }
+
+
+def test_merge_keeps_same_runtime_speedups_and_adds_pytorch_sam() -> None:
+    def report(runtime: str, sam: float, ours: float) -> dict:
+        rows = [
+            _row("SAM", "sam", runtime, sam, 1.0),
+            _row("bl r=0.1", "biglittle", runtime, ours, sam / ours),
+        ]
+        return {"meta": {"config": {"runtime": runtime}, "hardware": "x"}, "results": rows}
+
+    cfg = BenchmarkConfig(runtimes=("pytorch", "onnxruntime"))
+    merged = merge_reports([report("pytorch", 16.0, 2.0), report("onnxruntime", 6.0, 2.0)], cfg)
+    rows = {(r["runtime"], r["name"]): r for r in merged["results"]}
+    assert merged["meta"]["runtimes"] == ["pytorch", "onnxruntime"]
+    assert rows["onnxruntime", "bl r=0.1"]["speedup"] == 3.0  # against SAM in onnxruntime
+    assert rows["onnxruntime", "bl r=0.1"]["speedup_vs_sam_pytorch"] == 8.0
+    assert rows["onnxruntime", "SAM"]["speedup_vs_sam_pytorch"] == pytest.approx(16 / 6)
+
+
+def test_unknown_runtime_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown runtime 'tensorrt'"):
+        BenchmarkConfig(runtimes=("pytorch", "tensorrt"))
+    with pytest.raises(ValueError, match="use --device cpu, not cuda"):
+        BenchmarkConfig(runtimes=("pytorch", "onnxruntime-int8"), device="cuda")
+
+
+def test_pytorch_int8_runtime_quantises_every_row() -> None:
+    cfg = BenchmarkConfig(runtime="pytorch-int8", **TINY)
+    entries = build_rows(cfg)
+    _quantize_rows(entries, cfg)
+    assert {e.result.runtime for e in entries} == {"pytorch-int8"}
+    for e in entries:
+        assert any(isinstance(m, DynamicLinear) for m in e.module.modules()), e.result.name
+
+
+def test_every_runtime_in_its_own_process(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    cfg = BenchmarkConfig(runtimes=RUNTIMES, **TINY)
+    with pytest.raises(ValueError, match="run_runtimes"):
+        run_benchmark(cfg)
+    report = run_runtimes(cfg)
+    assert report["meta"]["runtimes"] == list(RUNTIMES)
+    by_runtime = {}
+    for r in report["results"]:
+        by_runtime.setdefault(r["runtime"], {})[r["name"]] = r
+    assert set(by_runtime) == set(RUNTIMES)
+    names = {
+        "SAM vit_tiny (segment_anything)",
+        "SAM vit_tiny, fused attention (ours)",
+        "bl_tiny r=1",
+        "bl_tiny r=0.25",
+        "bl_tiny r=0.25 pooled k/v",
+    }
+    for runtime, rows in by_runtime.items():
+        assert set(rows) == names, runtime
+        sam = rows["SAM vit_tiny (segment_anything)"]
+        assert sam["speedup"] == pytest.approx(1.0)  # each runtime's own SAM is its baseline
+        ours = rows["bl_tiny r=0.25"]
+        assert ours["speedup"] == pytest.approx(sam["latency_s"] / ours["latency_s"])
+        base = by_runtime["pytorch"]["SAM vit_tiny (segment_anything)"]["latency_s"]
+        assert ours["speedup_vs_sam_pytorch"] == pytest.approx(base / ours["latency_s"])
+    assert "quantize_onnx" in by_runtime["onnxruntime-int8"]["bl_tiny r=0.25"]["note"]
+    table = to_markdown(report)
+    assert "| runtime |" in table.splitlines()[0] and "in the same runtime" in table
+    assert "| bl_tiny r=0.25 | onnxruntime-int8 |" in table
+
+
+def test_cli_runtimes_flag(tmp_path: Path) -> None:
+    report = benchmark.main(
+        [
+            "--sam", "vit_tiny", "--model", "bl_tiny", "--keep-ratios", "0.5", "--peers", "none",
+            "--pool-kv-ratios", "none", "--no-fast-sam", "--repeats", "1", "--batch-sizes", "1",
+            "--no-memory", "--runtimes", "pytorch", "pytorch-int8", "--device", "cpu",
+            "--out-dir", str(tmp_path), "--no-progress",
+        ]
+    )  # fmt: skip
+    assert [r["runtime"] for r in report["results"]] == ["pytorch"] * 2 + ["pytorch-int8"] * 2
+    saved = json.loads((tmp_path / "benchmark.json").read_text())
+    assert saved["meta"]["config"]["runtimes"] == ["pytorch", "pytorch-int8"]

@@ -10,7 +10,7 @@ BENCH_ARGS ?=
 DEMO_ARGS ?=
 TOY_ARGS ?=
 
-.PHONY: venv browser test test-slow benchmark toy-benchmark demo lint format clean
+.PHONY: venv browser test test-slow benchmark toy-benchmark proxy-benchmark demo lint format clean
 
 venv: $(VENV)/.installed
 
@@ -44,6 +44,12 @@ benchmark: venv
 # outputs/toy/. The committed demo models came from the same tool with --assets-dir biglittle_sam/assets.
 toy-benchmark: venv
 	$(PY) -m biglittle_sam_tools.toy_benchmark --out-dir outputs/toy $(TOY_ARGS)
+
+# The proxy benchmark at SAM's token geometry (issue 14; docs/benchmarks/proxy.md): writes
+# outputs/proxy/ with the table on the test split. Choose recipes with PROXY_ARGS="--split dev".
+# On a GPU: make proxy-benchmark PROXY_ARGS="--device cuda".
+proxy-benchmark: venv
+	$(PY) -m biglittle_sam_tools.proxy_benchmark --out-dir outputs/proxy $(PROXY_ARGS)
 
 # The interactive demo on http://127.0.0.1:7860 (built-in toy models and examples). More models:
 # make demo DEMO_ARGS="--sam-checkpoint sam_vit_b_01ec64.pth --checkpoint bl_b=bl_b.pth"

@@ -51,9 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Proxy benchmark of distillation at SAM's token geometry (issue 14).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    choices = {"geometry": sorted(GEOMETRIES), "split": ["dev", "test"]}
     for name, kind, text in _FLAGS:
         parser.add_argument(
-            "--" + name.replace("_", "-"), type=kind, default=getattr(_DEFAULTS, name), help=text
+            "--" + name.replace("_", "-"),
+            type=kind,
+            default=getattr(_DEFAULTS, name),
+            choices=choices.get(name),
+            help=text,
         )
     for name, text in (
         ("keep_ratios", "keep ratios drawn per phase 1 step"),

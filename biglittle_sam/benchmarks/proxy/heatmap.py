@@ -49,7 +49,7 @@ def prepare_image(
     h, w = image.shape[:2]
     scale = img_size / max(h, w)
     nh, nw = int(h * scale + 0.5), int(w * scale + 0.5)
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()  # (1,3,H,W)
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()  # (1,3,H,W)
     x = F.interpolate(x, (nh, nw), mode="bilinear", align_corners=False, antialias=True)
     x = (x - pixel_mean.cpu()) / pixel_std.cpu()  # (1, 3, nh, nw)
     m = torch.from_numpy(objects.astype(np.float32))[None, None]  # (1, 1, H, W)

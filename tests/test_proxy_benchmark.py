@@ -154,3 +154,13 @@ def test_proxy_benchmark_miniature(tmp_path: Path, one_thread, capsys) -> None:
     assert "| student | 0.25 |" in capsys.readouterr().out
     with pytest.raises(ValueError, match="refusing .* 'dev' split"):
         proxy_table(dict(saved, split="dev"))
+
+
+def test_step_costs_are_measured_at_the_geometry() -> None:
+    from biglittle_sam.benchmarks.proxy.budget import measure_costs
+
+    costs = measure_costs(ProxyBenchmarkSettings().check(), batch_size=2, repeats=1)
+    assert set(costs) == {"encoder_fwd_bwd_ms_per_image", "decoder_fwd_bwd_ms_per_prompt"}
+    assert all(v > 0 for v in costs.values())
+    with pytest.raises(ValueError, match="batch_size"):
+        measure_costs(ProxyBenchmarkSettings().check(), batch_size=0)

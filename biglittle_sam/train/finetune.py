@@ -201,7 +201,7 @@ class FinetuneModule(nn.Module):
 
 # A logit whose sigmoid is exactly 0 and whose loss against a 0 target is exactly 0 in fp16 and
 # fp32 (fp16's largest magnitude is 65504).
-_PAD_LOGIT = -1.0e4
+PAD_LOGIT = -1.0e4
 
 
 def prompt_losses(
@@ -230,7 +230,7 @@ def prompt_losses(
     """
     side = logits.shape[-1]
     pixels = valid.flatten(-2).sum(-1).float().clamp(min=1)  # (K, 1): valid pixels per prompt
-    lg = torch.where(valid, logits, logits.new_tensor(_PAD_LOGIT))  # (K, m, side, side)
+    lg = torch.where(valid, logits, logits.new_tensor(PAD_LOGIT))  # (K, m, side, side)
     tt = targets.expand_as(lg)  # (K, m, side, side)
     focal = sigmoid_focal_loss(lg, tt) * (side * side / pixels)  # (K, m): mean over valid pixels
     dice = dice_loss(lg, tt)  # (K, m)
@@ -244,22 +244,32 @@ def prompt_losses(
     return loss, parts.detach(), best
 
 
+def valid_parts(groups: List["PromptGroup"], side: int) -> Tensor:
+    """K x 1 x side x side bool: True on each prompt's image's valid part (its targets' vh x vw,
+    from the top left); K is the groups' prompts in order."""
+    K = sum(g.k for g in groups)
+    valid = torch.zeros(K, 1, side, side, dtype=torch.bool, device=groups[0].targets.device)
+    start = 0
+    for g in groups:
+        vh, vw = g.targets.shape[-2:]
+        valid[start : start + g.k, 0, :vh, :vw] = True
+        start += g.k
+    return valid
+
+
 def padded_targets(groups: List["PromptGroup"], side: int) -> Tuple[Tensor, Tensor]:
     """Every group's k x vh x vw targets padded to side x side, with where they are valid.
 
     Returns:
       targets: K x 1 x side x side (fp32, 0 outside each image's valid part) and valid:
-      K x 1 x side x side bool; K is the groups' prompts in order.
+      K x 1 x side x side bool (:func:`valid_parts`).
     """
-    K = sum(g.k for g in groups)
-    device = groups[0].targets.device
-    targets = torch.zeros(K, 1, side, side, device=device)
-    valid = torch.zeros(K, 1, side, side, dtype=torch.bool, device=device)
+    valid = valid_parts(groups, side)
+    targets = torch.zeros(valid.shape, device=valid.device)
     start = 0
     for g in groups:
         vh, vw = g.targets.shape[-2:]
         targets[start : start + g.k, 0, :vh, :vw] = g.targets  # (k, vh, vw) into (k, side, side)
-        valid[start : start + g.k, 0, :vh, :vw] = True
         start += g.k
     return targets, valid
 

@@ -19,20 +19,28 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from ...distill.cache import CacheSettings, cache_teacher_embeddings
+from ...distill.cache import cache_teacher_embeddings
 from ...distill.distill import DistillSettings, run_distillation
 from ...eval.runner import EvalSettings
 from ...fileio import atomic_open, atomic_write_json
 from ...runtime.hardware import hardware_description
-from ...train.finetune import FinetuneSettings, run_finetune
+from ...train.finetune import run_finetune
 from ...train.launch import launch
 from ...train.settings import TrainSettings, settings_to_dict
-from ..toy.pipeline import _config_copy, _seeded_evaluation
+from ..stages import (
+    cache_settings,
+    config_copy,
+    finished,
+    miou_row,
+    phase2_settings,
+    seeded_evaluation,
+    stage_train,
+)
+from ..stages import teacher_settings as stage_teacher
 from .data import bin_labels, image_areas, make_proxy_split, object_share
 from .heatmap import measure_capacity_share
 from .report import HEURISTIC, RANDOM, bin_retention, check_proxy_targets, proxy_table
@@ -54,32 +62,23 @@ def _train(
     s: ProxyBenchmarkSettings, out: Path, steps: int, lr: float, batch: Optional[int] = None
 ) -> TrainSettings:
     """The training settings of one stage: its budget, the run's seed, device, threads, resume."""
-    return TrainSettings(
-        resume="auto" if s.resume else None,
-        steps=steps,
-        batch_size=batch or s.batch_size,
-        lr=lr,
-        warmup_steps=max(1, steps // 20),
-        weight_decay=0.01,
+    return stage_train(
+        out,
+        steps,
+        lr,
+        batch or s.batch_size,
         seed=s.seed,
         device=s.resolved_device,
         num_workers=s.num_workers,
         threads=s.threads,
-        out_dir=str(out),
-        checkpoint_every=max(steps // 4, 1),
-        log_every=max(steps // 40, 1),
         progress=s.progress,
+        resume=s.resume,
     )
 
 
 def _finished(result: Any, stage: str) -> Path:
     """The model a training stage wrote; RuntimeError when the stage stopped early."""
-    if result is None or not result.finished or result.model_path is None:
-        raise RuntimeError(
-            f"proxy benchmark stage '{stage}' stopped at step {getattr(result, 'step', '?')} "
-            "before finishing (a signal?); run the same command with --resume to continue"
-        )
-    return Path(result.model_path)
+    return finished(result, "proxy", stage)
 
 
 def run_proxy_benchmark(settings: ProxyBenchmarkSettings) -> Dict[str, Any]:
@@ -110,16 +109,12 @@ def run_proxy_benchmark(settings: ProxyBenchmarkSettings) -> Dict[str, Any]:
     _log(s, f"data: {train.num_instances} train and {evaluated.num_instances} {s.split} objects")
 
     t = time.perf_counter()
-    teacher_settings = FinetuneSettings(
-        images=str(train.coco_images),
-        annotations=str(train.coco_annotations),
-        model="vit_tiny",
-        limit=s.train_images,  # the first images (each image depends on its index alone)
-        overrides=s.teacher_fields,
-        train_parts="all",
-        max_instances=8,
-        focal_weight=s.teacher_focal_weight,
-        train=_train(s, out / "teacher", s.teacher_steps, s.teacher_lr, s.teacher_batch_size),
+    teacher_settings = stage_teacher(
+        train,
+        s.train_images,
+        s.teacher_fields,
+        s.teacher_focal_weight,
+        _train(s, out / "teacher", s.teacher_steps, s.teacher_lr, s.teacher_batch_size),
     )
     _log(s, f"teacher: {s.teacher_steps} steps on {nproc} process(es), {device}")
     teacher = _finished(launch(run_finetune, teacher_settings, nproc, s.threads), "teacher")
@@ -127,17 +122,7 @@ def run_proxy_benchmark(settings: ProxyBenchmarkSettings) -> Dict[str, Any]:
 
     t = time.perf_counter()
     cache_dir = out / "cache"
-    if cache_dir.exists() and not s.resume:
-        shutil.rmtree(cache_dir)  # a teacher trained again is another teacher
-    cache = CacheSettings(
-        images=str(train.coco_images),
-        out=str(cache_dir),
-        teacher_checkpoint=str(teacher),
-        device=device,
-        batch_size=16,
-        num_workers=0,
-        progress=s.progress,
-    )
+    cache = cache_settings(train, cache_dir, teacher, device, s.progress, s.resume)
     launch(cache_teacher_embeddings, cache, nproc, s.threads)
     times["cache"] = time.perf_counter() - t
 
@@ -158,17 +143,15 @@ def run_proxy_benchmark(settings: ProxyBenchmarkSettings) -> Dict[str, Any]:
     times["student"] = time.perf_counter() - t
     if s.phase2_steps > 0:
         t = time.perf_counter()
-        phase2 = dataclasses.replace(
+        phase2 = phase2_settings(
             base,
-            phase=2,
-            annotations=str(train.coco_annotations),
+            train,
+            student,
+            _train(s, out / "phase2", s.phase2_steps, s.phase2_lr),
             keep_ratios=s.phase2_keep_ratios,
             mask_weight=s.phase2_mask_weight,
             point_prob=s.phase2_point_prob,
             router_lr_scale=s.phase2_router_lr_scale,
-            init_checkpoint=str(student),
-            student_overrides=(),  # the phase-1 checkpoint stores its config
-            train=_train(s, out / "phase2", s.phase2_steps, s.phase2_lr),
         )
         _log(s, f"student: {s.phase2_steps} steps of phase 2 (the teacher's masks)")
         student = _finished(launch(run_distillation, phase2, nproc, s.threads), "phase 2")
@@ -182,10 +165,10 @@ def run_proxy_benchmark(settings: ProxyBenchmarkSettings) -> Dict[str, Any]:
     routers_only = _finished(launch(run_distillation, routers, nproc, s.threads), "routers")
     times["routers"] = time.perf_counter() - t
 
-    random_router = _config_copy(
+    random_router = config_copy(
         student, student.parent / "random_router.pth", RANDOM, routing="random"
     )
-    heuristic = _config_copy(
+    heuristic = config_copy(
         student, student.parent / "update_norm.pth", HEURISTIC, routing="update_norm"
     )
     rows_spec: List[Tuple[str, str, Optional[float]]] = [("teacher", f"vit_tiny={teacher}", None)]
@@ -203,7 +186,7 @@ def run_proxy_benchmark(settings: ProxyBenchmarkSettings) -> Dict[str, Any]:
     t = time.perf_counter()
     _log(s, f"evaluating {len(rows_spec)} rows on {s.eval_images} {s.split} images")
     evaluation = launch(
-        _seeded_evaluation,
+        seeded_evaluation,
         EvalSettings(
             models=tuple(spec for _, spec, _ in rows_spec),
             images=str(evaluated.coco_images),
@@ -221,23 +204,13 @@ def run_proxy_benchmark(settings: ProxyBenchmarkSettings) -> Dict[str, Any]:
     )
     times["eval"] = time.perf_counter() - t
 
-    rows = []
-    for (variant, spec, ratio), model in zip(rows_spec, evaluation["models"]):
-        miou = model["miou"]
-        rows.append(
-            {
-                "model": variant,
-                "keep_ratio": ratio,
-                "gmacs": model.get("gmacs"),
-                "box": miou["box"]["all"],
-                "click1": miou["click1"]["all"],
-                "click3": miou["click3"]["all"],
-                "spec": spec,
-                "click1_ious": evaluation["ious"][model["label"]]["click1"],
-            }
-        )
+    rows = [
+        miou_row(variant, spec, ratio, model, evaluation["ious"])
+        for (variant, spec, ratio), model in zip(rows_spec, evaluation["models"])
+    ]
     table = evaluation["instances"]
-    assert evaluated.coco_annotations is not None  # written: formats include "coco"
+    if evaluated.coco_annotations is None or evaluated.coco_images is None:
+        raise RuntimeError(f"{evaluated.root}: the {s.split} split has no COCO files")
     bins = bin_labels(table["image_id"], table["area"], image_areas(evaluated.coco_annotations))
     teacher_ious = rows[0]["click1_ious"]
     retention = {

@@ -29,6 +29,7 @@ __all__ = [
     "seeded_evaluation",
     "finished",
     "miou_row",
+    "phase1_settings",
     "phase2_settings",
     "stage_train",
     "teacher_settings",
@@ -123,6 +124,29 @@ def cache_settings(
         batch_size=16,
         num_workers=0,
         progress=progress,
+    )
+
+
+def phase1_settings(
+    train: ShapesDataset,
+    cache_dir: Path,
+    teacher: Path,
+    little: Tuple[int, int],
+    keep_ratios: Sequence[float],
+    parts: str,
+    stage: TrainSettings,
+) -> DistillSettings:
+    """``distill`` phase 1 of a ``bl_tiny`` student that inherits from ``teacher``, on its cached
+    embeddings; ``little``: the E-blocks' (width, heads)."""
+    return DistillSettings(
+        cache=str(cache_dir),
+        images=_coco(train)[0],
+        student="bl_tiny",
+        teacher_checkpoint=str(teacher),
+        student_overrides=(("little_dim", little[0]), ("little_heads", little[1])),
+        keep_ratios=tuple(keep_ratios),
+        train_parts=parts,
+        train=stage,
     )
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ...distill.cache import cache_teacher_embeddings
-from ...distill.distill import DistillSettings, run_distillation
+from ...distill.distill import run_distillation
 from ...eval.runner import EvalSettings
 from ...fileio import atomic_open, atomic_write_json
 from ...runtime.hardware import hardware_description
@@ -36,6 +36,7 @@ from ..stages import (
     config_copy,
     finished,
     miou_row,
+    phase1_settings,
     phase2_settings,
     seeded_evaluation,
     stage_train,
@@ -126,16 +127,14 @@ def run_proxy_benchmark(settings: ProxyBenchmarkSettings) -> Dict[str, Any]:
     launch(cache_teacher_embeddings, cache, nproc, s.threads)
     times["cache"] = time.perf_counter() - t
 
-    overrides = (("little_dim", s.student_little_dim), ("little_heads", s.student_little_heads))
-    base = DistillSettings(
-        cache=str(cache_dir),
-        images=str(train.coco_images),
-        student="bl_tiny",
-        teacher_checkpoint=str(teacher),
-        student_overrides=overrides,
-        keep_ratios=s.keep_ratios,
-        train_parts="encoder",
-        train=_train(s, out / "student", s.student_steps, s.student_lr),
+    base = phase1_settings(
+        train,
+        cache_dir,
+        teacher,
+        (s.student_little_dim, s.student_little_heads),
+        s.keep_ratios,
+        "encoder",
+        _train(s, out / "student", s.student_steps, s.student_lr),
     )
     t = time.perf_counter()
     _log(s, f"student: {s.student_steps} steps of phase 1")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..toy.report import _num, _row, paired_se, stage_times
+from ..toy.report import _num, _row, paired_se, stage_times, target_lines
 from .data import RELATIVE_BINS
 
 __all__ = [
@@ -160,10 +160,7 @@ def proxy_table(result: Dict[str, Any]) -> str:
                 f"| {name} | {c['capacity_on_objects']:.1%} | {c['object_share']:.1%} | "
                 f"{c['enrichment']:.2f} |"
             )
-    lines += ["", "| target | measured | met |", "|---|---|---|"]
-    for tgt in result["targets"]:
-        met = "-" if tgt["met"] is None else ("yes" if tgt["met"] else "no")
-        lines.append(f"| {tgt['target']} | {tgt['measured']} | {met} |")
+    lines += target_lines(result["targets"])
     data = result["data"]
     lines += [
         "",

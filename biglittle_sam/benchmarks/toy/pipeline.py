@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ...checkpoint import atomic_save, read_checkpoint
 from ...data.shapes import ShapesConfig, make_shapes_dataset
 from ...distill.cache import cache_teacher_embeddings
-from ...distill.distill import DistillSettings, run_distillation
+from ...distill.distill import run_distillation
 from ...eval.runner import EvalSettings
 from ...runtime.hardware import hardware_description
 from ...train.finetune import run_finetune
@@ -49,6 +49,7 @@ from ..stages import (
     config_copy,
     finished,
     miou_row,
+    phase1_settings,
     phase2_settings,
     seeded_evaluation,
     stage_train,
@@ -180,16 +181,14 @@ def run_toy_benchmark(settings: ToyBenchmarkSettings) -> Dict[str, Any]:
     launch(cache_teacher_embeddings, cache, nproc, s.threads)
     times["cache"] = time.perf_counter() - t
 
-    overrides = (("little_dim", s.student_little_dim), ("little_heads", s.student_little_heads))
-    distill_base = DistillSettings(
-        cache=str(cache_dir),
-        images=str(train.coco_images),
-        student="bl_tiny",
-        teacher_checkpoint=str(teacher),
-        student_overrides=overrides,
-        keep_ratios=s.keep_ratios,
-        train_parts=s.student_parts,
-        train=_train(s, out / "student", s.student_steps, s.student_lr),
+    distill_base = phase1_settings(
+        train,
+        cache_dir,
+        teacher,
+        (s.student_little_dim, s.student_little_heads),
+        s.keep_ratios,
+        s.student_parts,
+        _train(s, out / "student", s.student_steps, s.student_lr),
     )
     t = time.perf_counter()
     _log(s, f"student: {s.student_steps} distillation steps, phase 1 ({s.student_parts})")

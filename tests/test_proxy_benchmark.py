@@ -164,3 +164,20 @@ def test_step_costs_are_measured_at_the_geometry() -> None:
     assert all(v > 0 for v in costs.values())
     with pytest.raises(ValueError, match="batch_size"):
         measure_costs(ProxyBenchmarkSettings().check(), batch_size=0)
+
+
+def test_prepare_image_pads_like_the_predictor() -> None:
+    import numpy as np
+    import torch
+
+    from biglittle_sam.benchmarks.proxy.heatmap import prepare_image
+
+    image = np.full((48, 64, 3), 100, dtype=np.uint8)  # H x W: resized to 96 x 128
+    objects = np.zeros((48, 64), dtype=bool)
+    objects[:12, :16] = True
+    mean, std = torch.full((3, 1, 1), 100.0), torch.full((3, 1, 1), 2.0)
+    x, m, valid = prepare_image(image, objects, 128, mean, std)
+    assert x.shape == (1, 3, 128, 128) and m.shape == valid.shape == (1, 128, 128)
+    assert valid[0, :96].all() and not valid[0, 96:].any()
+    assert float(x.abs().max()) < 1e-4  # normalized to 0, padding 0
+    assert float(m.sum()) == 24 * 32 and m[0, :24, :32].all()

@@ -12,8 +12,10 @@ BENCH_ARGS ?=
 DEMO_ARGS ?=
 TOY_ARGS ?=
 GPU_ARGS ?=
+PROXY_ARGS ?=
 
-.PHONY: venv venv-demo browser test test-slow benchmark toy-benchmark gpu-check demo lint format clean
+.PHONY: venv venv-demo browser test test-slow benchmark toy-benchmark proxy-benchmark gpu-check demo \
+	lint format clean
 
 venv: $(VENV)/.installed
 venv-demo: $(VENV)/.installed-demo
@@ -60,6 +62,12 @@ toy-benchmark: venv
 # a CUDA device it prints one line and succeeds.
 gpu-check: venv
 	$(PY) -m biglittle_sam_tools.gpu_check --out-dir outputs/gpu_check $(GPU_ARGS)
+
+# The proxy benchmark at SAM's token geometry (docs/benchmarks/proxy.md): writes
+# outputs/proxy/ with the table on the test split. Choose recipes with PROXY_ARGS="--split dev".
+# On a GPU: make proxy-benchmark PROXY_ARGS="--device cuda".
+proxy-benchmark: venv
+	$(PY) -m biglittle_sam_tools.proxy_benchmark --out-dir outputs/proxy $(PROXY_ARGS)
 
 # The interactive demo on http://127.0.0.1:7860 (built-in toy models and examples). More models:
 # make demo DEMO_ARGS="--sam-checkpoint sam_vit_b_01ec64.pth --checkpoint bl_b=bl_b.pth"

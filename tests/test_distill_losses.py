@@ -188,3 +188,36 @@ def test_phase_2_iou_term_is_the_predicted_iou_error_against_the_teacher(
     assert float(losses[2.0]) > float(losses[0.0])
     with pytest.raises(ValueError, match="loss weights"):
         _task(tmp_path, shapes, teacher_cache, teacher_ckpt, phase=2, iou_weight=-1.0)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_mask_distill_losses_equal_the_per_image_crops(soft: bool) -> None:
+    """Phase 2's vectorised loss over padded masks equals the loss on each image's valid crop."""
+    from biglittle_sam.distill.distill import mask_distill_losses
+    from biglittle_sam.train.losses import bce_loss, dice_loss
+
+    gen = torch.Generator().manual_seed(1)
+    side, m = 16, 3
+    parts = [(16, 16), (9, 13), (16, 4)]  # (vh, vw) valid part of each prompt's image
+    s_logits = (torch.randn(len(parts), m, side, side, generator=gen) * 3).requires_grad_()
+    t_logits = torch.randn(len(parts), m, side, side, generator=gen) * 3
+    s_iou = torch.rand(len(parts), m, generator=gen).requires_grad_()
+    t_iou = torch.rand(len(parts), m, generator=gen)
+    valid = torch.zeros(len(parts), 1, side, side, dtype=torch.bool)
+    for i, (vh, vw) in enumerate(parts):
+        valid[i, 0, :vh, :vw] = True
+    loss, _, _ = mask_distill_losses(s_logits, s_iou, t_logits, t_iou, valid, soft, 0.5)
+    want = []
+    for i, (vh, vw) in enumerate(parts):
+        t = t_logits[i, :, :vh, :vw]  # (m, vh, vw)
+        target = (t > 0).float()
+        pred = s_logits[i, :, :vh, :vw]
+        per_mask = bce_loss(pred, torch.sigmoid(t) if soft else target) + dice_loss(pred, target)
+        want.append((per_mask + 0.5 * (s_iou[i] - t_iou[i]) ** 2).mean())
+    want_loss = torch.stack(want)
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
+    got = torch.autograd.grad(loss.sum(), (s_logits, s_iou))
+    expected = torch.autograd.grad(want_loss.sum(), (s_logits, s_iou))
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert not got[0][1, :, 9:].any()  # no gradient reaches the padding

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Dict
 
 import pytest
+import torch
 
 from biglittle_sam.data import DatasetError, ShapesDataset
 from biglittle_sam.eval import EvalSettings, run_evaluation
@@ -159,3 +160,43 @@ def test_one_decoder_call_per_round_equals_one_image_at_a_time(
     for name in ("loss_focal", "loss_dice", "loss_iou", "train_iou"):
         mean = sum(float(a[name]) for a in alone) / len(alone)
         assert abs(float(metrics[name]) - mean) < 1e-5
+
+
+def test_prompt_losses_equal_the_per_image_crops() -> None:
+    """The vectorised losses over padded targets equal the losses on each image's valid crop."""
+    from biglittle_sam.train.finetune import prompt_losses
+    from biglittle_sam.train.losses import dice_loss, mask_iou, sigmoid_focal_loss
+
+    gen = torch.Generator().manual_seed(0)
+    side, m = 16, 3
+    parts = [(16, 16), (12, 9), (5, 16)]  # (vh, vw) valid part of each prompt's image
+    logits = (torch.randn(len(parts), m, side, side, generator=gen) * 3).requires_grad_()
+    iou_pred = torch.rand(len(parts), m, generator=gen).requires_grad_()
+    targets = torch.zeros(len(parts), 1, side, side)
+    valid = torch.zeros(len(parts), 1, side, side, dtype=torch.bool)
+    crops = []
+    for i, (vh, vw) in enumerate(parts):
+        crops.append((torch.rand(vh, vw, generator=gen) > 0.6).float())
+        targets[i, 0, :vh, :vw] = crops[i]
+        valid[i, 0, :vh, :vw] = True
+    loss, got_parts, best = prompt_losses(logits, iou_pred, targets, valid, 20.0, 1.0, 1.0)
+    (grad_logits, grad_iou) = torch.autograd.grad(loss.sum(), (logits, iou_pred))
+    want, want_best, want_parts = [], [], []
+    for i, (vh, vw) in enumerate(parts):
+        lg = logits[i, :, :vh, :vw]  # (m, vh, vw)
+        tt = crops[i].expand_as(lg)
+        focal, dice = sigmoid_focal_loss(lg, tt), dice_loss(lg, tt)  # (m,)
+        b = int((20.0 * focal + dice).argmin())
+        iou = mask_iou(lg, tt)
+        iou_loss = ((iou_pred[i] - iou) ** 2).mean()
+        want.append(20.0 * focal[b] + dice[b] + iou_loss)
+        want_best.append(b)
+        want_parts.append(torch.stack([focal[b], dice[b], iou_loss, iou[b]]).detach())
+    want_loss = torch.stack(want)
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
+    assert best.tolist() == want_best
+    torch.testing.assert_close(got_parts, torch.stack(want_parts, dim=1), rtol=1e-5, atol=1e-6)
+    want_grads = torch.autograd.grad(want_loss.sum(), (logits, iou_pred))
+    torch.testing.assert_close(grad_logits, want_grads[0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grad_iou, want_grads[1], rtol=1e-5, atol=1e-7)
+    assert not grad_logits[2, :, 5:].any()  # no gradient reaches the padding

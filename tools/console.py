@@ -22,6 +22,7 @@ __all__ = [
     "finetune",
     "make_shapes_dataset",
     "profile_encoder",
+    "proxy_benchmark",
     "toy_benchmark",
 ]
 
@@ -48,4 +49,5 @@ export_onnx = _entry("export_onnx")
 finetune = _entry("finetune")
 make_shapes_dataset = _entry("make_shapes_dataset")
 profile_encoder = _entry("profile_encoder")
+proxy_benchmark = _entry("proxy_benchmark")
 toy_benchmark = _entry("toy_benchmark")

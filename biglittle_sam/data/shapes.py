@@ -72,6 +72,7 @@ class ShapesConfig:
     formats: Tuple[str, ...] = FORMATS  # any of "coco", "lvis", "sa1b"
     detections: bool = True  # write a noisy-box detector's results (needs "coco")
     jpeg_quality: int = 95  # masks are exact whatever the quality; only pixel colours change
+    backdrop: bool = True  # the first shape is large and central (False: objects stay a minority)
 
     def __post_init__(self) -> None:
         if self.num_images < 1:
@@ -254,7 +255,7 @@ def render_shapes_image(
     width, height = config.sizes[index % len(config.sizes)]
     image = _background(rng, height, width)
     shapes = [
-        _random_shape(rng, height, width, config, backdrop=j == 0)
+        _random_shape(rng, height, width, config, backdrop=config.backdrop and j == 0)
         for j in range(int(rng.integers(config.min_shapes, config.max_shapes + 1)))
     ]
     if config.crowd_every and index % config.crowd_every == 1 % config.crowd_every:

@@ -36,6 +36,7 @@ from ..config import BigLittleConfig, config_to_dict, validate_keep_ratio
 from ..modeling import set_keep_ratio
 from ..runtime.distributed import DistContext, init_distributed
 from ..train.data import TrainImages, build_image_source, image_key, source_file_names
+from ..train.finetune import PAD_LOGIT, valid_parts
 from ..train.loop import TrainResult, TrainTask, resolve_resume, run_training
 from ..train.losses import bce_loss, dice_loss
 from ..train.models import STUDENT_INITS, build_student, file_sha256, load_sam
@@ -251,6 +252,8 @@ class DistillModule(nn.Module):
             sizes = [g.k for g in groups]
             s_emb = per_prompt(student, groups)  # (K, C, g, g)
             t_emb = per_prompt(teacher, groups)  # (K, C, g, g)
+            side = 4 * student.shape[-1]  # the decoders' low-res mask side, 4g
+            valid = valid_parts(groups, side)  # (K, 1, 4g, 4g)
             rounds = 2 if s.refine_click else 1
             for r in range(rounds):
                 multimask = point_group and r == 0
@@ -264,30 +267,57 @@ class DistillModule(nn.Module):
                 s_logits, s_iou = decode_prompts(
                     spe, smd, s_emb, coords, labels, box, None, multimask
                 )  # (K, m, 4g, 4g), (K, m)
-                parts = zip(
-                    groups,
-                    t_logits.split(sizes),
-                    t_iou.split(sizes),
-                    s_logits.split(sizes),
-                    s_iou.split(sizes),
-                )
-                for g, t_lg, t_ious, s_lg, s_ious in parts:
-                    vh, vw = g.targets.shape[-2:]
-                    t_valid = t_lg[..., :vh, :vw].float()  # (k, m, vh, vw)
-                    target = (t_valid > 0).float()
-                    soft = torch.sigmoid(t_valid) if s.soft_targets else target
-                    pred = s_lg[..., :vh, :vw]
-                    per_mask = bce_loss(pred, soft) + dice_loss(pred, target)  # (k, m)
-                    if s.iou_weight > 0:
-                        iou_error = (s_ious.float() - t_ious.float()) ** 2  # (k, m)
-                        per_mask = per_mask + s.iou_weight * iou_error
-                    totals[g.b] = totals[g.b] + per_mask.mean(dim=1).sum()
+                per_prompt_loss, pred, target = mask_distill_losses(
+                    s_logits, s_iou, t_logits, t_iou, valid, s.soft_targets, s.iou_weight
+                )  # (K,), (K, m, 4g, 4g), (K, m, 4g, 4g)
+                for g, group_loss in zip(groups, per_prompt_loss.split(sizes)):
+                    totals[g.b] = totals[g.b] + group_loss.sum()
                     terms[g.b] += g.k
-                    if r < rounds - 1:
-                        rows = torch.arange(g.k, device=pred.device)
-                        best = t_ious.argmax(dim=1)  # (k,): the teacher's preferred output
-                        g.add_click(pred[rows, best] > 0, target[rows, best] > 0.5, stride)
+                if r < rounds - 1:
+                    rows = torch.arange(pred.shape[0], device=pred.device)
+                    best = t_iou.argmax(dim=1)  # (K,): the teacher's preferred output
+                    chosen = zip(
+                        groups, pred[rows, best].split(sizes), target[rows, best].split(sizes)
+                    )
+                    for g, p_best, t_best in chosen:
+                        vh, vw = g.targets.shape[-2:]
+                        g.add_click(p_best[:, :vh, :vw] > 0, t_best[:, :vh, :vw] > 0.5, stride)
         return torch.stack([t / max(n, 1) for t, n in zip(totals, terms)])  # (B,)
+
+
+def mask_distill_losses(
+    s_logits: Tensor,
+    s_iou: Tensor,
+    t_logits: Tensor,
+    t_iou: Tensor,
+    valid: Tensor,
+    soft_targets: bool,
+    iou_weight: float,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Phase 2's loss of every prompt at once: BCE + Dice of the student's masks against the
+    teacher's (and the IoU heads' squared difference), each on its image's valid part only.
+
+    The padding gets a logit whose sigmoid, loss and gradient are exactly 0, so sums over the
+    padded masks equal sums over each valid part; the BCE is rescaled to a mean over valid pixels.
+
+    Arguments:
+      s_logits, t_logits: K x m x side x side; s_iou, t_iou: K x m; valid: K x 1 x side x side.
+
+    Returns:
+      The mean loss over the m outputs per prompt (K,), the student's masked logits and the
+      teacher's binary targets (K x m x side x side each).
+    """
+    side = s_logits.shape[-1]
+    pixels = valid.flatten(-2).sum(-1).float().clamp(min=1)  # (K, 1): valid pixels per prompt
+    pad = s_logits.new_tensor(PAD_LOGIT)
+    teacher = torch.where(valid, t_logits, pad).float()  # (K, m, side, side)
+    target = (teacher > 0).float()
+    soft = torch.sigmoid(teacher) if soft_targets else target
+    pred = torch.where(valid, s_logits, pad)  # (K, m, side, side)
+    per_mask = bce_loss(pred, soft) * (side * side / pixels) + dice_loss(pred, target)  # (K, m)
+    if iou_weight > 0:
+        per_mask = per_mask + iou_weight * (s_iou.float() - t_iou.float()) ** 2  # (K, m)
+    return per_mask.mean(dim=1), pred, target
 
 
 def _teacher_identity(

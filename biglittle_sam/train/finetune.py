@@ -104,6 +104,9 @@ class FinetuneSettings:
         object.__setattr__(self, "overrides", tuple((str(k), v) for k, v in self.overrides))
 
 
+_PARTS = ("loss_focal", "loss_dice", "loss_iou", "train_iou")
+
+
 class FinetuneModule(nn.Module):
     """``forward(batch) -> (per-image loss, metrics)`` with SAM's mask losses and click rounds."""
 
@@ -170,6 +173,8 @@ class FinetuneModule(nn.Module):
         pe, md = self.sam.prompt_encoder, self.sam.mask_decoder
         sizes = [g.k for g in groups]
         prompt_emb = per_prompt(embeddings, groups)  # (K, C, g, g)
+        side = 4 * embeddings.shape[-1]  # the decoder's low-res mask side, 4g
+        targets, valid = padded_targets(groups, side)  # (K, 1, 4g, 4g) each
         for r in range(1 + s.refine_clicks):
             multimask = point_group and r == 0
             coords = cat_or_none([g.coords for g in groups])  # (K, n, 2)
@@ -179,28 +184,94 @@ class FinetuneModule(nn.Module):
             logits_all, iou_all = decode_prompts(
                 pe, md, prompt_emb, coords, labels, box, mask_input, multimask, mask_rows
             )  # (K, m, 4g, 4g), (K, m)
-            for g, logits, iou_pred in zip(groups, logits_all.split(sizes), iou_all.split(sizes)):
-                vh, vw = g.targets.shape[-2:]
-                lg = logits[..., :vh, :vw]  # (k, m, vh, vw)
-                tt = g.targets.unsqueeze(1).expand_as(lg)
-                focal = sigmoid_focal_loss(lg, tt)  # (k, m)
-                dice = dice_loss(lg, tt)  # (k, m)
-                per_mask = s.focal_weight * focal + s.dice_weight * dice
-                best = per_mask.argmin(dim=1)  # (k,): SAM trains the best of 3 for a point
-                rows = torch.arange(g.k, device=lg.device)
-                real_iou = mask_iou(lg, tt)  # (k, m)
-                iou_loss = ((iou_pred.float() - real_iou) ** 2).mean(dim=1)  # (k,)
-                totals[g.b] = totals[g.b] + (per_mask[rows, best] + s.iou_weight * iou_loss).sum()
+            loss, parts, best = prompt_losses(
+                logits_all, iou_all, targets, valid, s.focal_weight, s.dice_weight, s.iou_weight
+            )  # (K,), (4, K), (K,)
+            for g, group_loss, group_parts in zip(groups, loss.split(sizes), parts.split(sizes, 1)):
+                totals[g.b] = totals[g.b] + group_loss.sum()
                 rounds[g.b] += g.k
-                sums["loss_focal"][g.b] += float(focal[rows, best].detach().sum())
-                sums["loss_dice"][g.b] += float(dice[rows, best].detach().sum())
-                sums["loss_iou"][g.b] += float(iou_loss.detach().sum())
-                sums["train_iou"][g.b] += float(real_iou[rows, best].sum())
-                if r < s.refine_clicks:
-                    g.refine(logits[rows, best], s.mask_input_prob, stride)  # (k, 4g, 4g)
+                for name, value in zip(_PARTS, group_parts.sum(dim=1).tolist()):
+                    sums[name][g.b] += value
+            if r < s.refine_clicks:
+                rows = torch.arange(logits_all.shape[0], device=logits_all.device)
+                chosen = logits_all[rows, best]  # (K, 4g, 4g)
+                for g, part in zip(groups, chosen.split(sizes)):
+                    g.refine(part, s.mask_input_prob, stride)  # (k, 4g, 4g)
 
 
-_PARTS = ("loss_focal", "loss_dice", "loss_iou", "train_iou")
+# A logit whose sigmoid is exactly 0 and whose loss against a 0 target is exactly 0 in fp16 and
+# fp32 (fp16's largest magnitude is 65504).
+PAD_LOGIT = -1.0e4
+
+
+def prompt_losses(
+    logits: Tensor,
+    iou_pred: Tensor,
+    targets: Tensor,
+    valid: Tensor,
+    focal_weight: float,
+    dice_weight: float,
+    iou_weight: float,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """SAM's mask losses of every prompt at once, each on its image's valid part only.
+
+    The padding gets a logit whose sigmoid, loss and gradient are exactly 0 against a 0 target, so
+    sums over the padded masks equal sums over each valid part; the focal loss is rescaled from a
+    mean over side x side to a mean over the valid pixels.
+
+    Arguments:
+      logits: K x m x side x side decoder logits; iou_pred: K x m predicted IoUs.
+      targets, valid: K x 1 x side x side (:func:`padded_targets`).
+
+    Returns:
+      loss (K,): the best mask's focal and dice loss plus the IoU head's loss; parts (4, K),
+      detached: the best mask's focal, dice, the IoU loss and the best mask's IoU (the order of
+      ``_PARTS``); best (K,): the index of the best of the m masks.
+    """
+    side = logits.shape[-1]
+    pixels = valid.flatten(-2).sum(-1).float().clamp(min=1)  # (K, 1): valid pixels per prompt
+    lg = torch.where(valid, logits, logits.new_tensor(PAD_LOGIT))  # (K, m, side, side)
+    tt = targets.expand_as(lg)  # (K, m, side, side)
+    focal = sigmoid_focal_loss(lg, tt) * (side * side / pixels)  # (K, m): mean over valid pixels
+    dice = dice_loss(lg, tt)  # (K, m)
+    per_mask = focal_weight * focal + dice_weight * dice
+    best = per_mask.argmin(dim=1)  # (K,): SAM trains the best of 3 for a point
+    rows = torch.arange(lg.shape[0], device=lg.device)
+    real_iou = mask_iou(lg, tt)  # (K, m)
+    iou_loss = ((iou_pred.float() - real_iou) ** 2).mean(dim=1)  # (K,)
+    loss = per_mask[rows, best] + iou_weight * iou_loss  # (K,)
+    parts = torch.stack([focal[rows, best], dice[rows, best], iou_loss, real_iou[rows, best]])
+    return loss, parts.detach(), best
+
+
+def valid_parts(groups: List["PromptGroup"], side: int) -> Tensor:
+    """K x 1 x side x side bool: True on each prompt's image's valid part (its targets' vh x vw,
+    from the top left); K is the groups' prompts in order."""
+    K = sum(g.k for g in groups)
+    valid = torch.zeros(K, 1, side, side, dtype=torch.bool, device=groups[0].targets.device)
+    start = 0
+    for g in groups:
+        vh, vw = g.targets.shape[-2:]
+        valid[start : start + g.k, 0, :vh, :vw] = True
+        start += g.k
+    return valid
+
+
+def padded_targets(groups: List["PromptGroup"], side: int) -> Tuple[Tensor, Tensor]:
+    """Every group's k x vh x vw targets padded to side x side, with where they are valid.
+
+    Returns:
+      targets: K x 1 x side x side (fp32, 0 outside each image's valid part) and valid:
+      K x 1 x side x side bool (:func:`valid_parts`).
+    """
+    valid = valid_parts(groups, side)
+    targets = torch.zeros(valid.shape, device=valid.device)
+    start = 0
+    for g in groups:
+        vh, vw = g.targets.shape[-2:]
+        targets[start : start + g.k, 0, :vh, :vw] = g.targets  # (k, vh, vw) into (k, side, side)
+        start += g.k
+    return targets, valid
 
 
 def _overrides(settings: FinetuneSettings) -> Dict[str, Any]:

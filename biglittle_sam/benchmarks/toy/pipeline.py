@@ -31,23 +31,30 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import torch
-
 from ...checkpoint import atomic_save, read_checkpoint
 from ...data.shapes import ShapesConfig, make_shapes_dataset
-from ...distill.cache import CacheSettings, cache_teacher_embeddings
-from ...distill.distill import DistillSettings, run_distillation
-from ...eval.runner import EvalSettings, run_evaluation
+from ...distill.cache import cache_teacher_embeddings
+from ...distill.distill import run_distillation
+from ...eval.runner import EvalSettings
 from ...runtime.hardware import hardware_description
-from ...train.finetune import FinetuneSettings, run_finetune
+from ...train.finetune import run_finetune
 from ...train.launch import launch
 from ...train.settings import TrainSettings, settings_to_dict
+from ..stages import (
+    cache_settings,
+    config_copy,
+    finished,
+    miou_row,
+    phase1_settings,
+    phase2_settings,
+    seeded_evaluation,
+    stage_train,
+)
+from ..stages import teacher_settings as stage_teacher
 from .report import PHASE1, check_targets, plot_toy, stage_times, toy_table
 from .settings import ToyBenchmarkSettings
 
@@ -62,21 +69,18 @@ def _train(
     batch_size: Optional[int] = None,
 ) -> TrainSettings:
     """The training settings of one stage: its budget, the run's seed, threads and resume."""
-    return TrainSettings(
-        resume="auto" if settings.resume else None,
-        steps=steps,
-        batch_size=batch_size or settings.batch_size,
-        lr=lr,
-        warmup_steps=max(1, steps // 20),
-        weight_decay=0.01,
-        seed=settings.seed,
+    s = settings
+    return stage_train(
+        out,
+        steps,
+        lr,
+        batch_size or s.batch_size,
+        seed=s.seed,
         device="cpu",
-        num_workers=settings.num_workers,
-        threads=settings.threads,
-        out_dir=str(out),
-        checkpoint_every=max(steps // 4, 1),
-        log_every=max(steps // 40, 1),
-        progress=settings.progress,
+        num_workers=s.num_workers,
+        threads=s.threads,
+        progress=s.progress,
+        resume=s.resume,
     )
 
 
@@ -98,28 +102,14 @@ def export_fp16(source: Path, target: Path, **extra: Any) -> Path:
     return atomic_save(payload, target)
 
 
-def _config_copy(model: Path, target: Path, note: str, **config: Any) -> Path:
-    """A copy of a checkpoint with some config fields changed (same weights): the ablations."""
-    payload = read_checkpoint(model)
-    payload["config"] = dict(payload["config"], **config)
-    payload["note"] = note
-    return atomic_save(payload, target)
-
-
 def _random_router_copy(student: Path, target: Path) -> Path:
     """The student with ``routing = "random"`` in its config: the router ablation."""
-    return _config_copy(student, target, "random routing (ablation)", routing="random")
+    return config_copy(student, target, "random routing (ablation)", routing="random")
 
 
 def _finished(result: Any, stage: str) -> Path:
     """The model a training stage wrote; RuntimeError when the stage stopped early."""
-    if result is None or not result.finished or result.model_path is None:
-        step = getattr(result, "step", "?")
-        raise RuntimeError(
-            f"toy benchmark stage '{stage}' stopped at step {step} before finishing (a signal?); "
-            "run the same command with --resume to continue from its checkpoint"
-        )
-    return Path(result.model_path)
+    return finished(result, "toy", stage)
 
 
 def _training_run(out: Path, resume: bool) -> Optional[Dict[str, Any]]:
@@ -170,16 +160,12 @@ def run_toy_benchmark(settings: ToyBenchmarkSettings) -> Dict[str, Any]:
     _log(s, f"shapes: {train.num_instances} training and {val.num_instances} validation objects")
 
     t = time.perf_counter()
-    teacher_settings = FinetuneSettings(
-        images=str(train.coco_images),
-        annotations=str(train.coco_annotations),
-        model="vit_tiny",
-        limit=s.train_images,  # the first images (each image depends on its index alone)
-        overrides=s.teacher,
-        train_parts="all",
-        max_instances=8,
-        focal_weight=s.teacher_focal_weight,
-        train=_train(s, out / "teacher", s.teacher_steps, s.teacher_lr, s.teacher_batch_size),
+    teacher_settings = stage_teacher(
+        train,
+        s.train_images,
+        s.teacher,
+        s.teacher_focal_weight,
+        _train(s, out / "teacher", s.teacher_steps, s.teacher_lr, s.teacher_batch_size),
     )
     _log(
         s,
@@ -191,30 +177,18 @@ def run_toy_benchmark(settings: ToyBenchmarkSettings) -> Dict[str, Any]:
 
     t = time.perf_counter()
     cache_dir = out / "cache"
-    cache = CacheSettings(
-        images=str(train.coco_images),
-        out=str(cache_dir),
-        teacher_checkpoint=str(teacher),
-        device="cpu",
-        batch_size=16,
-        num_workers=0,
-        progress=s.progress,
-    )
-    if cache_dir.exists() and not s.resume:
-        shutil.rmtree(cache_dir)  # a teacher trained again is another teacher
+    cache = cache_settings(train, cache_dir, teacher, "cpu", s.progress, s.resume)
     launch(cache_teacher_embeddings, cache, nproc, s.threads)
     times["cache"] = time.perf_counter() - t
 
-    overrides = (("little_dim", s.student_little_dim), ("little_heads", s.student_little_heads))
-    distill_base = DistillSettings(
-        cache=str(cache_dir),
-        images=str(train.coco_images),
-        student="bl_tiny",
-        teacher_checkpoint=str(teacher),
-        student_overrides=overrides,
-        keep_ratios=s.keep_ratios,
-        train_parts=s.student_parts,
-        train=_train(s, out / "student", s.student_steps, s.student_lr),
+    distill_base = phase1_settings(
+        train,
+        cache_dir,
+        teacher,
+        (s.student_little_dim, s.student_little_heads),
+        s.keep_ratios,
+        s.student_parts,
+        _train(s, out / "student", s.student_steps, s.student_lr),
     )
     t = time.perf_counter()
     _log(s, f"student: {s.student_steps} distillation steps, phase 1 ({s.student_parts})")
@@ -224,21 +198,19 @@ def run_toy_benchmark(settings: ToyBenchmarkSettings) -> Dict[str, Any]:
     student = phase1
     if s.phase2_steps > 0:
         t = time.perf_counter()
-        phase2 = dataclasses.replace(
+        phase2 = phase2_settings(
             distill_base,
-            phase=2,
-            annotations=str(train.coco_annotations),
+            train,
+            phase1,
+            dataclasses.replace(
+                _train(s, out / "phase2", s.phase2_steps, s.phase2_lr),
+                ema_decay=s.phase2_ema_decay,
+            ),
             keep_ratios=s.phase2_keep_ratios,
             mask_weight=s.phase2_mask_weight,
             point_prob=s.phase2_point_prob,
             router_lr_scale=s.phase2_router_lr_scale,
             soft_targets=s.phase2_soft_targets,
-            init_checkpoint=str(phase1),
-            student_overrides=(),  # the phase-1 checkpoint stores its config
-            train=dataclasses.replace(
-                _train(s, out / "phase2", s.phase2_steps, s.phase2_lr),
-                ema_decay=s.phase2_ema_decay,
-            ),
         )
         _log(s, f"student: {s.phase2_steps} steps of phase 2 (the teacher's masks)")
         student = _finished(launch(run_distillation, phase2, nproc, s.threads), "phase 2")
@@ -269,7 +241,7 @@ def run_toy_benchmark(settings: ToyBenchmarkSettings) -> Dict[str, Any]:
     undistilled = out / "student" / "init.pth"
     random_router = _random_router_copy(student, student.parent / "random_router.pth")
     routers_random = _random_router_copy(undistilled, out / "routers" / "random_router.pth")
-    pooled = _config_copy(
+    pooled = config_copy(
         student, student.parent / "pooled_kv.pth", "pooled keys/values (issue 6)", pool_kv=True
     )
     rows_spec: List[Tuple[str, str, Optional[float]]] = [("teacher", f"vit_tiny={teacher}", None)]
@@ -300,7 +272,7 @@ def run_toy_benchmark(settings: ToyBenchmarkSettings) -> Dict[str, Any]:
         progress=s.progress,
     )  # both evaluations: the same images, seed and output folder
     evaluation = launch(
-        _seeded_evaluation,
+        seeded_evaluation,
         EvalSettings(
             models=tuple(spec for _, spec, _ in rows_spec),
             annotations=str(val.coco_annotations),
@@ -313,7 +285,7 @@ def run_toy_benchmark(settings: ToyBenchmarkSettings) -> Dict[str, Any]:
     )
     students = [spec for _, spec, ratio in rows_spec if ratio is not None]
     fidelity = launch(
-        _seeded_evaluation,
+        seeded_evaluation,
         EvalSettings(
             models=tuple(students),
             teacher=f"vit_tiny={teacher}",
@@ -334,23 +306,14 @@ def run_toy_benchmark(settings: ToyBenchmarkSettings) -> Dict[str, Any]:
     }
     rows = []
     for (variant, spec, ratio), model in zip(rows_spec, evaluation["models"]):
-        miou = model["miou"]
         fid = embedding.get(spec, {"mse": 0.0, "cosine": 1.0})  # the teacher against itself
-        rows.append(
-            {
-                "model": variant,
-                "keep_ratio": ratio,
-                "gmacs": model.get("gmacs"),
-                "box": miou["box"]["all"],
-                "click1": miou["click1"]["all"],
-                "click3": miou["click3"]["all"],
-                "embedding_mse": fid["mse"],
-                "embedding_cosine": fid["cosine"],
-                "embedding_mses": fid.get("per_image"),
-                "spec": spec,
-                "click1_ious": evaluation["ious"][model["label"]]["click1"],
-            }
+        row = miou_row(variant, spec, ratio, model, evaluation["ious"])
+        row.update(
+            embedding_mse=fid["mse"],
+            embedding_cosine=fid["cosine"],
+            embedding_mses=fid.get("per_image"),
         )
+        rows.append(row)
     result: Dict[str, Any] = {
         "format": "biglittle-sam-toy-benchmark",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -378,12 +341,6 @@ def run_toy_benchmark(settings: ToyBenchmarkSettings) -> Dict[str, Any]:
         result["assets"] = write_assets(result, teacher, student, Path(s.assets_dir))
     _log(s, f"done in {wall:.0f} s ({stage_times(times)}); table: {md}")
     return result
-
-
-def _seeded_evaluation(settings: Any) -> Optional[Dict[str, Any]]:
-    """``run_evaluation`` with torch's global RNG seeded per rank: random routing draws from it."""
-    torch.manual_seed(settings.seed + int(os.environ.get("RANK", "0")))
-    return run_evaluation(settings)
 
 
 def write_assets(

@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-__all__ = ["PHASE1", "check_targets", "paired_se", "plot_toy", "stage_times", "toy_table"]
+__all__ = [
+    "PHASE1",
+    "check_targets",
+    "paired_se",
+    "plot_toy",
+    "stage_times",
+    "target_lines",
+    "toy_table",
+]
 
 # The row of the student after phase 1 only (the ablations of phase 1 compare against it).
 PHASE1 = "student, phase 1 only"
@@ -122,6 +130,16 @@ def check_targets(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return out
 
 
+def target_lines(targets: Sequence[Dict[str, Any]]) -> List[str]:
+    """The targets as a markdown table (after a blank line): target, measured, met (yes / no /
+    "-" for a finding)."""
+    lines = ["", "| target | measured | met |", "|---|---|---|"]
+    for tgt in targets:
+        met = "-" if tgt["met"] is None else ("yes" if tgt["met"] else "no")
+        lines.append(f"| {tgt['target']} | {tgt['measured']} | {met} |")
+    return lines
+
+
 def paired_se(a: Optional[Sequence[float]], b: Optional[Sequence[float]]) -> Optional[float]:
     """Standard error of the mean per-instance IoU difference (the same objects, two models)."""
     if not a or not b or len(a) != len(b) or len(a) < 2:
@@ -165,10 +183,7 @@ def toy_table(result: Dict[str, Any]) -> str:
             f"{_num(r['click1'])} | {_num(r['click3'])} | {share} | "
             f"{_num(r.get('embedding_mse'), 4)} |"
         )
-    lines += ["", "| target | measured | met |", "|---|---|---|"]
-    for tgt in result["targets"]:
-        met = "-" if tgt["met"] is None else ("yes" if tgt["met"] else "no")
-        lines.append(f"| {tgt['target']} | {tgt['measured']} | {met} |")
+    lines += target_lines(result["targets"])
     data = result["data"]
     lines += [
         "",

@@ -1,0 +1,179 @@
+"""The proxy benchmark's report: its targets (issue 14), the size-bin retention and the table.
+
+The table is written from the **test** split only: :func:`proxy_table` refuses a result measured
+on the dev split, on which recipes are chosen.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+from ..toy.report import _num, _row, paired_se, stage_times, target_lines
+from .data import RELATIVE_BINS
+
+__all__ = [
+    "RETENTION_TARGETS",
+    "bin_retention",
+    "check_proxy_targets",
+    "proxy_table",
+]
+
+# 1-click retention of the teacher's mIoU the student must keep, per keep ratio (issue 14).
+RETENTION_TARGETS = ((0.5, 0.97), (0.25, 0.95), (0.1, 0.90))
+TEACHER_TARGETS = (("box", 85.0), ("click1", 75.0))
+RANDOM = "random router"
+HEURISTIC = "training-free router (update norm)"
+
+
+def bin_retention(
+    student: Sequence[float], teacher: Sequence[float], bins: Sequence[str]
+) -> Dict[str, Optional[float]]:
+    """The student's mean IoU over the teacher's, per relative size bin (None: an empty bin).
+
+    Arguments:
+      student, teacher: per-object IoUs of the same objects, in the same order.
+      bins: each object's bin (``"small"``, ``"medium"``, ``"large"``).
+    """
+    if not len(student) == len(teacher) == len(bins):
+        raise ValueError(
+            f"per-object IoUs and bins must be parallel, got {len(student)}, {len(teacher)} and "
+            f"{len(bins)} entries"
+        )
+    out: Dict[str, Optional[float]] = {}
+    for name in RELATIVE_BINS:
+        pick = [i for i, b in enumerate(bins) if b == name]
+        t = sum(teacher[i] for i in pick)
+        out[name] = sum(student[i] for i in pick) / t if pick and t > 0 else None
+    return out
+
+
+def _beats(a: Dict[str, Any], b: Dict[str, Any], text: str, points: float) -> Dict[str, Any]:
+    """``a`` beats ``b`` on 1-click mIoU by more than 2 paired SE (and ``points``, when given)."""
+    diff = a["click1"] - b["click1"]
+    se = paired_se(a.get("click1_ious"), b.get("click1_ious"))
+    met = diff > 0 and (se is None or diff > 2.0 * se) and diff >= points
+    spread = "" if se is None else f" +- {se:.1f}"
+    rule = "> 2 paired SE" + (f" and >= {points:g} points" if points else "")
+    return {
+        "target": f"{text} ({rule})",
+        "measured": f"{a['click1']:.1f} vs {b['click1']:.1f} ({diff:+.1f}{spread})",
+        "met": bool(met),
+    }
+
+
+def check_proxy_targets(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Issue 14's targets, each with its measured value and whether it is met.
+
+    - the teacher: box mIoU >= 85 and 1 click >= 75;
+    - the student keeps >= 97% / 95% / 90% of the teacher's 1-click mIoU at r = 0.5 / 0.25 / 0.1;
+    - the learned router beats random routing at r = 0.25 and 0.1 by more than 2 paired standard
+      errors, and by >= 3 points at r = 0.1;
+    - (finding) the learned router against the training-free one.
+    """
+    teacher = _row(rows, "teacher", None)
+    out: List[Dict[str, Any]] = []
+    for key, floor in TEACHER_TARGETS:
+        out.append(
+            {
+                "target": f"teacher {key} mIoU >= {floor:g}",
+                "measured": f"{teacher[key]:.1f}",
+                "met": teacher[key] >= floor,
+            }
+        )
+    for ratio, share in RETENTION_TARGETS:
+        try:
+            value = _row(rows, "student", ratio)["click1"]
+        except KeyError:
+            continue
+        out.append(
+            {
+                "target": f"student r={ratio:g} keeps >= {share:.0%} of teacher 1-click mIoU",
+                "measured": f"{value / teacher['click1']:.1%}" if teacher["click1"] > 0 else "-",
+                "met": teacher["click1"] > 0 and value >= share * teacher["click1"],
+            }
+        )
+    for ratio, points in ((0.25, 0.0), (0.1, 3.0)):
+        for other, label, need in ((RANDOM, "random routing", points), (HEURISTIC, "", 0.0)):
+            try:
+                a, b = _row(rows, "student", ratio), _row(rows, other, ratio)
+            except KeyError:
+                continue
+            if label:
+                out.append(_beats(a, b, f"learned router beats {label} at r={ratio:g}", need))
+            else:
+                found = _beats(a, b, f"(finding) learned router vs {other} at r={ratio:g}", 0.0)
+                found["met"] = None  # a measurement, not a target
+                out.append(found)
+    return out
+
+
+def proxy_table(result: Dict[str, Any]) -> str:
+    """The benchmark as markdown: geometry, table, size bins, capacity share, targets, run.
+
+    Raises:
+      ValueError: the result was measured on the dev split (recipes are chosen there; tables
+        report test only).
+    """
+    split = result.get("split")
+    if split != "test":
+        raise ValueError(
+            f"refusing to write a proxy benchmark table from the {split!r} split: recipes are "
+            "chosen on 'dev', tables report 'test' only (run with --split test)"
+        )
+    rows = result["rows"]
+    teacher = _row(rows, "teacher", None)["click1"]
+    g = result["geometry"]
+    lines = [
+        f"Geometry: {g['img_size']} px, {g['grid']} x {g['grid']} tokens ({g['windows']}, edge "
+        f"windows {g['edge_window']} wide), {g['global_layers']} of {g['depth']} layers global, "
+        f"{g['mask_logits']} x {g['mask_logits']} mask logits.",
+        "",
+        "| model | keep ratio | encoder GMACs | box | 1 click | 3 clicks | 1 click / teacher |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        share = f"{r['click1'] / teacher:.1%}" if teacher > 0 else "-"
+        ratio = "-" if r["keep_ratio"] is None else f"{r['keep_ratio']:g}"
+        lines.append(
+            f"| {r['model']} | {ratio} | {_num(r['gmacs'], 4)} | {_num(r['box'])} | "
+            f"{_num(r['click1'])} | {_num(r['click3'])} | {share} |"
+        )
+    bins = result.get("bin_retention") or {}
+    if bins:
+        lines += [
+            "",
+            "| 1-click retention at r = 0.25 | small | medium | large |",
+            "|---|---:|---:|---:|",
+        ]
+        for model, shares in bins.items():
+            cells = " | ".join("-" if v is None else f"{v:.1%}" for v in shares.values())
+            lines.append(f"| {model} | {cells} |")
+    capacity = result.get("capacity_share") or {}
+    if capacity:
+        lines += [
+            "",
+            "| routing at r = 0.25 | capacity on objects | object share | enrichment |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, c in capacity.items():
+            lines.append(
+                f"| {name} | {c['capacity_on_objects']:.1%} | {c['object_share']:.1%} | "
+                f"{c['enrichment']:.2f} |"
+            )
+    lines += target_lines(result["targets"])
+    data = result["data"]
+    lines += [
+        "",
+        f"mIoU x 100 on the test split ({data['eval_images']} images, {data['eval_instances']} "
+        f"objects, seed {data['seeds']['test']}); the teacher trained on {data['train_images']} "
+        f"train images (seed {data['seeds']['train']}), the students distilled on "
+        f"{data['distill_images']}; recipes chosen on dev (seed {data['seeds']['dev']}). "
+        "EfficientViT-SAM protocol (multimask, highest predicted IoU; clicks at the error "
+        "region's interior). Size bins relative to the image (COCO's 32^2 / 96^2 of 640 x 480).",
+        "",
+        f"Wall time {result['wall_s'] / 60:.1f} min ({stage_times(result['stage_s'])}) on "
+        f"{result['hardware']}.",
+    ]
+    if result.get("command"):
+        lines += ["", f"Command: `{result['command']}`"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,203 @@
+"""The stages the toy and proxy benchmarks share: the teacher's fine-tuning, its embedding cache,
+distillation phase 2, their training settings, and one row of an mIoU table.
+
+Each function builds the settings of one tool with the values both benchmarks use; the pipelines
+run them through :func:`biglittle_sam.train.launch.launch`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+
+from ..checkpoint import atomic_save, read_checkpoint
+from ..data.shapes import ShapesDataset
+from ..distill.cache import CacheSettings
+from ..distill.distill import DistillSettings
+from ..eval.runner import run_evaluation
+from ..train.finetune import FinetuneSettings
+from ..train.settings import TrainSettings
+
+__all__ = [
+    "cache_settings",
+    "config_copy",
+    "seeded_evaluation",
+    "finished",
+    "miou_row",
+    "phase1_settings",
+    "phase2_settings",
+    "stage_train",
+    "teacher_settings",
+]
+
+
+def stage_train(
+    out: Path,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    *,
+    seed: int,
+    device: str,
+    num_workers: int,
+    threads: int,
+    progress: bool,
+    resume: bool,
+) -> TrainSettings:
+    """The training settings of one stage: its budget, the run's seed, device, threads, resume."""
+    return TrainSettings(
+        resume="auto" if resume else None,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        warmup_steps=max(1, steps // 20),
+        weight_decay=0.01,
+        seed=seed,
+        device=device,
+        num_workers=num_workers,
+        threads=threads,
+        out_dir=str(out),
+        checkpoint_every=max(steps // 4, 1),
+        log_every=max(steps // 40, 1),
+        progress=progress,
+    )
+
+
+def finished(result: Any, benchmark: str, stage: str) -> Path:
+    """The model a training stage wrote; RuntimeError when the stage stopped early."""
+    if result is None or not result.finished or result.model_path is None:
+        step = getattr(result, "step", "?")
+        raise RuntimeError(
+            f"{benchmark} benchmark stage '{stage}' stopped at step {step} before finishing (a "
+            "signal?); run the same command with --resume to continue from its checkpoint"
+        )
+    return Path(result.model_path)
+
+
+def _coco(data: ShapesDataset) -> Tuple[str, str]:
+    """(images folder, annotation file) of a shapes dataset written in COCO format."""
+    if data.coco_images is None or data.coco_annotations is None:
+        raise ValueError(f"{data.root}: the benchmarks need the shapes' COCO format")
+    return str(data.coco_images), str(data.coco_annotations)
+
+
+def teacher_settings(
+    train: ShapesDataset,
+    limit: int,
+    overrides: Sequence[Tuple[str, Any]],
+    focal_weight: float,
+    stage: TrainSettings,
+) -> FinetuneSettings:
+    """``finetune`` of a ``vit_tiny`` teacher from scratch on the first ``limit`` images (each
+    shapes image depends on its index alone), all parts, up to 8 objects per image."""
+    images, annotations = _coco(train)
+    return FinetuneSettings(
+        images=images,
+        annotations=annotations,
+        model="vit_tiny",
+        limit=limit,
+        overrides=tuple(overrides),
+        train_parts="all",
+        max_instances=8,
+        focal_weight=focal_weight,
+        train=stage,
+    )
+
+
+def cache_settings(
+    train: ShapesDataset, cache_dir: Path, teacher: Path, device: str, progress: bool, resume: bool
+) -> CacheSettings:
+    """``cache-teacher`` of every training image; an old cache is removed unless ``resume``
+    (a teacher trained again is another teacher)."""
+    if cache_dir.exists() and not resume:
+        shutil.rmtree(cache_dir)
+    return CacheSettings(
+        images=_coco(train)[0],
+        out=str(cache_dir),
+        teacher_checkpoint=str(teacher),
+        device=device,
+        batch_size=16,
+        num_workers=0,
+        progress=progress,
+    )
+
+
+def phase1_settings(
+    train: ShapesDataset,
+    cache_dir: Path,
+    teacher: Path,
+    little: Tuple[int, int],
+    keep_ratios: Sequence[float],
+    parts: str,
+    stage: TrainSettings,
+) -> DistillSettings:
+    """``distill`` phase 1 of a ``bl_tiny`` student that inherits from ``teacher``, on its cached
+    embeddings; ``little``: the E-blocks' (width, heads)."""
+    return DistillSettings(
+        cache=str(cache_dir),
+        images=_coco(train)[0],
+        student="bl_tiny",
+        teacher_checkpoint=str(teacher),
+        student_overrides=(("little_dim", little[0]), ("little_heads", little[1])),
+        keep_ratios=tuple(keep_ratios),
+        train_parts=parts,
+        train=stage,
+    )
+
+
+def phase2_settings(
+    base: DistillSettings,
+    train: ShapesDataset,
+    phase1: Path,
+    stage: TrainSettings,
+    **fields: Any,
+) -> DistillSettings:
+    """``distill`` phase 2 from the phase-1 checkpoint (which stores its config), on the teacher's
+    masks of the training objects; ``fields``: other DistillSettings (keep_ratios, mask_weight...).
+    """
+    return dataclasses.replace(
+        base,
+        phase=2,
+        annotations=_coco(train)[1],
+        init_checkpoint=str(phase1),
+        student_overrides=(),
+        train=stage,
+        **fields,
+    )
+
+
+def miou_row(
+    variant: str, spec: str, ratio: Optional[float], model: Dict[str, Any], ious: Dict[str, Any]
+) -> Dict[str, Any]:
+    """One table row from an evaluation's model entry: box / 1 click / 3 clicks mIoU (all
+    objects), GMACs and the per-object 1-click IoUs (for paired standard errors)."""
+    miou = model["miou"]
+    return {
+        "model": variant,
+        "keep_ratio": ratio,
+        "gmacs": model.get("gmacs"),
+        "box": miou["box"]["all"],
+        "click1": miou["click1"]["all"],
+        "click3": miou["click3"]["all"],
+        "spec": spec,
+        "click1_ious": ious[model["label"]]["click1"],
+    }
+
+
+def config_copy(model: Path, target: Path, note: str, **config: Any) -> Path:
+    """A copy of a checkpoint with some config fields changed (same weights): the ablations."""
+    payload = read_checkpoint(model)
+    payload["config"] = dict(payload["config"], **config)
+    payload["note"] = note
+    return atomic_save(payload, target)
+
+
+def seeded_evaluation(settings: Any) -> Optional[Dict[str, Any]]:
+    """``run_evaluation`` with torch's global RNG seeded per rank: random routing draws from it."""
+    torch.manual_seed(settings.seed + int(os.environ.get("RANK", "0")))
+    return run_evaluation(settings)

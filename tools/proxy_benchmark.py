@@ -1,0 +1,108 @@
+"""The proxy benchmark (issue 14): the toy's distillation pipeline at SAM's token geometry, on
+mostly-background shapes, with train / dev / test splits from separate seeds.
+
+    biglittle-sam-proxy-benchmark --out-dir outputs/proxy                 # the table (test split)
+    biglittle-sam-proxy-benchmark --split dev --out-dir outputs/proxy_dev # choosing recipes
+    biglittle-sam-proxy-benchmark --device cuda                           # the same on a GPU
+
+Writes ``proxy_benchmark.json`` and, on the test split only, ``proxy_benchmark.md`` under the
+output folder. Every flag defaults to ``biglittle_sam.benchmarks.proxy.ProxyBenchmarkSettings``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+from typing import Any, Dict, Optional, Sequence
+
+from biglittle_sam.benchmarks.proxy import GEOMETRIES, ProxyBenchmarkSettings, run_proxy_benchmark
+from biglittle_sam.train.cli import run_cli
+
+_DEFAULTS = ProxyBenchmarkSettings()
+# (field, type, help); every default is the settings' own.
+_FLAGS = (
+    ("out_dir", str, "output folder"),
+    ("geometry", str, f"token grid side, one of {sorted(GEOMETRIES)}"),
+    ("split", str, "evaluated split: dev (choosing recipes, no table) or test (the table)"),
+    ("seed", int, "run seed; data seeds 3*seed + 1 / 2 / 3 for train / dev / test"),
+    ("train_images", int, "the teacher's training images"),
+    ("distill_images", int, "the students' training images (the teacher's and more)"),
+    ("eval_images", int, "images of the evaluated split"),
+    ("teacher_steps", int, "teacher training steps"),
+    ("teacher_lr", float, "teacher learning rate"),
+    ("teacher_batch_size", int, "images per teacher step"),
+    ("student_steps", int, "distillation phase 1 steps"),
+    ("student_lr", float, "phase 1 learning rate"),
+    ("phase2_steps", int, "distillation phase 2 steps (0: off)"),
+    ("phase2_lr", float, "phase 2 learning rate"),
+    ("routers_steps", int, "routers-only ablation steps"),
+    ("batch_size", int, "images per distillation step"),
+    ("device", str, "auto, cpu or cuda[:N]"),
+    ("processes", int, "processes per training stage (default: 1 on cuda, 2 on cpu)"),
+    ("threads", int, "torch threads per process"),
+    ("num_workers", int, "data loader processes per training process"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Proxy benchmark of distillation at SAM's token geometry (issue 14).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    choices = {"geometry": sorted(GEOMETRIES), "split": ["dev", "test"]}
+    for name, kind, text in _FLAGS:
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            default=getattr(_DEFAULTS, name),
+            choices=choices.get(name),
+            help=text,
+        )
+    for name, text in (
+        ("keep_ratios", "keep ratios drawn per phase 1 step"),
+        ("phase2_keep_ratios", "keep ratios drawn per phase 2 step"),
+        ("eval_ratios", "keep ratios of the table's rows"),
+    ):
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=float,
+            nargs="+",
+            default=list(getattr(_DEFAULTS, name)),
+            help=text,
+        )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=_DEFAULTS.progress,
+        help="progress lines",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run in the same out-dir"
+    )
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    names = [f for f, _, _ in _FLAGS] + ["keep_ratios", "phase2_keep_ratios", "eval_ratios"]
+    changes: Dict[str, Any] = {n: getattr(args, n) for n in names}
+    changes.update(progress=args.progress, resume=args.resume)
+    words = list(sys.argv[1:] if argv is None else argv)
+    changes["command"] = " ".join(["biglittle-sam-proxy-benchmark", *map(shlex.quote, words)])
+    settings = dataclasses.replace(_DEFAULTS, **changes)
+    try:
+        settings.check()
+    except ValueError as error:
+        parser.error(str(error))  # exit 2, before any stage runs
+    result = run_cli(lambda: run_proxy_benchmark(settings))
+    if result["outputs"]["markdown"]:
+        with open(result["outputs"]["markdown"], encoding="utf-8") as f:
+            print(f.read())
+    return result
+
+
+if __name__ == "__main__":
+    main()

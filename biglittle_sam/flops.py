@@ -1,10 +1,10 @@
 """Analytic multiply-accumulate (MAC) counts for SAM ViT and big.LITTLE image encoders.
 
-The counts follow the code, operation by operation (the DESIGN.md cost model, with the padding and
-static capacities the encoder really computes), and are checked against fvcore in the tests. They
-count matrix products, convolutions and LayerNorms (5 per element, as fvcore counts them);
-activations, softmax, gathers and scatters are a few tenths of a percent and are left out, as
-fvcore leaves them out.
+The counts follow the code, operation by operation (the cost model of docs/encoder.md, with the
+padding and static capacities the encoder really computes), and are checked against fvcore in the
+tests. They count matrix products, convolutions and LayerNorms (5 per element, as fvcore counts
+them); activations, softmax, gathers and scatters are a few tenths of a percent and are left out,
+as fvcore leaves them out.
 
 For bl_b (C = 768, d = 192) at 1024 x 1024: about 463 GMACs for SAM ViT-B's trunk against roughly
 300 at r = 0.5, 200 at r = 0.25 and 140 at r = 0.1 (see ``python -m biglittle_sam.flops``);
@@ -261,8 +261,7 @@ def format_split_table(names: Sequence[str], ratios: Sequence[float], pool_kv: b
             split = mac_split(cfg, r, pool_kv and r < 1.0) if big_little else mac_split(cfg)
             total = split["total"]
             cells = " | ".join(
-                f"{_gmacs(split[key])} ({100 * split[key] / total:.0f}%)"
-                for key, _ in SPLIT_PARTS
+                f"{_gmacs(split[key])} ({100 * split[key] / total:.0f}%)" for key, _ in SPLIT_PARTS
             )
             label = f"{r:g}" + (" pooled" if big_little and pool_kv and r < 1.0 else "")
             rows.append(

@@ -1,4 +1,4 @@
-"""The analytic MAC counter against fvcore, and against the DESIGN.md cost model."""
+"""The analytic MAC counter against fvcore, and against the cost model in docs/encoder.md."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_full_size_numbers_follow_the_cost_model() -> None:
     ratios = {r: encoder_gmacs("bl_b", r) for r in (1.0, 0.5, 0.25, 0.1)}
     assert ratios[1.0] > sam  # E-blocks cost extra when every token is big
     assert ratios[1.0] > ratios[0.5] > ratios[0.25] > ratios[0.1]
-    # DESIGN.md: ~301 / ~200 / ~139 with a rN capacity; windows pad 64 -> 70, so a little more here.
+    # the cost model: ~301 / ~200 / ~139 with a rN capacity; windows pad 64 -> 70, so a little more
     assert 290 < ratios[0.5] < 345 and 195 < ratios[0.25] < 230 and 135 < ratios[0.1] < 160
     assert "bl_b" in format_table(["vit_b", "bl_b"], [0.5])
 

@@ -104,7 +104,9 @@ def test_flops_count_pooling_and_match_fvcore() -> None:
     for r in (0.5, 0.25, 0.1):
         assert encoder_gmacs("bl_b", r, pool_kv=True) < encoder_gmacs("bl_b", r, pool_kv=False)
     assert encoder_gmacs("bl_b", 1.0, pool_kv=True) == encoder_gmacs("bl_b", 1.0, pool_kv=False)
-    assert encoder_gmacs("bl_b", 0.1, pool_kv=True) < 110  # DESIGN.md: pooled k/v at r = 0.1
+    assert (
+        encoder_gmacs("bl_b", 0.1, pool_kv=True) < 110
+    )  # the cost model (docs/encoder.md): pooled k/v at r = 0.1
 
 
 def test_needs_even_grid_and_window() -> None:

@@ -28,7 +28,8 @@ from .conftest import randomize_
 
 
 def test_registry_keys_and_types() -> None:
-    expected = {"default", "vit_h", "vit_l", "vit_b", "vit_tiny", "bl_b", "bl_l", "bl_h", "bl_tiny"}
+    expected = {"default", "vit_h", "vit_l", "vit_b", "vit_tiny"}
+    expected |= {"bl_b", "bl_b_lite", "bl_l", "bl_h", "bl_tiny"}
     assert set(sam_model_registry) == expected
     for name in ("vit_tiny", "bl_tiny"):
         sam = sam_model_registry[name]()

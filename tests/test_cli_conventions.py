@@ -56,6 +56,7 @@ DEVICE_TOOLS = {
     "biglittle-sam-distill",
     "biglittle-sam-eval",
     "biglittle-sam-finetune",
+    "biglittle-sam-proxy-benchmark",
 }
 # The others have no --device, by design: they only move files (convert), write data
 # (make-shapes), trace on the CPU (export-onnx), profile CPU time (profile), or reproduce CPU
@@ -70,6 +71,7 @@ PROGRESS_TOOLS = {
     "biglittle-sam-eval",
     "biglittle-sam-finetune",
     "biglittle-sam-toy-benchmark",
+    "biglittle-sam-proxy-benchmark",
 }
 # The others report nothing while they work: one file (convert, export-onnx), seconds of
 # generated data (make-shapes), a few profiled passes (profile), a server whose progress is shown in
@@ -187,6 +189,7 @@ def _missing_file_argv(script: str, tmp: Path) -> List[str]:
         "biglittle-sam-profile": ["--model", "no_such_model"],
         "biglittle-sam-make-shapes": ["--out-dir", out, "--sizes", "big"],
         "biglittle-sam-toy-benchmark": ["--teacher-steps", "0", "--out-dir", out],
+        "biglittle-sam-proxy-benchmark": ["--keep-ratios", "0", "--out-dir", out],
         "biglittle-sam-benchmark": ["--pool-kv-ratios", "half"],
         "biglittle-sam-demo": ["--port", "http"],
     }[script]  # fmt: skip

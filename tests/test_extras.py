@@ -49,6 +49,7 @@ HOMES: Dict[str, Tuple[str, ...]] = {
     "biglittle_sam/distill/": ("train",),
     "biglittle_sam/benchmarks/toy/": ("train",),
     "biglittle_sam/benchmarks/proxy/": ("train",),
+    "biglittle_sam/benchmarks/stages.py": ("train",),
     "tools/distill.py": ("train",),
     "tools/finetune.py": ("train",),
     "tools/cache_teacher.py": ("train",),
@@ -57,6 +58,9 @@ HOMES: Dict[str, Tuple[str, ...]] = {
     "tools/make_shapes_dataset.py": ("eval", "train"),
     "biglittle_sam/benchmark.py": ("bench",),
     "biglittle_sam/benchmarks/speed/": ("bench",),
+    # make gpu-check distils on generated shapes too: a development tool, run from [all].
+    "biglittle_sam/benchmarks/speed/gpu_check.py": ("all",),
+    "tools/gpu_check.py": ("all",),
     "tools/benchmark.py": ("bench",),
     "biglittle_sam/export/": ("export",),
     "tools/export_onnx.py": ("export",),

@@ -1,4 +1,4 @@
-"""The proxy benchmark (issue 14): the toy's distillation pipeline at SAM's token geometry, on
+"""The proxy benchmark: the toy's distillation pipeline at SAM's token geometry, on
 mostly-background shapes, with train / dev / test splits from separate seeds.
 
     biglittle-sam-proxy-benchmark --out-dir outputs/proxy                 # the table (test split)
@@ -39,7 +39,7 @@ _FLAGS = (
     ("phase2_lr", float, "phase 2 learning rate"),
     ("routers_steps", int, "routers-only ablation steps"),
     ("batch_size", int, "images per distillation step"),
-    ("device", str, "auto, cpu or cuda[:N]"),
+    ("device", str, "auto (CUDA when available), cpu, cuda or cuda:N"),
     ("processes", int, "processes per training stage (default: 1 on cuda, 2 on cpu)"),
     ("threads", int, "torch threads per process"),
     ("num_workers", int, "data loader processes per training process"),
@@ -48,8 +48,8 @@ _FLAGS = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Proxy benchmark of distillation at SAM's token geometry (issue 14).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="biglittle-sam-proxy-benchmark",
+        description="Proxy benchmark of distillation at SAM's token geometry.",
     )
     choices = {"geometry": sorted(GEOMETRIES), "split": ["dev", "test"]}
     for name, kind, text in _FLAGS:
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
             type=kind,
             default=getattr(_DEFAULTS, name),
             choices=choices.get(name),
-            help=text,
+            help=f"{text} (default: %(default)s)",
         )
     for name, text in (
         ("keep_ratios", "keep ratios drawn per phase 1 step"),
@@ -70,16 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
             type=float,
             nargs="+",
             default=list(getattr(_DEFAULTS, name)),
-            help=text,
+            help=f"{text} (default: %(default)s)",
         )
     parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=_DEFAULTS.progress,
-        help="progress lines",
+        help="progress lines (default: on)",
     )
     parser.add_argument(
-        "--resume", action="store_true", help="continue an interrupted run in the same out-dir"
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in the same out-dir (default: off)",
     )
     return parser
 

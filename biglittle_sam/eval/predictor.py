@@ -8,9 +8,8 @@ synchronize on each side), so the time excludes resizing and normalization.
 
 from __future__ import annotations
 
-import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ContextManager, List, Optional, Protocol, Tuple
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 from segment_anything import SamPredictor
 
 from ..modeling import keep_ratio_context
+from ..runtime.timing import ModuleTimer
 
 __all__ = ["PromptBatch", "MaskPredictor", "SamMaskPredictor", "MASK_CHOICES"]
 
@@ -54,36 +54,6 @@ class MaskPredictor(Protocol):
         ``mask_choice`` ``best``: three masks per prompt and the one with the highest predicted IoU;
         ``single``: the single-mask output.
         """
-
-
-@dataclass
-class _EncoderTimer:
-    module: torch.nn.Module
-    cuda: bool
-    seconds: float = 0.0
-    _start: float = 0.0
-    _handles: List[Any] = field(default_factory=list)
-
-    def _pre(self, *_: Any) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-        self._start = time.perf_counter()
-
-    def _post(self, *_: Any) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.seconds += time.perf_counter() - self._start
-
-    def __enter__(self) -> "_EncoderTimer":
-        self._handles = [
-            self.module.register_forward_pre_hook(self._pre),
-            self.module.register_forward_hook(self._post),
-        ]
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        for h in self._handles:
-            h.remove()
 
 
 class SamMaskPredictor:
@@ -128,7 +98,7 @@ class SamMaskPredictor:
             if self.keep_ratio is None
             else keep_ratio_context(self.sam, self.keep_ratio)
         )
-        timer = _EncoderTimer(self.sam.image_encoder, self.device.type == "cuda")
+        timer = ModuleTimer(self.sam.image_encoder, self.device.type == "cuda")
         with ratio, timer:
             self.predictor.set_image(image)
         return timer.seconds

@@ -1,4 +1,4 @@
-"""Groundwork of the proxy benchmark (issue 14): the toy's pipeline at a geometry close to SAM's.
+"""Groundwork of the proxy benchmark: the toy's pipeline at a geometry close to SAM's.
 
 - :mod:`.routing`: training-free routers (patch gradient energy, token norm) and the encoder's
   static top-k selection, to compare a learned router with a heuristic.

@@ -3,7 +3,7 @@
 Routing pays off when the tokens that skip the big blocks are the unimportant ones. In an image
 where objects cover a minority of the area, a router that spends capacity on objects out of
 proportion to their area has learned that; a random router spends it in proportion. The statistic
-(issue 14's "heat map statistic"):
+(the "heat map statistic"):
 
 - **capacity on objects**: of all the tokens the big blocks updated (over layers and images), the
   share that lies on objects, each token weighted by the share of its patch that objects cover;

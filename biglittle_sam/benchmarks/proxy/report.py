@@ -1,4 +1,4 @@
-"""The proxy benchmark's report: its targets (issue 14), the size-bin retention and the table.
+"""The proxy benchmark's report: its targets, the size-bin retention and the table.
 
 The table is written from the **test** split only: :func:`proxy_table` refuses a result measured
 on the dev split, on which recipes are chosen.
@@ -18,7 +18,7 @@ __all__ = [
     "proxy_table",
 ]
 
-# 1-click retention of the teacher's mIoU the student must keep, per keep ratio (issue 14).
+# 1-click retention of the teacher's mIoU the student must keep, per keep ratio.
 RETENTION_TARGETS = ((0.5, 0.97), (0.25, 0.95), (0.1, 0.90))
 TEACHER_TARGETS = (("box", 85.0), ("click1", 75.0))
 RANDOM = "random router"

@@ -95,7 +95,7 @@ def geometry_summary(config: SamViTConfig) -> Dict[str, Any]:
 
 @dataclass(frozen=True)
 class ProxyBenchmarkSettings:
-    """Sizes and budgets of the proxy benchmark (issue 14).
+    """Sizes and budgets of the proxy benchmark.
 
     The defaults are the planned full run at the 16 x 16 geometry; their budget is estimated in
     ``docs/benchmarks/proxy.md`` (the full run has not been made yet).

@@ -23,8 +23,8 @@ from segment_anything.modeling import Sam
 
 from ...build_sam import build_sam_from_config, sam_model_registry, set_keep_ratio
 from ...config import get_config
-from ...eval.predictor import _EncoderTimer  # forward hooks: the evaluation's encoder clock
 from ...runtime.hardware import hardware_description
+from ...runtime.timing import ModuleTimer
 
 __all__ = [
     "SegmentEverythingRow",
@@ -68,7 +68,7 @@ def time_segment_everything(
     with torch.inference_mode():
         generator.generate(image)  # warm-up
         for _ in range(repeats):
-            with _EncoderTimer(sam.image_encoder, cuda=False) as clock:
+            with ModuleTimer(sam.image_encoder, cuda=False) as clock:
                 start = time.perf_counter()
                 masks = generator.generate(image)
                 totals.append(time.perf_counter() - start)

@@ -132,3 +132,27 @@ def test_benchmark_rejects_bad_pool_kv_ratios(capsys) -> None:
         benchmark.main(["--pool-kv-ratios", "half"])
     assert info.value.code == 2
     assert "--pool-kv-ratios takes numbers" in capsys.readouterr().err
+
+
+def test_benchmark_names_models_in_the_model_spec_form(monkeypatch, capsys) -> None:
+    """``--model NAME@RATIO`` goes through the one spec parser: the ratio becomes the keep ratios;
+    a checkpoint (timing needs no weights), an unknown name or a ratio given twice is refused."""
+    seen = []
+
+    def fake_run(cfg: benchmark.BenchmarkConfig, log) -> dict:
+        seen.append(cfg)
+        raise SystemExit(0)  # stop before timing anything
+
+    monkeypatch.setattr(benchmark, "run_benchmark", fake_run)
+    with pytest.raises(SystemExit):
+        benchmark.main(["--model", "bl_tiny@0.25", "--sam", "vit_tiny", "--device", "cpu"])
+    assert seen[0].model == "bl_tiny" and seen[0].sam == "vit_tiny"
+    assert tuple(seen[0].keep_ratios) == (0.25,)
+    for argv, message in (
+        (["--model", "bl_tiny=weights.pth"], "timing needs no weights"),
+        (["--model", "bl_nope"], "unknown model 'bl_nope'"),
+        (["--model", "bl_tiny@0.25", "--keep-ratios", "0.5"], "drop --keep-ratios"),
+    ):
+        with pytest.raises(SystemExit) as info:
+            benchmark.main(argv + ["--device", "cpu"])
+        assert info.value.code == 2 and message in capsys.readouterr().err

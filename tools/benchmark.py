@@ -31,6 +31,7 @@ from biglittle_sam.benchmarks.speed.segment_everything import (
     segment_everything_markdown,
 )
 from biglittle_sam.fileio import atomic_open
+from biglittle_sam.model_spec import model_spec_arg
 from biglittle_sam.runtime.cli import add_old_spelling, describe_defaults, run_cli
 from biglittle_sam.runtime.distributed import resolve_device
 
@@ -52,8 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
         "encoders.",
     )
     models = parser.add_argument_group("models")
-    models.add_argument("--sam", default=None, help="baseline SAM registry name")
-    models.add_argument("--model", default=None, help="big.LITTLE registry name")
+    models.add_argument(
+        "--sam",
+        type=model_spec_arg,
+        default=None,
+        metavar="NAME",
+        help="baseline SAM: a registry name (speed does not depend on the weights)",
+    )
+    models.add_argument(
+        "--model",
+        type=model_spec_arg,
+        default=None,
+        metavar="NAME[@RATIO]",
+        help="big.LITTLE model: a registry name, optionally with one keep ratio (the model-spec "
+        "form every tool takes; speed does not depend on the weights, so no checkpoint)",
+    )
     models.add_argument(
         "--keep-ratios", type=float, nargs="+", default=None, help="big.LITTLE keep ratios"
     )
@@ -179,7 +193,18 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         given["device"] = str(resolve_device(args.device))
     except ValueError as e:
         parser.error(str(e))
-    for name in ("sam", "model", "dtype", "img_size", "threads", "warmup", "repeats"):
+    for flag, spec in (("--sam", args.sam), ("--model", args.model)):
+        if spec is not None and spec.checkpoint is not None:
+            parser.error(f"{flag} {spec.text}: timing needs no weights; give the name only")
+    if args.sam is not None:
+        given["sam"] = args.sam.name
+    if args.model is not None:
+        given["model"] = args.model.name
+        if args.model.keep_ratio is not None:
+            if args.keep_ratios is not None:
+                parser.error(f"--model {args.model.text} sets its keep ratio; drop --keep-ratios")
+            given["keep_ratios"] = (args.model.keep_ratio,)
+    for name in ("dtype", "img_size", "threads", "warmup", "repeats"):
         if getattr(args, name) is not None:
             given[name] = getattr(args, name)
     if args.batch_repeats is not None:

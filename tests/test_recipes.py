@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import List
 
 import pytest
 
+from biglittle_sam.benchmarks.proxy.recipes import MAKE_OUT_DIR, stage_recipes
+from biglittle_sam.benchmarks.proxy.settings import ProxyBenchmarkSettings
 from biglittle_sam.benchmarks.toy import TOY_TEACHER, ToyBenchmarkSettings
 from biglittle_sam.distill.distill import DistillSettings
 from biglittle_sam.train.finetune import FinetuneSettings, run_finetune
@@ -168,3 +171,13 @@ def test_shipped_recipes_load_and_match_the_toy_benchmark() -> None:
     sa1b = load_recipe(ROOT / "configs/bl_b_sa1b.yaml", DistillSettings)
     assert sa1b["student"] == "bl_b"
     assert DistillSettings(**{k: v for k, v in sa1b.items() if k != "train"}).phase == 1
+
+
+def test_shipped_proxy_recipes_are_the_pipelines_stages() -> None:
+    """configs/proxy/*.yaml, read as recipes, give exactly the settings the proxy pipeline builds
+    for ``make proxy-benchmark`` (regenerate them with the command in their header)."""
+    settings = dataclasses.replace(ProxyBenchmarkSettings(), out_dir=MAKE_OUT_DIR)
+    for name, built in stage_recipes(settings).items():
+        cls = FinetuneSettings if name == "teacher" else DistillSettings
+        recipe = load_recipe(ROOT / "configs" / "proxy" / f"{name}.yaml", cls)
+        assert merge_settings(cls, recipe, {}, lambda train: train) == built, name

@@ -10,12 +10,7 @@ from pathlib import Path
 import pytest
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
-from biglittle_sam.benchmarks.speed import (
-    BenchmarkConfig,
-    run_benchmark,
-    run_runtimes,
-    to_markdown,
-)
+from biglittle_sam.benchmarks.speed import BenchmarkConfig, run_benchmark, run_runtimes, to_markdown
 from biglittle_sam.benchmarks.speed.measure import _quantize_rows
 from biglittle_sam.benchmarks.speed.rows import build_rows
 from biglittle_sam.benchmarks.speed.runtimes import merge_reports

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -73,14 +72,12 @@ class DemoModel:
       sam: the model, in eval mode, on its device.
       source: where it came from (a path or "built-in").
       builtin: one of the toy models shipped in ``biglittle_sam/assets``.
-      lock: held while the encoder runs, because the keep ratio is set on the shared encoder.
     """
 
     name: str
     sam: Sam
     source: str = "built-in"
     builtin: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def is_biglittle(self) -> bool:

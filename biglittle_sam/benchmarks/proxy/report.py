@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..toy.report import _num, _row, paired_se, stage_times, target_lines
+from ..toy.report import find_row, format_number, paired_se, stage_times, target_lines
 from .data import RELATIVE_BINS
 
 __all__ = [
@@ -70,7 +70,7 @@ def check_proxy_targets(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
       errors, and by >= 3 points at r = 0.1;
     - (finding) the learned router against the training-free one.
     """
-    teacher = _row(rows, "teacher", None)
+    teacher = find_row(rows, "teacher", None)
     out: List[Dict[str, Any]] = []
     for key, floor in TEACHER_TARGETS:
         out.append(
@@ -82,7 +82,7 @@ def check_proxy_targets(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         )
     for ratio, share in RETENTION_TARGETS:
         try:
-            value = _row(rows, "student", ratio)["click1"]
+            value = find_row(rows, "student", ratio)["click1"]
         except KeyError:
             continue
         out.append(
@@ -95,7 +95,7 @@ def check_proxy_targets(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     for ratio, points in ((0.25, 0.0), (0.1, 3.0)):
         for other, label, need in ((RANDOM, "random routing", points), (HEURISTIC, "", 0.0)):
             try:
-                a, b = _row(rows, "student", ratio), _row(rows, other, ratio)
+                a, b = find_row(rows, "student", ratio), find_row(rows, other, ratio)
             except KeyError:
                 continue
             if label:
@@ -121,7 +121,7 @@ def proxy_table(result: Dict[str, Any]) -> str:
             "chosen on 'dev', tables report 'test' only (run with --split test)"
         )
     rows = result["rows"]
-    teacher = _row(rows, "teacher", None)["click1"]
+    teacher = find_row(rows, "teacher", None)["click1"]
     g = result["geometry"]
     lines = [
         f"Geometry: {g['img_size']} px, {g['grid']} x {g['grid']} tokens ({g['windows']}, edge "
@@ -135,8 +135,9 @@ def proxy_table(result: Dict[str, Any]) -> str:
         share = f"{r['click1'] / teacher:.1%}" if teacher > 0 else "-"
         ratio = "-" if r["keep_ratio"] is None else f"{r['keep_ratio']:g}"
         lines.append(
-            f"| {r['model']} | {ratio} | {_num(r['gmacs'], 4)} | {_num(r['box'])} | "
-            f"{_num(r['click1'])} | {_num(r['click3'])} | {share} |"
+            f"| {r['model']} | {ratio} | {format_number(r['gmacs'], 4)} | "
+            f"{format_number(r['box'])} | "
+            f"{format_number(r['click1'])} | {format_number(r['click3'])} | {share} |"
         )
     bins = result.get("bin_retention") or {}
     if bins:

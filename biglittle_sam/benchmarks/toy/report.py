@@ -8,6 +8,8 @@ from typing import Any, Dict, List, Optional, Sequence
 __all__ = [
     "PHASE1",
     "check_targets",
+    "find_row",
+    "format_number",
     "paired_se",
     "plot_toy",
     "stage_times",
@@ -24,7 +26,7 @@ def stage_times(times: Dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
 
 
-def _row(rows: Sequence[Dict[str, Any]], model: str, ratio: Optional[float]) -> Dict[str, Any]:
+def find_row(rows: Sequence[Dict[str, Any]], model: str, ratio: Optional[float]) -> Dict[str, Any]:
     for r in rows:
         if r["model"] == model and r["keep_ratio"] == ratio:
             return r
@@ -42,11 +44,11 @@ def check_targets(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
       r = 0.25; phase 2 improves on phase 1 alone; after phase 1, the student that inherits from
       the teacher beats the one distilled from random weights.
     """
-    teacher = _row(rows, "teacher", None)["click1"]
+    teacher = find_row(rows, "teacher", None)["click1"]
     out: List[Dict[str, Any]] = []
     for ratio, share in ((0.5, 0.95), (0.25, 0.90)):
         try:
-            value = _row(rows, "student", ratio)["click1"]
+            value = find_row(rows, "student", ratio)["click1"]
         except KeyError:
             continue
         out.append(
@@ -75,7 +77,7 @@ def check_targets(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     )
     for ratio in (0.5, 0.25, 0.1):
         try:
-            a, b = _row(rows, "student, pooled k/v", ratio), _row(rows, "student", ratio)
+            a, b = find_row(rows, "student, pooled k/v", ratio), find_row(rows, "student", ratio)
         except KeyError:
             continue
         out.append(
@@ -89,7 +91,7 @@ def check_targets(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         )
     for model, other, text in pairs:
         try:
-            a, b = _row(rows, model, 0.25), _row(rows, other, 0.25)
+            a, b = find_row(rows, model, 0.25), find_row(rows, other, 0.25)
         except KeyError:
             continue
         diff = a["click1"] - b["click1"]
@@ -162,14 +164,14 @@ def _recipe(result: Dict[str, Any]) -> str:
     )
 
 
-def _num(value: Optional[float], digits: int = 1) -> str:
+def format_number(value: Optional[float], digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
 def toy_table(result: Dict[str, Any]) -> str:
     """The benchmark as markdown: table, targets, stage times, hardware and command."""
     rows = result["rows"]
-    teacher = _row(rows, "teacher", None)["click1"]
+    teacher = find_row(rows, "teacher", None)["click1"]
     lines = [
         "| model | keep ratio | encoder GMACs | box | 1 click | 3 clicks | 1 click / teacher "
         "| embedding MSE |",
@@ -179,9 +181,10 @@ def toy_table(result: Dict[str, Any]) -> str:
         share = f"{r['click1'] / teacher:.1%}" if teacher > 0 else "-"
         ratio = "-" if r["keep_ratio"] is None else f"{r['keep_ratio']:g}"
         lines.append(
-            f"| {r['model']} | {ratio} | {_num(r['gmacs'], 4)} | {_num(r['box'])} | "
-            f"{_num(r['click1'])} | {_num(r['click3'])} | {share} | "
-            f"{_num(r.get('embedding_mse'), 4)} |"
+            f"| {r['model']} | {ratio} | {format_number(r['gmacs'], 4)} | "
+            f"{format_number(r['box'])} | "
+            f"{format_number(r['click1'])} | {format_number(r['click3'])} | {share} | "
+            f"{format_number(r.get('embedding_mse'), 4)} |"
         )
     lines += target_lines(result["targets"])
     data = result["data"]
@@ -221,7 +224,7 @@ def plot_toy(result: Dict[str, Any], path: Path) -> Optional[Path]:
 
     rows = result["rows"]
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    teacher = _row(rows, "teacher", None)
+    teacher = find_row(rows, "teacher", None)
     ax.axhline(teacher["click1"], color="black", ls="--", lw=1, label="teacher (vit_tiny)")
     for variant, marker, style in (
         ("student", "o", "-"),

@@ -72,6 +72,8 @@ def test_pytorch_int8_runtime_quantises_every_row() -> None:
         assert any(isinstance(m, DynamicLinear) for m in e.module.modules()), e.result.name
 
 
+@pytest.mark.slow  # ~40 s: an ONNX export and quantisation in a subprocess; the CLI test below
+# runs two runtimes in subprocesses in the default suite
 def test_runtimes_each_in_its_own_process(tmp_path: Path) -> None:
     """PyTorch eager and onnxruntime int8 (export, quantisation and session: the longest path),
     each in a subprocess; the CLI test runs the PyTorch int8 one, and every runtime's rows are
@@ -118,5 +120,9 @@ def test_cli_runtimes_flag(tmp_path: Path) -> None:
         ]
     )  # fmt: skip
     assert [r["runtime"] for r in report["results"]] == ["pytorch"] * 2 + ["pytorch-int8"] * 2
+    for runtime in ("pytorch", "pytorch-int8"):  # each runtime's own SAM is its baseline
+        sam, ours = [r for r in report["results"] if r["runtime"] == runtime]
+        assert sam["speedup"] == pytest.approx(1.0)
+        assert ours["speedup"] == pytest.approx(sam["latency_s"] / ours["latency_s"])
     saved = json.loads((tmp_path / "benchmark.json").read_text())
     assert saved["meta"]["config"]["runtimes"] == ["pytorch", "pytorch-int8"]

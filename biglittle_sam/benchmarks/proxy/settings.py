@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 from ...config import SamViTConfig, get_config, validate_keep_ratio
+from ..budgets import check_budgets
 
 __all__ = [
     "GEOMETRIES",
@@ -153,21 +154,18 @@ class ProxyBenchmarkSettings:
             raise ValueError(f"geometry must be one of {sorted(GEOMETRIES)}, got {self.geometry!r}")
         if self.split not in ("dev", "test"):
             raise ValueError(f"split must be 'dev' or 'test', got {self.split!r}")
-        for name in (
-            "train_images",
-            "eval_images",
-            "teacher_steps",
-            "teacher_batch_size",
-            "student_steps",
-            "routers_steps",
-            "batch_size",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.distill_images is not None and self.distill_images < 1:
-            raise ValueError(f"distill_images must be >= 1, got {self.distill_images}")
-        if self.phase2_steps < 0:
-            raise ValueError(f"phase2_steps must be >= 0, got {self.phase2_steps}")
+        check_budgets(
+            self,
+            (
+                "train_images",
+                "eval_images",
+                "teacher_steps",
+                "teacher_batch_size",
+                "student_steps",
+                "routers_steps",
+                "batch_size",
+            ),
+        )
         for name in ("keep_ratios", "phase2_keep_ratios", "eval_ratios"):
             values = getattr(self, name)
             if not values:

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
+from ..budgets import check_budgets
+
 __all__ = ["ToyBenchmarkSettings", "TOY_TEACHER", "TOY_SHAPES"]
 
 # The toy teacher: SAM's structure (ViT with windowed and global blocks, neck, prompt encoder, mask
@@ -91,21 +93,18 @@ class ToyBenchmarkSettings:
     command: str = ""  # the command line that ran this, recorded in the outputs
 
     def __post_init__(self) -> None:
-        for name in (
-            "train_images",
-            "val_images",
-            "teacher_steps",
-            "teacher_batch_size",
-            "student_steps",
-            "routers_steps",
-            "batch_size",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.distill_images is not None and self.distill_images < 1:
-            raise ValueError(f"distill_images must be >= 1, got {self.distill_images}")
-        if self.phase2_steps < 0:
-            raise ValueError(f"phase2_steps must be >= 0, got {self.phase2_steps}")
+        check_budgets(
+            self,
+            (
+                "train_images",
+                "val_images",
+                "teacher_steps",
+                "teacher_batch_size",
+                "student_steps",
+                "routers_steps",
+                "batch_size",
+            ),
+        )
         object.__setattr__(self, "teacher", tuple((str(k), v) for k, v in self.teacher))
         object.__setattr__(self, "shapes", tuple((str(k), v) for k, v in self.shapes))
         object.__setattr__(self, "keep_ratios", tuple(float(r) for r in self.keep_ratios))

@@ -18,6 +18,7 @@ from biglittle_sam.benchmarks.proxy import (
     split_seeds,
 )
 from biglittle_sam.benchmarks.proxy.settings import geometry_summary
+from biglittle_sam.build_sam import sam_model_registry
 from biglittle_sam.data.shapes import ShapesConfig, render_shapes_image
 from tools import proxy_benchmark
 
@@ -43,6 +44,7 @@ def test_geometries_tile_like_sam() -> None:
         ({"geometry": "64"}, "geometry"),
         ({"split": "train"}, "split"),
         ({"device": "tpu"}, "device"),
+        ({"split": "dev", "assets_dir": "assets"}, "test-split run only"),
     ],
 )
 def test_bad_settings_fail_before_any_stage(tmp_path: Path, change, words, capsys) -> None:
@@ -135,7 +137,8 @@ def test_proxy_benchmark_miniature(tmp_path: Path, one_thread, capsys) -> None:
         ["--out-dir", str(out), "--train-images", "4", "--distill-images", "6",
          "--eval-images", "3", "--teacher-steps", "2", "--teacher-batch-size", "2",
          "--student-steps", "1", "--phase2-steps", "1", "--routers-steps", "1",
-         "--batch-size", "2", "--device", "cpu", "--processes", "1", "--no-progress"]
+         "--batch-size", "2", "--device", "cpu", "--processes", "1", "--no-progress",
+         "--assets-dir", str(tmp_path / "assets")]
     )  # fmt: skip
     assert result["geometry"]["grid"] == 16 and result["geometry"]["windows"] == "3 x 3 of 7"
     rows = {(r["model"], r["keep_ratio"]) for r in result["rows"]}
@@ -154,6 +157,15 @@ def test_proxy_benchmark_miniature(tmp_path: Path, one_thread, capsys) -> None:
     assert "| student | 0.25 |" in capsys.readouterr().out
     with pytest.raises(ValueError, match="refusing .* 'dev' split"):
         proxy_table(dict(saved, split="dev"))
+    # the demo's built-in models: fp16, loadable by the registry, described with the table
+    assets = tmp_path / "assets"
+    teacher = sam_model_registry["vit_tiny"](checkpoint=assets / "proxy_teacher.pth")
+    student = sam_model_registry["bl_tiny"](checkpoint=assets / "proxy_student.pth")
+    assert teacher.image_encoder.img_size == 128 and student.image_encoder.img_size == 128
+    described = json.loads((assets / "proxy_models.json").read_text())
+    assert described["student"]["registry"] == "bl_tiny"
+    assert all(not isinstance(v, list) for row in described["rows"] for v in row.values())
+    assert "| student | 0.25 |" in (assets / "proxy_models.md").read_text()
 
 
 def test_step_costs_are_measured_at_the_geometry() -> None:

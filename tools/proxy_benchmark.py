@@ -4,6 +4,7 @@ mostly-background shapes, with train / dev / test splits from separate seeds.
     biglittle-sam-proxy-benchmark --out-dir outputs/proxy                 # the table (test split)
     biglittle-sam-proxy-benchmark --split dev --out-dir outputs/proxy_dev # choosing recipes
     biglittle-sam-proxy-benchmark --device cuda                           # the same on a GPU
+    biglittle-sam-proxy-benchmark --assets-dir biglittle_sam/assets       # the demo models too
 
 Writes ``proxy_benchmark.json`` and, on the test split only, ``proxy_benchmark.md`` under the
 output folder. Every flag defaults to ``biglittle_sam.benchmarks.proxy.ProxyBenchmarkSettings``.
@@ -79,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="progress lines (default: on)",
     )
     parser.add_argument(
+        "--assets-dir",
+        default=None,
+        help="test split only: also write the fp16 teacher and student (the demo's built-in "
+        "models) here (default: not written)",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="continue an interrupted run in the same out-dir (default: off)",
@@ -91,7 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parser.parse_args(argv)
     names = [f for f, _, _ in _FLAGS] + ["keep_ratios", "phase2_keep_ratios", "eval_ratios"]
     changes: Dict[str, Any] = {n: getattr(args, n) for n in names}
-    changes.update(progress=args.progress, resume=args.resume)
+    changes.update(progress=args.progress, resume=args.resume, assets_dir=args.assets_dir)
     words = list(sys.argv[1:] if argv is None else argv)
     changes["command"] = " ".join(["biglittle-sam-proxy-benchmark", *map(shlex.quote, words)])
     settings = dataclasses.replace(_DEFAULTS, **changes)

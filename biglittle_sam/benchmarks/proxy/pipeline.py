@@ -9,7 +9,9 @@
    ``test`` for the table): the teacher; the student at every keep ratio; the student with random
    routing and with the training-free update-norm routing; the routers-only student. Then the
    1-click retention per relative size bin at r = 0.25 and the heat map statistic.
-6. Write ``proxy_benchmark.json`` always and ``proxy_benchmark.md`` on the test split only.
+6. Write ``proxy_benchmark.json`` always and ``proxy_benchmark.md`` on the test split only; with
+   ``assets_dir`` (test split only), also the fp16 teacher and student as the demo's built-in
+   models (:func:`~biglittle_sam.benchmarks.assets.write_assets`).
 
 Training stages run as gloo processes (both cores of a 2-core machine) through
 :func:`biglittle_sam.train.launch.launch`; with ``device="cuda"`` the same stages run on the GPU.
@@ -31,6 +33,7 @@ from ...runtime.hardware import hardware_description
 from ...train.finetune import run_finetune
 from ...train.launch import launch
 from ...train.settings import TrainSettings, settings_to_dict
+from ..assets import write_assets
 from ..stages import (
     cache_settings,
     config_copy,
@@ -267,6 +270,10 @@ def run_proxy_benchmark(settings: ProxyBenchmarkSettings) -> Dict[str, Any]:
             f.write(proxy_table(result))
         outputs["markdown"] = str(md)
     result["outputs"] = outputs
+    if s.assets_dir:
+        result["assets"] = write_assets(
+            result, teacher, student, Path(s.assets_dir), "proxy", proxy_table
+        )
     atomic_write_json(out / "proxy_benchmark.json", result)
     _log(s, f"done in {wall:.0f} s on the {s.split} split; results: {outputs}")
     return result

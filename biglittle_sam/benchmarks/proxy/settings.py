@@ -134,6 +134,7 @@ class ProxyBenchmarkSettings:
     num_workers: int = 0
     progress: bool = True
     resume: bool = False  # continue an interrupted run: finished stages are reused
+    assets_dir: Optional[str] = None  # test split only: also write the fp16 teacher and student
     command: str = ""  # the command line that ran this, recorded in the outputs
 
     def __post_init__(self) -> None:
@@ -154,6 +155,11 @@ class ProxyBenchmarkSettings:
             raise ValueError(f"geometry must be one of {sorted(GEOMETRIES)}, got {self.geometry!r}")
         if self.split not in ("dev", "test"):
             raise ValueError(f"split must be 'dev' or 'test', got {self.split!r}")
+        if self.assets_dir and self.split != "test":
+            raise ValueError(
+                "assets_dir: the built-in models are written from a test-split run only "
+                f"(their description holds its table), got split {self.split!r}"
+            )
         check_budgets(
             self,
             (

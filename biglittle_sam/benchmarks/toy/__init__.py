@@ -8,7 +8,7 @@
 How the default recipe was chosen is written up in ``docs/benchmarks/toy.md``.
 """
 
-from .pipeline import export_fp16, run_toy_benchmark, write_assets
+from .pipeline import run_toy_benchmark
 from .report import PHASE1, check_targets, plot_toy, toy_table
 from .settings import TOY_SHAPES, TOY_TEACHER, ToyBenchmarkSettings
 
@@ -18,9 +18,7 @@ __all__ = [
     "TOY_TEACHER",
     "ToyBenchmarkSettings",
     "check_targets",
-    "export_fp16",
     "plot_toy",
     "run_toy_benchmark",
     "toy_table",
-    "write_assets",
 ]

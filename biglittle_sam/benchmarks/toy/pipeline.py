@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from ...checkpoint import atomic_save, read_checkpoint
 from ...data.shapes import ShapesConfig, make_shapes_dataset
 from ...distill.cache import cache_teacher_embeddings
 from ...distill.distill import run_distillation
@@ -44,6 +43,7 @@ from ...runtime.hardware import hardware_description
 from ...train.finetune import run_finetune
 from ...train.launch import launch
 from ...train.settings import TrainSettings, settings_to_dict
+from ..assets import write_assets
 from ..stages import (
     cache_settings,
     config_copy,
@@ -58,7 +58,7 @@ from ..stages import teacher_settings as stage_teacher
 from .report import PHASE1, check_targets, plot_toy, stage_times, toy_table
 from .settings import ToyBenchmarkSettings
 
-__all__ = ["run_toy_benchmark", "export_fp16", "write_assets"]
+__all__ = ["run_toy_benchmark"]
 
 
 def _train(
@@ -89,17 +89,6 @@ def _log(settings: ToyBenchmarkSettings, message: str) -> None:
     if settings.progress:
         stamp = datetime.datetime.now().strftime("%H:%M:%S")
         print(f"[toy {stamp}] {message}", flush=True)
-
-
-def export_fp16(source: Path, target: Path, **extra: Any) -> Path:
-    """A model checkpoint with fp16 weights (half the size; loads into fp32 models unchanged)."""
-    payload = read_checkpoint(source)
-    payload["model"] = {
-        k: v.half() if v.is_floating_point() else v for k, v in payload["model"].items()
-    }
-    payload.pop("train", None)
-    payload.update(extra)
-    return atomic_save(payload, target)
 
 
 def _random_router_copy(student: Path, target: Path) -> Path:
@@ -338,39 +327,8 @@ def run_toy_benchmark(settings: ToyBenchmarkSettings) -> Dict[str, Any]:
     result["outputs"] = {"markdown": str(md), "plot": str(png) if png else None}
     (out / "toy_benchmark.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     if s.assets_dir:
-        result["assets"] = write_assets(result, teacher, student, Path(s.assets_dir))
+        result["assets"] = write_assets(
+            result, teacher, student, Path(s.assets_dir), "toy", toy_table
+        )
     _log(s, f"done in {wall:.0f} s ({stage_times(times)}); table: {md}")
     return result
-
-
-def write_assets(
-    result: Dict[str, Any], teacher: Path, student: Path, assets: Path
-) -> Dict[str, str]:
-    """fp16 teacher and student checkpoints plus ``toy_models.json`` / ``toy_models.md``."""
-    assets.mkdir(parents=True, exist_ok=True)
-    t = export_fp16(teacher, assets / "toy_teacher.pth", note="toy benchmark teacher (fp16)")
-    st = export_fp16(student, assets / "toy_student.pth", note="toy benchmark student (fp16)")
-    description = {
-        "teacher": {"file": t.name, "registry": "vit_tiny", "bytes": t.stat().st_size},
-        "student": {"file": st.name, "registry": "bl_tiny", "bytes": st.stat().st_size},
-        "command": result["command"],
-        "hardware": result["hardware"],
-        "wall_s": result["wall_s"],
-        "rows": [
-            {k: v for k, v in r.items() if k not in ("click1_ious", "embedding_mses")}
-            for r in result["rows"]
-        ],
-        "targets": result["targets"],
-        "created": result["created"],
-    }
-    (assets / "toy_models.json").write_text(json.dumps(description, indent=1) + "\n")
-    size = read_checkpoint(t)["config"]["img_size"]
-    text = (
-        "# Toy teacher and student\n\n"
-        f"`toy_teacher.pth` (`vit_tiny`, {size} px, trained from scratch on synthetic shapes) and "
-        "`toy_student.pth` (`bl_tiny` distilled from it), fp16 weights. Load them with "
-        "`sam_model_registry['vit_tiny'](checkpoint=...)` and "
-        "`sam_model_registry['bl_tiny'](checkpoint=..., keep_ratio=0.25)`.\n\n" + toy_table(result)
-    )
-    (assets / "toy_models.md").write_text(text)
-    return {"teacher": str(t), "student": str(st), "json": str(assets / "toy_models.json")}

@@ -19,7 +19,13 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .config import BigLittleConfig, SamViTConfig, config_from_dict, config_to_dict
+from .config import (
+    BIGLITTLE_CONFIGS,
+    BigLittleConfig,
+    SamViTConfig,
+    config_from_dict,
+    config_to_dict,
+)
 from .fileio import atomic_open
 
 __all__ = [
@@ -334,8 +340,22 @@ def guess_model_name(state: Mapping[str, Tensor]) -> Optional[str]:
     base = _KNOWN_ENCODERS.get((int(w.shape[0]), depth))
     if base is None:
         return None
-    big_little = any(".little." in k for k in state)
-    return "bl_" + base.split("_", 1)[1] if big_little else base
+    if not any(".little." in k for k in state):
+        return base
+    # big.LITTLE: the registered configs over this teacher, told apart by their E-block shapes
+    # (bl_b and bl_b_lite share every big block).
+    down = state.get(prefix + "blocks.0.little.down.weight")  # (d, C)
+    lin1 = state.get(prefix + "blocks.0.little.mlp.lin1.weight")  # (ratio * d, d)
+    candidates = [c for c in BIGLITTLE_CONFIGS.values() if c.teacher == base]
+    for config in candidates:
+        if down is not None and int(down.shape[0]) != config.little_dim:
+            continue
+        if lin1 is not None and int(lin1.shape[0]) != int(
+            config.little_dim * config.little_mlp_ratio
+        ):
+            continue
+        return config.name
+    return "bl_" + base.split("_", 1)[1]  # a custom E-block width over a known teacher
 
 
 def describe_state_dict(state: Mapping[str, Tensor]) -> str:

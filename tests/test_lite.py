@@ -13,6 +13,7 @@ from segment_anything import sam_model_registry as upstream_registry
 
 from biglittle_sam import sam_model_registry
 from biglittle_sam.build_sam import NEW_IN_BIGLITTLE
+from biglittle_sam.checkpoint import guess_model_name
 from biglittle_sam.config import BIGLITTLE_CONFIGS, get_config
 from biglittle_sam.flops import encoder_gmacs, mac_split
 
@@ -44,6 +45,12 @@ def test_builds_at_full_size_and_every_sam_vit_b_weight_has_a_home() -> None:
     assert all(ours[k] == theirs[k] for k in theirs)
     little = lite.image_encoder.blocks[0].little
     assert any(p.shape[0] == 96 * 2 for p in little.parameters())  # MLP hidden 2 * d
+    # A bare state dict is recognised by its E-block shapes: bl_b_lite is not mistaken for bl_b.
+    assert guess_model_name(lite.state_dict()) == "bl_b_lite"
+    with torch.device("meta"):
+        bl_b = sam_model_registry["bl_b"]()
+    assert guess_model_name(bl_b.state_dict()) == "bl_b"
+    assert guess_model_name(bl_b.image_encoder.state_dict()) == "bl_b"
 
 
 def test_tiny_lite_inherits_from_an_official_layout_checkpoint(tiny_sam_checkpoint) -> None:

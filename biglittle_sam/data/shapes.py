@@ -42,6 +42,7 @@ __all__ = [
     "ShapesConfig",
     "ShapesDataset",
     "SHAPE_KINDS",
+    "background_shapes_config",
     "make_shapes_dataset",
     "render_shapes_image",
     "uncompressed_rle",
@@ -87,6 +88,29 @@ class ShapesConfig:
         unknown = sorted(set(self.formats) - set(FORMATS))
         if unknown or not self.formats:
             raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {self.formats}")
+
+
+def background_shapes_config(img_size: int, num_images: int, seed: int) -> ShapesConfig:
+    """Shapes that, like photographs, are mostly background (the proxy benchmark's images and the
+    demo's examples): landscape, portrait, square and wide images whose long side is
+    ``img_size``; 3-7 objects of 3 px up to 0.7 of the short side on a textured background, no
+    backdrop shape, no crowd regions or edge cases, COCO format only."""
+    s = img_size
+    sizes = ((s, s * 3 // 4), (s * 3 // 4, s), (s, s), (s, s * 5 // 8))
+    return ShapesConfig(
+        num_images=num_images,
+        seed=seed,
+        sizes=sizes,
+        min_shapes=3,
+        max_shapes=7,
+        min_extent=3.0,
+        max_extent=0.7,
+        crowd_every=0,
+        edge_cases=False,
+        formats=("coco",),
+        detections=False,
+        backdrop=False,
+    )
 
 
 @dataclass(frozen=True)

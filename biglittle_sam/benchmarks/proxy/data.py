@@ -16,14 +16,13 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
-from ...data.shapes import ShapesConfig, ShapesDataset, make_shapes_dataset
+from ...data.shapes import ShapesDataset, background_shapes_config, make_shapes_dataset
 
 __all__ = [
     "RELATIVE_BINS",
     "bin_labels",
     "image_areas",
     "object_share",
-    "proxy_shapes_config",
     "relative_bin",
     "make_proxy_split",
 ]
@@ -49,30 +48,9 @@ def relative_bin(area: float, image_area: float) -> str:
     return "large"
 
 
-def proxy_shapes_config(img_size: int, num_images: int, seed: int) -> ShapesConfig:
-    """Shapes at about the encoder's input size: landscape, portrait, square and wide images whose
-    long side is ``img_size``; 3-7 objects of 3 px up to 0.7 of the short side, no backdrop."""
-    s = img_size
-    sizes = ((s, s * 3 // 4), (s * 3 // 4, s), (s, s), (s, s * 5 // 8))
-    return ShapesConfig(
-        num_images=num_images,
-        seed=seed,
-        sizes=sizes,
-        min_shapes=3,
-        max_shapes=7,
-        min_extent=3.0,
-        max_extent=0.7,
-        crowd_every=0,
-        edge_cases=False,
-        formats=("coco",),
-        detections=False,
-        backdrop=False,
-    )
-
-
 def make_proxy_split(root: Path, img_size: int, num_images: int, seed: int) -> ShapesDataset:
     """Write one split under ``root`` (replacing an earlier one) and return where it lies."""
-    return make_shapes_dataset(root, proxy_shapes_config(img_size, num_images, seed), True)
+    return make_shapes_dataset(root, background_shapes_config(img_size, num_images, seed), True)
 
 
 def object_share(dataset: ShapesDataset) -> Dict[str, Any]:

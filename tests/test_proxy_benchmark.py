@@ -133,13 +133,14 @@ def test_targets_need_a_clear_gap_over_random_routing() -> None:
 
 def test_proxy_benchmark_miniature(tmp_path: Path, one_thread, capsys) -> None:
     out = tmp_path / "proxy"
-    result = proxy_benchmark.main(
-        ["--out-dir", str(out), "--train-images", "4", "--distill-images", "6",
-         "--eval-images", "3", "--teacher-steps", "2", "--teacher-batch-size", "2",
-         "--student-steps", "1", "--phase2-steps", "1", "--routers-steps", "1",
-         "--batch-size", "2", "--device", "cpu", "--processes", "1", "--no-progress",
-         "--assets-dir", str(tmp_path / "assets")]
-    )  # fmt: skip
+    argv = [
+        "--out-dir", str(out), "--train-images", "4", "--distill-images", "6",
+        "--eval-images", "3", "--teacher-steps", "2", "--teacher-batch-size", "2",
+        "--student-steps", "1", "--phase2-steps", "1", "--routers-steps", "1",
+        "--batch-size", "2", "--device", "cpu", "--processes", "1", "--no-progress",
+        "--assets-dir", str(tmp_path / "assets"),
+    ]  # fmt: skip
+    result = proxy_benchmark.main(argv)
     assert result["geometry"]["grid"] == 16 and result["geometry"]["windows"] == "3 x 3 of 7"
     rows = {(r["model"], r["keep_ratio"]) for r in result["rows"]}
     assert {("student", r) for r in (1.0, 0.5, 0.25, 0.1)} <= rows
@@ -166,6 +167,12 @@ def test_proxy_benchmark_miniature(tmp_path: Path, one_thread, capsys) -> None:
     assert described["student"]["registry"] == "bl_tiny"
     assert all(not isinstance(v, list) for row in described["rows"] for v in row.values())
     assert "| student | 0.25 |" in (assets / "proxy_models.md").read_text()
+    # --resume reuses every trained stage and says which run trained them, and how long it took
+    again = proxy_benchmark.main(argv + ["--resume"])
+    assert again["trained_in"]["wall_s"] == saved["wall_s"]
+    assert again["trained_in"]["command"] == saved["command"]
+    assert again["rows"] == result["rows"]
+    assert "This run resumed a finished one" in (out / "proxy_benchmark.md").read_text()
 
 
 def test_step_costs_are_measured_at_the_geometry() -> None:

@@ -8,6 +8,7 @@ run them through :func:`biglittle_sam.train.launch.launch`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "phase2_settings",
     "stage_train",
     "teacher_settings",
+    "training_run",
 ]
 
 
@@ -201,3 +203,20 @@ def seeded_evaluation(settings: Any) -> Optional[Dict[str, Any]]:
     """``run_evaluation`` with torch's global RNG seeded per rank: random routing draws from it."""
     torch.manual_seed(settings.seed + int(os.environ.get("RANK", "0")))
     return run_evaluation(settings)
+
+
+def training_run(previous: Path, resume: bool) -> Optional[Dict[str, Any]]:
+    """With ``resume``, the command, wall time, stage times and hardware of the run that trained
+    the reused stages (read from that run's result json, ``previous``), else None."""
+    if not resume or not previous.is_file():
+        return None
+    try:
+        prev = json.loads(previous.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if prev.get("trained_in"):
+        return dict(prev["trained_in"])
+    keys = ("created", "wall_s", "stage_s", "hardware")
+    if not all(k in prev for k in keys):
+        return None
+    return {**{k: prev[k] for k in keys}, "command": prev.get("command", "")}

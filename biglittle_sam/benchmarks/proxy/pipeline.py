@@ -45,6 +45,7 @@ from ..stages import (
     stage_train,
 )
 from ..stages import teacher_settings as stage_teacher
+from ..stages import training_run
 from .data import bin_labels, image_areas, make_proxy_split, object_share
 from .heatmap import measure_capacity_share
 from .report import HEURISTIC, RANDOM, bin_retention, check_proxy_targets, proxy_table
@@ -258,6 +259,7 @@ def run_proxy_benchmark(settings: ProxyBenchmarkSettings) -> Dict[str, Any]:
         },
         "stage_s": times,
         "wall_s": wall,
+        "trained_in": training_run(out / "proxy_benchmark.json", s.resume),
     }
     result["targets"] = check_proxy_targets(rows)
     outputs: Dict[str, Optional[str]] = {

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..toy.report import find_row, format_number, paired_se, stage_times, target_lines
+from ..toy.report import (
+    find_row,
+    format_number,
+    paired_se,
+    stage_times,
+    target_lines,
+    trained_in_lines,
+)
 from .data import RELATIVE_BINS
 
 __all__ = [
@@ -175,6 +182,7 @@ def proxy_table(result: Dict[str, Any]) -> str:
         f"Wall time {result['wall_s'] / 60:.1f} min ({stage_times(result['stage_s'])}) on "
         f"{result['hardware']}.",
     ]
+    lines += trained_in_lines(result)
     if result.get("command"):
         lines += ["", f"Command: `{result['command']}`"]
     return "\n".join(lines) + "\n"

@@ -55,6 +55,7 @@ from ..stages import (
     stage_train,
 )
 from ..stages import teacher_settings as stage_teacher
+from ..stages import training_run
 from .report import PHASE1, check_targets, plot_toy, stage_times, toy_table
 from .settings import ToyBenchmarkSettings
 
@@ -99,22 +100,6 @@ def _random_router_copy(student: Path, target: Path) -> Path:
 def _finished(result: Any, stage: str) -> Path:
     """The model a training stage wrote; RuntimeError when the stage stopped early."""
     return finished(result, "toy", stage)
-
-
-def _training_run(out: Path, resume: bool) -> Optional[Dict[str, Any]]:
-    """With ``resume``, the wall time, stage times and hardware of the run that trained the reused
-    stages (read from the previous ``toy_benchmark.json`` in ``out``), else None."""
-    previous = out / "toy_benchmark.json"
-    if not resume or not previous.is_file():
-        return None
-    try:
-        prev = json.loads(previous.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if prev.get("trained_in"):
-        return prev["trained_in"]
-    keys = ("created", "wall_s", "stage_s", "hardware")
-    return {k: prev[k] for k in keys} if all(k in prev for k in keys) else None
 
 
 def run_toy_benchmark(settings: ToyBenchmarkSettings) -> Dict[str, Any]:
@@ -318,7 +303,7 @@ def run_toy_benchmark(settings: ToyBenchmarkSettings) -> Dict[str, Any]:
         "rows": rows,
         "stage_s": times,
         "wall_s": wall,
-        "trained_in": _training_run(out, s.resume),
+        "trained_in": training_run(out / "toy_benchmark.json", s.resume),
     }
     result["targets"] = check_targets(rows)
     md = out / "toy_benchmark.md"

@@ -15,6 +15,7 @@ __all__ = [
     "stage_times",
     "target_lines",
     "toy_table",
+    "trained_in_lines",
 ]
 
 # The row of the student after phase 1 only (the ablations of phase 1 compare against it).
@@ -200,14 +201,7 @@ def toy_table(result: Dict[str, Any]) -> str:
         f"Wall time {result['wall_s'] / 60:.1f} min ({stage_times(result['stage_s'])}) on "
         f"{result['hardware']}.",
     ]
-    first = result.get("trained_in")
-    if first:  # a --resume run reused the trained stages: say how long training took
-        lines += [
-            "",
-            f"This run resumed a finished one (trained stages reused). The run that trained them "
-            f"({first['created']}): wall time {first['wall_s'] / 60:.1f} min "
-            f"({stage_times(first['stage_s'])}) on {first['hardware']}.",
-        ]
+    lines += trained_in_lines(result)
     if result.get("command"):
         lines += ["", f"Command: `{result['command']}`"]
     return "\n".join(lines) + "\n"
@@ -253,3 +247,18 @@ def plot_toy(result: Dict[str, Any], path: Path) -> Optional[Path]:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def trained_in_lines(result: Dict[str, Any]) -> List[str]:
+    """For a ``--resume`` run that reused trained stages: how long, where and by which command
+    the run that trained them ran (``result["trained_in"]``); no lines otherwise."""
+    first = result.get("trained_in")
+    if not first:
+        return []
+    by = f", command `{first['command']}`" if first.get("command") else ""
+    return [
+        "",
+        f"This run resumed a finished one (trained stages reused). The run that trained them "
+        f"({first['created']}{by}): wall time {first['wall_s'] / 60:.1f} min "
+        f"({stage_times(first['stage_s'])}) on {first['hardware']}.",
+    ]

@@ -150,6 +150,28 @@ def test_fidelity_of_an_inherited_student_at_keep_ratio_1(
     )
 
 
+def test_int8_fidelity_against_the_same_weights_in_fp32_and_int8_miou(
+    eval_shapes, eval_checkpoint: Path, tmp_path: Path, eval_one_thread, capsys
+) -> None:
+    spec = f"bl_tiny={eval_checkpoint}@0.5"
+    args = ["--images", str(eval_shapes.coco_images), "--teacher", spec, "--model", spec]
+    args += ["--int8", "--device", "cpu", "--no-progress", "--out-dir", str(tmp_path)]
+    assert main(args + ["--limit", "3"]) == 0
+    (model,) = read_json(tmp_path / "fidelity_folder.json")["models"]
+    assert model["label"].endswith(" int8")
+    # int8 changes the embedding a little, never much (the same weights, fp32 as the reference)
+    assert 1e-12 < model["fidelity"]["mse"] and model["fidelity"]["cosine"] > 0.99
+    # mIoU of an int8 model: the same protocol, its rows labelled int8
+    miou = _coco_args(eval_shapes, tmp_path) + ["--model", spec, "--int8", "--clicks", "1"]
+    assert main(miou + ["--limit", "2", "--name", "int8"]) == 0
+    rows = read_json(tmp_path / "int8.json")["models"]
+    assert [r["label"] for r in rows] == ["bl_tiny@0.5 int8"]
+    # int8 is CPU-only: a CUDA device is refused before anything is built
+    with pytest.raises(SystemExit) as stop:
+        main(miou + ["--device", "cuda"])  # the last --device wins
+    assert stop.value.code == 2 and "--int8 runs on the CPU only" in capsys.readouterr().err
+
+
 def test_unusable_annotations_are_listed_and_leave_valid_scores_unchanged(
     eval_shapes, tmp_path: Path, eval_one_thread, capsys
 ) -> None:

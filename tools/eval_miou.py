@@ -84,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)",
     )
     models.add_argument(
+        "--int8",
+        action="store_true",
+        default=None,
+        help="run every --model's image encoder in dynamic int8 (CPU only; the --teacher of "
+        "task fidelity stays fp32, so the same spec as --teacher measures int8's error) "
+        "(default: fp32)",
+    )
+    models.add_argument(
         "--threads",
         type=int,
         default=None,

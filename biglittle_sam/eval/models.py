@@ -15,6 +15,7 @@ import torch
 from ..build_sam import build_model_from_spec, get_keep_ratio, model_config
 from ..flops import encoder_gmacs
 from ..model_spec import SPEC_FORM, ModelSpec, ModelSpecError, parse_model_spec
+from ..quantize import quantize_encoder_int8
 from .predictor import MaskPredictor, SamMaskPredictor
 
 __all__ = [
@@ -75,13 +76,24 @@ def _labels(specs: Sequence[ModelSpec], ratios: Sequence[float]) -> List[str]:
     return out
 
 
-def build_eval_models(specs: Sequence[str], device: torch.device, seed: int = 0) -> List[EvalModel]:
+def build_eval_models(
+    specs: Sequence[str], device: torch.device, seed: int = 0, int8: bool = False
+) -> List[EvalModel]:
     """Parse and build every ``--model`` spec, sharing one module per (name, checkpoint).
+
+    With ``int8``, every image encoder runs its Linear layers in dynamic int8
+    (:func:`biglittle_sam.quantize.quantize_encoder_int8`, CPU only) and each label ends in
+    ``" int8"``.
 
     Raises:
       ModelSpecError: for a spec that does not parse or cannot be built.
       CheckpointError: for a checkpoint file that does not fit its model.
+      ValueError: ``int8`` on a device other than the CPU.
     """
+    if int8 and torch.device(device).type != "cpu":
+        raise ValueError(
+            f"--int8 runs on the CPU only, but the device is {device}; pass --device cpu"
+        )
     if not specs:
         raise ModelSpecError(f"no model given; pass --model {SPEC_FORM}")
     parsed = [parse_model_spec(s) for s in specs]
@@ -91,6 +103,8 @@ def build_eval_models(specs: Sequence[str], device: torch.device, seed: int = 0)
         key = (spec.name, spec.checkpoint)
         if key not in modules:
             modules[key] = build_model_from_spec(spec, seed).to(device).eval()
+            if int8:
+                modules[key] = quantize_encoder_int8(modules[key], inplace=True)
         sam = modules[key]
         ratios.append(spec.keep_ratio if spec.keep_ratio is not None else get_keep_ratio(sam))
     models = []
@@ -100,7 +114,7 @@ def build_eval_models(specs: Sequence[str], device: torch.device, seed: int = 0)
         big_little = spec.is_big_little
         models.append(
             EvalModel(
-                label=label,
+                label=f"{label} int8" if int8 else label,
                 spec=spec,
                 predictor=SamMaskPredictor(sam, keep_ratio=ratio if big_little else None),
                 keep_ratio=float(ratio),

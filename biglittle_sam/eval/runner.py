@@ -96,6 +96,7 @@ class EvalSettings:
     plot_x: str = "latency"  # x axis of the plot: measured latency or analytic GMACs
     progress: bool = True  # progress bar on rank 0
     save_masks: bool = False  # task "ap": also write each model's COCO segm results json
+    int8: bool = False  # the --model encoders in dynamic int8 (CPU); the --teacher stays fp32
 
     def resolved(self) -> "EvalSettings":
         """A copy with ``task`` and ``dataset`` filled in; ValueError for combinations that
@@ -140,6 +141,8 @@ class EvalSettings:
             raise ValueError(f"plot_x must be one of {PLOT_X}, got {self.plot_x!r}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
+        if self.int8 and self.device.startswith("cuda"):
+            raise ValueError("--int8 runs on the CPU only: pass --device cpu")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         _ = self.prompt_settings  # ValueError for bad prompts, clicks, protocol or mask choice
@@ -524,7 +527,7 @@ def run_evaluation(settings: EvalSettings) -> Optional[Dict[str, Any]]:
     try:
         start = time.perf_counter()
         dataset = build_dataset(s)
-        models = build_eval_models(s.models, device, s.seed)
+        models = build_eval_models(s.models, device, s.seed, s.int8)
         if s.task == "miou":
             partial = run_miou(s, dataset, models, ctx)
         elif s.task == "ap":

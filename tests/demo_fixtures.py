@@ -16,6 +16,7 @@ from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
 import torch
+from PIL import Image
 
 from biglittle_sam import model_config, sam_model_registry, save_model_checkpoint
 from biglittle_sam.data.shapes import render_shapes_image
@@ -65,8 +66,12 @@ def demo_models(folder: Path) -> Tuple[Dict[str, DemoModel], bool]:
 
 
 def example_image(n: int = 1) -> Tuple[np.ndarray, List[dict]]:
-    """Example ``n`` (1-based) as rendered, with its exact instance masks."""
-    return render_shapes_image(EXAMPLE_INDICES[n - 1], EXAMPLE_CONFIG)
+    """Example ``n`` (1-based) as the demo serves it (the committed PNG), with its exact instance
+    masks (from rendering it again)."""
+    _, instances = render_shapes_image(EXAMPLE_INDICES[n - 1], EXAMPLE_CONFIG)
+    rgb = np.asarray(Image.open(EXAMPLES / f"shapes_{n}.png").convert("RGB"))
+    assert rgb.shape[:2] == instances[0]["mask"].shape, "demo/examples is out of date"
+    return rgb, instances
 
 
 def interior_point(mask: np.ndarray) -> Tuple[int, int]:

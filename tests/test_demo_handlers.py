@@ -103,6 +103,40 @@ def test_positive_point_gives_three_masks_and_reuses_features(
         assert mask_iou(chosen, target) > 0.5
 
 
+# Objects of at least this many pixels get a click in each example: the built-in models work on a
+# 16 x 16 token grid, so an object smaller than about one 8 x 8 patch is below what they resolve.
+MIN_CLICK_AREA = 64
+MIN_MEAN_CLICK_IOU = 0.45
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_a_click_on_each_object_of_each_example_follows_its_shape(
+    models_and_trained: Tuple[Dict[str, DemoModel], bool], n: int
+) -> None:
+    """What a first-time user does: open an example, click a shape, expect that shape."""
+    models, trained = models_and_trained
+    if not trained:
+        pytest.skip("the built-in trained models are not committed")
+    image, instances = example_image(n)
+    clicked = [d for d in instances if d["mask"].sum() >= MIN_CLICK_AREA]
+    assert clicked, f"example {n} has no object of {MIN_CLICK_AREA} px or more"
+    for model in models.values():
+        encoded = encode_image(model, image, model.default_keep_ratio)
+        ious = []
+        for instance in clicked:
+            x, y = interior_point(instance["mask"])
+            point = np.array([[x, y]], np.float32)
+            result = decode_prompts(model, encoded, point, np.array([1]), None, True)
+            chosen = result.masks[int(np.argmax(result.scores))]  # the demo's first choice
+            ious.append(mask_iou(chosen, instance["mask"]))
+        # The built-in models are weak (docs/benchmarks/proxy.md): measured means per example
+        # are 0.54-0.65, single objects range from 0.04 to 0.87. This guards the committed models
+        # against a regression; it does not claim SAM-quality masks.
+        assert (
+            np.mean(ious) > MIN_MEAN_CLICK_IOU
+        ), f"{model.name}: clicks on example {n} gave masks of IoU {np.round(ious, 2)}"
+
+
 def test_negative_point_single_mask_and_choose(
     controller: DemoController, settings: Settings
 ) -> None:
@@ -126,19 +160,19 @@ def test_box_from_two_corner_clicks_then_undo_and_clear(
 ) -> None:
     session, _ = _loaded(controller, settings)
     settings.mode = MODE_BOX
-    view = controller.click(session, settings, *_canvas_xy(session, 200, 150))
+    view = controller.click(session, settings, *_canvas_xy(session, 100, 75))
     assert "opposite corner" in view.message and session.prediction is None
-    assert session.prompts.pending_corner == pytest.approx((200, 150))
-    controller.click(session, settings, *_canvas_xy(session, 40, 20))
+    assert session.prompts.pending_corner == pytest.approx((100, 75))
+    controller.click(session, settings, *_canvas_xy(session, 20, 10))
     box = session.prompts.box
-    assert (box.x0, box.y0, box.x1, box.y1) == pytest.approx((40, 20, 200, 150))
+    assert (box.x0, box.y0, box.x1, box.y1) == pytest.approx((20, 10, 100, 75))
     assert session.prediction is not None
     # A second box replaces the first; undo brings the first back.
     controller.click(session, settings, *_canvas_xy(session, 0, 0))
-    controller.click(session, settings, *_canvas_xy(session, 50, 50))
-    assert session.prompts.box.x1 == pytest.approx(50)
+    controller.click(session, settings, *_canvas_xy(session, 25, 25))
+    assert session.prompts.box.x1 == pytest.approx(25)
     controller.undo(session, settings)
-    assert session.prompts.box.x1 == pytest.approx(200)
+    assert session.prompts.box.x1 == pytest.approx(100)
     controller.click(session, settings, *_canvas_xy(session, 5, 5))  # a pending corner
     controller.undo(session, settings)  # removes the pending corner only
     assert session.prompts.pending_corner is None and session.prompts.box is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from biglittle_sam.benchmarks.proxy import (
@@ -18,7 +19,7 @@ from biglittle_sam.benchmarks.proxy import (
     split_seeds,
 )
 from biglittle_sam.benchmarks.proxy.settings import geometry_summary
-from biglittle_sam.build_sam import sam_model_registry
+from biglittle_sam.build_sam import model_config, sam_model_registry
 from biglittle_sam.data.shapes import ShapesConfig, render_shapes_image
 from tools import proxy_benchmark
 
@@ -200,3 +201,27 @@ def test_prepare_image_pads_like_the_predictor() -> None:
     assert valid[0, :96].all() and not valid[0, 96:].any()
     assert float(x.abs().max()) < 1e-4  # normalized to 0, padding 0
     assert float(m.sum()) == 24 * 32 and m[0, :24, :32].all()
+
+
+ASSETS = Path(__file__).resolve().parents[1] / "biglittle_sam" / "assets"
+
+
+def test_committed_models_are_the_proxy_benchmarks_and_segment() -> None:
+    """The demo's built-in models: the proxy run's teacher and student, described by its table."""
+    from segment_anything import SamPredictor
+
+    described = json.loads((ASSETS / "proxy_models.json").read_text())
+    assert described["teacher"]["file"] == "proxy_teacher.pth"
+    assert "--assets-dir biglittle_sam/assets" in described["command"]
+    assert "| student | 0.25 |" in (ASSETS / "proxy_models.md").read_text()
+    teacher = sam_model_registry["vit_tiny"](checkpoint=ASSETS / "proxy_teacher.pth")
+    student = sam_model_registry["bl_tiny"](checkpoint=ASSETS / "proxy_student.pth", keep_ratio=0.5)
+    assert student.image_encoder.teacher.startswith("vit_tiny:")
+    assert geometry_summary(model_config(teacher))["windows"] == "3 x 3 of 7"
+    image = np.zeros((96, 128, 3), dtype=np.uint8)
+    image[24:72, 32:96] = 200
+    for sam in (teacher, student):
+        predictor = SamPredictor(sam)
+        predictor.set_image(image)
+        masks, scores, _ = predictor.predict(box=np.array([32, 24, 96, 72]))
+        assert masks.shape == (3, 96, 128) and scores.shape == (3,)

@@ -1,4 +1,5 @@
-"""The models the demo serves: the built-in toy models and checkpoints from the command line."""
+"""The models the demo serves: the built-in models (the proxy benchmark's teacher and student,
+toys trained on synthetic shapes) and checkpoints from the command line."""
 
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ class DemoModel:
       name: shown in the model menu; unique.
       sam: the model, in eval mode, on its device.
       source: where it came from (a path or "built-in").
-      builtin: one of the toy models shipped in ``biglittle_sam/assets``.
+      builtin: one of the models shipped in ``biglittle_sam/assets``.
     """
 
     name: str

@@ -49,8 +49,8 @@ points (to cut a region away) or a box (two corner clicks). The big.LITTLE encod
 top *keep ratio* share of tokens through SAM's big blocks; the heat map shows which ones.
 """
 TOY_NOTE = (
-    "**Built-in models are toys:** small models trained only on synthetic shapes like the "
-    "examples; they do not segment photos. To serve real ones: "
+    "**Built-in models are toys:** small, weak models trained only on synthetic shapes like "
+    "the examples; they do not segment photos. To serve real ones: "
     "`biglittle-sam-demo --sam-checkpoint sam_vit_b_01ec64.pth --checkpoint bl_b=PATH.pth`"
 )
 # The seven controls every handler receives, by the parameter names the API shows.

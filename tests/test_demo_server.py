@@ -16,6 +16,7 @@ from PIL import Image
 from biglittle_sam.demo.engine import decode_prompts, encode_image, mask_iou
 from biglittle_sam.demo.images import load_image
 from biglittle_sam.demo.models import DemoModel
+from biglittle_sam.demo.render import display_scale
 from biglittle_sam.demo.session import NO_IMAGE
 
 from .demo_fixtures import (
@@ -58,9 +59,11 @@ def test_point_prompt_on_example_returns_the_mask(
     example = EXAMPLES / "shapes_1.png"
     out = client.predict(gradio_client.handle_file(str(example)), api_name="/load_image")
     canvas, message = out[0], out[-1]  # state is server-side: not among the outputs
-    assert "Loaded shapes_1 (256 x 192)" in message
-    assert Image.open(canvas).size == (768, 576)  # small images are enlarged 3x for clicking
     _, instances = example_image(1)
+    height, width = instances[0]["mask"].shape
+    assert f"Loaded shapes_1 ({width} x {height})" in message
+    scale = display_scale(height, width)  # small images are enlarged for clicking
+    assert scale > 1 and Image.open(canvas).size == (round(width * scale), round(height * scale))
     target = max(instances, key=lambda d: d["mask"].sum())["mask"]
     x, y = interior_point(target)
     out = client.predict(json.dumps({"points": [[x, y, 1]]}), api_name="/prompts")

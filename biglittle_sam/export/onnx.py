@@ -374,7 +374,20 @@ def _onnx_decoder_model(
         example's constants, so the exported masks are right only for images of the example's
         aspect ratio. Here the crop is an ``index_select`` over ``arange(h)``, which exports as
         ``Range`` + ``Gather``; the numbers equal upstream's.
+
+        With ``use_stability_score``, a mask that is empty at both thresholds has stability
+        0 / 0 = NaN upstream, and ``return_single_mask`` then picks by ``argmax`` over a NaN:
+        PyTorch returns the NaN's index, onnxruntime's ArgMax another one, so the two runtimes
+        returned different masks. Here such a score counts as 0 (an empty mask is never the
+        best); every other score equals upstream's.
         """
+
+        def select_masks(
+            self, masks: Tensor, iou_preds: Tensor, num_points: int
+        ) -> Tuple[Tensor, Tensor]:
+            """masks K x M x h x w, iou_preds K x M -> the best mask K x 1 x h x w and its score."""
+            scores = torch.where(torch.isnan(iou_preds), torch.zeros_like(iou_preds), iou_preds)
+            return super().select_masks(masks, scores, num_points)
 
         def mask_postprocessing(self, masks: Tensor, orig_im_size: Tensor) -> Tensor:
             """masks K x M x h x w low-res logits -> K x M x H x W at ``orig_im_size`` (H, W)."""

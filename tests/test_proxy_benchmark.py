@@ -12,12 +12,16 @@ from biglittle_sam.benchmarks.proxy import (
     ProxyBenchmarkSettings,
     bin_retention,
     check_proxy_targets,
+)
+from biglittle_sam.benchmarks.proxy import curve as proxy_curve
+from biglittle_sam.benchmarks.proxy import (
     make_proxy_split,
     object_share,
     proxy_table,
     relative_bin,
     split_seeds,
 )
+from biglittle_sam.benchmarks.proxy.report import relative_bin_miou
 from biglittle_sam.benchmarks.proxy.settings import geometry_summary
 from biglittle_sam.build_sam import model_config, sam_model_registry
 from biglittle_sam.data.shapes import ShapesConfig, render_shapes_image
@@ -120,6 +124,16 @@ def _rows(student_gain: float):
     return rows
 
 
+def test_relative_bin_miou_on_hand_made_ious() -> None:
+    ious = {"box": [80.0, 60.0, 40.0, float("nan")], "click1": [10.0, 20.0, 30.0, 40.0]}
+    bins = ["small", "small", "large", "large"]
+    by_bin = relative_bin_miou(ious, bins)
+    assert by_bin["box"] == {"small": 70.0, "medium": None, "large": 40.0}  # NaN left out
+    assert by_bin["click1"] == {"small": 15.0, "medium": None, "large": 35.0}
+    with pytest.raises(ValueError, match="parallel"):
+        relative_bin_miou({"box": [1.0]}, bins)
+
+
 def test_targets_need_a_clear_gap_over_random_routing() -> None:
     clear = {t["target"]: t["met"] for t in check_proxy_targets(_rows(10.0))}
     assert clear["teacher box mIoU >= 85"] and clear["teacher click1 mIoU >= 75"]
@@ -168,6 +182,11 @@ def test_proxy_benchmark_miniature(tmp_path: Path, one_thread, capsys) -> None:
     assert described["student"]["registry"] == "bl_tiny"
     assert all(not isinstance(v, list) for row in described["rows"] for v in row.values())
     assert "| student | 0.25 |" in (assets / "proxy_models.md").read_text()
+    # The teacher's kept checkpoints (2 steps: one each) give its mIoU against training minutes.
+    curve = proxy_curve.main([str(out), "--split", "test"])
+    assert [r["step"] for r in curve] == [1, 2] and all(r["minutes"] >= 0 for r in curve)
+    assert set(curve[0]["box_by_bin"]) == {"small", "medium", "large"}
+    assert "| steps | training minutes |" in capsys.readouterr().out
     # --resume reuses every trained stage and says which run trained them, and how long it took
     again = proxy_benchmark.main(argv + ["--resume"])
     assert again["trained_in"]["wall_s"] == saved["wall_s"]

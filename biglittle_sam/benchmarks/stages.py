@@ -50,9 +50,12 @@ def stage_train(
     threads: int,
     progress: bool,
     resume: bool,
+    keep_checkpoints: bool = False,
 ) -> TrainSettings:
-    """The training settings of one stage: its budget, the run's seed, device, threads, resume."""
+    """The training settings of one stage: its budget, the run's seed, device, threads, resume;
+    with ``keep_checkpoints``, each of its 4 checkpoints stays as ``step_<N>.pth``."""
     return TrainSettings(
+        keep_checkpoints=keep_checkpoints,
         resume="auto" if resume else None,
         steps=steps,
         batch_size=batch_size,

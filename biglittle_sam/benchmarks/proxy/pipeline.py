@@ -64,9 +64,15 @@ def _log(settings: ProxyBenchmarkSettings, message: str) -> None:
 
 
 def _train(
-    s: ProxyBenchmarkSettings, out: Path, steps: int, lr: float, batch: Optional[int] = None
+    s: ProxyBenchmarkSettings,
+    out: Path,
+    steps: int,
+    lr: float,
+    batch: Optional[int] = None,
+    keep_checkpoints: bool = False,
 ) -> TrainSettings:
-    """The training settings of one stage: its budget, the run's seed, device, threads, resume."""
+    """The training settings of one stage: its budget, the run's seed, device, threads, resume
+    (``keep_checkpoints`` for the teacher: its mIoU against training minutes, :mod:`.curve`)."""
     return stage_train(
         out,
         steps,
@@ -78,6 +84,7 @@ def _train(
         threads=s.threads,
         progress=s.progress,
         resume=s.resume,
+        keep_checkpoints=keep_checkpoints,
     )
 
 
@@ -119,7 +126,7 @@ def run_proxy_benchmark(settings: ProxyBenchmarkSettings) -> Dict[str, Any]:
         s.train_images,
         s.teacher_fields,
         s.teacher_focal_weight,
-        _train(s, out / "teacher", s.teacher_steps, s.teacher_lr, s.teacher_batch_size),
+        _train(s, out / "teacher", s.teacher_steps, s.teacher_lr, s.teacher_batch_size, True),
     )
     _log(s, f"teacher: {s.teacher_steps} steps on {nproc} process(es), {device}")
     teacher = _finished(launch(run_finetune, teacher_settings, nproc, s.threads), "teacher")

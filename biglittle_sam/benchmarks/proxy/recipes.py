@@ -62,7 +62,9 @@ def stage_recipes(settings: ProxyBenchmarkSettings, device: str = "cpu") -> Dict
     out = Path(s.out_dir)
     train = _train_split(out, s.distill_count)
 
-    def stage(name: str, steps: int, lr: float, batch: Optional[int] = None) -> Any:
+    def stage(
+        name: str, steps: int, lr: float, batch: Optional[int] = None, keep: bool = False
+    ) -> Any:
         return stage_train(
             out / name,
             steps,
@@ -74,6 +76,7 @@ def stage_recipes(settings: ProxyBenchmarkSettings, device: str = "cpu") -> Dict
             threads=s.threads,
             progress=s.progress,
             resume=False,
+            keep_checkpoints=keep,
         )
 
     teacher = teacher_settings(
@@ -81,7 +84,7 @@ def stage_recipes(settings: ProxyBenchmarkSettings, device: str = "cpu") -> Dict
         s.train_images,
         s.teacher_fields,
         s.teacher_focal_weight,
-        stage("teacher", s.teacher_steps, s.teacher_lr, s.teacher_batch_size),
+        stage("teacher", s.teacher_steps, s.teacher_lr, s.teacher_batch_size, keep=True),
     )
     phase1 = phase1_settings(
         train,

@@ -23,6 +23,7 @@ __all__ = [
     "bin_retention",
     "check_proxy_targets",
     "proxy_table",
+    "relative_bin_miou",
 ]
 
 # 1-click retention of the teacher's mIoU the student must keep, per keep ratio.
@@ -51,6 +52,29 @@ def bin_retention(
         pick = [i for i, b in enumerate(bins) if b == name]
         t = sum(teacher[i] for i in pick)
         out[name] = sum(student[i] for i in pick) / t if pick and t > 0 else None
+    return out
+
+
+def relative_bin_miou(
+    ious: Dict[str, Sequence[float]], bins: Sequence[str]
+) -> Dict[str, Dict[str, Optional[float]]]:
+    """mIoU (x 100, as the eval stores IoUs) per prompt and relative size bin (None: empty bin).
+
+    Arguments:
+      ious: per-object IoUs by prompt (``"box"``, ``"click1"``, ...), one model's, parallel to
+        ``bins``; NaN entries (objects the eval could not score) are left out.
+      bins: each object's bin (``"small"``, ``"medium"``, ``"large"``).
+    """
+    out: Dict[str, Dict[str, Optional[float]]] = {}
+    for prompt, values in ious.items():
+        if len(values) != len(bins):
+            raise ValueError(
+                f"{prompt}: {len(values)} IoUs for {len(bins)} objects; they must be parallel"
+            )
+        out[prompt] = {}
+        for name in RELATIVE_BINS:
+            picked = [v for v, b in zip(values, bins) if b == name and v == v]  # v == v: not NaN
+            out[prompt][name] = sum(picked) / len(picked) if picked else None
     return out
 
 

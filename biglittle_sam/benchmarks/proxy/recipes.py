@@ -118,7 +118,7 @@ def write_recipes(folder: Path, settings: ProxyBenchmarkSettings) -> Dict[str, P
         header = (
             f"# The proxy benchmark's {_HEADERS[name]}.\n"
             "# Made by `python -m biglittle_sam.benchmarks.proxy.recipes configs/proxy` from the\n"
-            "# benchmark's defaults (geometry 16); not yet run at full length. Paths are the\n"
+            "# benchmark's defaults (geometry 16). Paths are the\n"
             f"# benchmark's under {settings.out_dir}/.\n"
         )
         with atomic_open(path, "w") as f:

@@ -411,3 +411,39 @@ def test_cli_upstream_flags_quantize_and_check(
         with pytest.raises(SystemExit) as info:
             export_onnx.main(args + bad)
         assert info.value.code == 2
+
+
+def test_onnx_profile_sums_kernel_time_per_operator_type(
+    exported: Callable[[str], Path], tmp_path: Path, capsys
+) -> None:
+    from biglittle_sam.export.profile import node_times, profile_onnx_encoder
+    from tools import profile_encoder
+
+    result = profile_onnx_encoder(exported("r0.25"), runs=2, threads=1)
+    ops = {o.op_type: o for o in result.ops}
+    assert "MatMul" in ops and "TopK" in ops  # the routing is in the graph, and profiled
+    assert abs(sum(o.share for o in result.ops) - 1.0) < 1e-6
+    assert result.kernel_ms == pytest.approx(sum(o.ms_per_run for o in result.ops))
+    assert 0 < result.kernel_ms and 0 < result.run_ms
+    assert [o.ms_per_run for o in result.ops] == sorted(
+        (o.ms_per_run for o in result.ops), reverse=True
+    )
+    # hand-made events: only the kernel-time events count, summed per op type
+    events = [
+        {"cat": "Node", "name": "a_kernel_time", "dur": 5, "args": {"op_name": "MatMul"}},
+        {"cat": "Node", "name": "a_fence_before", "dur": 9, "args": {"op_name": "MatMul"}},
+        {"cat": "Node", "name": "b_kernel_time", "dur": 7, "args": {"op_name": "MatMul"}},
+        {"cat": "Session", "name": "model_run", "dur": 100},
+    ]
+    assert node_times(events) == {"MatMul": {"us": 12.0, "count": 2.0}}
+    out = tmp_path / "profile.json"
+    report = profile_encoder.main(
+        ["--onnx", str(exported("r0.25")), "--steps", "1", "--threads", "1", "--output", str(out)]
+    )
+    assert (
+        report["ops"] and out.is_file() and "| operator | ms per run |" in capsys.readouterr().out
+    )
+    with pytest.raises(SystemExit):
+        profile_encoder.main(["--onnx", str(exported("r0.25")), "--keep-ratio", "0.5"])
+    with pytest.raises(SystemExit):
+        profile_encoder.main(["--onnx", str(tmp_path / "missing.onnx")])

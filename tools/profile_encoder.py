@@ -3,6 +3,7 @@
     biglittle-sam-profile --model bl_b --keep-ratio 0.25 --top 15
     biglittle-sam-profile --model bl_b --keep-ratio 0.1 --pool-kv --output outputs/profile.json
     biglittle-sam-profile --macs   # no profiling: the analytic MAC split (flops.mac_split)
+    biglittle-sam-profile --onnx bl_b_lite_r0.1_encoder.onnx --steps 3   # onnxruntime, per op type
 
 Flags left out keep the library's defaults (``biglittle_sam.profile.profile_encoder``).
 """
@@ -37,6 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--img-size", type=int, default=None, help="override the input size (default: 1024)"
+    )
+    onnx = parser.add_argument_group("onnxruntime (an exported encoder instead of --model)")
+    onnx.add_argument(
+        "--onnx",
+        default=None,
+        metavar="FILE",
+        help="profile this exported image encoder in onnxruntime: kernel time per operator type "
+        "(default: none, torch.profiler of --model)",
+    )
+    onnx.add_argument(
+        "--spinning",
+        action="store_true",
+        help="with --onnx: let onnxruntime's threads spin between operators, its own default "
+        "(default: off, as the package's sessions run)",
     )
     run = parser.add_argument_group("run")
     run.add_argument("--batch-size", type=int, default=None, help="default 1")
@@ -90,6 +105,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 for name in args.macs_models
             }
         }
+    if args.onnx:
+        return _profile_onnx(parser, args)
     given: Dict[str, Any] = {}
     for name in ("model", "keep_ratio", "img_size", "batch_size", "warmup", "steps", "threads"):
         if getattr(args, name) is not None:
@@ -101,6 +118,28 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     except (KeyError, ValueError) as e:  # an unknown model, a bad ratio or option
         parser.error(str(e).strip("'\""))
     print(format_table(result, top=args.top))
+    report = result.to_dict()
+    if args.output:
+        atomic_write_json(args.output, report, indent=2)
+    return report
+
+
+def _profile_onnx(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Dict[str, Any]:
+    from biglittle_sam.export.profile import format_onnx_profile, profile_onnx_encoder
+
+    if args.model or args.keep_ratio is not None or args.pool_kv or args.img_size:
+        parser.error("--onnx profiles an exported file: its model, keep ratio and size are fixed")
+    given: Dict[str, Any] = {"spinning": args.spinning}
+    for name, key in (("batch_size", "batch_size"), ("warmup", "warmup"), ("steps", "runs")):
+        if getattr(args, name) is not None:
+            given[key] = getattr(args, name)
+    if args.threads is not None:
+        given["threads"] = args.threads
+    try:
+        result = profile_onnx_encoder(args.onnx, **given)
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(str(e))
+    print(format_onnx_profile(result, top=args.top))
     report = result.to_dict()
     if args.output:
         atomic_write_json(args.output, report, indent=2)

@@ -498,9 +498,15 @@ def read_metadata(path: PathLike) -> Dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
-def _session(path: PathLike, threads: Optional[int] = None) -> Any:
+def _session(
+    path: PathLike,
+    threads: Optional[int] = None,
+    spinning: bool = False,
+    profile_prefix: Optional[str] = None,
+) -> Any:
     """An onnxruntime CPU session; ``threads`` sets the intra-op thread count (None: its
-    default)."""
+    default); ``spinning`` lets its worker threads spin between operators (onnxruntime's own
+    default); ``profile_prefix`` turns profiling on, writing there."""
     ort = _require("onnxruntime")
     file = Path(path)
     if not file.is_file():
@@ -511,9 +517,13 @@ def _session(path: PathLike, threads: Optional[int] = None) -> Any:
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
         options.intra_op_num_threads = threads
     # onnxruntime's worker threads spin for a while after each run by default; that takes the CPU
-    # from whatever runs next in the process (PyTorch, another session), so they sleep instead.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    # from whatever runs next in the process (PyTorch, another session), so by default they sleep.
+    flag = "1" if spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", flag)
+    options.add_session_config_entry("session.inter_op.allow_spinning", flag)
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     return ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
 
 

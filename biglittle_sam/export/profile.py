@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
-from .onnx import ENCODER_INPUT, _require
+from .onnx import ENCODER_INPUT, _session
 
 __all__ = ["OnnxOpTime", "OnnxProfile", "profile_onnx_encoder", "format_onnx_profile"]
 
@@ -58,19 +58,6 @@ class OnnxProfile:
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
-
-
-def _session(path: Path, threads: Optional[int], spinning: bool, prefix: str) -> Any:
-    ort = _require("onnxruntime")
-    options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    flag = "1" if spinning else "0"
-    options.add_session_config_entry("session.intra_op.allow_spinning", flag)
-    options.add_session_config_entry("session.inter_op.allow_spinning", flag)
-    options.enable_profiling = True
-    options.profile_file_prefix = prefix
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def node_times(events: List[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
@@ -115,15 +102,13 @@ def profile_onnx_encoder(
       an image encoder export.
     """
     file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"ONNX model {file} not found")
     for name, value in (("batch_size", batch_size), ("runs", runs)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
     with tempfile.TemporaryDirectory() as tmp:
-        session = _session(file, threads, spinning, os.path.join(tmp, "ort"))
+        session = _session(file, threads, spinning, profile_prefix=os.path.join(tmp, "ort"))
         inputs = session.get_inputs()
         if [i.name for i in inputs] != [ENCODER_INPUT]:
             raise ValueError(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from biglittle_sam.benchmarks.proxy import (
     ProxyBenchmarkSettings,
@@ -50,6 +52,8 @@ def test_geometries_tile_like_sam() -> None:
         ({"split": "train"}, "split"),
         ({"device": "tpu"}, "device"),
         ({"split": "dev", "assets_dir": "assets"}, "test-split run only"),
+        ({"student_little_dim": 8, "student_little_heads": 3}, "multiple of student_little_heads"),
+        ({"student_little_mlp_ratio": 0.0}, "student_little_mlp_ratio"),
     ],
 )
 def test_bad_settings_fail_before_any_stage(tmp_path: Path, change, words, capsys) -> None:
@@ -193,6 +197,22 @@ def test_proxy_benchmark_miniature(tmp_path: Path, one_thread, capsys) -> None:
     assert again["trained_in"]["command"] == saved["command"]
     assert again["rows"] == result["rows"]
     assert "This run resumed a finished one" in (out / "proxy_benchmark.md").read_text()
+    assert "Student: bl_tiny, E-blocks 16 wide (2 heads, MLP ratio 4)." in table
+    # bl_b_lite's analogue against the same teacher: the trained teacher and its cache are copied
+    # into another folder, --resume reuses them, and only the students train
+    lite = tmp_path / "proxy_lite"
+    for part in ("data", "teacher", "cache"):
+        shutil.copytree(out / part, lite / part)
+    lite_argv = argv[:1] + [str(lite)] + argv[2:-2] + ["--resume"]
+    lite_argv += ["--student-little-dim", "8", "--student-little-heads", "1"]
+    lite_result = proxy_benchmark.main(lite_argv + ["--student-little-mlp-ratio", "2"])
+    teacher_row, lite_teacher_row = result["rows"][0], lite_result["rows"][0]
+    for key in ("box", "click1", "click3", "gmacs"):  # the same teacher, evaluated the same
+        assert lite_teacher_row[key] == teacher_row[key]
+    student = torch.load(lite / "phase2" / "model.pth", map_location="cpu", weights_only=True)
+    config = student["config"]
+    assert (config["little_dim"], config["little_heads"], config["little_mlp_ratio"]) == (8, 1, 2)
+    assert "E-blocks 8 wide (1 heads, MLP ratio 2)" in (lite / "proxy_benchmark.md").read_text()
 
 
 def test_step_costs_are_measured_at_the_geometry() -> None:

@@ -5,6 +5,8 @@ mostly-background shapes, with train / dev / test splits from separate seeds.
     biglittle-sam-proxy-benchmark --split dev --out-dir outputs/proxy_dev # choosing recipes
     biglittle-sam-proxy-benchmark --device cuda                           # the same on a GPU
     biglittle-sam-proxy-benchmark --assets-dir biglittle_sam/assets       # the demo models too
+    biglittle-sam-proxy-benchmark --student-little-dim 8 --student-little-heads 1 \
+        --student-little-mlp-ratio 2 --out-dir outputs/proxy_lite        # bl_b_lite's analogue
 
 Writes ``proxy_benchmark.json`` and, on the test split only, ``proxy_benchmark.md`` under the
 output folder. Every flag defaults to ``biglittle_sam.benchmarks.proxy.ProxyBenchmarkSettings``.
@@ -34,6 +36,9 @@ _FLAGS = (
     ("teacher_steps", int, "teacher training steps"),
     ("teacher_lr", float, "teacher learning rate"),
     ("teacher_batch_size", int, "images per teacher step"),
+    ("student_little_dim", int, "the student's E-block width"),
+    ("student_little_heads", int, "the student's E-block heads"),
+    ("student_little_mlp_ratio", float, "the student's E-block MLP ratio (2: the lite analogue)"),
     ("student_steps", int, "distillation phase 1 steps"),
     ("student_lr", float, "phase 1 learning rate"),
     ("phase2_steps", int, "distillation phase 2 steps (0: off)"),

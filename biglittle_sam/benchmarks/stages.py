@@ -136,19 +136,20 @@ def phase1_settings(
     train: ShapesDataset,
     cache_dir: Path,
     teacher: Path,
-    little: Tuple[int, int],
+    little: Sequence[Tuple[str, Any]],
     keep_ratios: Sequence[float],
     parts: str,
     stage: TrainSettings,
 ) -> DistillSettings:
     """``distill`` phase 1 of a ``bl_tiny`` student that inherits from ``teacher``, on its cached
-    embeddings; ``little``: the E-blocks' (width, heads)."""
+    embeddings; ``little``: the E-blocks' config fields, for example
+    ``(("little_dim", 16), ("little_heads", 2))``."""
     return DistillSettings(
         cache=str(cache_dir),
         images=_coco(train)[0],
         student="bl_tiny",
         teacher_checkpoint=str(teacher),
-        student_overrides=(("little_dim", little[0]), ("little_heads", little[1])),
+        student_overrides=tuple(little),
         keep_ratios=tuple(keep_ratios),
         train_parts=parts,
         train=stage,

@@ -142,7 +142,7 @@ def run_proxy_benchmark(settings: ProxyBenchmarkSettings) -> Dict[str, Any]:
         train,
         cache_dir,
         teacher,
-        (s.student_little_dim, s.student_little_heads),
+        s.student_overrides,
         s.keep_ratios,
         "encoder",
         _train(s, out / "student", s.student_steps, s.student_lr),
@@ -248,6 +248,7 @@ def run_proxy_benchmark(settings: ProxyBenchmarkSettings) -> Dict[str, Any]:
         "settings": settings_to_dict(s),
         "split": s.split,
         "geometry": geometry_summary(teacher_config),
+        "student": {"registry": "bl_tiny", **dict(s.student_overrides)},
         "hardware": hardware_description(device, nproc, s.threads),
         "data": {
             "seeds": seeds,

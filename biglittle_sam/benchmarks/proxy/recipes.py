@@ -90,7 +90,7 @@ def stage_recipes(settings: ProxyBenchmarkSettings, device: str = "cpu") -> Dict
         train,
         out / "cache",
         out / "teacher" / "model.pth",
-        (s.student_little_dim, s.student_little_heads),
+        s.student_overrides,
         s.keep_ratios,
         "encoder",
         stage("student", s.student_steps, s.student_lr),

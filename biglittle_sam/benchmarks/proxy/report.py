@@ -158,6 +158,16 @@ def proxy_table(result: Dict[str, Any]) -> str:
         f"Geometry: {g['img_size']} px, {g['grid']} x {g['grid']} tokens ({g['windows']}, edge "
         f"windows {g['edge_window']} wide), {g['global_layers']} of {g['depth']} layers global, "
         f"{g['mask_logits']} x {g['mask_logits']} mask logits.",
+    ]
+    student = result.get("student")
+    if student:
+        mlp = student.get("little_mlp_ratio", 4.0)
+        lines += [
+            "",
+            f"Student: {student['registry']}, E-blocks {student['little_dim']} wide "
+            f"({student['little_heads']} heads, MLP ratio {mlp:g}).",
+        ]
+    lines += [
         "",
         "| model | keep ratio | encoder GMACs | box | 1 click | 3 clicks | 1 click / teacher |",
         "|---|---:|---:|---:|---:|---:|---:|",

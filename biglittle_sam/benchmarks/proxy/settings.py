@@ -118,6 +118,9 @@ class ProxyBenchmarkSettings:
     teacher_focal_weight: float = 2.0  # from scratch, SAM's 20:1 first collapses to empty masks
     student_little_dim: int = 16  # E-block width: C / 4
     student_little_heads: int = 2
+    # 2.0 with little_dim 8 is the proxy's analogue of bl_b_lite (docs/speed.md); its pooled
+    # keys/values need an even window, and the proxy's windows are 7 tokens.
+    student_little_mlp_ratio: float = 4.0
     student_steps: int = 3000
     student_lr: float = 2e-3
     phase2_steps: int = 1500  # 0: phase 1 only
@@ -174,6 +177,16 @@ class ProxyBenchmarkSettings:
                 "batch_size",
             ),
         )
+        dim, heads = self.student_little_dim, self.student_little_heads
+        if dim < 1 or heads < 1 or dim % heads:
+            raise ValueError(
+                f"student_little_dim ({dim}) must be a positive multiple of student_little_heads "
+                f"({heads})"
+            )
+        if not self.student_little_mlp_ratio > 0:
+            raise ValueError(
+                f"student_little_mlp_ratio must be > 0, got {self.student_little_mlp_ratio}"
+            )
         for name in ("keep_ratios", "phase2_keep_ratios", "eval_ratios"):
             values = getattr(self, name)
             if not values:
@@ -193,6 +206,17 @@ class ProxyBenchmarkSettings:
         fields = dict(GEOMETRIES.get(self.geometry, ()))
         fields.update(self.teacher_overrides)
         return tuple(fields.items())
+
+    @property
+    def student_overrides(self) -> Tuple[Tuple[str, Any], ...]:
+        """The bl_tiny student's E-block fields (the MLP ratio only where it is not the default)."""
+        fields: Tuple[Tuple[str, Any], ...] = (
+            ("little_dim", self.student_little_dim),
+            ("little_heads", self.student_little_heads),
+        )
+        if self.student_little_mlp_ratio != 4.0:
+            fields += (("little_mlp_ratio", self.student_little_mlp_ratio),)
+        return fields
 
     @property
     def distill_count(self) -> int:

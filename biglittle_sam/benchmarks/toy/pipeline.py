@@ -159,7 +159,7 @@ def run_toy_benchmark(settings: ToyBenchmarkSettings) -> Dict[str, Any]:
         train,
         cache_dir,
         teacher,
-        (s.student_little_dim, s.student_little_heads),
+        (("little_dim", s.student_little_dim), ("little_heads", s.student_little_heads)),
         s.keep_ratios,
         s.student_parts,
         _train(s, out / "student", s.student_steps, s.student_lr),

@@ -64,6 +64,8 @@ HOMES: Dict[str, Tuple[str, ...]] = {
     "tools/benchmark.py": ("bench",),
     "biglittle_sam/export/": ("export",),
     "tools/export_onnx.py": ("export",),
+    # --onnx profiles an exported file in onnxruntime; its torch and --macs modes need core only.
+    "tools/profile_encoder.py": ("export",),
     "biglittle_sam/amg.py": ("amg",),
     "tools/amg.py": ("amg",),
 }

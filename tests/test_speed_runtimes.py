@@ -104,10 +104,12 @@ def test_runtimes_each_in_its_own_process(tmp_path: Path) -> None:
         assert ours["speedup"] == pytest.approx(sam["latency_s"] / ours["latency_s"])
         base = by_runtime["pytorch"]["SAM vit_tiny (segment_anything)"]["latency_s"]
         assert ours["speedup_vs_sam_pytorch"] == pytest.approx(base / ours["latency_s"])
-    assert "quantize_onnx" in by_runtime["onnxruntime-int8"]["bl_tiny r=0.25"]["note"]
+    note = by_runtime["onnxruntime-int8"]["bl_tiny r=0.25"]["note"]
+    assert "quantize_onnx" in note and "threads spin" in note  # its own process: its default
     table = to_markdown(report)
     assert "| runtime |" in table.splitlines()[0] and "in the same runtime" in table
     assert "| bl_tiny r=0.25 | onnxruntime-int8 |" in table
+    assert "onnxruntime's threads spin between operators" in table
 
 
 def test_cli_runtimes_flag(tmp_path: Path) -> None:

@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     models.add_argument("--onnx-opset", type=int, default=None, help="ONNX opset of --onnx")
     models.add_argument(
+        "--onnx-spinning",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="onnxruntime's threads spin between operators (its own default) or sleep (default: "
+        "spin in the onnxruntime runtimes' own processes, sleep for --onnx rows beside PyTorch's)",
+    )
+    models.add_argument(
         "--runtimes",
         nargs="+",
         choices=RUNTIMES,
@@ -229,6 +236,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         given["onnx"] = True
     if args.onnx_opset is not None:
         given["onnx_opset"] = args.onnx_opset
+    if args.onnx_spinning is not None:
+        given["onnx_spinning"] = args.onnx_spinning
     if args.max_batch_others is not None:
         given["max_batch_others"] = args.max_batch_others or None
     if args.runtimes is not None:

@@ -534,14 +534,19 @@ class OnnxImageEncoder:
     float32 tensor on x's device.
     """
 
-    def __init__(self, path: PathLike, threads: Optional[int] = None) -> None:
+    def __init__(
+        self, path: PathLike, threads: Optional[int] = None, spinning: bool = False
+    ) -> None:
         """
         Arguments:
           path: a file written by :func:`export_image_encoder`.
           threads: onnxruntime intra-op threads (None: onnxruntime's default, all cores).
+          spinning: let onnxruntime's threads spin between operators (its own default; faster for
+            graphs of many small operators, but the spinning takes the CPU from other work in the
+            process for a while after each run). Default: they sleep.
         """
         self.path = Path(path)
-        self.session = _session(self.path, threads)
+        self.session = _session(self.path, threads, spinning)
         self.metadata: Dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         inputs = self.session.get_inputs()
         if [i.name for i in inputs] != [ENCODER_INPUT]:

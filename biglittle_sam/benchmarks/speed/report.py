@@ -158,6 +158,13 @@ def _notes(report: Dict[str, Any]) -> List[str]:
             "dynamic int8 Linear layers (biglittle_sam.quantize); onnxruntime-int8: "
             "quantize_onnx (onnxruntime quantize_dynamic)."
         )
+    onnx_rows = [
+        r for r in report["results"] if str(r.get("runtime", "")).startswith("onnxruntime")
+    ]
+    if onnx_rows:
+        spin = {"threads spin" in r.get("note", "") for r in onnx_rows}
+        how = {frozenset([True]): "spin", frozenset([False]): "sleep"}.get(frozenset(spin), "vary")
+        notes.append(f"onnxruntime's threads {how} between operators (--onnx-spinning).")
     if config.get("compile"):
         notes.append(
             f"PyTorch rows run through torch.compile (backend {config.get('compile_backend')}); "

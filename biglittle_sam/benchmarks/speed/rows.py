@@ -72,6 +72,10 @@ class BenchmarkConfig:
     pool_kv_ratios: Sequence[float] = (0.5, 0.25, 0.1)  # big.LITTLE with pooled keys/values
     onnx: bool = False  # also time the exported SAM and big.LITTLE encoders in onnxruntime
     onnx_opset: int = 17
+    # onnxruntime's threads spin between operators (its own default) or sleep. None: they spin in
+    # a run whose runtime is an onnxruntime one (a process of its own), and sleep for --onnx rows
+    # timed beside PyTorch's, where spinning would take the CPU from the next row.
+    onnx_spinning: Optional[bool] = None
     compile: bool = False  # torch.compile every PyTorch model first (compile time reported apart)
     compile_backend: str = "inductor"
     warmup: int = 1  # untimed passes per model at the first batch size
@@ -362,7 +366,8 @@ def onnx_rows(
         if int8:
             path = quantize_onnx(path, folder / f"{r.family}_{ratio:g}.int8.onnx")
         say(f"exported {r.name} to ONNX in {time.perf_counter() - start:.1f} s")
-        session = OnnxImageEncoder(path, threads=cfg.threads)
+        spinning = only if cfg.onnx_spinning is None else cfg.onnx_spinning
+        session = OnnxImageEncoder(path, threads=cfg.threads, spinning=spinning)
         result = dataclasses.replace(
             r,
             name=r.name if only else f"{r.name.split(' (')[0]} (onnxruntime)",
@@ -372,7 +377,8 @@ def onnx_rows(
             images_per_s={},
             compile_s={},
             note=f"exported with opset {cfg.onnx_opset}; "
-            + ("dynamic int8 (quantize_onnx)" if int8 else "fp32 whatever --dtype"),
+            + ("dynamic int8 (quantize_onnx)" if int8 else "fp32 whatever --dtype")
+            + ("; threads spin" if spinning else "; threads sleep"),
         )
         out.append(Row(result, None, lambda: None, session))
     return out

@@ -203,7 +203,8 @@ def test_proxy_benchmark_miniature(tmp_path: Path, one_thread, capsys) -> None:
     lite = tmp_path / "proxy_lite"
     for part in ("data", "teacher", "cache"):
         shutil.copytree(out / part, lite / part)
-    lite_argv = argv[:1] + [str(lite)] + argv[2:-2] + ["--resume"]
+    assert argv[:2] == ["--out-dir", str(out)] and argv[-2] == "--assets-dir"
+    lite_argv = ["--out-dir", str(lite)] + argv[2:-2] + ["--resume"]  # no assets from this run
     lite_argv += ["--student-little-dim", "8", "--student-little-heads", "1"]
     lite_result = proxy_benchmark.main(lite_argv + ["--student-little-mlp-ratio", "2"])
     teacher_row, lite_teacher_row = result["rows"][0], lite_result["rows"][0]

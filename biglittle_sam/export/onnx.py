@@ -53,6 +53,7 @@ __all__ = [
     "INT8_MIN_COSINE",
     "Comparison",
     "OnnxImageEncoder",
+    "encoder_input_size",
     "check_image_encoder",
     "check_prompt_decoder",
     "compare_image_encoder",
@@ -527,6 +528,25 @@ def _session(
     return ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
 
 
+def encoder_input_size(session: Any, path: PathLike) -> int:
+    """The input side S of an image encoder export's session (its ``image`` input is
+    B x 3 x S x S; S from the file's metadata where the graph leaves it symbolic).
+
+    Raises:
+      ValueError: the session's inputs are not an image encoder export's.
+    """
+    inputs = session.get_inputs()
+    if [i.name for i in inputs] != [ENCODER_INPUT]:
+        raise ValueError(
+            f"{path}: not an image encoder export: inputs {[i.name for i in inputs]}, "
+            f"expected ['{ENCODER_INPUT}']"
+        )
+    size = inputs[0].shape[-1]
+    if isinstance(size, int):
+        return size
+    return int(dict(session.get_modelmeta().custom_metadata_map)["img_size"])
+
+
 class OnnxImageEncoder:
     """An exported image encoder in an onnxruntime CPU session, called like the PyTorch encoder.
 
@@ -548,14 +568,7 @@ class OnnxImageEncoder:
         self.path = Path(path)
         self.session = _session(self.path, threads, spinning)
         self.metadata: Dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
-        inputs = self.session.get_inputs()
-        if [i.name for i in inputs] != [ENCODER_INPUT]:
-            raise ValueError(
-                f"{self.path}: not an image encoder export: inputs {[i.name for i in inputs]}, "
-                f"expected ['{ENCODER_INPUT}']"
-            )
-        size = inputs[0].shape[-1]
-        self.img_size: int = int(size) if isinstance(size, int) else int(self.metadata["img_size"])
+        self.img_size: int = encoder_input_size(self.session, self.path)
         ratio = self.metadata.get("keep_ratio")
         self.keep_ratio: Optional[float] = float(ratio) if ratio is not None else None
 

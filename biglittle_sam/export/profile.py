@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
-from .onnx import ENCODER_INPUT, _session
+from .onnx import ENCODER_INPUT, _session, encoder_input_size
 
 __all__ = ["OnnxOpTime", "OnnxProfile", "profile_onnx_encoder", "format_onnx_profile"]
 
@@ -109,23 +109,14 @@ def profile_onnx_encoder(
         raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
     with tempfile.TemporaryDirectory() as tmp:
         session = _session(file, threads, spinning, profile_prefix=os.path.join(tmp, "ort"))
-        inputs = session.get_inputs()
-        if [i.name for i in inputs] != [ENCODER_INPUT]:
-            raise ValueError(
-                f"{file}: not an image encoder export: inputs {[i.name for i in inputs]}, "
-                f"expected ['{ENCODER_INPUT}']"
-            )
-        size = inputs[0].shape[-1]
-        if not isinstance(size, int):
-            size = int(dict(session.get_modelmeta().custom_metadata_map)["img_size"])
+        size = encoder_input_size(session, file)
         rng = np.random.default_rng(seed)
         x = rng.standard_normal((batch_size, 3, size, size), dtype=np.float32)
-        starts: List[float] = []
         walls: List[float] = []
-        for i in range(warmup + runs):
-            starts.append(time.perf_counter())
+        for _ in range(warmup + runs):
+            start = time.perf_counter()
             session.run(None, {ENCODER_INPUT: x})
-            walls.append(time.perf_counter() - starts[-1])
+            walls.append(time.perf_counter() - start)
         trace = session.end_profiling()
         events = json.loads(Path(trace).read_text(encoding="utf-8"))
     # Drop the warm-up runs' node events: the profile's timestamps are microseconds since the

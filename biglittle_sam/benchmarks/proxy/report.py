@@ -161,11 +161,10 @@ def proxy_table(result: Dict[str, Any]) -> str:
     ]
     student = result.get("student")
     if student:
-        mlp = student.get("little_mlp_ratio", 4.0)
         lines += [
             "",
             f"Student: {student['registry']}, E-blocks {student['little_dim']} wide "
-            f"({student['little_heads']} heads, MLP ratio {mlp:g}).",
+            f"({student['little_heads']} heads, MLP ratio {student['little_mlp_ratio']:g}).",
         ]
     lines += [
         "",

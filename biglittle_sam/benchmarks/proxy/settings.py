@@ -209,14 +209,12 @@ class ProxyBenchmarkSettings:
 
     @property
     def student_overrides(self) -> Tuple[Tuple[str, Any], ...]:
-        """The bl_tiny student's E-block fields (the MLP ratio only where it is not the default)."""
-        fields: Tuple[Tuple[str, Any], ...] = (
+        """The bl_tiny student's E-block fields."""
+        return (
             ("little_dim", self.student_little_dim),
             ("little_heads", self.student_little_heads),
+            ("little_mlp_ratio", self.student_little_mlp_ratio),
         )
-        if self.student_little_mlp_ratio != 4.0:
-            fields += (("little_mlp_ratio", self.student_little_mlp_ratio),)
-        return fields
 
     @property
     def distill_count(self) -> int:

@@ -15,7 +15,7 @@ import torch
 
 from ...fileio import atomic_write_json
 from ...runtime.hardware import hardware_description
-from .rows import CORE_FAMILIES, BenchmarkConfig, ModelResult, Row
+from .rows import CORE_FAMILIES, BenchmarkConfig, ModelResult, Row, onnx_spins
 
 __all__ = ["build_report", "save_json", "save_plot", "to_markdown"]
 
@@ -158,12 +158,13 @@ def _notes(report: Dict[str, Any]) -> List[str]:
             "dynamic int8 Linear layers (biglittle_sam.quantize); onnxruntime-int8: "
             "quantize_onnx (onnxruntime quantize_dynamic)."
         )
-    onnx_rows = [
-        r for r in report["results"] if str(r.get("runtime", "")).startswith("onnxruntime")
-    ]
-    if onnx_rows:
-        spin = {"threads spin" in r.get("note", "") for r in onnx_rows}
-        how = {frozenset([True]): "spin", frozenset([False]): "sleep"}.get(frozenset(spin), "vary")
+    spins = {
+        onnx_spins(config.get("onnx_spinning"), own_process=r["family"] != "onnx")
+        for r in report["results"]
+        if str(r.get("runtime", "")).startswith("onnxruntime")
+    }
+    if spins:
+        how = "spin" if spins == {True} else "sleep" if spins == {False} else "vary"
         notes.append(f"onnxruntime's threads {how} between operators (--onnx-spinning).")
     if config.get("compile"):
         notes.append(

@@ -333,6 +333,12 @@ def _pooled_rows(cfg: BenchmarkConfig, bl: nn.Module, overrides: Dict[str, Any])
     return entries
 
 
+def onnx_spins(setting: Optional[bool], own_process: bool) -> bool:
+    """Whether onnxruntime's threads spin for a row: ``setting`` (``BenchmarkConfig.onnx_spinning``)
+    when given, else yes in an onnxruntime runtime's own process and no beside PyTorch's rows."""
+    return own_process if setting is None else setting
+
+
 def onnx_rows(
     cfg: BenchmarkConfig,
     entries: Sequence[Row],
@@ -366,7 +372,7 @@ def onnx_rows(
         if int8:
             path = quantize_onnx(path, folder / f"{r.family}_{ratio:g}.int8.onnx")
         say(f"exported {r.name} to ONNX in {time.perf_counter() - start:.1f} s")
-        spinning = only if cfg.onnx_spinning is None else cfg.onnx_spinning
+        spinning = onnx_spins(cfg.onnx_spinning, own_process=only)
         session = OnnxImageEncoder(path, threads=cfg.threads, spinning=spinning)
         result = dataclasses.replace(
             r,

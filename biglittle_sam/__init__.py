@@ -6,7 +6,9 @@
     predictor = SamPredictor(sam)
 
 ``SamPredictor`` and ``SamAutomaticMaskGenerator`` are segment_anything's own, re-exported so the
-swap is one import; ``BatchedSamPredictor`` is this project's predictor for many prompts at once.
+swap is one import; ``BatchedSamPredictor`` is this project's predictor for many prompts at once,
+and ``FastAutomaticMaskGenerator`` gives ``SamAutomaticMaskGenerator``'s masks with a cheaper point
+loop.
 """
 
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
@@ -23,6 +25,7 @@ from .build_sam import (
 )
 from .checkpoint import CheckpointError, read_checkpoint, save_model_checkpoint
 from .config import BIGLITTLE_CONFIGS, SAM_CONFIGS, BigLittleConfig, SamViTConfig, get_config
+from .mask_generator import FastAutomaticMaskGenerator
 from .modeling import BigLittleAux, ImageEncoderBigLittle
 from .predictor import BatchedSamPredictor
 
@@ -35,6 +38,7 @@ __all__ = [
     "BigLittleAux",
     "BigLittleConfig",
     "CheckpointError",
+    "FastAutomaticMaskGenerator",
     "ImageEncoderBigLittle",
     "SamAutomaticMaskGenerator",
     "SamPredictor",

@@ -222,9 +222,11 @@ def build_mask_generator(
     keep_ratio: Optional[float] = None,
     device: str = "auto",
     convert_to_rle: bool = False,
+    generator: str = "fast",
+    decoder_batch: Optional[int] = None,
     **amg_settings: Any,
 ) -> Any:
-    """A ``SamAutomaticMaskGenerator`` on a registry model (plain SAM or big.LITTLE).
+    """A mask generator on a registry model (plain SAM or big.LITTLE).
 
     Arguments:
       model_type: a registry name, or a whole model spec ``NAME[=CHECKPOINT][@KEEP_RATIO]``
@@ -234,16 +236,27 @@ def build_mask_generator(
       keep_ratio: the big.LITTLE keep ratio (the model's own when None).
       device: auto (CUDA when available), cpu, cuda or cuda:N.
       convert_to_rle: ``output_mode="coco_rle"`` (needs pycocotools), else ``binary_mask``.
+      generator: ``fast`` (:class:`~biglittle_sam.mask_generator.FastAutomaticMaskGenerator`, the
+        same masks as upstream's with a cheaper point loop) or ``upstream``
+        (``segment_anything.SamAutomaticMaskGenerator`` itself).
+      decoder_batch: ``fast`` only: points per mask-decoder call (None: 2 on a CPU, the whole
+        ``points_per_batch`` elsewhere).
       amg_settings: :data:`AMG_SETTINGS` fields; the ones left out keep upstream's defaults.
 
     Raises:
-      ValueError: an unknown model type or AMG setting, or a bad device or keep ratio
-        (``CheckpointError`` is a ``ValueError`` too).
+      ValueError: an unknown model type, generator or AMG setting, a bad device, keep ratio or
+        decoder batch (``CheckpointError`` is a ``ValueError`` too).
     """
     # segment_anything's generator module imports cv2 at import time; it stays lazy so that
     # `--help` and the core install work without the [amg] extra.
     from segment_anything import SamAutomaticMaskGenerator
 
+    from .mask_generator import FastAutomaticMaskGenerator
+
+    if generator not in ("fast", "upstream"):
+        raise ValueError(f"unknown generator {generator!r}; expected 'fast' or 'upstream'")
+    if generator == "upstream" and decoder_batch is not None:
+        raise ValueError("decoder_batch is a setting of the fast generator, not of upstream's")
     unknown = sorted(set(amg_settings) - set(AMG_SETTINGS))
     if unknown:
         raise ValueError(f"unknown AMG settings {unknown}; expected some of {list(AMG_SETTINGS)}")
@@ -254,4 +267,8 @@ def build_mask_generator(
         set_keep_ratio(sam, spec.keep_ratio)
     sam.to(target)
     output_mode = "coco_rle" if convert_to_rle else "binary_mask"
-    return SamAutomaticMaskGenerator(sam, output_mode=output_mode, **amg_settings)
+    if generator == "upstream":
+        return SamAutomaticMaskGenerator(sam, output_mode=output_mode, **amg_settings)
+    return FastAutomaticMaskGenerator(
+        sam, decoder_batch=decoder_batch, output_mode=output_mode, **amg_settings
+    )

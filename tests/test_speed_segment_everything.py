@@ -13,6 +13,7 @@ import torch
 
 from biglittle_sam import sam_model_registry
 from biglittle_sam.benchmarks.speed.segment_everything import (
+    decoder_ms_per_point,
     run_segment_everything,
     segment_everything_markdown,
     time_segment_everything,
@@ -37,22 +38,45 @@ def test_encoder_time_is_part_of_the_total(monkeypatch) -> None:
     assert 0.05 <= encoder < total and masks >= 0
     with pytest.raises(ValueError, match="repeats"):
         time_segment_everything(sam, image, repeats=0)
+    with pytest.raises(ValueError, match="unknown generator"):
+        time_segment_everything(sam, image, generator="quick")
 
 
 def test_rows_and_end_to_end_speedups() -> None:
     report = run_segment_everything(
         sam="vit_tiny", model="bl_tiny", keep_ratios=(1.0, 0.25), points_per_side=4,
-        image_hw=(64, 96),
+        image_hw=(64, 96), decoder_batches=(1, 4),
     )  # fmt: skip
-    rows = {r["name"]: r for r in report["results"]}
-    assert set(rows) == {"SAM vit_tiny", "bl_tiny r=1", "bl_tiny r=0.25"}
-    base = rows["SAM vit_tiny"]
-    assert base["speedup"] == pytest.approx(1.0)
+    rows = {(r["name"], r["generator"]): r for r in report["results"]}
+    assert list(rows) == [
+        ("SAM vit_tiny", "upstream"), ("SAM vit_tiny", "fast"),
+        ("bl_tiny r=1", "fast"), ("bl_tiny r=0.25", "fast"),
+    ]  # fmt: skip
+    upstream, fast = rows["SAM vit_tiny", "upstream"], rows["SAM vit_tiny", "fast"]
+    assert upstream["speedup"] == pytest.approx(1.0)
     for r in rows.values():
         assert r["decoder_s"] == pytest.approx(r["total_s"] - r["encoder_s"])
-        assert r["speedup"] == pytest.approx(base["total_s"] / r["total_s"])
+        assert r["speedup"] == pytest.approx(upstream["total_s"] / r["total_s"])
+        same = upstream if r["generator"] == "upstream" else fast
+        assert r["speedup_same_generator"] == pytest.approx(same["total_s"] / r["total_s"])
+    assert upstream["masks"] == fast["masks"]  # the same masks from both generators
+    assert {p: set(s) for p, s in report["decoder_ms_per_point"].items()} == {
+        "upstream": {"1", "4"}, "fast": {"1", "4"},
+    }  # fmt: skip
     table = segment_everything_markdown(report)
-    assert "| bl_tiny r=0.25 |" in table and "4 points per side" in table
+    assert "| bl_tiny r=0.25 | fast |" in table and "4 points per side" in table
+    assert "| fast |" in table and "| upstream |" in table
+    with pytest.raises(ValueError, match="unknown generator"):
+        run_segment_everything(sam="vit_tiny", model="", generators=("quick",))
+
+
+def test_decoder_sweep_per_point() -> None:
+    sam = sam_model_registry["vit_tiny"]()
+    sweep = decoder_ms_per_point(sam, (1, 3), repeats=1, points=3)
+    assert set(sweep) == {"upstream", "fast"}
+    assert all(set(s) == {1, 3} and all(ms > 0 for ms in s.values()) for s in sweep.values())
+    with pytest.raises(ValueError, match="batch sizes"):
+        decoder_ms_per_point(sam, (0,))
 
 
 def test_cli_option(tmp_path: Path) -> None:
@@ -60,9 +84,13 @@ def test_cli_option(tmp_path: Path) -> None:
         [
             "--segment-everything", "--sam", "vit_tiny", "--model", "bl_tiny",
             "--keep-ratios", "0.5", "--points-per-side", "4", "--device", "cpu",
-            "--out-dir", str(tmp_path), "--no-progress",
+            "--out-dir", str(tmp_path), "--no-progress", "--generators", "fast",
+            "--model-generators", "upstream", "fast",
         ]
     )  # fmt: skip
     saved = json.loads((tmp_path / "segment_everything.json").read_text())
-    assert [r["name"] for r in saved["results"]] == ["SAM vit_tiny", "bl_tiny r=0.5"]
+    assert [(r["name"], r["generator"]) for r in saved["results"]] == [
+        ("SAM vit_tiny", "fast"), ("bl_tiny r=0.5", "upstream"), ("bl_tiny r=0.5", "fast"),
+    ]  # fmt: skip
+    assert saved["results"][0]["speedup"] is None  # no SAM row with upstream's generator
     assert (tmp_path / "segment_everything.md").read_text().startswith("| model |")

@@ -11,9 +11,13 @@ Examples:
     biglittle-sam-amg --input photos/ --output masks/ --model-type bl_b --checkpoint bl_b.pth \\
         --convert-to-rle
 
-    # plain SAM, exactly as scripts/amg.py runs it
+    # plain SAM with segment_anything's own generator, exactly as scripts/amg.py runs it
     biglittle-sam-amg --input photos/ --output masks/ --model-type vit_b \\
-        --checkpoint sam_vit_b_01ec64.pth
+        --checkpoint sam_vit_b_01ec64.pth --generator upstream
+
+The default generator (--generator fast) gives upstream's masks with a cheaper point loop: the
+mask decoder sees the image once per call instead of one copy per point, runs 2 points at a time
+on a CPU, and upsamples masks only once they pass the predicted-IoU filter (see docs/speed.md).
 
 Per image: <output>/<name>/ with 0.png, 1.png, ... and metadata.csv, or <output>/<name>.json with
 --convert-to-rle. A re-run skips the images already done. Exit status: 0 when every image was
@@ -111,6 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)",
     )
     parser.add_argument(
+        "--generator",
+        choices=["fast", "upstream"],
+        default="fast",
+        help="fast: biglittle_sam's FastAutomaticMaskGenerator (upstream's masks, a cheaper point "
+        "loop); upstream: segment_anything's SamAutomaticMaskGenerator (default: fast)",
+    )
+    parser.add_argument(
+        "--decoder-batch",
+        type=int,
+        default=None,
+        help="fast generator: points per mask-decoder call (default: 2 on a CPU, the whole "
+        "--points-per-batch on a GPU)",
+    )
+    parser.add_argument(
         "--convert-to-rle",
         action="store_true",
         help="write one COCO RLE json per image instead of PNGs (needs pycocotools; default: off)",
@@ -148,6 +166,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             keep_ratio=args.keep_ratio,
             device=args.device,
             convert_to_rle=args.convert_to_rle,
+            generator=args.generator,
+            decoder_batch=args.decoder_batch,
             **settings,
         )
     except (ValueError, FileNotFoundError, TypeError) as e:

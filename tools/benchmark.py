@@ -27,6 +27,7 @@ from biglittle_sam.benchmarks.speed import (
     to_markdown,
 )
 from biglittle_sam.benchmarks.speed.segment_everything import (
+    GENERATORS,
     run_segment_everything,
     segment_everything_markdown,
 )
@@ -123,6 +124,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=32,
         help="the generator's point grid (default: 32, SAM's)",
+    )
+    everything.add_argument(
+        "--generators",
+        nargs="+",
+        choices=list(GENERATORS),
+        default=["upstream", "fast"],
+        metavar="GENERATOR",
+        help="the mask generators SAM is timed with: upstream (segment_anything's "
+        "SamAutomaticMaskGenerator), fast (biglittle_sam's FastAutomaticMaskGenerator, the same "
+        "masks) (default: upstream fast)",
+    )
+    everything.add_argument(
+        "--model-generators",
+        nargs="+",
+        choices=list(GENERATORS),
+        default=["fast"],
+        metavar="GENERATOR",
+        help="the mask generators --model is timed with (default: fast)",
     )
     run = parser.add_argument_group("run")
     run.add_argument(
@@ -277,6 +296,8 @@ def _segment_everything(
         if name in given:
             kwargs[name] = given[name]
     kwargs["repeats"] = given.get("repeats", 1)
+    kwargs["generators"] = args.generators
+    kwargs["model_generators"] = args.model_generators
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.progress else None
     report = run_cli(lambda: run_segment_everything(progress=log, **kwargs))
     table = segment_everything_markdown(report)

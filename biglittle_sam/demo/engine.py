@@ -2,8 +2,9 @@
 
 :func:`encode_image` runs the image encoder (the expensive part) and returns an
 :class:`EncodedImage` that a session caches; :func:`decode_prompts` runs only the prompt encoder and
-mask decoder on it, and :func:`segment_everything` runs ``SamAutomaticMaskGenerator`` on the
-cached features.
+mask decoder on it, and :func:`segment_everything` runs
+:class:`~biglittle_sam.mask_generator.FastAutomaticMaskGenerator` (``SamAutomaticMaskGenerator``'s
+masks, a cheaper point loop) on the cached features.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+from segment_anything import SamPredictor
 from segment_anything.utils.transforms import ResizeLongestSide
+
+from ..mask_generator import FastAutomaticMaskGenerator
 
 from .models import DemoModel
 
@@ -177,7 +180,7 @@ def decode_prompts(
 class _CachedPredictor(SamPredictor):
     """A predictor that already holds the features of the whole image.
 
-    ``SamAutomaticMaskGenerator`` calls ``set_image`` on each crop; with one crop (the whole image)
+    The mask generator calls ``set_image`` on each crop; with one crop (the whole image)
     that would re-run the encoder, so the cached features are used instead. Any other crop is
     encoded normally.
     """
@@ -197,8 +200,8 @@ class _CachedPredictor(SamPredictor):
             super().set_image(image, image_format)
 
 
-class _ProgressMaskGenerator(SamAutomaticMaskGenerator):
-    """``SamAutomaticMaskGenerator`` that reports each finished batch of point prompts."""
+class _ProgressMaskGenerator(FastAutomaticMaskGenerator):
+    """``FastAutomaticMaskGenerator`` that reports each finished batch of point prompts."""
 
     def __init__(self, predictor: SamPredictor, progress: Optional[ProgressFn], **kwargs: Any):
         super().__init__(predictor.model, **kwargs)

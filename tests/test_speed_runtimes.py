@@ -8,11 +8,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
 from biglittle_sam.benchmarks.speed import BenchmarkConfig, run_benchmark, run_runtimes, to_markdown
 from biglittle_sam.benchmarks.speed.measure import _quantize_rows
-from biglittle_sam.benchmarks.speed.rows import build_rows
+from biglittle_sam.benchmarks.speed.rows import ModelResult, Row, build_rows, onnx_rows
+from biglittle_sam.export import export_backbone
 from biglittle_sam.benchmarks.speed.runtimes import merge_reports
 from tools import benchmark
 
@@ -70,6 +73,32 @@ def test_pytorch_int8_runtime_quantises_every_row() -> None:
     assert {e.result.runtime for e in entries} == {"pytorch-int8"}
     for e in entries:
         assert any(isinstance(m, DynamicLinear) for m in e.module.modules()), e.result.name
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "onnxruntime-int8"])
+def test_peers_are_timed_in_onnxruntime(tmp_path: Path, runtime: str) -> None:
+    """A peer row (a timm backbone in a real run; a small conv net here) is exported with
+    export_backbone and timed in the onnxruntime runtimes as the other rows are."""
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    peer = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.GELU(), nn.Conv2d(8, 16, 2, stride=2))
+    result = ModelResult("toy (a peer)", "peer", None, 32, 0.0, None, "n/a", note="backbone only")
+    cfg = BenchmarkConfig(runtime=runtime, **TINY)
+    (row,) = onnx_rows(cfg, [Row(result, peer, lambda: None)], tmp_path, lambda m: None, runtime)
+    assert row.result.family == "peer" and row.result.runtime == runtime
+    assert row.result.note.startswith("backbone only; exported with opset")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = peer(x)
+    got = row(x)
+    assert got.shape == expected.shape == (2, 16, 4, 4)
+    cosine = nn.functional.cosine_similarity(got.flatten(), expected.flatten(), dim=0)
+    if runtime == "onnxruntime":
+        assert torch.allclose(got, expected, atol=1e-5)
+    else:
+        assert cosine > 0.99
+    with pytest.raises(ValueError, match="img_size must be a positive integer"):
+        export_backbone(peer, tmp_path / "bad.onnx", 0)
 
 
 @pytest.mark.slow  # ~40 s: an ONNX export and quantisation in a subprocess; the CLI test below

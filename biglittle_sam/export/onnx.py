@@ -58,6 +58,7 @@ __all__ = [
     "check_prompt_decoder",
     "compare_image_encoder",
     "compare_prompt_decoder",
+    "export_backbone",
     "export_image_encoder",
     "export_prompt_decoder",
     "gelu_approximation",
@@ -334,6 +335,56 @@ def export_image_encoder(
             {ENCODER_INPUT: {0: "batch"}, ENCODER_OUTPUT: {0: "batch"}},
             metadata,
         )
+
+
+def export_backbone(
+    module: nn.Module, path: PathLike, img_size: int, opset: int = DEFAULT_OPSET, name: str = ""
+) -> Path:
+    """Export any image backbone (a peer's, such as a timm model) for timing in onnxruntime.
+
+    The graph maps ``image`` (B x 3 x S x S float32) to ``image_embeddings`` (whatever the module
+    returns for it: B x C x h x w features for the timm peers); B is dynamic. The metadata says
+    ``kind=backbone``, so the file opens in :class:`OnnxImageEncoder` like an encoder export.
+
+    Arguments:
+      module: maps B x 3 x S x S to one feature tensor.
+      path: the ``.onnx`` file to write (atomically).
+      img_size: the side S the module is exported (and timed) at.
+      opset: ONNX opset, ``MIN_OPSET`` to :func:`max_opset`.
+      name: recorded as ``model_name`` (default: the module's class name).
+
+    Raises:
+      ValueError: an opset out of range or an img_size that is not a positive integer.
+      ImportError: ``onnx`` is not installed.
+    """
+    opset = validate_opset(opset)
+    if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
+        raise ValueError(f"img_size must be a positive integer, got {img_size!r}")
+    param = next(module.parameters())
+    dummy = torch.randn(2, 3, img_size, img_size, device=param.device, dtype=param.dtype)
+    metadata = {
+        "producer": "biglittle_sam",
+        "kind": "backbone",
+        "model_name": name or type(module).__name__,
+        "img_size": str(img_size),
+        "input": f"{ENCODER_INPUT}: B x 3 x {img_size} x {img_size} float32",
+        "output": f"{ENCODER_OUTPUT}: the backbone's features",
+    }
+    training = module.training
+    module.eval()
+    try:
+        return _torch_export(
+            module,
+            (dummy,),
+            path,
+            opset,
+            (ENCODER_INPUT,),
+            (ENCODER_OUTPUT,),
+            {ENCODER_INPUT: {0: "batch"}, ENCODER_OUTPUT: {0: "batch"}},
+            metadata,
+        )
+    finally:
+        module.train(training)
 
 
 def _decoder_inputs(

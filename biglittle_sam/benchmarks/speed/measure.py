@@ -146,8 +146,6 @@ def run_benchmark(
             "through run_runtimes, one subprocess each"
         )
     onnx_only = cfg.runtime.startswith("onnxruntime")
-    if onnx_only:  # peers have no exporter here
-        cfg = dataclasses.replace(cfg, peers=())
     entries = build_rows(cfg)
     for e in entries:
         if e.module is not None:

@@ -21,7 +21,7 @@ from torch import nn
 
 from ...build_sam import build_sam_from_config, sam_model_registry, set_keep_ratio
 from ...config import BigLittleConfig, get_config
-from ...export import OnnxImageEncoder, export_image_encoder, quantize_onnx
+from ...export import OnnxImageEncoder, export_backbone, export_image_encoder, quantize_onnx
 from ...flops import encoder_gmacs
 from ...modeling import ImageEncoderViTFused
 
@@ -86,8 +86,8 @@ class BenchmarkConfig:
     memory: bool = True  # measure peak memory of one pass
     seed: int = 0
     # The runtime every row of this run is timed in (one of RUNTIMES). "pytorch-int8" quantises
-    # every model's Linear layers; the onnxruntime ones export SAM, fused SAM and big.LITTLE and
-    # time only the exports (peers have no exporter here). Speedups are against SAM in it.
+    # every model's Linear layers; the onnxruntime ones export SAM, fused SAM, big.LITTLE and the
+    # peers' backbones and time only the exports. Speedups are against SAM in it.
     runtime: str = "pytorch"
     # Runtimes to time, each in a subprocess of its own, merged into one report (empty: only
     # ``runtime``, in this process). See :func:`.runtimes.run_runtimes`.
@@ -350,27 +350,33 @@ def onnx_rows(
 
     ``runtime`` "onnxruntime" (``--onnx``: extra rows beside PyTorch's) exports the SAM and
     big.LITTLE rows as family "onnx". In a run whose ``cfg.runtime`` is an onnxruntime one, every
-    SAM, fused SAM and big.LITTLE row (pooled too) is exported and keeps its family, so speedups
-    are against SAM's export; "onnxruntime-int8" times the files after ``quantize_onnx``.
+    SAM, fused SAM, big.LITTLE (pooled too) and peer row is exported and keeps its family, so
+    speedups are against SAM's export; "onnxruntime-int8" times the files after
+    ``quantize_onnx``. Peers go through :func:`export_backbone` (their timm backbone only).
     """
     if not cfg.device.startswith("cpu"):
         raise ValueError("onnxruntime rows run onnxruntime's CPU provider; use --device cpu")
     only = cfg.runtime.startswith("onnxruntime")
-    families = CORE_FAMILIES + ("biglittle_pooled",) if only else ("sam", "biglittle")
+    families = CORE_FAMILIES + ("biglittle_pooled", "peer") if only else ("sam", "biglittle")
     int8 = runtime == "onnxruntime-int8"
     out: List[Row] = []
-    for e in entries:
+    for index, e in enumerate(entries):
         r = e.result
         if r.family not in families or e.module is None:
             continue
         ratio = r.keep_ratio if r.keep_ratio is not None else 1.0
-        name = f"{r.family}_{ratio:g}.onnx"
+        stem = f"{index}_{r.family}_{ratio:g}"
         start = time.perf_counter()
-        path = export_image_encoder(
-            e.module, folder / name, keep_ratio=r.keep_ratio, opset=cfg.onnx_opset
-        )
+        if r.family == "peer":
+            path = export_backbone(
+                e.module, folder / f"{stem}.onnx", r.input_size, cfg.onnx_opset, name=r.name
+            )
+        else:
+            path = export_image_encoder(
+                e.module, folder / f"{stem}.onnx", keep_ratio=r.keep_ratio, opset=cfg.onnx_opset
+            )
         if int8:
-            path = quantize_onnx(path, folder / f"{r.family}_{ratio:g}.int8.onnx")
+            path = quantize_onnx(path, folder / f"{stem}.int8.onnx")
         say(f"exported {r.name} to ONNX in {time.perf_counter() - start:.1f} s")
         spinning = onnx_spins(cfg.onnx_spinning, own_process=only)
         session = OnnxImageEncoder(path, threads=cfg.threads, spinning=spinning)
@@ -382,7 +388,8 @@ def onnx_rows(
             latency_runs_s=[],
             images_per_s={},
             compile_s={},
-            note=f"exported with opset {cfg.onnx_opset}; "
+            note=(f"{r.note}; " if r.family == "peer" else "")
+            + f"exported with opset {cfg.onnx_opset}; "
             + ("dynamic int8 (quantize_onnx)" if int8 else "fp32 whatever --dtype")
             + ("; threads spin" if spinning else "; threads sleep"),
         )

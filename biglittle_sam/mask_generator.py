@@ -45,9 +45,10 @@ from segment_anything.utils.amg import (
 __all__ = ["CPU_DECODER_BATCH", "FastAutomaticMaskGenerator", "predict_masks_one_image"]
 
 # Points per mask-decoder call on a CPU. Measured on the 2-core AMD EPYC VM with SAM ViT-B's
-# decoder through predict_masks_one_image, 3 masks per point, 5 interleaved rounds: 60 ms per
-# point at 2, 79 at 3, 90 at 4, 97 at 6. The segment-everything benchmark's decoder sweep
-# (biglittle-sam-benchmark --segment-everything) measures it on any machine.
+# decoder through predict_masks_one_image, 3 masks per point, median of 7 interleaved rounds of 48
+# points (decoder_ms_per_point): 55 ms per point at 2, 53 at 3, 60 at 4, 62 at 6 (upstream's
+# decoder on copies: 71, 80, 80, 88; at 64, upstream's generator's batch, 169). 2 and 3 are
+# within noise of each other; the segment-everything benchmark's sweep measures any machine.
 CPU_DECODER_BATCH = 2
 
 

@@ -81,7 +81,13 @@ def test_peers_are_timed_in_onnxruntime(tmp_path: Path, runtime: str) -> None:
     export_backbone and timed in the onnxruntime runtimes as the other rows are."""
     pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
-    peer = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.GELU(), nn.Conv2d(8, 16, 2, stride=2))
+    peer = nn.Sequential(
+        nn.Conv2d(3, 8, 4, stride=4), nn.GELU(), nn.Conv2d(8, 8, 1), nn.GELU(), nn.Conv2d(8, 8, 1),
+        nn.GELU(), nn.Conv2d(8, 16, 2, stride=2),
+    )  # fmt: skip
+    with torch.no_grad():  # equal weights, which the exporter stores once (as TinyViT's can be)
+        peer[4].weight.copy_(peer[2].weight)
+        peer[4].bias.copy_(peer[2].bias)
     result = ModelResult("toy (a peer)", "peer", None, 32, 0.0, None, "n/a", note="backbone only")
     cfg = BenchmarkConfig(runtime=runtime, **TINY)
     (row,) = onnx_rows(cfg, [Row(result, peer, lambda: None)], tmp_path, lambda m: None, runtime)

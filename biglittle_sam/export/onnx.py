@@ -210,6 +210,29 @@ def _set_metadata(proto: Any, metadata: Dict[str, str]) -> None:
         entry.key, entry.value = key, value
 
 
+def _materialize_shared_weights(proto: Any) -> int:
+    """Give every weight that the exporter shared through an ``Identity`` node its own copy.
+
+    The exporter stores equal parameters once and feeds the others through ``Identity`` nodes
+    (it happens with random weights: a zero-initialised BatchNorm makes the folded weights of
+    several convolutions equal). onnxruntime's quantizer needs each Conv / MatMul weight to be an
+    initializer, so the ``Identity`` nodes whose input is an initializer are replaced by copies.
+
+    Returns:
+      the number of ``Identity`` nodes replaced.
+    """
+    initializers = {t.name: t for t in proto.graph.initializer}
+    replaced = [
+        n for n in proto.graph.node if n.op_type == "Identity" and n.input[0] in initializers
+    ]
+    for node in replaced:
+        copy = proto.graph.initializer.add()
+        copy.CopyFrom(initializers[node.input[0]])
+        copy.name = node.output[0]
+        proto.graph.node.remove(node)
+    return len(replaced)
+
+
 def _torch_export(
     module: nn.Module,
     args: Tuple[Tensor, ...],
@@ -248,6 +271,7 @@ def _torch_export(
         proto = onnx.load(tmp, load_external_data=False)
         _set_metadata(proto, metadata)
         if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+            _materialize_shared_weights(proto)
             onnx.checker.check_model(proto)
         with atomic_open(target, "wb") as f:
             f.write(proto.SerializeToString())

@@ -5,6 +5,8 @@ themselves mean nothing here)."""
 from __future__ import annotations
 
 import json
+import subprocess
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from biglittle_sam.benchmarks.speed import BenchmarkConfig, run_benchmark, run_r
 from biglittle_sam.benchmarks.speed.measure import _quantize_rows
 from biglittle_sam.benchmarks.speed.rows import ModelResult, Row, build_rows, onnx_rows
 from biglittle_sam.export import export_backbone
+from biglittle_sam.benchmarks.speed import runtimes as runtimes_module
 from biglittle_sam.benchmarks.speed.runtimes import merge_reports
 from tools import benchmark
 
@@ -163,3 +166,52 @@ def test_cli_runtimes_flag(tmp_path: Path) -> None:
         assert ours["speedup"] == pytest.approx(sam["latency_s"] / ours["latency_s"])
     saved = json.loads((tmp_path / "benchmark.json").read_text())
     assert saved["meta"]["config"]["runtimes"] == ["pytorch", "pytorch-int8"]
+
+
+def _fake_subprocess(fail: set):
+    """A stand-in for subprocess.run in the runtimes module: the runtimes in ``fail`` exit 1, the
+    others write a one-row report (SAM, 2 s) where the real subprocess would."""
+
+    def run(cmd, **kwargs):
+        config = json.loads(Path(cmd[cmd.index("--config") + 1]).read_text())
+        runtime = config["runtime"]
+        if runtime in fail:
+            return subprocess.CompletedProcess(cmd, 1, "", "Traceback\nValueError: broken export")
+        row = asdict(
+            ModelResult(
+                "SAM vit_tiny (segment_anything)", "sam", None, 64, 1.0, 1.0, "analytic",
+                latency_s=2.0, images_per_s={1: 0.5}, speedup=1.0, runtime=runtime,
+            )
+        )  # fmt: skip
+        meta = {"config": config, "hardware": "x", "torch": "x", "dtype": "fp32"}
+        report = {"meta": meta, "results": [row]}
+        Path(cmd[cmd.index("--output") + 1]).write_text(json.dumps(report))
+        return subprocess.CompletedProcess(cmd, 0, "", f"timed {runtime}\n")
+
+    return run
+
+
+def test_a_failed_runtime_keeps_the_others_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setattr(runtimes_module.subprocess, "run", _fake_subprocess({"onnxruntime"}))
+    cfg = BenchmarkConfig(runtimes=("pytorch", "onnxruntime", "pytorch-int8"), **TINY)
+    said: list = []
+    report = run_runtimes(cfg, said.append)
+    assert report["meta"]["runtimes"] == ["pytorch", "pytorch-int8"]
+    assert "broken export" in report["meta"]["failed_runtimes"]["onnxruntime"]
+    assert any("onnxruntime failed" in line for line in said)
+    # the CLI writes what was measured, then exits 1 naming the runtime
+    args = ["--device", "cpu", "--sam", "vit_tiny", "--model", "bl_tiny", "--peers", "none",
+            "--runtimes", "pytorch", "onnxruntime", "--out-dir", str(tmp_path),
+            "--no-progress"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(args)
+    assert exit_info.value.code == 1
+    assert "the onnxruntime runtime's benchmark process failed" in capsys.readouterr().err
+    saved = json.loads((tmp_path / "benchmark.json").read_text())
+    assert [r["runtime"] for r in saved["results"]] == ["pytorch"]
+    assert "Not timed, their process failed: onnxruntime." in (tmp_path / "benchmark.md").read_text()
+    monkeypatch.setattr(runtimes_module.subprocess, "run", _fake_subprocess({"pytorch"}))
+    with pytest.raises(RuntimeError, match="every runtime's benchmark process failed"):
+        run_runtimes(BenchmarkConfig(runtimes=("pytorch",), **TINY))

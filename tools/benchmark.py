@@ -282,6 +282,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             f.write(table + "\n")
     if paths["plot"]:
         save_plot(report, paths["plot"])
+    failed = report["meta"].get("failed_runtimes") or {}
+    for runtime, why in failed.items():
+        print(f"error: the {runtime} runtime's benchmark process failed ({why})", file=sys.stderr)
+    if failed:  # the other runtimes' rows are written above
+        raise SystemExit(1)
     return report
 
 

@@ -166,6 +166,9 @@ def _notes(report: Dict[str, Any]) -> List[str]:
     if spins:
         how = "spin" if spins == {True} else "sleep" if spins == {False} else "vary"
         notes.append(f"onnxruntime's threads {how} between operators (--onnx-spinning).")
+    failed = report["meta"].get("failed_runtimes") or {}
+    if failed:
+        notes.append(f"Not timed, their process failed: {', '.join(failed)}.")
     if config.get("compile"):
         notes.append(
             f"PyTorch rows run through torch.compile (backend {config.get('compile_backend')}); "

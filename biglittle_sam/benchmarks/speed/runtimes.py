@@ -55,12 +55,16 @@ def run_runtimes(
 ) -> Dict[str, Any]:
     """Time ``cfg`` in each of ``cfg.runtimes``, one subprocess each, and merge the reports.
 
+    A runtime whose subprocess fails does not cost the others their rows: the remaining runtimes
+    run, and the merged report lists the failures in ``meta["failed_runtimes"]`` (runtime -> its
+    exit status and the last lines of its stderr; every line also goes to ``say``).
+
     Raises:
-      RuntimeError: a runtime's subprocess failed (the runtime, its exit status and the last
-        lines of its stderr named; every line also goes to ``say``).
+      RuntimeError: every runtime's subprocess failed.
     """
     say = say or (lambda msg: None)
     reports = []
+    failures: Dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="bl_runtimes_") as tmp:
         for runtime in cfg.runtimes:
             one = dataclasses.replace(cfg, runtime=runtime, runtimes=())
@@ -84,12 +88,16 @@ def run_runtimes(
                 say(f"[{runtime}] {line}")
             if done.returncode != 0:
                 tail = "\n".join(done.stderr.strip().splitlines()[-5:])
-                raise RuntimeError(
-                    f"the {runtime} runtime's benchmark process failed (exit {done.returncode}):"
-                    f"\n{tail}"
-                )
+                failures[runtime] = f"exit {done.returncode}:\n{tail}"
+                say(f"runtime {runtime} failed (exit {done.returncode}); going on with the others")
+                continue
             reports.append(json.loads(out_path.read_text()))
-    return merge_reports(reports, cfg)
+    if not reports:
+        detail = "\n".join(f"{runtime}: {why}" for runtime, why in failures.items())
+        raise RuntimeError(f"every runtime's benchmark process failed:\n{detail}")
+    merged = merge_reports(reports, cfg)
+    merged["meta"]["failed_runtimes"] = failures
+    return merged
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -136,9 +136,13 @@ class FastAutomaticMaskGenerator(SamAutomaticMaskGenerator):
 
     def __init__(self, model: Sam, decoder_batch: Optional[int] = None, **kwargs: Any) -> None:
         if decoder_batch is not None and (
-            isinstance(decoder_batch, bool) or not isinstance(decoder_batch, int) or decoder_batch < 1
+            isinstance(decoder_batch, bool)
+            or not isinstance(decoder_batch, int)
+            or decoder_batch < 1
         ):
-            raise ValueError(f"decoder_batch must be a positive integer or None, got {decoder_batch!r}")
+            raise ValueError(
+                f"decoder_batch must be a positive integer or None, got {decoder_batch!r}"
+            )
         super().__init__(model, **kwargs)
         self.decoder_batch = decoder_batch
 

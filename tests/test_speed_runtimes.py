@@ -14,12 +14,13 @@ import torch
 from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
-from biglittle_sam.benchmarks.speed import BenchmarkConfig, run_benchmark, run_runtimes, to_markdown
+from biglittle_sam.benchmarks.speed import BenchmarkConfig, run_benchmark, run_runtimes
+from biglittle_sam.benchmarks.speed import runtimes as runtimes_module
+from biglittle_sam.benchmarks.speed import to_markdown
 from biglittle_sam.benchmarks.speed.measure import _quantize_rows
 from biglittle_sam.benchmarks.speed.rows import ModelResult, Row, build_rows, onnx_rows
-from biglittle_sam.export import export_backbone
-from biglittle_sam.benchmarks.speed import runtimes as runtimes_module
 from biglittle_sam.benchmarks.speed.runtimes import merge_reports
+from biglittle_sam.export import export_backbone
 from tools import benchmark
 
 TINY = dict(
@@ -211,7 +212,9 @@ def test_a_failed_runtime_keeps_the_others_rows(
     assert "the onnxruntime runtime's benchmark process failed" in capsys.readouterr().err
     saved = json.loads((tmp_path / "benchmark.json").read_text())
     assert [r["runtime"] for r in saved["results"]] == ["pytorch"]
-    assert "Not timed, their process failed: onnxruntime." in (tmp_path / "benchmark.md").read_text()
+    assert (
+        "Not timed, their process failed: onnxruntime." in (tmp_path / "benchmark.md").read_text()
+    )
     monkeypatch.setattr(runtimes_module.subprocess, "run", _fake_subprocess({"pytorch"}))
     with pytest.raises(RuntimeError, match="every runtime's benchmark process failed"):
         run_runtimes(BenchmarkConfig(runtimes=("pytorch",), **TINY))

@@ -21,7 +21,6 @@ from segment_anything import SamPredictor
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from ..mask_generator import FastAutomaticMaskGenerator
-
 from .models import DemoModel
 
 __all__ = [

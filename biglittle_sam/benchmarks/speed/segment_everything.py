@@ -189,9 +189,10 @@ def run_segment_everything(
         decoder; empty: no sweep).
 
     Returns:
-      {"meta", "results": [asdict(SegmentEverythingRow)], "decoder_ms_per_point": {size: ms}}; ``speedup`` against SAM with upstream's
-      generator (None when it was not timed), ``speedup_same_generator`` against SAM with the
-      row's own generator, ``encoder_speedup`` against SAM's encoder time.
+      {"meta", "results": [asdict(SegmentEverythingRow)], "decoder_ms_per_point": {decoder path:
+      {size: ms}}}; ``speedup`` against SAM with upstream's generator (None when it was not
+      timed), ``speedup_same_generator`` against SAM with the row's own generator,
+      ``encoder_speedup`` against SAM's encoder time.
     """
     model_generators = generators if model_generators is None else model_generators
     for name in (*generators, *model_generators):
@@ -277,8 +278,9 @@ def segment_everything_markdown(report: Dict[str, Any]) -> str:
         f"{meta['points_per_side']} points per side on one {w} x {h} image, median of "
         f"{meta['repeats']} runs after a warm-up. Generators: upstream is segment_anything's "
         "SamAutomaticMaskGenerator, fast is biglittle_sam's FastAutomaticMaskGenerator (the same "
-        "masks; the decoder sees the image once per call, not once per point, in calls of a few points, and "
-        "only masks that pass the IoU filter are upsampled). Random weights: the masks kept by "
+        "masks; the decoder sees the image once per call, not once per point, in calls of a few "
+        "points, and only masks that pass the IoU filter are upsampled). Random weights: the masks "
+        "kept by "
         "the filters (and the post-processing time) differ from a real checkpoint's.",
     ]
     sweep = report.get("decoder_ms_per_point") or {}

@@ -191,6 +191,21 @@ class FastAutomaticMaskGenerator(SamAutomaticMaskGenerator):
             ious.append(iou)
         return torch.cat(lows), torch.cat(ious)
 
+    def _process_crop(
+        self,
+        image: np.ndarray,
+        crop_box: List[int],
+        crop_layer_idx: int,
+        orig_size: Tuple[int, ...],
+    ) -> MaskData:
+        """Upstream's ``_process_crop``, with a crop that kept no mask giving ``crop_boxes`` of
+        shape 0 x 4 (upstream's 0-length tensor makes ``box_area`` fail when every crop of a
+        ``crop_n_layers >= 1`` run comes back empty)."""
+        data = super()._process_crop(image, crop_box, crop_layer_idx, orig_size)
+        if len(data["rles"]) == 0:
+            data["crop_boxes"] = torch.zeros((0, 4), dtype=torch.int64)  # 0 x [x0, y0, x1, y1]
+        return data
+
     def _process_batch(
         self,
         points: np.ndarray,

@@ -105,6 +105,15 @@ def test_only_masks_that_pass_the_iou_filter_are_upsampled(
     assert upsampled == passing and sum(upsampled) < 16 * 3  # upstream upsamples all 48
 
 
+def test_crops_that_keep_no_mask_give_no_masks(teacher: Any, images: List[np.ndarray]) -> None:
+    """Upstream's generator fails when every crop comes back empty (``box_area`` of a 0-length
+    tensor); ours returns an empty list."""
+    settings = {"points_per_side": 4, "crop_n_layers": 1, "pred_iou_thresh": 0.999}
+    with pytest.raises(IndexError):
+        SamAutomaticMaskGenerator(teacher, **settings).generate(images[0])
+    assert FastAutomaticMaskGenerator(teacher, **settings).generate(images[0]) == []
+
+
 def test_bad_decoder_batch_and_generator_are_refused(teacher: Any) -> None:
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="decoder_batch"):

@@ -278,6 +278,25 @@ def _torch_export(
     return target
 
 
+def _export_image_graph(
+    module: nn.Module, size: int, path: PathLike, opset: int, metadata: Dict[str, str]
+) -> Path:
+    """Export ``module`` as ``image`` (B x 3 x S x S) -> ``image_embeddings``, B dynamic."""
+    param = next(module.parameters())
+    # Traced at batch 2, so no reshape can fold the batch size into a constant.
+    dummy = torch.randn(2, 3, size, size, device=param.device, dtype=param.dtype)
+    return _torch_export(
+        module,
+        (dummy,),
+        path,
+        opset,
+        (ENCODER_INPUT,),
+        (ENCODER_OUTPUT,),
+        {ENCODER_INPUT: {0: "batch"}, ENCODER_OUTPUT: {0: "batch"}},
+        metadata,
+    )
+
+
 def export_image_encoder(
     model: Union[Sam, nn.Module],
     path: PathLike,
@@ -330,9 +349,6 @@ def export_image_encoder(
             f"it), got {img_size!r}"
         )
     ratio = (keep_ratio if keep_ratio is not None else encoder.keep_ratio) if big_little else 1.0
-    param = next(encoder.parameters())
-    # Traced at batch 2, so no reshape can fold the batch size into a constant.
-    dummy = torch.randn(2, 3, size, size, device=param.device, dtype=param.dtype)
     metadata = {
         "producer": "biglittle_sam",
         "kind": "image_encoder",
@@ -349,16 +365,7 @@ def export_image_encoder(
         metadata["pixel_mean"] = ",".join(f"{v:g}" for v in sam.pixel_mean.flatten().tolist())
         metadata["pixel_std"] = ",".join(f"{v:g}" for v in sam.pixel_std.flatten().tolist())
     with _export_state(encoder, keep_ratio), gelu_approximation(encoder, gelu_approximate):
-        return _torch_export(
-            encoder,
-            (dummy,),
-            path,
-            opset,
-            (ENCODER_INPUT,),
-            (ENCODER_OUTPUT,),
-            {ENCODER_INPUT: {0: "batch"}, ENCODER_OUTPUT: {0: "batch"}},
-            metadata,
-        )
+        return _export_image_graph(encoder, size, path, opset, metadata)
 
 
 def export_backbone(
@@ -384,8 +391,6 @@ def export_backbone(
     opset = validate_opset(opset)
     if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
         raise ValueError(f"img_size must be a positive integer, got {img_size!r}")
-    param = next(module.parameters())
-    dummy = torch.randn(2, 3, img_size, img_size, device=param.device, dtype=param.dtype)
     metadata = {
         "producer": "biglittle_sam",
         "kind": "backbone",
@@ -397,16 +402,7 @@ def export_backbone(
     training = module.training
     module.eval()
     try:
-        return _torch_export(
-            module,
-            (dummy,),
-            path,
-            opset,
-            (ENCODER_INPUT,),
-            (ENCODER_OUTPUT,),
-            {ENCODER_INPUT: {0: "batch"}, ENCODER_OUTPUT: {0: "batch"}},
-            metadata,
-        )
+        return _export_image_graph(module, img_size, path, opset, metadata)
     finally:
         module.train(training)
 

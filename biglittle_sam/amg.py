@@ -249,12 +249,9 @@ def build_mask_generator(
     """
     # segment_anything's generator module imports cv2 at import time; it stays lazy so that
     # `--help` and the core install work without the [amg] extra.
-    from segment_anything import SamAutomaticMaskGenerator
+    from .mask_generator import mask_generator_class
 
-    from .mask_generator import FastAutomaticMaskGenerator
-
-    if generator not in ("fast", "upstream"):
-        raise ValueError(f"unknown generator {generator!r}; expected 'fast' or 'upstream'")
+    make = mask_generator_class(generator)
     if generator == "upstream" and decoder_batch is not None:
         raise ValueError("decoder_batch is a setting of the fast generator, not of upstream's")
     unknown = sorted(set(amg_settings) - set(AMG_SETTINGS))
@@ -267,8 +264,6 @@ def build_mask_generator(
         set_keep_ratio(sam, spec.keep_ratio)
     sam.to(target)
     output_mode = "coco_rle" if convert_to_rle else "binary_mask"
-    if generator == "upstream":
-        return SamAutomaticMaskGenerator(sam, output_mode=output_mode, **amg_settings)
-    return FastAutomaticMaskGenerator(
-        sam, decoder_batch=decoder_batch, output_mode=output_mode, **amg_settings
-    )
+    if decoder_batch is not None:
+        amg_settings["decoder_batch"] = decoder_batch
+    return make(sam, output_mode=output_mode, **amg_settings)

@@ -27,7 +27,7 @@ is upstream's code, inherited unchanged.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -42,7 +42,14 @@ from segment_anything.utils.amg import (
     uncrop_masks,
 )
 
-__all__ = ["CPU_DECODER_BATCH", "FastAutomaticMaskGenerator", "predict_masks_one_image"]
+__all__ = [
+    "CPU_DECODER_BATCH",
+    "MASK_GENERATORS",
+    "FastAutomaticMaskGenerator",
+    "decode_points",
+    "mask_generator_class",
+    "predict_masks_one_image",
+]
 
 # Points per mask-decoder call on a CPU. Measured on the 2-core AMD EPYC VM with SAM ViT-B's
 # decoder through predict_masks_one_image, 3 masks per point, median of 7 interleaved rounds of 48
@@ -117,6 +124,58 @@ def _shares_one_image(decoder: Any) -> bool:
     )
 
 
+@torch.no_grad()
+def decode_points(
+    model: Sam,
+    features: torch.Tensor,
+    coords: torch.Tensor,
+    labels: torch.Tensor,
+    chunk: int,
+    one_image: bool = True,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Low-resolution mask logits and predicted IoUs of point prompts on one image, three masks
+    each, as ``predict_torch(..., multimask_output=True)`` computes them before upsampling.
+
+    Arguments:
+      model: a ``Sam`` (its prompt encoder and mask decoder run).
+      features: 1 x C x h x w image embedding.
+      coords: B x N x 2 point coordinates in the model's input frame.
+      labels: B x N point labels.
+      chunk: prompts per mask-decoder call.
+      one_image: decode through :func:`predict_masks_one_image` where it applies (upstream's
+        decoder, one image); False always calls ``mask_decoder`` on one embedding copy per prompt,
+        as upstream's generator does.
+
+    Returns:
+      (B x 3 x 4h x 4w logits, B x 3 predicted IoUs).
+    """
+    image_pe = model.prompt_encoder.get_dense_pe()
+    share = one_image and _shares_one_image(model.mask_decoder) and features.shape[0] == 1
+    lows: List[torch.Tensor] = []
+    ious: List[torch.Tensor] = []
+    for start in range(0, coords.shape[0], chunk):
+        sparse, dense = model.prompt_encoder(
+            points=(coords[start : start + chunk], labels[start : start + chunk]),
+            boxes=None,
+            masks=None,
+        )
+        if share:  # dense is the no-mask embedding, the same for every prompt
+            low, iou = predict_masks_one_image(
+                model.mask_decoder, features, image_pe, sparse, dense[:1]
+            )
+        else:
+            low, iou = model.mask_decoder(
+                image_embeddings=features,
+                image_pe=image_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=True,
+            )
+        lows.append(low)
+        ious.append(iou)
+    return torch.cat(lows), torch.cat(ious)
+
+
 class FastAutomaticMaskGenerator(SamAutomaticMaskGenerator):
     """``SamAutomaticMaskGenerator`` with chunked decoding and filtering before upsampling.
 
@@ -151,45 +210,15 @@ class FastAutomaticMaskGenerator(SamAutomaticMaskGenerator):
             return self.decoder_batch
         return CPU_DECODER_BATCH if self.predictor.device.type == "cpu" else points
 
-    @torch.no_grad()
     def _decode(self, coords: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """Low-resolution mask logits and predicted IoUs of single-point prompts.
-
-        Arguments:
-          coords: B x 1 x 2 point coordinates in the model's input frame.
-          labels: B x 1 point labels (1: foreground).
-
-        Returns:
-          (B x 3 x h x w low-resolution logits, B x 3 predicted IoUs), as ``predict_torch``'s
-          ``multimask_output=True`` gives them before upsampling.
-        """
-        model = self.predictor.model
-        image_pe = model.prompt_encoder.get_dense_pe()
-        step = self._chunk(coords.shape[0])
-        share = _shares_one_image(model.mask_decoder) and self.predictor.features.shape[0] == 1
-        lows: List[torch.Tensor] = []
-        ious: List[torch.Tensor] = []
-        for start in range(0, coords.shape[0], step):
-            sparse, dense = model.prompt_encoder(
-                points=(coords[start : start + step], labels[start : start + step]),
-                boxes=None,
-                masks=None,
-            )
-            if share:  # dense is the no-mask embedding, the same for every point
-                low, iou = predict_masks_one_image(
-                    model.mask_decoder, self.predictor.features, image_pe, sparse, dense[:1]
-                )
-            else:
-                low, iou = model.mask_decoder(
-                    image_embeddings=self.predictor.features,
-                    image_pe=image_pe,
-                    sparse_prompt_embeddings=sparse,
-                    dense_prompt_embeddings=dense,
-                    multimask_output=True,
-                )
-            lows.append(low)
-            ious.append(iou)
-        return torch.cat(lows), torch.cat(ious)
+        """:func:`decode_points` on the predictor's image, in chunks of ``decoder_batch``."""
+        return decode_points(
+            self.predictor.model,
+            self.predictor.features,
+            coords,
+            labels,
+            self._chunk(coords.shape[0]),
+        )
 
     def _process_crop(
         self,
@@ -258,3 +287,21 @@ class FastAutomaticMaskGenerator(SamAutomaticMaskGenerator):
         data["rles"] = mask_to_rle_pytorch(data["masks"])
         del data["masks"]
         return data
+
+
+# The mask generators by name (biglittle-sam-amg's --generator, the segment-everything benchmark).
+MASK_GENERATORS: Dict[str, Any] = {
+    "fast": FastAutomaticMaskGenerator,
+    "upstream": SamAutomaticMaskGenerator,
+}
+
+
+def mask_generator_class(name: str) -> Any:
+    """The :data:`MASK_GENERATORS` entry ``name`` (``fast`` or ``upstream``).
+
+    Raises:
+      ValueError: an unknown name.
+    """
+    if name not in MASK_GENERATORS:
+        raise ValueError(f"unknown generator {name!r}; expected one of {list(MASK_GENERATORS)}")
+    return MASK_GENERATORS[name]

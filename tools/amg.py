@@ -32,6 +32,7 @@ import sys
 from typing import Any, Dict, Optional, Sequence
 
 from biglittle_sam.amg import AMG_SETTINGS
+from biglittle_sam.mask_generator import MASK_GENERATORS
 
 __all__ = ["build_parser", "main"]
 
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--generator",
-        choices=["fast", "upstream"],
+        choices=list(MASK_GENERATORS),
         default="fast",
         help="fast: biglittle_sam's FastAutomaticMaskGenerator (upstream's masks, a cheaper point "
         "loop); upstream: segment_anything's SamAutomaticMaskGenerator (default: fast)",

@@ -27,11 +27,11 @@ from biglittle_sam.benchmarks.speed import (
     to_markdown,
 )
 from biglittle_sam.benchmarks.speed.segment_everything import (
-    GENERATORS,
     run_segment_everything,
     segment_everything_markdown,
 )
 from biglittle_sam.fileio import atomic_open
+from biglittle_sam.mask_generator import MASK_GENERATORS
 from biglittle_sam.model_spec import model_spec_arg
 from biglittle_sam.runtime.cli import add_old_spelling, describe_defaults, run_cli
 from biglittle_sam.runtime.distributed import resolve_device
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     everything.add_argument(
         "--generators",
         nargs="+",
-        choices=list(GENERATORS),
+        choices=list(MASK_GENERATORS),
         default=["upstream", "fast"],
         metavar="GENERATOR",
         help="the mask generators SAM is timed with: upstream (segment_anything's "
@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     everything.add_argument(
         "--model-generators",
         nargs="+",
-        choices=list(GENERATORS),
+        choices=list(MASK_GENERATORS),
         default=["fast"],
         metavar="GENERATOR",
         help="the mask generators --model is timed with (default: fast)",

@@ -13,6 +13,7 @@ the IoU and stability filters (and so the post-processing time) differ from a re
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -20,29 +21,21 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.modeling import Sam
 
 from ...build_sam import build_sam_from_config, sam_model_registry, set_keep_ratio
 from ...config import get_config
-from ...mask_generator import CPU_DECODER_BATCH, FastAutomaticMaskGenerator, predict_masks_one_image
+from ...mask_generator import CPU_DECODER_BATCH, decode_points, mask_generator_class
 from ...runtime.hardware import hardware_description
 from ...runtime.timing import ModuleTimer
 
 __all__ = [
-    "GENERATORS",
     "SegmentEverythingRow",
     "time_segment_everything",
     "decoder_ms_per_point",
     "run_segment_everything",
     "segment_everything_markdown",
 ]
-
-# The mask generators the benchmark times: upstream's and this package's (same masks).
-GENERATORS: Dict[str, Any] = {
-    "upstream": SamAutomaticMaskGenerator,
-    "fast": FastAutomaticMaskGenerator,
-}
 
 
 @dataclass
@@ -51,7 +44,7 @@ class SegmentEverythingRow:
 
     name: str
     keep_ratio: Optional[float]
-    generator: str  # a GENERATORS key
+    generator: str  # a MASK_GENERATORS key
     total_s: float
     encoder_s: float
     decoder_s: float  # total - encoder: prompts, decoder, post-processing, NMS
@@ -75,14 +68,12 @@ def time_segment_everything(
       image: H x W x 3 uint8 RGB.
       repeats: timed ``generate`` calls, after one untimed warm-up call on a 2 x 2 point grid
         (it runs the encoder and the decoder once each; the full grid would double the run).
-      generator: a :data:`GENERATORS` key.
+      generator: a :data:`MASK_GENERATORS` key.
       generator_kwargs: passed to the generator (``points_per_side``...).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    if generator not in GENERATORS:
-        raise ValueError(f"unknown generator {generator!r}; expected one of {list(GENERATORS)}")
-    make = GENERATORS[generator]
+    make = mask_generator_class(generator)
     warm_kwargs = {k: v for k, v in generator_kwargs.items() if k != "points_per_side"}
     totals: List[float] = []
     encoders: List[float] = []
@@ -104,9 +95,10 @@ def decoder_ms_per_point(
 ) -> Dict[str, Dict[int, float]]:
     """The mask decoder's time per point prompt (ms) at each batch size, upstream's and fast's.
 
-    Runs what each generator runs per point batch (prompt encoder, then three masks per point
-    from the mask decoder: upstream's ``mask_decoder(...)`` on one embedding copy per point, or
-    :func:`~biglittle_sam.mask_generator.predict_masks_one_image`) on a random image embedding.
+    Runs what each generator runs per point batch,
+    :func:`~biglittle_sam.mask_generator.decode_points` (prompt encoder, then three masks per
+    point: upstream's ``mask_decoder(...)`` on one embedding copy per point, or the one-image
+    path), on a random image embedding.
     Every (path, size) decodes about ``points`` points per round, in ``repeats`` interleaved
     rounds after one warm-up call each; the median round is reported.
 
@@ -127,28 +119,14 @@ def decoder_ms_per_point(
     grid = sam.prompt_encoder.image_embedding_size
     embedding = torch.randn(1, sam.prompt_encoder.embed_dim, *grid, generator=gen)
     side = sam.image_encoder.img_size
-    image_pe = sam.prompt_encoder.get_dense_pe()
     calls: Dict[Tuple[str, int], Callable[[], Any]] = {}
     for b in batch_sizes:
         coords = torch.rand(b, 1, 2, generator=gen) * side  # B x 1 x 2
         labels = torch.ones(b, 1, dtype=torch.int)
-
-        def upstream(coords: torch.Tensor = coords, labels: torch.Tensor = labels) -> Any:
-            sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-            return sam.mask_decoder(
-                image_embeddings=embedding,
-                image_pe=image_pe,
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=True,
+        for path in ("upstream", "fast"):
+            calls[path, b] = functools.partial(
+                decode_points, sam, embedding, coords, labels, b, path == "fast"
             )
-
-        def fast(coords: torch.Tensor = coords, labels: torch.Tensor = labels) -> Any:
-            sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-            return predict_masks_one_image(sam.mask_decoder, embedding, image_pe, sparse, dense[:1])
-
-        calls["upstream", b] = upstream
-        calls["fast", b] = fast
     rounds: Dict[Tuple[str, int], List[float]] = {key: [] for key in calls}
     with torch.inference_mode():
         for call in calls.values():
@@ -183,7 +161,7 @@ def run_segment_everything(
     """Segment everything on one generated image with ``sam`` and ``model`` at each ratio (CPU).
 
     Arguments:
-      generators: the :data:`GENERATORS` SAM is timed with.
+      generators: the :data:`MASK_GENERATORS` SAM is timed with.
       model_generators: the ones ``model`` is timed with (None: ``generators``).
       decoder_batches: batch sizes of the decoder sweep (:func:`decoder_ms_per_point` on SAM's
         decoder; empty: no sweep).
@@ -196,8 +174,7 @@ def run_segment_everything(
     """
     model_generators = generators if model_generators is None else model_generators
     for name in (*generators, *model_generators):
-        if name not in GENERATORS:
-            raise ValueError(f"unknown generator {name!r}; expected some of {list(GENERATORS)}")
+        mask_generator_class(name)  # unknown names fail before any timing
     say = progress or (lambda msg: None)
     torch.manual_seed(seed)
     image = np.random.default_rng(seed).integers(0, 256, (*image_hw, 3), dtype=np.uint8)
@@ -225,7 +202,7 @@ def run_segment_everything(
             set_keep_ratio(bl, r)
             for generator in model_generators:
                 time_row(bl, f"{model} r={r:g}", r, generator)
-    sam_rows = {row.generator: row for row in rows if row.keep_ratio is None and sam}
+    sam_rows = {row.generator: row for row in rows if row.keep_ratio is None}
     for row in rows:
         same = sam_rows.get(row.generator)
         upstream = sam_rows.get("upstream")
@@ -280,8 +257,7 @@ def segment_everything_markdown(report: Dict[str, Any]) -> str:
         "SamAutomaticMaskGenerator, fast is biglittle_sam's FastAutomaticMaskGenerator (the same "
         "masks; the decoder sees the image once per call, not once per point, in calls of a few "
         "points, and only masks that pass the IoU filter are upsampled). Random weights: the masks "
-        "kept by "
-        "the filters (and the post-processing time) differ from a real checkpoint's.",
+        "kept by the filters (and the post-processing time) differ from a real checkpoint's.",
     ]
     sweep = report.get("decoder_ms_per_point") or {}
     if sweep:

@@ -25,7 +25,7 @@ from biglittle_sam.benchmarks.proxy import (
 )
 from biglittle_sam.benchmarks.proxy.report import relative_bin_miou
 from biglittle_sam.benchmarks.proxy.settings import geometry_summary
-from biglittle_sam.build_sam import model_config, sam_model_registry
+from biglittle_sam.build_sam import build_sam_from_config, model_config, sam_model_registry
 from biglittle_sam.data.shapes import ShapesConfig, render_shapes_image
 from tools import proxy_benchmark
 
@@ -54,6 +54,8 @@ def test_geometries_tile_like_sam() -> None:
         ({"split": "dev", "assets_dir": "assets"}, "test-split run only"),
         ({"student_little_dim": 8, "student_little_heads": 3}, "multiple of student_little_heads"),
         ({"student_little_mlp_ratio": 0.0}, "student_little_mlp_ratio"),
+        ({"teacher_checkpoint": "teacher.pth"}, "given teacher is for choosing student recipes"),
+        ({"split": "dev", "teacher_checkpoint": "missing.pth"}, "no such checkpoint file"),
     ],
 )
 def test_bad_settings_fail_before_any_stage(tmp_path: Path, change, words, capsys) -> None:
@@ -214,6 +216,42 @@ def test_proxy_benchmark_miniature(tmp_path: Path, one_thread, capsys) -> None:
     config = student["config"]
     assert (config["little_dim"], config["little_heads"], config["little_mlp_ratio"]) == (8, 1, 2)
     assert "E-blocks 8 wide (1 heads, MLP ratio 2)" in (lite / "proxy_benchmark.md").read_text()
+    # A student recipe on dev against a given teacher (the fp16 built-in one): no teacher training,
+    # the teacher is written in fp32 and scores as the trained one did
+    given = tmp_path / "proxy_given"
+    given_argv = ["--out-dir", str(given)] + argv[2:-2] + ["--split", "dev"]
+    given_argv += ["--teacher-checkpoint", str(assets / "proxy_teacher.pth")]
+    given_result = proxy_benchmark.main(given_argv)
+    adopted = torch.load(given / "teacher" / "model.pth", map_location="cpu", weights_only=True)
+    assert adopted["adopted_from"] == str(assets / "proxy_teacher.pth")
+    assert all(v.dtype == torch.float32 for v in adopted["model"].values() if v.is_floating_point())
+    assert not (given / "teacher" / "checkpoints").exists()  # nothing trained
+    assert given_result["split"] == "dev" and given_result["outputs"]["markdown"] is None
+    assert {("student", 0.1), ("random router", 0.1)} <= {
+        (r["model"], r["keep_ratio"]) for r in given_result["rows"]
+    }
+
+
+def test_a_given_teacher_must_be_a_plain_sam_of_the_geometry(tmp_path: Path) -> None:
+    from biglittle_sam.benchmarks.stages import read_teacher
+    from biglittle_sam.checkpoint import CheckpointError, save_model_checkpoint
+
+    config = ProxyBenchmarkSettings().check()
+    sam = build_sam_from_config(config)
+    good = save_model_checkpoint(tmp_path / "teacher.pth", sam, config)
+    payload = read_teacher(good, config)
+    assert payload["adopted_from"] == str(good) and payload["config"]["img_size"] == 128
+    bare = tmp_path / "bare.pth"
+    torch.save(sam.state_dict(), bare)
+    with pytest.raises(CheckpointError, match="no stored config"):
+        read_teacher(bare, config)
+    other = ProxyBenchmarkSettings(geometry="32").check()
+    with pytest.raises(CheckpointError, match=r"img_size 128 \(expected 256\)"):
+        read_teacher(good, other)
+    student = sam_model_registry["bl_tiny"]()
+    bl = save_model_checkpoint(tmp_path / "student.pth", student, model_config(student))
+    with pytest.raises(CheckpointError, match="a big.LITTLE model"):
+        read_teacher(bl, config)
 
 
 def test_step_costs_are_measured_at_the_geometry() -> None:

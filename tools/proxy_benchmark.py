@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         "models) here (default: not written)",
     )
     parser.add_argument(
+        "--teacher-checkpoint",
+        default=None,
+        help="dev split only: use this trained teacher (same geometry) instead of training one, "
+        "to try student recipes in minutes, e.g. biglittle_sam/assets/proxy_teacher.pth "
+        "(default: trained)",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="continue an interrupted run in the same out-dir (default: off)",
@@ -104,6 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     names = [f for f, _, _ in _FLAGS] + ["keep_ratios", "phase2_keep_ratios", "eval_ratios"]
     changes: Dict[str, Any] = {n: getattr(args, n) for n in names}
     changes.update(progress=args.progress, resume=args.resume, assets_dir=args.assets_dir)
+    changes["teacher_checkpoint"] = args.teacher_checkpoint
     words = list(sys.argv[1:] if argv is None else argv)
     changes["command"] = " ".join(["biglittle-sam-proxy-benchmark", *map(shlex.quote, words)])
     settings = dataclasses.replace(_DEFAULTS, **changes)

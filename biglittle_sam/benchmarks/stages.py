@@ -16,7 +16,14 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from ..checkpoint import atomic_save, read_checkpoint
+from ..checkpoint import (
+    CheckpointError,
+    atomic_save,
+    checkpoint_config,
+    read_checkpoint,
+    split_checkpoint,
+)
+from ..config import SamViTConfig, config_to_dict
 from ..data.shapes import ShapesDataset
 from ..distill.cache import CacheSettings
 from ..distill.distill import DistillSettings
@@ -25,6 +32,7 @@ from ..train.finetune import FinetuneSettings
 from ..train.settings import TrainSettings
 
 __all__ = [
+    "read_teacher",
     "cache_settings",
     "config_copy",
     "seeded_evaluation",
@@ -201,6 +209,46 @@ def config_copy(model: Path, target: Path, note: str, **config: Any) -> Path:
     payload["config"] = dict(payload["config"], **config)
     payload["note"] = note
     return atomic_save(payload, target)
+
+
+def read_teacher(source: Path, expected: SamViTConfig) -> Dict[str, Any]:
+    """A trained teacher to use instead of training one, checked, as a checkpoint payload.
+
+    The file must hold a plain SAM whose stored config equals ``expected`` (the run's geometry)
+    in every field but its name. The payload's weights are fp32 (the built-in teacher is stored in
+    fp16) and it records the source's path as ``adopted_from``, so written with
+    :func:`~biglittle_sam.checkpoint.atomic_save` it gives the cache and the students what a
+    trained teacher would.
+
+    Raises:
+      CheckpointError: the file is missing, unreadable, has no stored config, is a big.LITTLE
+        model, or its config differs from ``expected`` (the fields are named).
+    """
+    state, meta = split_checkpoint(read_checkpoint(source), source)
+    config = checkpoint_config(meta, state, source)
+    if config is None:
+        raise CheckpointError(
+            f"{source}: no stored config; expected a teacher written by this project (a "
+            "benchmark's <out-dir>/teacher/model.pth or biglittle_sam/assets/proxy_teacher.pth)"
+        )
+    have, want = config_to_dict(config), config_to_dict(expected)
+    if set(have) != set(want):
+        raise CheckpointError(
+            f"{source}: a big.LITTLE model ('{config.name}'), expected a plain SAM teacher "
+            f"('{expected.name}')"
+        )
+    wrong = [
+        f"{k} {have[k]!r} (expected {v!r})" for k, v in want.items() if k != "name" and have[k] != v
+    ]
+    if wrong:
+        raise CheckpointError(
+            f"{source}: not a teacher of this run's geometry: {', '.join(wrong)}; train one with "
+            "the same --geometry, or leave the teacher to the run"
+        )
+    payload = dict(meta)
+    payload["model"] = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    payload["adopted_from"] = str(source)
+    return payload
 
 
 def seeded_evaluation(settings: Any) -> Optional[Dict[str, Any]]:

@@ -2,7 +2,8 @@
 
 1. Check the settings (geometry, keep ratios) before anything runs.
 2. Write the train, dev and test splits of mostly-background shapes, each from its own seed.
-3. Train the teacher (``vit_tiny`` at the proxy geometry) from scratch with ``finetune``.
+3. Train the teacher (``vit_tiny`` at the proxy geometry) from scratch with ``finetune`` (on the
+   dev split, ``teacher_checkpoint`` names a trained one to use instead).
 4. Cache its embeddings; distil a ``bl_tiny`` student (``distill`` phase 1 on the whole encoder,
    then phase 2 on the teacher's masks); train the routers alone as an ablation.
 5. Evaluate box, 1-click and 3-click mIoU on the chosen split (``dev`` while choosing recipes,
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from ...checkpoint import atomic_save
 from ...distill.cache import cache_teacher_embeddings
 from ...distill.distill import run_distillation
 from ...eval.runner import EvalSettings
@@ -41,6 +43,7 @@ from ..stages import (
     miou_row,
     phase1_settings,
     phase2_settings,
+    read_teacher,
     seeded_evaluation,
     stage_train,
 )
@@ -121,15 +124,21 @@ def run_proxy_benchmark(settings: ProxyBenchmarkSettings) -> Dict[str, Any]:
     _log(s, f"data: {train.num_instances} train and {evaluated.num_instances} {s.split} objects")
 
     t = time.perf_counter()
-    teacher_settings = stage_teacher(
-        train,
-        s.train_images,
-        s.teacher_fields,
-        s.teacher_focal_weight,
-        _train(s, out / "teacher", s.teacher_steps, s.teacher_lr, s.teacher_batch_size, True),
-    )
-    _log(s, f"teacher: {s.teacher_steps} steps on {nproc} process(es), {device}")
-    teacher = _finished(launch(run_finetune, teacher_settings, nproc, s.threads), "teacher")
+    if s.teacher_checkpoint:
+        _log(s, f"teacher: {s.teacher_checkpoint} (given, not trained)")
+        teacher = out / "teacher" / "model.pth"
+        if not (s.resume and teacher.is_file()):  # the cache records the file's checksum
+            atomic_save(read_teacher(Path(s.teacher_checkpoint), teacher_config), teacher)
+    else:
+        teacher_settings = stage_teacher(
+            train,
+            s.train_images,
+            s.teacher_fields,
+            s.teacher_focal_weight,
+            _train(s, out / "teacher", s.teacher_steps, s.teacher_lr, s.teacher_batch_size, True),
+        )
+        _log(s, f"teacher: {s.teacher_steps} steps on {nproc} process(es), {device}")
+        teacher = _finished(launch(run_finetune, teacher_settings, nproc, s.threads), "teacher")
     times["teacher"] = time.perf_counter() - t
 
     t = time.perf_counter()

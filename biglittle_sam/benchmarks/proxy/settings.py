@@ -18,10 +18,12 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from ...config import SamViTConfig, get_config, validate_keep_ratio
 from ..budgets import check_budgets
+from ..stages import read_teacher
 
 __all__ = [
     "GEOMETRIES",
@@ -140,6 +142,8 @@ class ProxyBenchmarkSettings:
     progress: bool = True
     resume: bool = False  # continue an interrupted run: finished stages are reused
     assets_dir: Optional[str] = None  # test split only: also write the fp16 teacher and student
+    # dev split only: this trained teacher instead of training one (student recipes in minutes)
+    teacher_checkpoint: Optional[str] = None
     command: str = ""  # the command line that ran this, recorded in the outputs
 
     def __post_init__(self) -> None:
@@ -164,6 +168,12 @@ class ProxyBenchmarkSettings:
             raise ValueError(
                 "assets_dir: the built-in models are written from a test-split run only "
                 f"(their description holds its table), got split {self.split!r}"
+            )
+        if self.teacher_checkpoint and self.split != "dev":
+            raise ValueError(
+                "teacher_checkpoint: a given teacher is for choosing student recipes on the dev "
+                f"split; the table comes from a run that trains its own teacher, got split "
+                f"{self.split!r}"
             )
         check_budgets(
             self,
@@ -198,7 +208,10 @@ class ProxyBenchmarkSettings:
                     raise ValueError(f"{name}: {error}") from None
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
-        return teacher_config(self.teacher_fields)
+        config = teacher_config(self.teacher_fields)
+        if self.teacher_checkpoint:
+            read_teacher(Path(self.teacher_checkpoint), config)  # CheckpointError is a ValueError
+        return config
 
     @property
     def teacher_fields(self) -> Tuple[Tuple[str, Any], ...]:

@@ -129,3 +129,39 @@ def test_select_top_picks_what_the_encoder_picks_from_the_same_scores() -> None:
     assert {kind for kind, _ in kinds} == {"window", "global"}
     grid = aux.layers[0].selected.shape[-1]
     assert any(grid % w for _, w in kinds if w)  # partial windows at the edge
+
+
+def test_routed_layers_runs_the_other_kind_dense_and_restores_the_encoder() -> None:
+    from biglittle_sam.benchmarks.proxy.layers import routed_layers
+    from biglittle_sam.benchmarks.proxy.settings import ProxyBenchmarkSettings
+    from biglittle_sam.build_sam import build_sam_from_config
+    from biglittle_sam.config import biglittle_config_for
+
+    torch.manual_seed(0)
+    teacher = ProxyBenchmarkSettings().check()
+    sam = build_sam_from_config(
+        biglittle_config_for(teacher, "bl_tiny", little_dim=16, little_heads=2)
+    )
+    encoder = sam.image_encoder.eval()
+    for block in encoder.blocks:  # E-blocks that change something
+        torch.nn.init.normal_(block.little.gamma, std=0.1)
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        encoder.keep_ratio = 1.0
+        dense = encoder(x)
+        encoder.keep_ratio = 0.25
+        routed = encoder(x)
+        with routed_layers(encoder, "global") as global_layers:
+            only_global = encoder(x)
+            with routed_layers(encoder, "windowed") as windowed_layers:
+                nothing_routed = encoder(x)
+        with routed_layers(encoder, "all") as every_layer:
+            assert torch.equal(encoder(x), routed)
+        after = encoder(x)
+    assert global_layers == [1, 3] and windowed_layers == [0, 2] and every_layer == [0, 1, 2, 3]
+    assert torch.allclose(nothing_routed, dense, atol=1e-5)  # both kinds dense: keep ratio 1
+    assert not torch.allclose(only_global, routed) and not torch.allclose(only_global, dense)
+    assert torch.equal(after, routed)  # the encoder is unchanged afterwards
+    with pytest.raises(ValueError, match="kind must be one of"):
+        with routed_layers(encoder, "local"):
+            pass

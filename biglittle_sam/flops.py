@@ -141,12 +141,19 @@ def _resolve(model: ModelOrConfig) -> Tuple[SamViTConfig, bool, float, bool]:
 
 
 def _encoder_parts(
-    model: ModelOrConfig, keep_ratio: Optional[float], pool_kv: Optional[bool]
+    model: ModelOrConfig,
+    keep_ratio: Optional[float],
+    pool_kv: Optional[bool],
+    layer_ratios: Optional[Sequence[float]] = None,
 ) -> Dict[str, int]:
     """:func:`encoder_macs` with the big blocks' key/value projections of unrouted tokens apart
     (``kv_unrouted``, not in ``big_linear``) and no total."""
     cfg, fused, current_ratio, current_pool_kv = _resolve(model)
     r = current_ratio if keep_ratio is None else validate_keep_ratio(keep_ratio)
+    if layer_ratios is not None and len(layer_ratios) != cfg.depth:
+        raise ValueError(
+            f"layer_ratios: one keep ratio per layer ({cfg.depth}), got {len(layer_ratios)}"
+        )
     if pool_kv is None:
         pool_kv = current_pool_kv
     C, g = cfg.embed_dim, cfg.grid_size
@@ -168,7 +175,8 @@ def _encoder_parts(
         windowed = i not in cfg.global_attn_indexes
         if isinstance(cfg, BigLittleConfig):
             out["little"] += _little_block(cfg)
-            parts = _big_block(cfg, windowed, r, pool_kv)
+            ratio = r if layer_ratios is None else validate_keep_ratio(layer_ratios[i])
+            parts = _big_block(cfg, windowed, ratio, pool_kv)
         elif fused:  # BigBlock's dense path: keys and values of real tokens only
             parts = _big_block(cfg, windowed, 1.0)
         else:
@@ -180,7 +188,10 @@ def _encoder_parts(
 
 
 def encoder_macs(
-    model: ModelOrConfig, keep_ratio: Optional[float] = None, pool_kv: Optional[bool] = None
+    model: ModelOrConfig,
+    keep_ratio: Optional[float] = None,
+    pool_kv: Optional[bool] = None,
+    layer_ratios: Optional[Sequence[float]] = None,
 ) -> Dict[str, int]:
     """MACs of one image through the image encoder, by part.
 
@@ -190,11 +201,13 @@ def encoder_macs(
       keep_ratio: for big.LITTLE encoders; None: a built encoder's current ratio (this thread's,
         inside ``keep_ratio_context``), or a config's own.
       pool_kv: count pooled keys/values; None: a built encoder's current setting, or a config's.
+      layer_ratios: big.LITTLE only, one keep ratio per layer instead of ``keep_ratio`` (the
+        layers diagnostic of the proxy benchmark runs some layers dense).
 
     Returns:
       {"patch_embed", "little", "router", "big_linear", "big_attention", "norm", "neck", "total"}.
     """
-    out = _encoder_parts(model, keep_ratio, pool_kv)
+    out = _encoder_parts(model, keep_ratio, pool_kv, layer_ratios)
     out["big_linear"] += out.pop("kv_unrouted")
     out["total"] = sum(out.values())
     return out

@@ -165,3 +165,28 @@ def test_routed_layers_runs_the_other_kind_dense_and_restores_the_encoder() -> N
     with pytest.raises(ValueError, match="kind must be one of"):
         with routed_layers(encoder, "local"):
             pass
+
+
+def test_layer_ratios_and_their_macs() -> None:
+    from biglittle_sam.benchmarks.proxy.layers import layer_ratios
+    from biglittle_sam.benchmarks.proxy.settings import ProxyBenchmarkSettings
+    from biglittle_sam.build_sam import build_sam_from_config
+    from biglittle_sam.config import biglittle_config_for
+    from biglittle_sam.flops import encoder_macs
+
+    config = biglittle_config_for(
+        ProxyBenchmarkSettings().check(), "bl_tiny", little_dim=16, little_heads=2
+    )
+    encoder = build_sam_from_config(config).image_encoder
+    assert layer_ratios(encoder, "windowed", 0.1) == [0.1, 1.0, 0.1, 1.0]  # layers 1, 3 global
+    assert layer_ratios(encoder, "global", 0.1) == [1.0, 0.1, 1.0, 0.1]
+    assert layer_ratios(encoder, "all", 0.1) == [0.1] * 4
+    total = {r: encoder_macs(config, r)["total"] for r in (0.1, 1.0)}
+    assert encoder_macs(config, layer_ratios=[0.1] * 4)["total"] == total[0.1]
+    mixed = [
+        encoder_macs(config, layer_ratios=layer_ratios(encoder, k, 0.1))["total"]
+        for k in ("windowed", "global")
+    ]
+    assert all(total[0.1] < m < total[1.0] for m in mixed)
+    with pytest.raises(ValueError, match="one keep ratio per layer"):
+        encoder_macs(config, layer_ratios=[0.5, 0.5])

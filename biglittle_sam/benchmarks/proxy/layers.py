@@ -2,8 +2,9 @@
 global layers only (the others run every token through the big block, as at keep ratio 1).
 
 A diagnostic, not a model setting: the student is the one the benchmark trained (for routing in
-every layer), and the mixed rows cost more than their keep ratio says. It answers "which layers'
-routing loses the mIoU", e.g. on the dev split::
+every layer), and the mixed rows cost more than their keep ratio says (their encoder GMACs are
+reported next to the mIoU). It answers "which layers' routing loses the mIoU", e.g. on the dev
+split::
 
     python -m biglittle_sam.benchmarks.proxy.layers biglittle_sam/assets/proxy_student.pth \\
         --images outputs/proxy/data/dev/coco/val2017 \\
@@ -15,16 +16,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
 from ...eval.models import build_eval_models
 from ...eval.runner import EvalSettings, build_dataset, run_miou
+from ...flops import encoder_macs
 from ...modeling.image_encoder import ImageEncoderBigLittle
 from ...runtime.distributed import init_distributed
 
-__all__ = ["LAYER_KINDS", "layer_routing_miou", "routed_layers"]
+__all__ = [
+    "LAYER_KINDS",
+    "format_layer_table",
+    "layer_routing_miou",
+    "layer_ratios",
+    "routed_layers",
+]
 
 # Which layers route: "all" (the model as trained), "windowed" (global layers dense), "global".
 LAYER_KINDS = ("all", "windowed", "global")
@@ -42,6 +50,16 @@ def _dense(
     return forward(block, x, 1.0, *args, **kwargs)
 
 
+def layer_ratios(encoder: ImageEncoderBigLittle, kind: str, keep_ratio: float) -> List[float]:
+    """Each layer's keep ratio when only the ``kind`` layers route at ``keep_ratio``."""
+    if kind not in LAYER_KINDS:
+        raise ValueError(f"kind must be one of {LAYER_KINDS}, got {kind!r}")
+    return [
+        keep_ratio if kind == "all" or (kind == "global") == (b.window_size == 0) else 1.0
+        for b in encoder.blocks
+    ]
+
+
 @contextlib.contextmanager
 def routed_layers(encoder: ImageEncoderBigLittle, kind: str) -> Iterator[List[int]]:
     """Inside the block, only the ``kind`` layers of ``encoder`` route; the others run dense.
@@ -56,13 +74,11 @@ def routed_layers(encoder: ImageEncoderBigLittle, kind: str) -> Iterator[List[in
     Yields:
       The indices of the layers that route.
     """
-    if kind not in LAYER_KINDS:
-        raise ValueError(f"kind must be one of {LAYER_KINDS}, got {kind!r}")
+    ratios = layer_ratios(encoder, kind, 0.5)
     patched: List[nn.Module] = []
     routed: List[int] = []
     for i, block in enumerate(encoder.blocks):
-        is_global = block.window_size == 0
-        if kind == "all" or (kind == "global") == is_global:
+        if ratios[i] < 1.0:
             routed.append(i)
             continue
         if "forward" not in vars(block):  # evaluation rows may share one model
@@ -82,12 +98,12 @@ def layer_routing_miou(
     ratios: Sequence[float] = (0.5, 0.25, 0.1),
     device: str = "cpu",
     threads: Optional[int] = None,
-) -> Dict[str, Dict[float, float]]:
+) -> Dict[str, Dict[float, Tuple[float, float]]]:
     """1-click mIoU (x 100, EfficientViT-SAM protocol) of a ``bl_tiny`` student at each ratio,
     routing in each kind of layer (:data:`LAYER_KINDS`), in one process.
 
     Returns:
-      ``{kind: {ratio: mIoU}}``.
+      ``{kind: {ratio: (1-click mIoU, encoder GMACs)}}``.
     """
     specs = tuple(f"bl_tiny={student}@{r:g}" for r in ratios)
     settings = EvalSettings(
@@ -101,20 +117,26 @@ def layer_routing_miou(
     ctx, dev = init_distributed(settings.device)
     dataset = build_dataset(settings)
     models = build_eval_models(settings.models, dev, settings.seed)
-    out: Dict[str, Dict[float, float]] = {}
+    encoders = [m.predictor.sam.image_encoder for m in models]  # type: ignore[attr-defined]
+    out: Dict[str, Dict[float, Tuple[float, float]]] = {}
     for kind in LAYER_KINDS:
         with contextlib.ExitStack() as stack:
-            for m in models:
-                encoder = m.predictor.sam.image_encoder  # type: ignore[attr-defined]
+            for encoder in encoders:
                 stack.enter_context(routed_layers(encoder, kind))
             result = run_miou(settings, dataset, models, ctx)
         assert result is not None  # one process: rank 0
-        out[kind] = {r: row["miou"]["click1"]["all"] for r, row in zip(ratios, result["models"])}
+        out[kind] = {
+            r: (
+                row["miou"]["click1"]["all"],
+                encoder_macs(enc, layer_ratios=layer_ratios(enc, kind, r))["total"] / 1e9,
+            )
+            for r, row, enc in zip(ratios, result["models"], encoders)
+        }
     return out
 
 
-def format_layer_table(result: Dict[str, Dict[float, float]]) -> str:
-    """The markdown table of :func:`layer_routing_miou`'s result."""
+def format_layer_table(result: Dict[str, Dict[float, Tuple[float, float]]]) -> str:
+    """The markdown table of :func:`layer_routing_miou`'s result: 1-click mIoU (GMACs)."""
     ratios = list(next(iter(result.values())))
     names = {
         "all": "every layer (as trained)",
@@ -122,15 +144,16 @@ def format_layer_table(result: Dict[str, Dict[float, float]]) -> str:
         "global": "global layers only",
     }
     lines = [
-        "| routed in | " + " | ".join(f"r = {r:g}" for r in ratios) + " |",
+        "| routed in: 1 click (GMACs) | " + " | ".join(f"r = {r:g}" for r in ratios) + " |",
         "|---|" + "---:|" * len(ratios),
     ]
     for kind, row in result.items():
-        lines.append(f"| {names[kind]} | " + " | ".join(f"{row[r]:.1f}" for r in ratios) + " |")
+        cells = " | ".join(f"{row[r][0]:.1f} ({row[r][1]:.4f})" for r in ratios)
+        lines.append(f"| {names[kind]} | {cells} |")
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[float, float]]:
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[float, Tuple[float, float]]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("student", help="a bl_tiny checkpoint of the proxy benchmark")
     parser.add_argument("--images", required=True, help="COCO image folder of a proxy split")

@@ -522,3 +522,23 @@ def test_page_opens_on_the_first_model_from_the_command_line(
     assert DemoController({**toy, plain: given[plain]}).default_model() == plain
     assert DemoController({**toy, **given}).default_model() == student
     assert DemoController(toy).default_model() == student.replace("cli ", "toy ", 1)
+
+
+def test_click_quality_reports_the_shown_and_the_best_of_three(
+    models_and_trained: Tuple[Dict[str, DemoModel], bool], capsys
+) -> None:
+    from biglittle_sam.demo import examples
+
+    models, trained = models_and_trained
+    if not trained:
+        pytest.skip("the built-in trained models are not committed")
+    model = next(m for m in models.values() if m.is_biglittle)
+    rows = examples.click_quality(
+        model, Path(examples.__file__).resolve().parents[2] / "demo" / "examples"
+    )
+    assert [r["example"] for r in rows] == [1, 2, 3] and all(r["shapes"] > 0 for r in rows)
+    for r in rows:
+        assert 0.0 <= r["shown"] <= r["best"] <= 1.0 and len(r["per_output"]) == 3
+        assert max(r["per_output"]) <= r["best"]
+    examples.main(["--clicks"])
+    assert "| proxy_student (built-in) | 1 |" in capsys.readouterr().out

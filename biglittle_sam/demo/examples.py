@@ -6,6 +6,10 @@ from a seed no benchmark split uses, at the same size, and go through the same J
 before they are saved as PNG, so a first click sees what the models were trained on. They are
 committed under ``demo/examples/``; :func:`write_example_images` is how they were made
 (``python -m biglittle_sam.demo.examples demo/examples``).
+
+:func:`click_quality` measures what a first click gives on them: the IoU with the clicked shape of
+the mask the demo shows first (the highest predicted IoU of three) and of the best of the three
+(``python -m biglittle_sam.demo.examples --clicks``, on the built-in models).
 """
 
 from __future__ import annotations
@@ -14,14 +18,24 @@ import argparse
 import dataclasses
 import io
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
 from ..data.shapes import ShapesConfig, background_shapes_config, render_shapes_image
 
-__all__ = ["EXAMPLE_CONFIG", "EXAMPLE_INDICES", "EXAMPLE_SEED", "write_example_images"]
+if TYPE_CHECKING:
+    from .models import DemoModel
+
+__all__ = [
+    "EXAMPLE_CONFIG",
+    "EXAMPLE_INDICES",
+    "EXAMPLE_SEED",
+    "MIN_CLICK_AREA",
+    "click_quality",
+    "write_example_images",
+]
 
 EXAMPLE_SEED = 1000  # the benchmarks' splits use seeds 3 s + 1, 2, 3 for small run seeds s
 # Shapes at least 16 px (two 8 px patches) on a side: what a 16 x 16 token grid resolves, and what a
@@ -31,6 +45,8 @@ EXAMPLE_CONFIG: ShapesConfig = dataclasses.replace(
     background_shapes_config(128, 16, EXAMPLE_SEED), min_extent=16.0, max_shapes=5
 )
 EXAMPLE_INDICES = (0, 1, 2)  # landscape, portrait and square; the first three, not picked
+# Shapes that get a click in click_quality: about one 8 x 8 patch or more.
+MIN_CLICK_AREA = 64
 
 
 def _jpeg_round_trip(rgb: np.ndarray, quality: int) -> np.ndarray:
@@ -55,10 +71,73 @@ def write_example_images(folder: Path, indices: Sequence[int] = EXAMPLE_INDICES)
     return paths
 
 
+def click_quality(model: "DemoModel", folder: Path) -> List[Dict[str, Any]]:
+    """One positive click at the centre of each shape of each example (``shapes_<n>.png`` in
+    ``folder``, at least :data:`MIN_CLICK_AREA` pixels), three masks out, as the demo does.
+
+    Returns:
+      Per example: ``example`` (1-based), ``shown`` (mean IoU with the shape of the mask with the
+      highest predicted IoU, the one the demo shows first), ``best`` (of the best of the three)
+      and ``per_output`` (mean IoU of each of the three outputs).
+    """
+    from ..demo.engine import decode_prompts, encode_image, mask_iou
+    from ..eval.prompts import interior_point
+
+    rows = []
+    for n, index in enumerate(EXAMPLE_INDICES, start=1):
+        _, instances = render_shapes_image(index, EXAMPLE_CONFIG)
+        rgb = np.asarray(Image.open(folder / f"shapes_{n}.png").convert("RGB"))
+        encoded = encode_image(model, rgb, model.default_keep_ratio)
+        shown, best, outputs = [], [], []
+        for instance in instances:
+            where = interior_point(instance["mask"])
+            if instance["mask"].sum() < MIN_CLICK_AREA or where is None:
+                continue
+            point = np.array([where], np.float32)  # (1, 2) pixel (x, y)
+            result = decode_prompts(model, encoded, point, np.array([1]), None, True)
+            ious = [mask_iou(m, instance["mask"]) for m in result.masks]
+            shown.append(ious[int(np.argmax(result.scores))])
+            best.append(max(ious))
+            outputs.append(ious)
+        rows.append(
+            {
+                "example": n,
+                "shapes": len(shown),
+                "shown": float(np.mean(shown)),
+                "best": float(np.mean(best)),
+                "per_output": [float(v) for v in np.mean(outputs, axis=0)],
+            }
+        )
+    return rows
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("folder", type=Path, help="where to write shapes_<n>.png")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "folder", type=Path, nargs="?", default=None, help="where to write shapes_<n>.png"
+    )
+    parser.add_argument(
+        "--clicks",
+        action="store_true",
+        help="instead, click each shape of the committed examples with the built-in models",
+    )
     args = parser.parse_args(argv)
+    if args.clicks:
+        from .models import load_models
+
+        folder = Path(__file__).resolve().parents[2] / "demo" / "examples"
+        print("| model | example | shapes | shown first | best of 3 | outputs 1 / 2 / 3 |")
+        print("|---|---:|---:|---:|---:|---|")
+        for name, model in load_models(builtin=True).items():
+            for r in click_quality(model, folder):
+                outs = " / ".join(f"{v:.2f}" for v in r["per_output"])
+                print(
+                    f"| {name} | {r['example']} | {r['shapes']} | {r['shown']:.2f} | "
+                    f"{r['best']:.2f} | {outs} |"
+                )
+        return
+    if args.folder is None:
+        parser.error("name the folder to write the examples to, or pass --clicks")
     for path in write_example_images(args.folder):
         print(path)
 

@@ -18,7 +18,7 @@ import argparse
 import dataclasses
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -71,6 +71,15 @@ def write_example_images(folder: Path, indices: Sequence[int] = EXAMPLE_INDICES)
     return paths
 
 
+def _centre(mask: np.ndarray) -> Tuple[int, int]:
+    """(x, y) of the pixel of an H x W bool ``mask`` farthest from its border: surely on it."""
+    import cv2
+
+    dist = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return int(x), int(y)
+
+
 def click_quality(model: "DemoModel", folder: Path) -> List[Dict[str, Any]]:
     """One positive click at the centre of each shape of each example (``shapes_<n>.png`` in
     ``folder``, at least :data:`MIN_CLICK_AREA` pixels), three masks out, as the demo does.
@@ -80,8 +89,7 @@ def click_quality(model: "DemoModel", folder: Path) -> List[Dict[str, Any]]:
       highest predicted IoU, the one the demo shows first), ``best`` (of the best of the three)
       and ``per_output`` (mean IoU of each of the three outputs).
     """
-    from ..demo.engine import decode_prompts, encode_image, mask_iou
-    from ..eval.prompts import interior_point
+    from .engine import decode_prompts, encode_image, mask_iou
 
     rows = []
     for n, index in enumerate(EXAMPLE_INDICES, start=1):
@@ -90,9 +98,9 @@ def click_quality(model: "DemoModel", folder: Path) -> List[Dict[str, Any]]:
         encoded = encode_image(model, rgb, model.default_keep_ratio)
         shown, best, outputs = [], [], []
         for instance in instances:
-            where = interior_point(instance["mask"])
-            if instance["mask"].sum() < MIN_CLICK_AREA or where is None:
+            if instance["mask"].sum() < MIN_CLICK_AREA:
                 continue
+            where = _centre(instance["mask"])
             point = np.array([where], np.float32)  # (1, 2) pixel (x, y)
             result = decode_prompts(model, encoded, point, np.array([1]), None, True)
             ious = [mask_iou(m, instance["mask"]) for m in result.masks]

@@ -20,7 +20,7 @@ from PIL import Image
 
 from biglittle_sam import model_config, sam_model_registry, save_model_checkpoint
 from biglittle_sam.data.shapes import render_shapes_image
-from biglittle_sam.demo.examples import EXAMPLE_CONFIG, EXAMPLE_INDICES
+from biglittle_sam.demo.examples import EXAMPLE_CONFIG, EXAMPLE_INDICES, shape_centre
 from biglittle_sam.demo.models import DemoModel, default_model_paths, load_demo_model, load_models
 from biglittle_sam.demo.page import Bounds, build_demo, launch_options
 
@@ -76,11 +76,7 @@ def example_image(n: int = 1) -> Tuple[np.ndarray, List[dict]]:
 
 def interior_point(mask: np.ndarray) -> Tuple[int, int]:
     """(x, y) of the mask pixel farthest from the mask's border: a click surely on the object."""
-    import cv2
-
-    dist = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return int(x), int(y)
+    return shape_centre(mask)
 
 
 def free_port() -> int:

@@ -34,6 +34,7 @@ __all__ = [
     "EXAMPLE_SEED",
     "MIN_CLICK_AREA",
     "click_quality",
+    "shape_centre",
     "write_example_images",
 ]
 
@@ -71,7 +72,7 @@ def write_example_images(folder: Path, indices: Sequence[int] = EXAMPLE_INDICES)
     return paths
 
 
-def _centre(mask: np.ndarray) -> Tuple[int, int]:
+def shape_centre(mask: np.ndarray) -> Tuple[int, int]:
     """(x, y) of the pixel of an H x W bool ``mask`` farthest from its border: surely on it."""
     import cv2
 
@@ -85,9 +86,10 @@ def click_quality(model: "DemoModel", folder: Path) -> List[Dict[str, Any]]:
     ``folder``, at least :data:`MIN_CLICK_AREA` pixels), three masks out, as the demo does.
 
     Returns:
-      Per example: ``example`` (1-based), ``shown`` (mean IoU with the shape of the mask with the
-      highest predicted IoU, the one the demo shows first), ``best`` (of the best of the three)
-      and ``per_output`` (mean IoU of each of the three outputs).
+      Per example: ``example`` (1-based), ``shown_ious`` (per clicked shape, the IoU with it of
+      the mask with the highest predicted IoU, the one the demo shows first) and ``shown`` (their
+      mean), ``best`` (the mean for the best of the three) and ``per_output`` (the mean of each
+      of the three outputs).
     """
     from .engine import decode_prompts, encode_image, mask_iou
 
@@ -95,12 +97,17 @@ def click_quality(model: "DemoModel", folder: Path) -> List[Dict[str, Any]]:
     for n, index in enumerate(EXAMPLE_INDICES, start=1):
         _, instances = render_shapes_image(index, EXAMPLE_CONFIG)
         rgb = np.asarray(Image.open(folder / f"shapes_{n}.png").convert("RGB"))
+        if rgb.shape[:2] != instances[0]["mask"].shape:
+            raise ValueError(
+                f"{folder}/shapes_{n}.png is {rgb.shape[1]} x {rgb.shape[0]}, not the example "
+                "drawn again; the examples are out of date (write_example_images)"
+            )
         encoded = encode_image(model, rgb, model.default_keep_ratio)
         shown, best, outputs = [], [], []
         for instance in instances:
             if instance["mask"].sum() < MIN_CLICK_AREA:
                 continue
-            where = _centre(instance["mask"])
+            where = shape_centre(instance["mask"])
             point = np.array([where], np.float32)  # (1, 2) pixel (x, y)
             result = decode_prompts(model, encoded, point, np.array([1]), None, True)
             ious = [mask_iou(m, instance["mask"]) for m in result.masks]
@@ -111,6 +118,7 @@ def click_quality(model: "DemoModel", folder: Path) -> List[Dict[str, Any]]:
             {
                 "example": n,
                 "shapes": len(shown),
+                "shown_ious": [float(v) for v in shown],
                 "shown": float(np.mean(shown)),
                 "best": float(np.mean(best)),
                 "per_output": [float(v) for v in np.mean(outputs, axis=0)],

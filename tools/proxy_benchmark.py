@@ -110,8 +110,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parser.parse_args(argv)
     names = [f for f, _, _ in _FLAGS] + ["keep_ratios", "phase2_keep_ratios", "eval_ratios"]
     changes: Dict[str, Any] = {n: getattr(args, n) for n in names}
-    changes.update(progress=args.progress, resume=args.resume, assets_dir=args.assets_dir)
-    changes["teacher_checkpoint"] = args.teacher_checkpoint
+    changes.update(
+        progress=args.progress,
+        resume=args.resume,
+        assets_dir=args.assets_dir,
+        teacher_checkpoint=args.teacher_checkpoint,
+    )
     words = list(sys.argv[1:] if argv is None else argv)
     changes["command"] = " ".join(["biglittle-sam-proxy-benchmark", *map(shlex.quote, words)])
     settings = dataclasses.replace(_DEFAULTS, **changes)

@@ -32,7 +32,6 @@ from ..train.finetune import FinetuneSettings
 from ..train.settings import TrainSettings
 
 __all__ = [
-    "read_teacher",
     "cache_settings",
     "config_copy",
     "seeded_evaluation",
@@ -40,6 +39,7 @@ __all__ = [
     "miou_row",
     "phase1_settings",
     "phase2_settings",
+    "read_teacher",
     "stage_train",
     "teacher_settings",
     "training_run",

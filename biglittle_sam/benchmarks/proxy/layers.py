@@ -18,6 +18,7 @@ import contextlib
 import functools
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import torch
 from torch import Tensor, nn
 
 from ...eval.models import build_eval_models
@@ -50,14 +51,16 @@ def _dense(
     return forward(block, x, 1.0, *args, **kwargs)
 
 
-def layer_ratios(encoder: ImageEncoderBigLittle, kind: str, keep_ratio: float) -> List[float]:
-    """Each layer's keep ratio when only the ``kind`` layers route at ``keep_ratio``."""
+def _routes(encoder: ImageEncoderBigLittle, kind: str) -> List[bool]:
+    """Per layer, whether it routes when only the ``kind`` layers do."""
     if kind not in LAYER_KINDS:
         raise ValueError(f"kind must be one of {LAYER_KINDS}, got {kind!r}")
-    return [
-        keep_ratio if kind == "all" or (kind == "global") == (b.window_size == 0) else 1.0
-        for b in encoder.blocks
-    ]
+    return [kind == "all" or (kind == "global") == (b.window_size == 0) for b in encoder.blocks]
+
+
+def layer_ratios(encoder: ImageEncoderBigLittle, kind: str, keep_ratio: float) -> List[float]:
+    """Each layer's keep ratio when only the ``kind`` layers route at ``keep_ratio``."""
+    return [keep_ratio if routes else 1.0 for routes in _routes(encoder, kind)]
 
 
 @contextlib.contextmanager
@@ -74,18 +77,14 @@ def routed_layers(encoder: ImageEncoderBigLittle, kind: str) -> Iterator[List[in
     Yields:
       The indices of the layers that route.
     """
-    ratios = layer_ratios(encoder, kind, 0.5)
+    routes = _routes(encoder, kind)
     patched: List[nn.Module] = []
-    routed: List[int] = []
-    for i, block in enumerate(encoder.blocks):
-        if ratios[i] < 1.0:
-            routed.append(i)
-            continue
-        if "forward" not in vars(block):  # evaluation rows may share one model
+    for block, routed in zip(encoder.blocks, routes):
+        if not routed and "forward" not in vars(block):  # evaluation rows may share one model
             block.forward = functools.partial(_dense, type(block).forward, block)  # type: ignore
             patched.append(block)
     try:
-        yield routed
+        yield [i for i, routed in enumerate(routes) if routed]
     finally:
         for block in patched:
             del block.forward
@@ -111,8 +110,6 @@ def layer_routing_miou(
         threads=threads, progress=False,
     ).resolved()  # fmt: skip
     if settings.threads is not None:
-        import torch
-
         torch.set_num_threads(settings.threads)
     ctx, dev = init_distributed(settings.device)
     dataset = build_dataset(settings)

@@ -127,7 +127,12 @@ def click_quality(model: "DemoModel", folder: Path) -> List[Dict[str, Any]]:
     return rows
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, List[Dict[str, Any]]]:
+    """Write the examples, or with ``--clicks`` print the built-in models' click quality.
+
+    Returns:
+      With ``--clicks``, :func:`click_quality`'s rows per model name; else an empty dict.
+    """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "folder", type=Path, nargs="?", default=None, help="where to write shapes_<n>.png"
@@ -144,18 +149,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         folder = Path(__file__).resolve().parents[2] / "demo" / "examples"
         print("| model | example | shapes | shown first | best of 3 | outputs 1 / 2 / 3 |")
         print("|---|---:|---:|---:|---:|---|")
+        measured = {}
         for name, model in load_models(builtin=True).items():
-            for r in click_quality(model, folder):
+            measured[name] = click_quality(model, folder)
+            for r in measured[name]:
                 outs = " / ".join(f"{v:.2f}" for v in r["per_output"])
                 print(
                     f"| {name} | {r['example']} | {r['shapes']} | {r['shown']:.2f} | "
                     f"{r['best']:.2f} | {outs} |"
                 )
-        return
+        return measured
     if args.folder is None:
         parser.error("name the folder to write the examples to, or pass --clicks")
     for path in write_example_images(args.folder):
         print(path)
+    return {}
 
 
 if __name__ == "__main__":

@@ -79,86 +79,79 @@ def markdown_table(result: Dict[str, Any]) -> str:
     """The run as markdown: a header naming data and protocol, then the results table(s)."""
     task = result["task"]
     run = result["run"]
-    lines: List[str] = []
     device = f"{run['device']}, {run['world_size']} process" + (
         "es" if run["world_size"] > 1 else ""
     )
     if task == "miou":
-        p = result["settings"]["prompt"]
-        crowd = "crowd kept" if result["dataset"].get("include_crowd", True) else "crowd dropped"
-        choice = (
-            "multimask, highest predicted IoU"
-            if p["mask_choice"] == "best"
-            else "single-mask output"
-        )
-        lines.append(f"### mIoU on {_source(result)}, protocol `{p['protocol']}`")
-        lines.append("")
-        lines.append(f"Masks: {choice}; {crowd}. Encoder time measured on {device}.")
-        lines.append(_dataset_line(result) + ".")
-        lines.append("")
-        names = result["settings"]["setting_names"]
-        header = ["model", "keep ratio", "GMACs", "encoder ms"] + [_setting_title(n) for n in names]
-        lines += _table(header, [_cost_cells(m) for m in result["models"]], result["models"], names)
-        lines.append("")
-        lines.append("mIoU by object size (small / medium / large):")
-        lines.append("")
-        header = ["model"] + [_setting_title(n) for n in names]
-        rows = []
-        for m in result["models"]:
-            cells = [m["label"]]
-            for n in names:
-                s = m["miou"][n]
-                cells.append(" / ".join(_num(s[b], 1) for b in ("small", "medium", "large")))
-            rows.append(cells)
-        lines += _plain_table(header, rows)
+        lines = _miou_lines(result, device)
     elif task == "ap":
-        lines.append(f"### Mask AP on {_source(result)} from detector boxes")
-        lines.append("")
-        det = Path(result["settings"]["detections"]).name
-        lines.append(f"Box prompts from `{det}`; COCOeval (segm). Encoder time on {device}.")
-        lines.append(_dataset_line(result) + ".")
-        lines.append("")
-        header = [
-            "model",
-            "keep ratio",
-            "GMACs",
-            "encoder ms",
-            "AP",
-            "AP50",
-            "AP75",
-            "APs",
-            "APm",
-            "APl",
-        ]
-        rows = []
-        for m in result["models"]:
-            ap = m["mask_ap"]
-            rows.append(
-                [m["label"], *_cost_cells(m)]
-                + [_num(ap[k], 1) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
-            )
-        lines += _plain_table(header, rows)
+        lines = _mask_ap_lines(result, device)
     else:
-        lines.append(f"### Embedding fidelity against `{result['teacher']['label']}`")
-        lines.append("")
-        lines.append(
-            f"MSE and cosine similarity on the valid (unpadded) embedding region; encoder time on "
-            f"{device}."
-        )
-        lines.append(_dataset_line(result) + ".")
-        lines.append("")
-        header = ["model", "keep ratio", "GMACs", "encoder ms", "MSE", "cosine"]
-        rows = [
-            [
-                m["label"],
-                *_cost_cells(m),
-                _num(m["fidelity"]["mse"], 5),
-                _num(m["fidelity"]["cosine"], 4),
-            ]
-            for m in result["models"]
-        ]
-        lines += _plain_table(header, rows)
+        lines = _fidelity_lines(result, device)
     return "\n".join(lines) + "\n"
+
+
+def _miou_lines(result: Dict[str, Any], device: str) -> List[str]:
+    """Task miou: the protocol, the mIoU table, and mIoU by object size."""
+    p = result["settings"]["prompt"]
+    crowd = "crowd kept" if result["dataset"].get("include_crowd", True) else "crowd dropped"
+    choice = (
+        "multimask, highest predicted IoU" if p["mask_choice"] == "best" else "single-mask output"
+    )
+    lines = [f"### mIoU on {_source(result)}, protocol `{p['protocol']}`", ""]
+    lines.append(f"Masks: {choice}; {crowd}. Encoder time measured on {device}.")
+    lines += [_dataset_line(result) + ".", ""]
+    names = result["settings"]["setting_names"]
+    header = ["model", "keep ratio", "GMACs", "encoder ms"] + [_setting_title(n) for n in names]
+    lines += _table(header, [_cost_cells(m) for m in result["models"]], result["models"], names)
+    lines += ["", "mIoU by object size (small / medium / large):", ""]
+    header = ["model"] + [_setting_title(n) for n in names]
+    rows = []
+    for m in result["models"]:
+        cells = [m["label"]]
+        for n in names:
+            s = m["miou"][n]
+            cells.append(" / ".join(_num(s[b], 1) for b in ("small", "medium", "large")))
+        rows.append(cells)
+    return lines + _plain_table(header, rows)
+
+
+_AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def _mask_ap_lines(result: Dict[str, Any], device: str) -> List[str]:
+    """Task ap: where the boxes came from, and COCO mask AP per model."""
+    det = Path(result["settings"]["detections"]).name
+    lines = [f"### Mask AP on {_source(result)} from detector boxes", ""]
+    lines.append(f"Box prompts from `{det}`; COCOeval (segm). Encoder time on {device}.")
+    lines += [_dataset_line(result) + ".", ""]
+    header = ["model", "keep ratio", "GMACs", "encoder ms", *_AP_KEYS]
+    rows = [
+        [m["label"], *_cost_cells(m)] + [_num(m["mask_ap"][k], 1) for k in _AP_KEYS]
+        for m in result["models"]
+    ]
+    return lines + _plain_table(header, rows)
+
+
+def _fidelity_lines(result: Dict[str, Any], device: str) -> List[str]:
+    """Task fidelity: the teacher, and embedding MSE / cosine per model."""
+    lines = [f"### Embedding fidelity against `{result['teacher']['label']}`", ""]
+    lines.append(
+        f"MSE and cosine similarity on the valid (unpadded) embedding region; encoder time on "
+        f"{device}."
+    )
+    lines += [_dataset_line(result) + ".", ""]
+    header = ["model", "keep ratio", "GMACs", "encoder ms", "MSE", "cosine"]
+    rows = [
+        [
+            m["label"],
+            *_cost_cells(m),
+            _num(m["fidelity"]["mse"], 5),
+            _num(m["fidelity"]["cosine"], 4),
+        ]
+        for m in result["models"]
+    ]
+    return lines + _plain_table(header, rows)
 
 
 def _table(

@@ -10,12 +10,11 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 DEMO_ARGS ?=
-TOY_ARGS ?=
 GPU_ARGS ?=
 PROXY_ARGS ?=
 
-.PHONY: venv venv-demo browser test test-slow benchmark toy-benchmark proxy-benchmark gpu-check demo \
-	lint format clean
+.PHONY: venv venv-demo browser test test-slow benchmark proxy-benchmark gpu-check demo lint format \
+	clean
 
 venv: $(VENV)/.installed
 venv-demo: $(VENV)/.installed-demo
@@ -40,8 +39,9 @@ browser:
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
 		|| echo "Chromium is not installed (needs root and apt-get): the browser test will skip"
 
+# --durations=15: the 15 slowest tests, at the end of the log.
 test: venv browser
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
 
 test-slow: venv
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
@@ -52,29 +52,25 @@ test-slow: venv
 benchmark: venv
 	$(PY) -m biglittle_sam_tools.benchmark --device cpu --batch-sizes 1 --out-dir outputs $(BENCH_ARGS)
 
-# The whole distillation pipeline on synthetic shapes, on CPU (~23 min on 2 cores): writes
-# outputs/toy/. The committed demo models came from the same tool with --assets-dir biglittle_sam/assets.
-toy-benchmark: venv
-	$(PY) -m biglittle_sam_tools.toy_benchmark --out-dir outputs/toy $(TOY_ARGS)
-
 # On one CUDA GPU, <= 8 minutes: the CUDA-marked tests, SAM ViT-B against bl_b at every keep ratio in
 # fp32 and bf16 at batch 1 and 8, and a 50-step distill smoke run; writes outputs/gpu_check/. Without
 # a CUDA device it prints one line and succeeds.
 gpu-check: venv
-	$(PY) -m biglittle_sam_tools.gpu_check --out-dir outputs/gpu_check $(GPU_ARGS)
+	$(PY) -m experiments.gpu_check --out-dir outputs/gpu_check $(GPU_ARGS)
 
-# The proxy benchmark at SAM's token geometry (docs/benchmarks/proxy.md): writes
+# The whole distillation pipeline at SAM's token geometry, on CPU (docs/benchmarks/proxy.md): writes
 # outputs/proxy/ with the table on the test split. Choose recipes with PROXY_ARGS="--split dev".
-# On a GPU: make proxy-benchmark PROXY_ARGS="--device cuda".
+# On a GPU: make proxy-benchmark PROXY_ARGS="--device cuda". The committed demo models came from
+# the same command with --assets-dir biglittle_sam/assets. The experiments run from this clone.
 proxy-benchmark: venv
-	$(PY) -m biglittle_sam_tools.proxy_benchmark --out-dir outputs/proxy $(PROXY_ARGS)
+	$(PY) -m experiments.proxy --out-dir outputs/proxy $(PROXY_ARGS)
 
-# The interactive demo on http://127.0.0.1:7860 (built-in toy models and examples). More models:
+# The interactive demo on http://127.0.0.1:7860 (built-in proxy models and examples). More models:
 # make demo DEMO_ARGS="--sam-checkpoint sam_vit_b_01ec64.pth --checkpoint bl_b=bl_b.pth"
 demo: venv-demo
 	$(PY) -m biglittle_sam_demo.app $(DEMO_ARGS)
 
-LINT_PATHS := biglittle_sam tools demo tests
+LINT_PATHS := biglittle_sam tools demo tests experiments
 
 lint: venv
 	$(PY) -m black --check $(LINT_PATHS)

@@ -1,4 +1,4 @@
-"""Every console script follows the same command-line conventions.
+"""Every console script, and every experiment's command line, follows the same conventions.
 
 - its parser (``build_parser()``) is named after the script;
 - every flag has help text, and every optional flag that takes a value (or is an on/off
@@ -45,7 +45,12 @@ def _scripts() -> Dict[str, str]:
     return out
 
 
-SCRIPTS = _scripts()
+# The experiments' command lines (run from a clone, not installed): name -> module.
+EXPERIMENTS = {
+    "python -m experiments.proxy": "experiments.proxy.cli",
+    "gpu-check": "experiments.gpu_check",
+}
+SCRIPTS = {**_scripts(), **EXPERIMENTS}
 
 # Tools that run a model (or a server of models) on a device of the user's choice.
 DEVICE_TOOLS = {
@@ -56,11 +61,11 @@ DEVICE_TOOLS = {
     "biglittle-sam-distill",
     "biglittle-sam-eval",
     "biglittle-sam-finetune",
-    "biglittle-sam-proxy-benchmark",
+    "python -m experiments.proxy",
 }
 # The others have no --device, by design: they only move files (convert), write data
-# (make-shapes), trace on the CPU (export-onnx), profile CPU time (profile), or reproduce CPU
-# figures (toy-benchmark).
+# (make-shapes), trace on the CPU (export-onnx), profile CPU time (profile), or check a CUDA GPU
+# (gpu-check).
 
 # Tools with a progress bar or progress lines.
 PROGRESS_TOOLS = {
@@ -70,8 +75,8 @@ PROGRESS_TOOLS = {
     "biglittle-sam-distill",
     "biglittle-sam-eval",
     "biglittle-sam-finetune",
-    "biglittle-sam-toy-benchmark",
-    "biglittle-sam-proxy-benchmark",
+    "python -m experiments.proxy",
+    "gpu-check",
 }
 # The others report nothing while they work: one file (convert, export-onnx), seconds of
 # generated data (make-shapes), a few profiled passes (profile), a server whose progress is shown in
@@ -188,8 +193,8 @@ def _missing_file_argv(script: str, tmp: Path) -> List[str]:
         ],
         "biglittle-sam-profile": ["--model", "no_such_model"],
         "biglittle-sam-make-shapes": ["--out-dir", out, "--sizes", "big"],
-        "biglittle-sam-toy-benchmark": ["--teacher-steps", "0", "--out-dir", out],
-        "biglittle-sam-proxy-benchmark": ["--keep-ratios", "0", "--out-dir", out],
+        "python -m experiments.proxy": ["--keep-ratios", "0", "--out-dir", out],
+        "gpu-check": ["--repeats", "many", "--out-dir", out],
         "biglittle-sam-benchmark": ["--pool-kv-ratios", "half"],
         "biglittle-sam-demo": ["--port", "http"],
     }[script]  # fmt: skip

@@ -1,10 +1,11 @@
 """Each extra's environment on paper: every module imports only what core and its extra declare.
 
 A user installs ``biglittle-sam`` (core) or ``biglittle-sam[EXTRA]``; a module they then run must
-find every third-party package it imports. For every module under ``biglittle_sam/``, ``tools/`` and
-``demo/``, this test collects the imports that running it can reach: its own imports (top level and
-inside functions, and ``importlib.import_module("x")`` with a literal name), and, transitively,
-those of every project module it imports (a package's ``__init__`` included). An import reached
+find every third-party package it imports. For every module under ``biglittle_sam/``, ``tools/``,
+``demo/`` and ``experiments/`` (run from a clone, with the extra its home names), this test
+collects the imports that running it can reach: its own imports (top level and inside functions,
+and ``importlib.import_module("x")`` with a literal name), and, transitively, those of every
+project module it imports (a package's ``__init__`` included). An import reached
 only inside a function still counts: the demo's *Download mask* imports pycocotools inside
 ``data.masks.encode_mask``, and a ``[demo]`` install without it fails when the user clicks. Imports
 under ``if TYPE_CHECKING:`` do not run and are skipped.
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Installed package name -> source folder (setup.cfg package_dir).
 SOURCE_FOLDERS = {"biglittle_sam": "biglittle_sam", "biglittle_sam_tools": "tools"}
 SOURCE_FOLDERS["biglittle_sam_demo"] = "demo"
-SCANNED = ("biglittle_sam", "tools", "demo")
+SCANNED = ("biglittle_sam", "tools", "demo", "experiments")
 
 # Module path prefix (relative to the repository, "/" separated) -> the extras whose users run it.
 # The longest matching prefix wins; modules matching none are core.
@@ -47,20 +48,16 @@ HOMES: Dict[str, Tuple[str, ...]] = {
     "biglittle_sam/data/": ("eval", "train"),
     "biglittle_sam/train/": ("train",),
     "biglittle_sam/distill/": ("train",),
-    "biglittle_sam/benchmarks/toy/": ("train",),
-    "biglittle_sam/benchmarks/proxy/": ("train",),
-    "biglittle_sam/benchmarks/stages.py": ("train",),
+    "experiments/proxy/": ("train",),
+    "experiments/stages.py": ("train",),
     "tools/distill.py": ("train",),
     "tools/finetune.py": ("train",),
     "tools/cache_teacher.py": ("train",),
-    "tools/toy_benchmark.py": ("train",),
-    "tools/proxy_benchmark.py": ("train",),
     "tools/make_shapes_dataset.py": ("eval", "train"),
     "biglittle_sam/benchmark.py": ("bench",),
-    "biglittle_sam/benchmarks/speed/": ("bench",),
+    "biglittle_sam/speed/": ("bench",),
     # make gpu-check distils on generated shapes too: a development tool, run from [all].
-    "biglittle_sam/benchmarks/speed/gpu_check.py": ("all",),
-    "tools/gpu_check.py": ("all",),
+    "experiments/gpu_check.py": ("all",),
     "tools/benchmark.py": ("bench",),
     "biglittle_sam/export/": ("export",),
     "tools/export_onnx.py": ("export",),
@@ -327,7 +324,7 @@ def test_scan_follows_lazy_and_transitive_imports() -> None:
     assert "pycocotools" in found
     assert "gradio" not in reachable(ROOT / "biglittle_sam" / "fileio.py")
     # onnxruntime is imported by name through importlib, only when an export is checked.
-    assert "onnxruntime" in reachable(ROOT / "biglittle_sam" / "export" / "onnx.py")
+    assert "onnxruntime" in reachable(ROOT / "biglittle_sam" / "export" / "check.py")
 
 
 def test_scan_reads_import_forms() -> None:

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from biglittle_sam import sam_model_registry
-from biglittle_sam.benchmarks.speed.gpu_check import GpuCheckSettings, cuda_missing, run_gpu_check
-from tools import gpu_check
+from experiments import gpu_check
+from experiments.gpu_check import GpuCheckSettings, cuda_missing, run_gpu_check
 
 from .conftest import randomize_
 

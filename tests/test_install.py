@@ -3,7 +3,8 @@ download; core alone imports ``biglittle_sam`` and builds ``bl_tiny``.
 
 How, and why not a plain ``pip install`` by default: installing torch into a fresh venv takes
 about 2 minutes even from a local index, too slow for the default suite. So the default tests build
-the wheel (from a copy of the tree, so no ``build/`` or ``*.egg-info`` lands in the checkout),
+the wheel once per session (the ``wheel`` fixture in conftest; from a copy of the tree, so no
+``build/`` or ``*.egg-info`` lands in the checkout),
 install it with ``--no-deps`` into a venv made ``--without-pip``, and let that venv see exactly the
 distributions the wheel requires, taken from the running environment: the wheel's own
 ``Requires-Dist`` (markers evaluated for core, or core plus ``demo``) is resolved transitively
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -31,20 +31,9 @@ from typing import Dict, Iterable, List, Set
 
 import pytest
 
-packaging_requirements = pytest.importorskip("packaging.requirements")
+from .wheel_build import checked_run as _run
 
-ROOT = Path(__file__).resolve().parents[1]
-# Not part of a source distribution: what a checkout accumulates.
-IGNORED = (
-    ".git",
-    ".venv",
-    "build",
-    "dist",
-    "outputs",
-    "__pycache__",
-    ".pytest_cache",
-    "*.egg-info",
-)
+packaging_requirements = pytest.importorskip("packaging.requirements")
 
 CORE_SCRIPT = """
 import importlib.util, json, subprocess, sys
@@ -83,7 +72,7 @@ from biglittle_sam.demo.page import build_demo
 from biglittle_sam.demo.session import DemoSession, Settings
 
 out = Path(sys.argv[1])
-models = load_models(builtin=True)  # the toy models shipped as package data
+models = load_models(builtin=True)  # the proxy models shipped as package data
 examples = sorted((Path(biglittle_sam_demo.__file__).parent / "examples").glob("*.png"))
 build_demo(models, export_dir=out)  # the Gradio page and its handlers
 controller = DemoController(models, export_dir=out)
@@ -110,46 +99,6 @@ print(json.dumps({"models": len(models), "examples": len(examples),
 
 def _normalize(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
-
-
-def _run(command: List[str], timeout: float = 600, **kwargs: object) -> subprocess.CompletedProcess:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
-    assert (
-        done.returncode == 0
-    ), f"{' '.join(command)}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done
-
-
-def _can_build_without_isolation() -> bool:
-    """setuptools builds wheels by itself from 70.1; older ones need the ``wheel`` package."""
-    try:
-        version = metadata.version("setuptools")
-    except metadata.PackageNotFoundError:
-        return False
-    major, minor = (int(p) for p in version.split(".")[:2])
-    return (major, minor) >= (70, 1) or _installed("wheel")
-
-
-def _installed(name: str) -> bool:
-    try:
-        metadata.distribution(name)
-        return True
-    except metadata.PackageNotFoundError:
-        return False
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The project's wheel, built from a copy of the tree."""
-    tmp = tmp_path_factory.mktemp("wheel")
-    source = tmp / "source"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*IGNORED), symlinks=True)
-    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp / "dist")]
-    if _can_build_without_isolation():
-        command.append("--no-build-isolation")  # else pip fetches setuptools from the index
-    _run(command + [str(source)])
-    (built,) = (tmp / "dist").glob("biglittle_sam-*.whl")
-    return built
 
 
 def wheel_requirements(wheel: Path) -> List["packaging_requirements.Requirement"]:

@@ -1,10 +1,12 @@
-"""The launcher fails fast: one crashed rank ends the whole job within seconds, with its error."""
+"""The launcher runs a gloo job, and fails fast: one crashed rank ends the whole job within
+seconds, with its error."""
 
 from __future__ import annotations
 
 import signal
 import time
 from pathlib import Path
+from typing import Any, Dict
 
 import pytest
 
@@ -42,3 +44,22 @@ def test_a_crashed_rank_ends_the_job_within_seconds(tmp_path: Path) -> None:
     message = str(info.value)
     assert "worker process 1 of 2" in message
     assert "ValueError: rank 1 exploded at step 2" in message
+
+
+def _rank_and_sum(_: object) -> Dict[str, Any]:
+    import torch
+    import torch.distributed as dist
+
+    from biglittle_sam.runtime.distributed import init_distributed
+
+    ctx, _device = init_distributed("cpu")
+    try:
+        value = torch.tensor([float(ctx.rank + 1)])
+        dist.all_reduce(value)
+        return {"world": ctx.world_size, "backend": ctx.backend, "sum": float(value)}
+    finally:
+        ctx.close()
+
+
+def test_launch_runs_a_gloo_job() -> None:
+    assert launch(_rank_and_sum, None, 2, threads=1) == {"world": 2, "backend": "gloo", "sum": 3.0}

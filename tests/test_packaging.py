@@ -1,10 +1,12 @@
-"""Packaging: every package folder is declared, and every console script points at a real main()."""
+"""Packaging: every package folder is declared, every console script points at a real main(),
+and the wheel holds the library and the user tools, not the experiments."""
 
 from __future__ import annotations
 
 import configparser
 import importlib
 import re
+import zipfile
 from pathlib import Path
 from typing import List
 
@@ -26,6 +28,18 @@ def test_every_package_folder_is_listed() -> None:
         for p in (ROOT / "biglittle_sam").rglob("__init__.py")
     }
     assert found <= listed, f"add to setup.cfg [options] packages: {sorted(found - listed)}"
+
+
+def test_the_wheel_holds_no_experiment_and_no_recipe(wheel: Path) -> None:
+    """The experiments (``experiments/``, the old ``biglittle_sam/benchmarks``) and their recipe
+    history run from a clone; a user's install gets none of them."""
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+    assert any(n.startswith("biglittle_sam/speed/") for n in names)  # the user's speed benchmark
+    assert not [n for n in names if n.startswith("experiments/")]
+    assert not [n for n in names if n.startswith("biglittle_sam/benchmarks")]
+    assert not [n for n in names if n.endswith((".yaml", ".yml", ".toml"))]
+    assert "experiments" not in _setup_cfg()["options"]["packages"]
 
 
 def test_console_scripts_resolve() -> None:
@@ -84,9 +98,11 @@ MD_NAME = re.compile(r"[\w./-]*[\w-]\.md\b")
 def test_documentation_cites_no_file_outside_the_repository() -> None:
     """Every markdown file a page names, linked or not, is a file of this repository: the project
     stands alone, so its pages never send a user to notes they do not have. Reports the tools
-    write (``proxy_benchmark.md``) count as the repository's: the package names them."""
+    write (``proxy_benchmark.md``) count as the repository's: the package or the experiments name
+    them."""
     names = {p.name for p in ROOT.rglob("*.md") if ".venv" not in p.parts}
-    source = "".join(p.read_text() for p in (ROOT / "biglittle_sam").rglob("*.py"))
+    folders = (ROOT / "biglittle_sam", ROOT / "experiments")
+    source = "".join(p.read_text() for folder in folders for p in folder.rglob("*.py"))
     names |= set(re.findall(r"[\w-]+\.md\b", source))
     problems = []
     for page in _markdown_pages():

@@ -1,4 +1,8 @@
-"""The proxy benchmark (issue 14): settings checked up front, splits, report rules, a miniature."""
+"""The proxy benchmark (issue 14): settings checked up front, splits, report rules, a miniature.
+
+The miniature (``test_proxy_benchmark_miniature``) is the suite's fast end-to-end smoke test of the
+whole distillation pipeline: data, teacher, cache, both phases, ablations, eval and the demo assets.
+"""
 
 from __future__ import annotations
 
@@ -10,26 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from biglittle_sam.benchmarks.proxy import (
-    ProxyBenchmarkSettings,
-    bin_retention,
-    check_proxy_targets,
-)
-from biglittle_sam.benchmarks.proxy import curve as proxy_curve
-from biglittle_sam.benchmarks.proxy import (
-    make_proxy_split,
-    object_share,
-    proxy_table,
-    relative_bin,
-    split_seeds,
-)
-from biglittle_sam.benchmarks.proxy.report import relative_bin_miou
-from biglittle_sam.benchmarks.proxy.settings import geometry_summary
 from biglittle_sam.build_sam import build_sam_from_config, model_config, sam_model_registry
 from biglittle_sam.data.shapes import ShapesConfig, render_shapes_image
-from tools import proxy_benchmark
-
-from .train_fixtures import *  # noqa: F401,F403 (fixtures)
+from experiments.proxy import ProxyBenchmarkSettings, bin_retention, check_proxy_targets
+from experiments.proxy import cli as proxy_benchmark
+from experiments.proxy import curve as proxy_curve
+from experiments.proxy import make_proxy_split, object_share, proxy_table, relative_bin, split_seeds
+from experiments.proxy.report import relative_bin_miou
+from experiments.proxy.settings import geometry_summary
 
 
 def test_geometries_tile_like_sam() -> None:
@@ -97,7 +89,7 @@ def test_shapes_default_keeps_its_backdrop() -> None:
             max(i["mask"].mean() for i in render_shapes_image(k, config)[1]) for k in range(6)
         )
 
-    assert largest(True) > 2 * largest(False)  # the toy's data keep their large backdrop shape
+    assert largest(True) > 2 * largest(False)  # the default keeps its large backdrop shape
 
 
 def test_relative_bins_follow_coco_scaled_to_the_image() -> None:
@@ -233,8 +225,8 @@ def test_proxy_benchmark_miniature(tmp_path: Path, one_thread, capsys) -> None:
 
 
 def test_a_given_teacher_must_be_a_plain_sam_of_the_geometry(tmp_path: Path) -> None:
-    from biglittle_sam.benchmarks.stages import read_teacher
     from biglittle_sam.checkpoint import CheckpointError, save_model_checkpoint
+    from experiments.stages import read_teacher
 
     config = ProxyBenchmarkSettings().check()
     sam = build_sam_from_config(config)
@@ -255,7 +247,7 @@ def test_a_given_teacher_must_be_a_plain_sam_of_the_geometry(tmp_path: Path) -> 
 
 
 def test_step_costs_are_measured_at_the_geometry() -> None:
-    from biglittle_sam.benchmarks.proxy.budget import measure_costs
+    from experiments.proxy.budget import measure_costs
 
     costs = measure_costs(ProxyBenchmarkSettings().check(), batch_size=2, repeats=1)
     assert set(costs) == {"encoder_fwd_bwd_ms_per_image", "decoder_fwd_bwd_ms_per_prompt"}
@@ -268,7 +260,7 @@ def test_prepare_image_pads_like_the_predictor() -> None:
     import numpy as np
     import torch
 
-    from biglittle_sam.benchmarks.proxy.heatmap import prepare_image
+    from experiments.proxy.heatmap import prepare_image
 
     image = np.full((48, 64, 3), 100, dtype=np.uint8)  # H x W: resized to 96 x 128
     objects = np.zeros((48, 64), dtype=bool)

@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from biglittle_sam.benchmarks.proxy import (
+from biglittle_sam.config import window_capacities
+from experiments.proxy import (
     capacity_share,
     gradient_energy,
     object_coverage,
     select_top,
     token_norm,
 )
-from biglittle_sam.config import window_capacities
 
 
 def test_gradient_energy_scores_the_patches_an_edge_crosses() -> None:
@@ -132,10 +132,10 @@ def test_select_top_picks_what_the_encoder_picks_from_the_same_scores() -> None:
 
 
 def test_routed_layers_runs_the_other_kind_dense_and_restores_the_encoder() -> None:
-    from biglittle_sam.benchmarks.proxy.layers import routed_layers
-    from biglittle_sam.benchmarks.proxy.settings import ProxyBenchmarkSettings
     from biglittle_sam.build_sam import build_sam_from_config
     from biglittle_sam.config import biglittle_config_for
+    from experiments.proxy.layers import routed_layers
+    from experiments.proxy.settings import ProxyBenchmarkSettings
 
     torch.manual_seed(0)
     teacher = ProxyBenchmarkSettings().check()
@@ -168,11 +168,11 @@ def test_routed_layers_runs_the_other_kind_dense_and_restores_the_encoder() -> N
 
 
 def test_layer_ratios_and_their_macs() -> None:
-    from biglittle_sam.benchmarks.proxy.layers import layer_ratios
-    from biglittle_sam.benchmarks.proxy.settings import ProxyBenchmarkSettings
     from biglittle_sam.build_sam import build_sam_from_config
     from biglittle_sam.config import biglittle_config_for
     from biglittle_sam.flops import encoder_macs
+    from experiments.proxy.layers import layer_ratios
+    from experiments.proxy.settings import ProxyBenchmarkSettings
 
     config = biglittle_config_for(
         ProxyBenchmarkSettings().check(), "bl_tiny", little_dim=16, little_heads=2

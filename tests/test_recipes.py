@@ -8,15 +8,13 @@ from typing import List
 
 import pytest
 
-from biglittle_sam.benchmarks.proxy.recipes import MAKE_OUT_DIR, stage_recipes
-from biglittle_sam.benchmarks.proxy.settings import ProxyBenchmarkSettings
-from biglittle_sam.benchmarks.toy import TOY_TEACHER, ToyBenchmarkSettings
 from biglittle_sam.distill.distill import DistillSettings
 from biglittle_sam.train.finetune import FinetuneSettings, run_finetune
 from biglittle_sam.train.recipes import RecipeError, load_recipe, merge_settings
+from experiments.proxy.recipes import MAKE_OUT_DIR, stage_recipes
+from experiments.proxy.settings import ProxyBenchmarkSettings
 from tools import distill, finetune
 
-from .train_fixtures import *  # noqa: F401,F403 (fixtures)
 from .train_fixtures import fast_train, make_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,40 +142,18 @@ def test_bad_recipe_on_the_command_line_exits_2(tmp_path: Path, capsys) -> None:
     )
 
 
-def test_shipped_recipes_load_and_match_the_toy_benchmark() -> None:
-    toy = ToyBenchmarkSettings()
-    teacher = load_recipe(ROOT / "configs/toy/teacher.yaml", FinetuneSettings)
-    assert teacher["overrides"] == TOY_TEACHER
-    assert (teacher["train"]["steps"], teacher["train"]["lr"]) == (
-        toy.teacher_steps,
-        toy.teacher_lr,
-    )
-    assert teacher["train"]["batch_size"] == toy.teacher_batch_size
-    assert teacher["focal_weight"] == toy.teacher_focal_weight
-    assert teacher["limit"] == toy.train_images
-    phase1 = load_recipe(ROOT / "configs/toy/distill_phase1.yaml", DistillSettings)
-    assert (phase1["train"]["steps"], phase1["train"]["lr"]) == (toy.student_steps, toy.student_lr)
-    assert phase1["train_parts"] == toy.student_parts and phase1["keep_ratios"] == toy.keep_ratios
-    assert dict(phase1["student_overrides"]) == {
-        "little_dim": toy.student_little_dim,
-        "little_heads": toy.student_little_heads,
-    }
-    phase2 = load_recipe(ROOT / "configs/toy/distill_phase2.yaml", DistillSettings)
-    assert (phase2["train"]["steps"], phase2["train"]["lr"]) == (toy.phase2_steps, toy.phase2_lr)
-    assert phase2["keep_ratios"] == toy.phase2_keep_ratios
-    assert phase2["mask_weight"] == toy.phase2_mask_weight
-    assert phase2["point_prob"] == toy.phase2_point_prob
-    assert phase2["router_lr_scale"] == toy.phase2_router_lr_scale
+def test_shipped_sa1b_recipe_loads() -> None:
     sa1b = load_recipe(ROOT / "configs/bl_b_sa1b.yaml", DistillSettings)
     assert sa1b["student"] == "bl_b"
     assert DistillSettings(**{k: v for k, v in sa1b.items() if k != "train"}).phase == 1
 
 
 def test_shipped_proxy_recipes_are_the_pipelines_stages() -> None:
-    """configs/proxy/*.yaml, read as recipes, give exactly the settings the proxy pipeline builds
-    for ``make proxy-benchmark`` (regenerate them with the command in their header)."""
+    """experiments/proxy/configs/*.yaml, read as recipes, give exactly the settings the proxy
+    pipeline builds for ``make proxy-benchmark`` (regenerate them with the command in their
+    header)."""
     settings = dataclasses.replace(ProxyBenchmarkSettings(), out_dir=MAKE_OUT_DIR)
     for name, built in stage_recipes(settings).items():
         cls = FinetuneSettings if name == "teacher" else DistillSettings
-        recipe = load_recipe(ROOT / "configs" / "proxy" / f"{name}.yaml", cls)
+        recipe = load_recipe(ROOT / "experiments" / "proxy" / "configs" / f"{name}.yaml", cls)
         assert merge_settings(cls, recipe, {}, lambda train: train) == built, name

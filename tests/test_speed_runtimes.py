@@ -14,13 +14,13 @@ import torch
 from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
-from biglittle_sam.benchmarks.speed import BenchmarkConfig, run_benchmark, run_runtimes
-from biglittle_sam.benchmarks.speed import runtimes as runtimes_module
-from biglittle_sam.benchmarks.speed import to_markdown
-from biglittle_sam.benchmarks.speed.measure import _quantize_rows
-from biglittle_sam.benchmarks.speed.rows import ModelResult, Row, build_rows, onnx_rows
-from biglittle_sam.benchmarks.speed.runtimes import merge_reports
 from biglittle_sam.export import export_backbone
+from biglittle_sam.speed import BenchmarkConfig, run_benchmark, run_runtimes
+from biglittle_sam.speed import runtimes as runtimes_module
+from biglittle_sam.speed import to_markdown
+from biglittle_sam.speed.measure import _quantize_rows
+from biglittle_sam.speed.rows import ModelResult, Row, build_rows, onnx_rows
+from biglittle_sam.speed.runtimes import merge_reports
 from tools import benchmark
 
 TINY = dict(

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from biglittle_sam import sam_model_registry
-from biglittle_sam.benchmarks.speed.segment_everything import (
+from biglittle_sam.speed.segment_everything import (
     decoder_ms_per_point,
     run_segment_everything,
     segment_everything_markdown,

@@ -22,8 +22,6 @@ __all__ = [
     "finetune",
     "make_shapes_dataset",
     "profile_encoder",
-    "proxy_benchmark",
-    "toy_benchmark",
 ]
 
 
@@ -49,5 +47,3 @@ export_onnx = _entry("export_onnx")
 finetune = _entry("finetune")
 make_shapes_dataset = _entry("make_shapes_dataset")
 profile_encoder = _entry("profile_encoder")
-proxy_benchmark = _entry("proxy_benchmark")
-toy_benchmark = _entry("toy_benchmark")

@@ -1,0 +1,254 @@
+"""What the proxy benchmark runs: SAM's token geometry at a size two CPU cores can train.
+
+Two geometries (``GEOMETRIES``), both 8 px patches with 7-token windows and two global layers,
+so the grid tiles into windows the way SAM ViT-B's 64 x 64 grid tiles into 5 x 5 windows of 14
+(partial windows at the right and bottom edge):
+
+- ``"16"``: 128 px, a 16 x 16 grid in 3 x 3 windows (edge windows 2 wide), 64 x 64 mask logits;
+- ``"32"``: 256 px, a 32 x 32 grid in 5 x 5 windows (edge windows 4 wide, SAM's layout halved),
+  128 x 128 mask logits.
+
+:meth:`ProxyBenchmarkSettings.check` validates the geometry and the keep ratios before any stage
+runs, so a bad setting fails in a second instead of after the teacher's training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+from biglittle_sam.config import SamViTConfig, get_config, validate_keep_ratio
+
+from ..budgets import check_budgets
+from ..stages import read_teacher
+
+__all__ = [
+    "GEOMETRIES",
+    "ProxyBenchmarkSettings",
+    "SPLITS",
+    "geometry_summary",
+    "split_seeds",
+    "teacher_config",
+]
+
+SPLITS = ("train", "dev", "test")
+
+# vit_tiny fields per geometry; the decoder is 64 wide (its upscaled mask features: 8 channels).
+_COMMON: Tuple[Tuple[str, Any], ...] = (
+    ("patch_size", 8),
+    ("embed_dim", 64),
+    ("depth", 4),
+    ("num_heads", 2),
+    ("window_size", 7),
+    ("global_attn_indexes", (1, 3)),
+    ("out_chans", 64),
+    ("decoder_mlp_dim", 128),
+    ("decoder_heads", 2),
+    ("iou_head_hidden_dim", 64),
+    ("mask_in_chans", 8),
+)
+GEOMETRIES: Dict[str, Tuple[Tuple[str, Any], ...]] = {
+    "16": (("img_size", 128),) + _COMMON,
+    "32": (("img_size", 256),) + _COMMON,
+}
+
+
+def split_seeds(seed: int) -> Dict[str, int]:
+    """The data seed of each split: ``3 * seed + 1, + 2, + 3``, disjoint for every run seed."""
+    return {name: 3 * seed + 1 + i for i, name in enumerate(SPLITS)}
+
+
+def teacher_config(fields: Tuple[Tuple[str, Any], ...]) -> SamViTConfig:
+    """``vit_tiny`` with ``fields`` replaced; ValueError naming the problem for a bad geometry."""
+    known = {f.name for f in dataclasses.fields(SamViTConfig)}
+    unknown = sorted(k for k, _ in fields if k not in known)
+    if unknown:
+        raise ValueError(f"unknown teacher fields {unknown}; expected fields of SamViTConfig")
+    values = dict(fields)
+    size, patch = values.get("img_size"), values.get("patch_size")
+    if size is not None and patch is not None and (patch < 1 or size % patch):
+        raise ValueError(
+            f"proxy geometry: img_size {size} does not tile into {patch} px patches; the image "
+            "size must be a multiple of the patch size"
+        )
+    base = get_config("vit_tiny")
+    return dataclasses.replace(base, name="vit_tiny", **values)  # type: ignore[arg-type]
+
+
+def geometry_summary(config: SamViTConfig) -> Dict[str, Any]:
+    """Grid, windows, edge window width, global layers and mask logit side of a teacher config."""
+    grid, window = config.grid_size, config.window_size
+    per_side = math.ceil(grid / window)
+    edge = grid - (per_side - 1) * window
+    return {
+        "img_size": config.img_size,
+        "patch_size": config.patch_size,
+        "grid": grid,
+        "tokens": grid * grid,
+        "windows": f"{per_side} x {per_side} of {window}",
+        "edge_window": edge,
+        "global_layers": len(config.global_attn_indexes),
+        "depth": config.depth,
+        "mask_logits": 4 * grid,
+    }
+
+
+@dataclass(frozen=True)
+class ProxyBenchmarkSettings:
+    """Sizes and budgets of the proxy benchmark.
+
+    The defaults are the full run at the 16 x 16 geometry; ``docs/benchmarks/proxy.md`` has its
+    results and stage times.
+    """
+
+    out_dir: str = "outputs/proxy_benchmark"
+    seed: int = 0  # data seeds: split_seeds(seed); weights and prompts: seed
+    geometry: str = "16"  # a key of GEOMETRIES
+    teacher_overrides: Tuple[Tuple[str, Any], ...] = ()  # vit_tiny fields over the geometry's
+    split: str = "test"  # evaluated split; "dev" for choosing recipes (no table is written)
+    train_images: int = 2000  # the teacher's images
+    distill_images: Optional[int] = 6000  # the students' (the teacher's and more); None: same
+    eval_images: int = 200  # images of the evaluated split
+    # 5000: the teacher was still improving at 4000 (dev curve), and 5000 steps of ~0.4 s fit the
+    # 60-minute budget with the other stages on 2 cores.
+    teacher_steps: int = 5000
+    teacher_lr: float = 1e-3
+    teacher_batch_size: int = 8
+    teacher_focal_weight: float = 2.0  # from scratch, SAM's 20:1 first collapses to empty masks
+    student_little_dim: int = 16  # E-block width: C / 4
+    student_little_heads: int = 2
+    # 2.0 with little_dim 8 is the proxy's analogue of bl_b_lite (docs/speed.md); its pooled
+    # keys/values need an even window, and the proxy's windows are 7 tokens.
+    student_little_mlp_ratio: float = 4.0
+    student_steps: int = 3000
+    student_lr: float = 2e-3
+    phase2_steps: int = 1500  # 0: phase 1 only
+    phase2_lr: float = 5e-4
+    phase2_keep_ratios: Tuple[float, ...] = (0.1, 0.25, 0.5)
+    phase2_mask_weight: float = 10.0
+    phase2_point_prob: float = 0.75
+    phase2_router_lr_scale: float = 5.0
+    routers_steps: int = 1000  # the routers-only ablation
+    keep_ratios: Tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)  # drawn per distillation step
+    eval_ratios: Tuple[float, ...] = (1.0, 0.5, 0.25, 0.1)  # rows of the table
+    batch_size: int = 8
+    device: str = "auto"  # "auto": cuda when available, else cpu
+    processes: Optional[int] = None  # per training stage; None: 1 on cuda, min(2, CPUs) on cpu
+    threads: int = 1  # torch threads per process
+    num_workers: int = 0
+    progress: bool = True
+    resume: bool = False  # continue an interrupted run: finished stages are reused
+    assets_dir: Optional[str] = None  # test split only: also write the fp16 teacher and student
+    # dev split only: this trained teacher instead of training one (student recipes in minutes)
+    teacher_checkpoint: Optional[str] = None
+    command: str = ""  # the command line that ran this, recorded in the outputs
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keep_ratios", tuple(self.keep_ratios))
+        object.__setattr__(self, "phase2_keep_ratios", tuple(self.phase2_keep_ratios))
+        object.__setattr__(self, "eval_ratios", tuple(self.eval_ratios))
+        object.__setattr__(
+            self, "teacher_overrides", tuple((str(k), v) for k, v in self.teacher_overrides)
+        )
+
+    def check(self) -> SamViTConfig:
+        """Validate everything a stage would trip on later; returns the teacher's config.
+
+        Raises:
+          ValueError: naming the setting and the expected form.
+        """
+        if self.geometry not in GEOMETRIES:
+            raise ValueError(f"geometry must be one of {sorted(GEOMETRIES)}, got {self.geometry!r}")
+        if self.split not in ("dev", "test"):
+            raise ValueError(f"split must be 'dev' or 'test', got {self.split!r}")
+        if self.assets_dir and self.split != "test":
+            raise ValueError(
+                "assets_dir: the built-in models are written from a test-split run only "
+                f"(their description holds its table), got split {self.split!r}"
+            )
+        if self.teacher_checkpoint and self.split != "dev":
+            raise ValueError(
+                "teacher_checkpoint: a given teacher is for choosing student recipes on the dev "
+                f"split; the table comes from a run that trains its own teacher, got split "
+                f"{self.split!r}"
+            )
+        check_budgets(
+            self,
+            (
+                "train_images",
+                "eval_images",
+                "teacher_steps",
+                "teacher_batch_size",
+                "student_steps",
+                "routers_steps",
+                "batch_size",
+            ),
+        )
+        dim, heads = self.student_little_dim, self.student_little_heads
+        if dim < 1 or heads < 1 or dim % heads:
+            raise ValueError(
+                f"student_little_dim ({dim}) must be a positive multiple of student_little_heads "
+                f"({heads})"
+            )
+        if not self.student_little_mlp_ratio > 0:
+            raise ValueError(
+                f"student_little_mlp_ratio must be > 0, got {self.student_little_mlp_ratio}"
+            )
+        for name in ("keep_ratios", "phase2_keep_ratios", "eval_ratios"):
+            values = getattr(self, name)
+            if not values:
+                raise ValueError(f"{name} must list at least one keep ratio in (0, 1]")
+            for r in values:
+                try:
+                    validate_keep_ratio(r)
+                except ValueError as error:
+                    raise ValueError(f"{name}: {error}") from None
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        config = teacher_config(self.teacher_fields)
+        if self.teacher_checkpoint:
+            read_teacher(Path(self.teacher_checkpoint), config)  # CheckpointError is a ValueError
+        return config
+
+    @property
+    def teacher_fields(self) -> Tuple[Tuple[str, Any], ...]:
+        """The teacher's vit_tiny fields: the geometry's, then ``teacher_overrides``."""
+        fields = dict(GEOMETRIES.get(self.geometry, ()))
+        fields.update(self.teacher_overrides)
+        return tuple(fields.items())
+
+    @property
+    def student_overrides(self) -> Tuple[Tuple[str, Any], ...]:
+        """The bl_tiny student's E-block fields."""
+        return (
+            ("little_dim", self.student_little_dim),
+            ("little_heads", self.student_little_heads),
+            ("little_mlp_ratio", self.student_little_mlp_ratio),
+        )
+
+    @property
+    def distill_count(self) -> int:
+        """Training images made: the teacher's first, then the students' others."""
+        return max(self.train_images, self.distill_images or 0)
+
+    @property
+    def resolved_device(self) -> str:
+        """``device`` with "auto" resolved."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    @property
+    def nproc(self) -> int:
+        """Processes per training stage."""
+        if self.processes is not None:
+            return max(1, self.processes)
+        if self.resolved_device.startswith("cuda"):
+            return 1
+        return max(1, min(2, os.cpu_count() or 1))

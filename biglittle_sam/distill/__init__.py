@@ -6,8 +6,8 @@ student from its SAM teacher through the shared training loop (``biglittle_sam.t
 - :func:`run_distillation` (``distill.py``): phase 1 (MSE + cosine on the valid region, keep ratio
   drawn per step) and phase 2 (prompts in the loop, teacher masks as targets).
 
-The toy benchmark, which runs the whole pipeline on synthetic shapes, is
-:mod:`biglittle_sam.benchmarks.toy`.
+The proxy benchmark, which runs the whole pipeline on synthetic shapes, is ``experiments.proxy``
+in the repository (not installed).
 """
 
 from .cache import (

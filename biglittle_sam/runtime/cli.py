@@ -139,7 +139,7 @@ class FlagSpec:
     choices: Optional[Sequence[Any]] = None
     metavar: Any = None
     type: Optional[Callable[[str], Any]] = None  # None: from the annotation
-    action: Optional[str] = None  # None: from the annotation
+    action: Any = None  # an argparse action name or class; None: from the annotation
     nargs: Any = None  # None: from the annotation
     required: bool = False
     cli: bool = True  # False: a library-only field, no flag
@@ -248,7 +248,8 @@ def add_settings_flags(
             if spec.group not in groups:
                 groups[spec.group] = _group(parser, spec.group)
             target = groups[spec.group]
-        help_text = spec.help if spec.help is not None else comments.get(name, "")
+        # a comment is plain text; argparse reads % in help as a format
+        help_text = spec.help if spec.help is not None else comments.get(name, "").replace("%", "%%")
         flags = [spec.name or "--" + name.replace("_", "-"), *spec.aliases]
         target.add_argument(*flags, **_flag_words(field, hints[name], help_text))
         for old in spec.old:

@@ -1,8 +1,10 @@
 """The training flags of ``distill`` and ``finetune`` and their recipe files; the plumbing every
-tool shares (defaults in ``--help``, exit statuses) is in ``runtime/cli.py`` and re-exported here.
+tool shares (flags from a settings dataclass, defaults in ``--help``, exit statuses) is in
+``runtime/cli.py`` and re-exported here.
 
-Every flag defaults to None and only the flags a user gives are passed on, so the dataclass
-defaults (``TrainSettings``, ``DistillSettings``, ``FinetuneSettings``) stay the only defaults.
+Every flag comes from a settings field (its name, type, default, and its comment as help), defaults
+to None, and only the flags a user gives are passed on, so the dataclass defaults
+(``TrainSettings``, ``DistillSettings``, ``FinetuneSettings``) stay the only defaults.
 """
 
 from __future__ import annotations
@@ -16,16 +18,22 @@ from ..runtime.cli import (
     RUNTIME_ERRORS,
     USAGE_ERRORS,
     add_old_spelling,
+    add_settings_flags,
     describe_defaults,
     given,
     run_cli,
     settings_defaults,
+    settings_kwargs,
 )
-from .settings import AMP_MODES, TrainSettings
+from .recipes import load_recipe, merge_settings
+from .settings import TrainSettings
 
 __all__ = [
     "add_config_argument",
+    "add_flag_groups",
+    "add_task_arguments",
     "add_train_arguments",
+    "task_settings_from_args",
     "train_settings_from_args",
     "parse_overrides",
     "given",
@@ -37,29 +45,12 @@ __all__ = [
     "RUNTIME_ERRORS",
 ]
 
-# (flag attribute, TrainSettings field)
-_TRAIN_FIELDS = (
-    "steps",
-    "batch_size",
-    "grad_accum",
-    "lr",
-    "min_lr_ratio",
-    "warmup_steps",
-    "weight_decay",
-    "clip_grad",
-    "amp",
-    "seed",
-    "device",
-    "num_workers",
-    "threads",
-    "out_dir",
-    "checkpoint_every",
-    "keep_last",
-    "log_every",
-    "resume",
-    "stop_after",
-    "ema_decay",
-)
+# TrainSettings' fields in the "optimization" group of --help, in their order there; the others
+# are in the "run" group, in field order.
+OPTIMIZATION_FIELDS = (
+    "steps", "batch_size", "grad_accum", "lr", "min_lr_ratio", "warmup_steps", "weight_decay",
+    "betas", "clip_grad", "amp", "seed", "ema_decay",
+)  # fmt: skip
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -73,91 +64,97 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``optimization`` and ``run`` argument groups (``TrainSettings``)."""
-    opt = parser.add_argument_group("optimization")
-    opt.add_argument("--steps", type=int, default=None, help="optimizer steps")
-    opt.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="images per step over all processes and accumulation steps",
-    )
-    opt.add_argument("--grad-accum", type=int, default=None, help="micro-batches per step")
-    opt.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    opt.add_argument("--min-lr-ratio", type=float, default=None, help="final lr / peak lr")
-    opt.add_argument("--warmup-steps", type=int, default=None, help="default: 5%% of steps")
-    opt.add_argument(
-        "--weight-decay", type=float, default=None, help="AdamW decay (not on norms, biases)"
-    )
-    opt.add_argument(
-        "--betas",
-        type=float,
-        nargs=2,
-        default=None,
-        metavar=("B1", "B2"),
-        help="AdamW moment decay rates",
-    )
-    opt.add_argument("--clip-grad", type=float, default=None, help="max gradient norm; 0: off")
-    opt.add_argument("--amp", choices=AMP_MODES, default=None, help="bf16 autocast (auto: CUDA)")
-    opt.add_argument(
-        "--seed", type=int, default=None, help="data order, prompts, keep ratios, fresh weights"
-    )
-    opt.add_argument(
-        "--ema-decay",
-        type=float,
-        default=None,
-        help="the final model is a moving average of the weights with this decay (0: off)",
-    )
-    run = parser.add_argument_group("run")
-    run.add_argument(
-        "--device", default=None, help="auto (CUDA when available), cpu, cuda or cuda:N"
-    )
-    run.add_argument("--num-workers", type=int, default=None, help="data loader processes")
-    run.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
-    run.add_argument("--out-dir", default=None, help="checkpoints, metrics, plot, model.pth")
-    run.add_argument("--checkpoint-every", type=int, default=None, help="steps between saves")
-    run.add_argument(
-        "--keep-checkpoints", action="store_true", default=None, help="keep step_<N>.pth too"
-    )
-    run.add_argument(
-        "--keep-last",
-        type=int,
-        default=None,
-        metavar="N",
-        help="with --keep-checkpoints, keep only the newest N step_<N>.pth (default: 10; 0: all)",
-    )
-    run.add_argument("--log-every", type=int, default=None, help="steps between metric lines")
-    run.add_argument(
-        "--tensorboard", action="store_true", default=None, help="also write TensorBoard events"
-    )
-    run.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar with loss, lr, images/s and ETA",
-    )
-    run.add_argument(
-        "--resume", default=None, help="a training checkpoint, or 'auto' (out-dir's last.pth)"
-    )
-    run.add_argument(
-        "--stop-after", type=int, default=None, help="stop (with a checkpoint) after N steps"
-    )
+def add_flag_groups(
+    parser: argparse.ArgumentParser,
+    settings_cls: type,
+    groups: Sequence[Tuple[str, Sequence[str]]],
+    defaults: Optional[Any] = None,
+) -> Dict[str, Any]:
+    """One argument group per ``(title, field names)`` of ``groups``, with a flag per field of
+    ``settings_cls`` (:func:`~biglittle_sam.runtime.cli.add_settings_flags`).
+
+    Arguments:
+      defaults: a ``settings_cls`` instance whose values ``--help`` shows (default: the
+        dataclass's own defaults).
+
+    Returns:
+      The argument groups by title (a title the parser has already is that group, extended).
+    """
+    shown = settings_defaults(defaults) if defaults is not None else None
+    existing = {g.title: g for g in parser._action_groups}
+    out: Dict[str, Any] = {}
+    for title, names in groups:
+        group = existing.get(title) or parser.add_argument_group(title)
+        existing[title] = out[title] = group
+        add_settings_flags(group, settings_cls, only=names, defaults=shown)
+    return out
+
+
+def add_train_arguments(
+    parser: argparse.ArgumentParser, defaults: Optional[TrainSettings] = None
+) -> None:
+    """The ``optimization`` and ``run`` argument groups (``TrainSettings``).
+
+    Arguments:
+      defaults: the train settings whose values ``--help`` shows (a task's own, such as
+        ``DistillSettings().train``); default: ``TrainSettings()``.
+    """
+    run = [f.name for f in dataclasses.fields(TrainSettings) if f.name not in OPTIMIZATION_FIELDS]
+    groups = (("optimization", OPTIMIZATION_FIELDS), ("run", run))
+    add_flag_groups(parser, TrainSettings, groups, defaults)
+
+
+def add_task_arguments(
+    parser: argparse.ArgumentParser,
+    settings_cls: type,
+    groups: Sequence[Tuple[str, Sequence[str]]],
+    defaults: Any,
+) -> argparse.ArgumentParser:
+    """A training tool's flags: ``--config``, the task's argument ``groups`` (fields of
+    ``settings_cls``, see :func:`add_flag_groups`) and the train groups.
+
+    Arguments:
+      defaults: a ``settings_cls`` instance: its values, and its ``train`` values, are the
+        defaults ``--help`` shows.
+    """
+    add_config_argument(parser)
+    add_flag_groups(parser, settings_cls, groups, defaults)
+    add_train_arguments(parser, defaults.train)
+    return parser
 
 
 def train_settings_from_args(args: argparse.Namespace, defaults: TrainSettings) -> TrainSettings:
     """``defaults`` with the train flags that were given."""
-    changes: Dict[str, Any] = {
-        f: getattr(args, f) for f in _TRAIN_FIELDS if getattr(args, f, None) is not None
-    }
-    if getattr(args, "betas", None) is not None:
-        changes["betas"] = tuple(args.betas)
-    for flag in ("keep_checkpoints", "tensorboard"):
-        if getattr(args, flag, None):
-            changes[flag] = True
-    if getattr(args, "progress", None) is not None:
-        changes["progress"] = args.progress
-    return dataclasses.replace(defaults, **changes)
+    return dataclasses.replace(defaults, **settings_kwargs(args, TrainSettings))
+
+
+def task_settings_from_args(
+    args: argparse.Namespace,
+    settings_cls: type,
+    required: Sequence[str] = (),
+    overrides: Optional[str] = None,
+) -> Any:
+    """A task's settings (its train settings under ``train``): its defaults, then the ``--config``
+    recipe, then the flags given.
+
+    Arguments:
+      required: fields that the flags or the recipe must give.
+      overrides: the field of config overrides, given as ``--override KEY=VALUE`` flags
+        (:func:`parse_overrides`).
+
+    Raises:
+      ValueError: a required field given nowhere, a bad ``--override``; RecipeError: a bad recipe.
+    """
+    changes = settings_kwargs(args, settings_cls, exclude=("train", overrides or ""))
+    if overrides is not None and getattr(args, overrides, None):
+        changes[overrides] = parse_overrides(getattr(args, overrides))
+    recipe = load_recipe(args.config, settings_cls) if args.config else {}
+    for name in required:
+        if not changes.get(name) and not recipe.get(name):
+            raise ValueError(f"--{name} is required (or '{name}' in the --config file)")
+    return merge_settings(
+        settings_cls, recipe, changes, lambda train: train_settings_from_args(args, train)
+    )
 
 
 def _value(text: str) -> Any:

@@ -26,12 +26,13 @@ from torch import Tensor, nn
 
 from ..config import BigLittleConfig, config_to_dict, validate_keep_ratio
 from ..modeling import set_keep_ratio
+from ..runtime.cli import flag
 from ..runtime.distributed import DistContext, init_distributed
 from .data import TrainImages, build_image_source
 from .loop import TrainResult, TrainTask, run_training
 from .losses import dice_loss, mask_iou, sigmoid_focal_loss
 from .models import build_model
-from .parts import select_trainable
+from .parts import PARTS, select_trainable
 from .prompts import (
     PromptGroup,
     batch_image_prompts,
@@ -60,23 +61,33 @@ FINETUNE_FREE_FIELDS = frozenset(
 class FinetuneSettings:
     """A fine-tuning run. Defaults: the decoder of a checkpoint, on COCO / SA-1B masks."""
 
-    images: str = ""  # COCO image folder or SA-1B folder
+    images: str = flag("", "COCO image folder or SA-1B folder (required, here or in --config)")
     annotations: Optional[str] = None  # COCO / LVIS instance json (None for SA-1B)
-    dataset: Optional[str] = None  # coco, lvis or sa1b; None: from the files
+    dataset: Optional[str] = flag(
+        None, "the annotations' format (default: from the files)", choices=("coco", "lvis", "sa1b")
+    )
     model: str = "vit_b"  # registry name: vit_b/l/h, vit_tiny, bl_b/l/h, bl_tiny
     checkpoint: Optional[str] = (
         None  # the model's checkpoint; None: sam_checkpoint or fresh weights
     )
     sam_checkpoint: Optional[str] = None  # big.LITTLE only: an official SAM file to inherit from
-    overrides: Tuple[Tuple[str, Any], ...] = ()  # config fields, e.g. (("embed_dim", 128),)
-    train_parts: str = "decoder"  # cheapest useful default; "little", "encoder", "all", ...
+    overrides: Tuple[Tuple[str, Any], ...] = flag(
+        (),
+        "config field, e.g. embed_dim=128 (repeatable)",
+        name="--override",
+        action="append",
+        metavar="KEY=VALUE",
+    )
+    train_parts: str = flag(
+        "decoder", f"comma-separated subset of {', '.join(PARTS)}; decoder: the cheapest useful"
+    )
     keep_ratios: Tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)  # big.LITTLE: one drawn per step
     max_instances: int = 16  # objects per image per step (a random subset)
     point_prob: float = 0.5  # share of objects prompted by a point rather than a box
     refine_clicks: int = 2  # correcting clicks after the first prompt
     mask_input_prob: float = 0.5  # a refinement round also gets the previous mask's logits
     focal_weight: float = 20.0  # SAM's 20:1 focal to Dice
-    dice_weight: float = 1.0
+    dice_weight: float = 1.0  # Dice loss weight
     iou_weight: float = 1.0  # MSE of the IoU head against the real IoU
     hflip: bool = True  # flip half of the images horizontally
     limit: Optional[int] = None  # use only the first N images

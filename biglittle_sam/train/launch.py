@@ -2,8 +2,8 @@
 
 ``launch(run_distillation, settings, nproc=2)`` starts ``nproc`` processes with the environment
 torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``), so the
-library's own ``init_distributed`` joins them into one group. The toy benchmark uses it to put both
-cores of a small CPU machine to work; on a cluster, use torchrun.
+library's own ``init_distributed`` joins them into one group. The proxy benchmark uses it to put
+both cores of a small CPU machine to work; on a cluster, use torchrun.
 
 The processes are started by ``torch.multiprocessing.start_processes``, and the job fails fast:
 when one rank raises, the others are stopped within seconds and the first rank's error is raised

@@ -1,8 +1,9 @@
 """The settings of the shared training loop, used by distillation and fine-tuning alike.
 
-One frozen dataclass; every field has a one-line reason. The command-line tools pass on only the
-flags a user gave (``dataclasses.replace``), so these defaults and the task defaults in
-``distill.DistillSettings`` / ``train.FinetuneSettings`` are the only defaults.
+One frozen dataclass; every field has a one-line reason, which is also its ``--help`` line
+(``train.cli.add_train_arguments``). The command-line tools pass on only the flags a user gave
+(``dataclasses.replace``), so these defaults and the task defaults in ``distill.DistillSettings`` /
+``train.FinetuneSettings`` are the only defaults.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
+
+from ..runtime.cli import flag
 
 __all__ = [
     "TrainSettings",
@@ -57,11 +60,13 @@ class TrainSettings:
     grad_accum: int = 1  # micro-batches per optimizer step (memory, not math: same global batch)
     lr: float = 1e-4  # peak learning rate, reached at the end of warm-up
     min_lr_ratio: float = 0.01  # the cosine decays to lr * min_lr_ratio
-    warmup_steps: Optional[int] = None  # linear warm-up; None: 5% of steps (at least 1)
+    warmup_steps: Optional[int] = None  # linear warm-up steps (default: steps // 20, at least 1)
     weight_decay: float = 0.05  # AdamW; never applied to norms, biases, LayerScale or positions
-    betas: Tuple[float, float] = (0.9, 0.999)  # AdamW moment decay rates
+    betas: Tuple[float, float] = flag(
+        (0.9, 0.999), "AdamW moment decay rates", nargs=2, metavar=("B1", "B2")
+    )
     clip_grad: Optional[float] = 1.0  # max global gradient L2 norm; None or 0 disables clipping
-    amp: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; "bf16"; "off"
+    amp: str = flag("auto", choices=AMP_MODES)  # "auto": bf16 autocast on CUDA, fp32 on CPU
     seed: int = 0  # data order, prompts, keep ratios and fresh weights all derive from it
     device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:N
     num_workers: int = 2  # DataLoader worker processes per rank
@@ -69,7 +74,9 @@ class TrainSettings:
     out_dir: str = "outputs/train"  # checkpoints, metrics.jsonl, loss plot, final model
     checkpoint_every: int = 500  # steps between atomic checkpoints (and one at the end)
     keep_checkpoints: bool = False  # keep step_<N>.pth next to last.pth instead of only last
-    keep_last: int = 10  # with keep_checkpoints, only the newest N step_<N>.pth stay (0: all)
+    keep_last: int = flag(
+        10, "with keep_checkpoints, only the newest N step_<N>.pth stay (0: all)", metavar="N"
+    )
     log_every: int = 10  # steps between JSONL metric lines (averaged over the interval)
     tensorboard: bool = False  # also write TensorBoard events (needs the tensorboard package)
     progress: bool = True  # progress bar with loss, lr, images/s and ETA on rank 0
@@ -77,7 +84,9 @@ class TrainSettings:
     stop_after: Optional[int] = None  # stop (with a checkpoint) after this many steps of this run
     # The final model is an exponential moving average of the trainable weights with this decay
     # (0: off, the last weights); training checkpoints keep the raw weights and the average.
-    ema_decay: float = 0.0
+    ema_decay: float = flag(
+        0.0, "the final model is a moving average of the weights with this decay (0: off)"
+    )
 
     def __post_init__(self) -> None:
         if self.steps < 1:

@@ -1,6 +1,7 @@
 """The teacher embedding cache's writer: compute, store and check entries, sharded and resumable.
 
-The layout is :mod:`.format`'s.
+The layout is :mod:`.format`'s; the folder's preparation is :mod:`.folder`'s, the settings
+:mod:`.settings`'.
 
 - Every file is written to a temporary name and renamed, so an interrupted run (or a full disk)
   never leaves a half-written entry under a real name, and an entry once written stays valid. A
@@ -15,12 +16,10 @@ The layout is :mod:`.format`'s.
 
 from __future__ import annotations
 
-import datetime
 import errno
-import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -29,38 +28,29 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ...checkpoint import atomic_save, read_checkpoint
-from ...config import BigLittleConfig, SamViTConfig, config_to_dict
+from ...config import SamViTConfig
 from ...data.records import DatasetError, EvalDataset, ImageProblemError
 from ...fidelity import valid_embedding_size
-from ...fileio import atomic_open, sweep_temp_files
 from ...runtime.amp import autocast_context, resolve_amp
 from ...runtime.distributed import DistContext, init_distributed
 from ...runtime.progress import Progress, format_duration
 from ...train.data import build_image_source, image_key, preprocess_image, source_file_names
-from ...train.models import file_sha256, load_sam
+from .folder import open_folder, shard_index_path, sweep_stale_temps, teacher_meta, write_json
 from .format import (
-    CACHE_FORMAT,
     CACHE_VERSION,
     ENTRY_FORMAT,
-    CacheError,
-    TeacherCache,
     embedding_checksum,
     entry_path,
     entry_problem,
     read_index,
 )
+from .settings import CacheSettings
 
 __all__ = ["CacheSettings", "CacheWriteError", "cache_teacher_embeddings", "sweep_stale_temps"]
 
 
 class CacheWriteError(OSError):
     """Writing the cache failed (for example, the disk is full). Entries written before are kept."""
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    """Compact JSON, written atomically (:func:`biglittle_sam.fileio.atomic_open`)."""
-    with atomic_open(path, "w") as f:
-        json.dump(payload, f)
 
 
 def _write_entry(path: Path, payload: Dict[str, Any]) -> None:
@@ -73,37 +63,6 @@ def _plain_id(value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         return str(value)
     return value
-
-
-@dataclass(frozen=True)
-class CacheSettings:
-    """A caching run. The defaults are the only defaults (the CLI passes given flags)."""
-
-    images: str = ""  # COCO image folder, SA-1B folder, or any folder of images
-    out: str = ""  # the cache folder
-    teacher_checkpoint: str = ""  # the teacher SAM (official file or this project's)
-    teacher: Optional[str] = None  # registry name when the checkpoint's size is not recognized
-    dataset: Optional[str] = None  # coco, lvis, sa1b or folder; None: from the files
-    annotations: Optional[str] = None  # COCO / LVIS json (to cache exactly its images)
-    limit: Optional[int] = None  # only the first N images
-    batch_size: int = 8  # images per teacher forward pass
-    num_workers: int = 2  # image decoding processes
-    device: str = "auto"  # auto, cpu, cuda, cuda:N (torchrun: one GPU per process)
-    amp: str = "off"  # the targets in full fp32 by default; "bf16" is faster on GPUs
-    verify: bool = False  # check every entry and recompute the bad ones
-    strict: bool = False  # an unreadable image stops the run instead of being skipped
-    flush_every: int = 100  # entries between index writes
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("images", "out", "teacher_checkpoint"):
-            if not getattr(self, name):
-                raise ValueError(f"{name} is required")
-        if self.batch_size < 1 or self.flush_every < 1 or self.num_workers < 0:
-            raise ValueError(
-                "batch_size and flush_every must be >= 1 and num_workers >= 0, got "
-                f"{self.batch_size}, {self.flush_every}, {self.num_workers}"
-            )
 
 
 class _CacheItems(Dataset):
@@ -139,62 +98,6 @@ def _collate(items: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return items
 
 
-def _teacher_meta(
-    teacher_checkpoint: str, name: Optional[str], ctx: DistContext
-) -> Tuple[Any, SamViTConfig, Dict[str, Any]]:
-    sam, config, _ = load_sam(teacher_checkpoint, name)
-    if isinstance(config, BigLittleConfig):
-        raise CacheError(
-            f"{teacher_checkpoint}: is a big.LITTLE model ('{config.name}'); the teacher must be "
-            "a plain SAM (vit_b / vit_l / vit_h, or a vit_tiny of this project)"
-        )
-    sha = file_sha256(teacher_checkpoint) if ctx.is_main else None
-    sha = ctx.broadcast(sha)
-    meta = {
-        "format": CACHE_FORMAT,
-        "version": CACHE_VERSION,
-        "teacher": {
-            "name": config.name,
-            "checkpoint": Path(teacher_checkpoint).name,
-            "sha256": sha,
-            "config": config_to_dict(config),
-        },
-        "img_size": config.img_size,
-        "embedding_shape": [config.out_chans, config.grid_size, config.grid_size],
-        "dtype": "float16",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    return sam, config, meta
-
-
-def _prepare_folder(root: Path, meta: Dict[str, Any]) -> None:
-    """Write ``cache.json`` for a new cache, or check that an existing one has the same teacher
-    and shapes (CacheError otherwise)."""
-    path = root / "cache.json"
-    if path.exists():
-        old = TeacherCache.read_meta(root)
-        same_teacher = old["teacher"].get("sha256") == meta["teacher"]["sha256"]
-        same_shape = (old.get("img_size"), list(old.get("embedding_shape") or [])) == (
-            meta["img_size"],
-            meta["embedding_shape"],
-        )
-        if not (same_teacher and same_shape):
-            raise CacheError(
-                f"{root}: already holds embeddings of teacher {old['teacher'].get('name')}:"
-                f"{old['teacher'].get('checkpoint')} (SHA-256 "
-                f"{str(old['teacher'].get('sha256'))[:12]}..., {old.get('img_size')} px), not of "
-                f"{meta['teacher']['name']}:{meta['teacher']['checkpoint']} (SHA-256 "
-                f"{meta['teacher']['sha256'][:12]}...); use another --out folder for this teacher"
-            )
-        return
-    root.mkdir(parents=True, exist_ok=True)
-    _write_json(path, meta)
-
-
-def _shard_index_path(root: Path, rank: int, world: int) -> Path:
-    return root / "index" / f"rank-{rank:05d}-of-{world:05d}.json"
-
-
 def cache_teacher_embeddings(settings: CacheSettings) -> Optional[Dict[str, Any]]:
     """Compute and store the teacher embedding of every image of the source.
 
@@ -221,10 +124,56 @@ def cache_teacher_embeddings(settings: CacheSettings) -> Optional[Dict[str, Any]
 
 
 def _cache(s: CacheSettings, ctx: DistContext, device: torch.device) -> Optional[Dict[str, Any]]:
+    """:func:`cache_teacher_embeddings` on this rank: plan, encode, then (rank 0) merge."""
     started = time.perf_counter()
     started_at = time.time()  # file times are wall-clock: temp files older than this are stale
     root = Path(s.out)
-    teacher, config, meta = _teacher_meta(s.teacher_checkpoint, s.teacher, ctx)
+    teacher, config, meta = teacher_meta(s.teacher_checkpoint, s.teacher, ctx)
+    source, keys = _source_and_keys(s)
+    swept = open_folder(root, meta, ctx, started_at)
+    sha = meta["teacher"]["sha256"]
+    shape: Tuple[int, int, int] = tuple(meta["embedding_shape"])  # type: ignore[assignment]
+    kept, todo, report = _plan(s, root, ctx.shard(len(source)), keys, shape, sha)
+    shard = _Shard(root, sha, config, shard_index_path(root, ctx.rank, ctx.world_size), kept)
+    progress = Progress(len(todo), desc="cache teacher", enabled=s.progress and ctx.is_main)
+    amp_dtype = resolve_amp(s.amp, device)
+    encoder = teacher.to(device).eval().image_encoder
+    loader = DataLoader(
+        _CacheItems(source, todo, keys, config.img_size),
+        batch_size=s.batch_size,
+        num_workers=s.num_workers,
+        collate_fn=_collate,
+    )
+    try:
+        report["cached"] = _encode(s, loader, encoder, device, amp_dtype, shard, progress)
+    except OSError as e:
+        _flush_best_effort(shard)
+        raise CacheWriteError(
+            e.errno or errno.EIO,
+            f"writing the teacher cache {root} failed ({e}); the {len(shard.entries)} entries of "
+            "this process written before are complete and kept. Free space (or fix the problem) "
+            "and run the same command again: it continues from them",
+        ) from e
+    finally:
+        progress.close()
+    shard.flush()
+    report["skipped"] = dict(shard.skipped)
+    gathered = ctx.gather(report)
+    if ctx.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    if not ctx.is_main:
+        return None
+    return _merge(s, root, meta, len(source), gathered or [], ctx.world_size, swept, started)
+
+
+def _source_and_keys(s: CacheSettings) -> Tuple[EvalDataset, List[str]]:
+    """The images to cache and their cache keys.
+
+    Raises:
+      DatasetError: two images whose file names give the same key.
+    """
     source = build_image_source(s.images, s.dataset, s.annotations, s.limit, need_masks=False)
     names = source_file_names(source)
     keys = [image_key(n) for n in names]
@@ -234,25 +183,25 @@ def _cache(s: CacheSettings, ctx: DistContext, device: torch.device) -> Optional
             if k in seen:
                 raise DatasetError(f"two images of the source share the file name {n!r}")
             seen[k] = n
-    error: Optional[BaseException] = None
-    swept: List[Path] = []
-    if ctx.is_main:  # before the other ranks start writing: every temp file found is another run's
-        try:
-            _prepare_folder(root, meta)
-            swept = sweep_stale_temps(root, started_at)
-        except BaseException as e:  # every rank must learn it, or the others wait forever
-            error = e
-    failed = ctx.broadcast(None if error is None else str(error))
-    if error is not None:
-        raise error
-    if failed is not None:
-        raise CacheError(failed)
-    sha = meta["teacher"]["sha256"]
-    shape: Tuple[int, int, int] = tuple(meta["embedding_shape"])  # type: ignore[assignment]
-    entries, skipped = read_index(root)
-    mine = ctx.shard(len(source))
-    my_entries: Dict[str, Dict[str, Any]] = {}
-    my_skipped: Dict[str, Dict[str, Any]] = {}
+    return source, keys
+
+
+def _plan(
+    s: CacheSettings,
+    root: Path,
+    mine: Sequence[int],
+    keys: Sequence[str],
+    shape: Tuple[int, int, int],
+    sha: str,
+) -> Tuple[Dict[str, Dict[str, Any]], List[int], Dict[str, Any]]:
+    """Sort this rank's images (``mine``) into entries to keep or adopt and images to encode.
+
+    Returns:
+      (the entries kept, by key; the indices to encode; the report's ``already``, ``adopted``,
+      ``repaired`` and ``cached`` counts so far).
+    """
+    entries, _ = read_index(root)
+    kept: Dict[str, Dict[str, Any]] = {}
     todo: List[int] = []
     report: Dict[str, Any] = {"already": 0, "adopted": 0, "repaired": {}, "cached": 0}
     for i in mine:
@@ -261,93 +210,113 @@ def _cache(s: CacheSettings, ctx: DistContext, device: torch.device) -> Optional
         if s.verify:
             problem = entry_problem(path, key, shape, sha)
             if problem is None:
-                my_entries[key] = entries.get(key) or _record_from_file(path, root)
+                kept[key] = entries.get(key) or _record_from_file(path, root)
                 report["already"] += 1
             else:
                 if problem != "missing" or key in entries:
                     report["repaired"][key] = problem
                 todo.append(i)
         elif key in entries and path.is_file():
-            my_entries[key] = entries[key]
+            kept[key] = entries[key]
             report["already"] += 1
         elif path.is_file() and entry_problem(path, key, shape, sha) is None:
-            my_entries[key] = _record_from_file(path, root)
+            kept[key] = _record_from_file(path, root)
             report["adopted"] += 1
         else:
             todo.append(i)
+    return kept, todo, report
 
-    index_path = _shard_index_path(root, ctx.rank, ctx.world_size)
-    progress = Progress(len(todo), desc="cache teacher", enabled=s.progress and ctx.is_main)
-    amp_dtype = resolve_amp(s.amp, device)
-    teacher = teacher.to(device).eval()
-    encoder = teacher.image_encoder
-    loader = DataLoader(
-        _CacheItems(source, todo, keys, config.img_size),
-        batch_size=s.batch_size,
-        num_workers=s.num_workers,
-        collate_fn=_collate,
+
+@dataclass
+class _Shard:
+    """This rank's part of the cache being written: where, for which teacher, and its index."""
+
+    root: Path
+    sha: str  # the teacher checkpoint's SHA-256
+    config: SamViTConfig  # the teacher's
+    index_path: Path  # this rank's index part
+    entries: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # index records, by key
+    skipped: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # unreadable, by key
+
+    def flush(self) -> None:
+        """Write this rank's index part."""
+        write_json(self.index_path, {"entries": self.entries, "skipped": self.skipped})
+
+
+def _encode(
+    s: CacheSettings,
+    loader: DataLoader,
+    encoder: torch.nn.Module,
+    device: torch.device,
+    amp_dtype: Optional[torch.dtype],
+    shard: _Shard,
+    progress: Progress,
+) -> int:
+    """Encode the loader's images and store an entry for each in ``shard`` (unreadable ones are
+    skipped), writing its index every ``flush_every`` entries; returns the count."""
+    cached = since_flush = 0
+    for items in loader:
+        good = [it for it in items if "problem" not in it]
+        for it in items:
+            if "problem" in it:
+                _skip(it, s.strict, shard)
+        if good:
+            images = torch.stack([it["image"] for it in good]).to(device)  # (b, 3, S, S)
+            with torch.no_grad(), autocast_context(device, amp_dtype):
+                out = encoder(images)  # (b, C, g, g)
+            out = out.float().half().cpu()
+            for it, emb in zip(good, out):
+                # clone: a row of ``out`` shares the batch's storage, and torch.save writes a
+                # view's whole storage (every entry would hold the batch, b times too big).
+                _store(shard, it, emb.clone())
+                cached += 1
+                since_flush += 1
+        progress.update(len(items))
+        if since_flush >= s.flush_every:
+            shard.flush()
+            since_flush = 0
+    return cached
+
+
+def _skip(item: Mapping[str, Any], strict: bool, shard: _Shard) -> None:
+    """Record an unreadable image in the shard's ``skipped`` and say so (``strict``: stop instead).
+
+    Raises:
+      DatasetError: under ``strict``.
+    """
+    problem = item["problem"]
+    if strict:
+        raise DatasetError(
+            f"{problem['file']}: {problem['reason']}: {problem['detail']} (stopped by --strict; "
+            "without it the image is skipped, logged and counted)"
+        )
+    shard.skipped[item["key"]] = {**problem, "file": item["file"], "path": problem["file"]}
+    shard.entries.pop(item["key"], None)
+    print(
+        f"skipped {item['file']}: {problem['reason']}: {problem['detail']}",
+        file=sys.stderr,
+        flush=True,
     )
-    since_flush = 0
-    try:
-        for items in loader:
-            good = [it for it in items if "problem" not in it]
-            for it in items:
-                if "problem" in it:
-                    if s.strict:
-                        p = it["problem"]
-                        raise DatasetError(
-                            f"{p['file']}: {p['reason']}: {p['detail']} (stopped by --strict; "
-                            "without it the image is skipped, logged and counted)"
-                        )
-                    problem = it["problem"]
-                    my_skipped[it["key"]] = {**problem, "file": it["file"], "path": problem["file"]}
-                    my_entries.pop(it["key"], None)
-                    print(
-                        f"skipped {it['file']}: {it['problem']['reason']}: "
-                        f"{it['problem']['detail']}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-            if good:
-                images = torch.stack([it["image"] for it in good]).to(device)  # (b, 3, S, S)
-                with torch.no_grad(), autocast_context(device, amp_dtype):
-                    out = encoder(images)  # (b, C, g, g)
-                out = out.float().half().cpu()
-                for it, emb in zip(good, out):
-                    # clone: a row of ``out`` shares the batch's storage, and torch.save writes a
-                    # view's whole storage (every entry would hold the batch, b times too big).
-                    _store(root, it, emb.clone(), sha, config, my_entries, my_skipped)
-                    report["cached"] += 1
-                    since_flush += 1
-            progress.update(len(items))
-            if since_flush >= s.flush_every:
-                _write_json(index_path, {"entries": my_entries, "skipped": my_skipped})
-                since_flush = 0
-    except OSError as e:
-        _flush_best_effort(index_path, my_entries, my_skipped)
-        raise CacheWriteError(
-            e.errno or errno.EIO,
-            f"writing the teacher cache {root} failed ({e}); the {len(my_entries)} entries of "
-            "this process written before are complete and kept. Free space (or fix the problem) "
-            "and run the same command again: it continues from them",
-        ) from e
-    finally:
-        progress.close()
-    _write_json(index_path, {"entries": my_entries, "skipped": my_skipped})
-    report["skipped"] = dict(my_skipped)
-    gathered = ctx.gather(report)
-    if ctx.world_size > 1:
-        import torch.distributed as dist
 
-        dist.barrier()
-    if not ctx.is_main:
-        return None
+
+def _merge(
+    s: CacheSettings,
+    root: Path,
+    meta: Dict[str, Any],
+    images: int,
+    reports: List[Dict[str, Any]],
+    world_size: int,
+    swept: List[Path],
+    started: float,
+) -> Dict[str, Any]:
+    """Rank 0: merge the ranks' index parts into ``index.json`` and their reports into the run's
+    report (``cache_report.json``, also returned)."""
     merged_entries, merged_skipped = read_index(root)
-    _write_json(root / "index.json", {"entries": merged_entries, "skipped": merged_skipped})
+    write_json(root / "index.json", {"entries": merged_entries, "skipped": merged_skipped})
     for part in (root / "index").glob("rank-*.json"):
         part.unlink()
     total: Dict[str, Any] = {"already": 0, "adopted": 0, "cached": 0, "repaired": {}, "skipped": {}}
-    for r in gathered or []:
+    for r in reports:
         for k in ("already", "adopted", "cached"):
             total[k] += r[k]
         total["repaired"].update(r["repaired"])
@@ -356,20 +325,20 @@ def _cache(s: CacheSettings, ctx: DistContext, device: torch.device) -> Optional
     result = {
         "cache": str(root),
         "teacher": meta["teacher"]["name"] + ":" + meta["teacher"]["checkpoint"],
-        "teacher_sha256": sha,
-        "images": len(source),
+        "teacher_sha256": meta["teacher"]["sha256"],
+        "images": images,
         "entries": len(merged_entries),
         **total,
         "verified": s.verify,
-        "world_size": ctx.world_size,
+        "world_size": world_size,
         "stale_temps_removed": len(swept),
         "wall_s": wall,
         "images_per_s": total["cached"] / wall if wall > 0 else None,
     }
-    _write_json(root / "cache_report.json", result)
+    write_json(root / "cache_report.json", result)
     if s.progress:
         print(
-            f"teacher cache {root}: {len(merged_entries)} of {len(source)} images cached "
+            f"teacher cache {root}: {len(merged_entries)} of {images} images cached "
             f"({total['cached']} now, {total['already']} kept, {total['adopted']} adopted, "
             f"{len(total['repaired'])} repaired, {len(total['skipped'])} skipped) in "
             f"{format_duration(wall)}"
@@ -397,17 +366,10 @@ def _record_from_file(path: Path, root: Path) -> Dict[str, Any]:
     return _index_record(read_checkpoint(path), path, root)
 
 
-def _store(
-    root: Path,
-    item: Mapping[str, Any],
-    embedding: Tensor,
-    sha: str,
-    config: SamViTConfig,
-    entries: Dict[str, Dict[str, Any]],
-    skipped: Dict[str, Dict[str, Any]],
-) -> None:
-    """Write the entry of one image (``embedding``: C x g x g fp16) and record it in ``entries``."""
-    key = item["key"]
+def _store(shard: _Shard, item: Mapping[str, Any], embedding: Tensor) -> None:
+    """Write the entry of one image (``embedding``: C x g x g fp16) and record it in the shard's
+    ``entries``."""
+    key, root, config = item["key"], shard.root, shard.config
     path = entry_path(root, key)
     valid = list(valid_embedding_size(tuple(item["input_size"]), config.img_size, config.grid_size))
     checksum = embedding_checksum(embedding)
@@ -421,40 +383,18 @@ def _store(
         "input_size": list(item["input_size"]),
         "original_size": list(item["original_size"]),
         "valid": valid,
-        "teacher": sha,
+        "teacher": shard.sha,
         "checksum": checksum,
     }
     _write_entry(path, payload)
-    entries[key] = _index_record(payload, path, root)
-    skipped.pop(key, None)
+    shard.entries[key] = _index_record(payload, path, root)
+    shard.skipped.pop(key, None)
 
 
-def _flush_best_effort(
-    path: Path, entries: Dict[str, Dict[str, Any]], skipped: Dict[str, Dict[str, Any]]
-) -> None:
+def _flush_best_effort(shard: _Shard) -> None:
     """Write the index part if the disk still allows it; the entries are safe either way (a new
     run adopts entry files that the index misses)."""
     try:
-        _write_json(path, {"entries": entries, "skipped": skipped})
+        shard.flush()
     except OSError:
         pass
-
-
-def sweep_stale_temps(root: Path, before: float) -> List[Path]:
-    """Remove the temporary files a killed run left in the cache folder ``root``.
-
-    :func:`biglittle_sam.fileio.sweep_temp_files` on each folder the cache writes to (``root``,
-    ``index/``, ``entries/<xy>/``).
-
-    Arguments:
-      root: the cache folder.
-      before: a ``time.time()``, the start of the run that sweeps. A temporary file modified since
-        may belong to a writer that is still running, and is kept.
-
-    Returns:
-      The files removed.
-    """
-    folders = [root, root / "index"]
-    if (root / "entries").is_dir():
-        folders += sorted(p for p in (root / "entries").iterdir() if p.is_dir())
-    return [path for folder in folders for path in sweep_temp_files(folder, before)]

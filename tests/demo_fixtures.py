@@ -1,8 +1,9 @@
 """Models, images and a live server for the demo tests.
 
-The demo tests use the trained toy models from ``biglittle_sam/assets`` when they are there (then a
-click on a shape must give a mask of that shape); otherwise a random-weight ``vit_tiny`` and a
-``bl_tiny`` that inherits from it, which exercise every code path but cannot segment anything.
+The demo tests use the trained built-in models from ``biglittle_sam/assets`` when they are there
+(then a click on a shape must give a mask of that shape); otherwise a random-weight ``vit_tiny``
+and a ``bl_tiny`` that inherits from it, which exercise every code path but cannot segment
+anything.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import socket
 import time
 import urllib.request
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -29,14 +30,14 @@ EXAMPLES = ROOT / "demo" / "examples"
 SCREENSHOTS = ROOT / "outputs" / "screenshots"
 
 
-def trained_models_available() -> bool:
-    """True when the built-in trained models are committed (then mask quality is checkable)."""
-    paths = default_model_paths()
-    if not paths:
-        return False
+def _trained_models() -> Optional[Dict[str, DemoModel]]:
+    """The built-in trained models when they are committed, a plain SAM and a big.LITTLE one
+    (then mask quality is checkable); else None."""
+    if not default_model_paths():
+        return None
     models = load_models(builtin=True)
     kinds = {m.is_biglittle for m in models.values()}
-    return kinds == {True, False}
+    return models if kinds == {True, False} else None
 
 
 def random_models(folder: Path) -> Dict[str, DemoModel]:
@@ -60,8 +61,9 @@ def random_models(folder: Path) -> Dict[str, DemoModel]:
 
 def demo_models(folder: Path) -> Tuple[Dict[str, DemoModel], bool]:
     """(models, trained): the built-in trained models if committed, else random ones."""
-    if trained_models_available():
-        return load_models(builtin=True), True
+    trained = _trained_models()  # loaded once, not once to check and once to use
+    if trained is not None:
+        return trained, True
     return random_models(folder), False
 
 

@@ -41,14 +41,16 @@ def test_parse_checkpoint_arg(tmp_path: Path) -> None:
     assert parse_checkpoint_arg(str(odd)) == (None, odd)  # an existing file wins over NAME=
 
 
-@pytest.fixture()
-def checkpoints(tmp_path: Path) -> Dict[str, Path]:
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
+    """A plain vit_tiny and a bl_tiny student, written once: the tests only read them."""
+    folder = tmp_path_factory.mktemp("app_checkpoints")
     torch.manual_seed(0)
     sam = sam_model_registry["vit_tiny"]()
-    sam_path = tmp_path / "sam.pth"
+    sam_path = folder / "sam.pth"
     torch.save(sam.state_dict(), sam_path)
     bl = sam_model_registry["bl_tiny"](sam_checkpoint=sam_path, keep_ratio=0.25)
-    bl_path = tmp_path / "student.pth"
+    bl_path = folder / "student.pth"
     save_model_checkpoint(bl_path, bl, model_config(bl), teacher="vit_tiny:sam.pth")
     return {"sam": sam_path, "bl": bl_path}
 

@@ -3,11 +3,13 @@ go with their session, an idle time-to-live and a session cap on a live server."
 
 from __future__ import annotations
 
+import datetime
 import gc
 import time
+import types
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List
 
 import numpy as np
 import pytest
@@ -137,21 +139,48 @@ def _wait(condition: Any, timeout: float = 20.0) -> bool:
     return True
 
 
+@pytest.fixture()
+def state_clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
+    """Stop the clock by which Gradio expires session state; returns ``advance(seconds)``. A
+    session then expires when the test moves the clock past its time to live, not when a slow
+    machine takes that long between two requests."""
+    from gradio import state_holder  # reads datetime.datetime.now() to expire gr.State values
+
+    now = [datetime.datetime.now()]
+
+    class StoppedClock(datetime.datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> datetime.datetime:  # type: ignore[override]
+            return now[0]
+
+    # Fails here (raising=True) if a Gradio upgrade drops state_holder's datetime import.
+    monkeypatch.setattr(state_holder, "datetime", types.SimpleNamespace(datetime=StoppedClock))
+
+    def advance(seconds: float) -> None:
+        now[0] += datetime.timedelta(seconds=seconds)
+
+    return advance
+
+
 def test_idle_sessions_expire_with_their_files(
-    models: Dict[str, DemoModel], tmp_path: Path
+    models: Dict[str, DemoModel], tmp_path: Path, state_clock: Callable[[float], None]
 ) -> None:
     gradio_utils = pytest.importorskip("gradio.utils")
     exports = tmp_path / "exports"
     # A unique name, to find the upload in Gradio's cache folder.
     upload = tmp_path / f"probe_{uuid.uuid4().hex}.png"
     Image.fromarray(example_image(1)[0]).save(upload)
-    with running_demo(models, exports, Bounds(session_ttl=5.0)) as url:
+    ttl = 5.0
+    with running_demo(models, exports, Bounds(session_ttl=ttl)) as url:
         client = _client(url, tmp_path / "downloads")
         _load_and_export(client, upload)
         cached = list(Path(gradio_utils.get_upload_folder()).glob(f"*/{upload.name}"))
         assert cached and _workspaces(exports)
+        state_clock(ttl + 1.0)  # the session has been idle for longer than its time to live
+        # Gradio's expiry loop closes the session on the server's thread, and close() removes
+        # the folder first, then the uploads: wait for each, not for the folder alone.
         assert _wait(lambda: not _workspaces(exports)), "the idle session's folder stayed"
-        assert not any(p.exists() for p in cached), "the idle session's upload stayed"
+        assert _wait(lambda: not any(map(Path.exists, cached))), "the idle session's upload stayed"
         out = client.predict('{"points": [[5, 5, 1]]}', api_name="/prompts")
         assert out[-1] == NO_IMAGE  # its state is gone too
 

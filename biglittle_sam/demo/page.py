@@ -1,5 +1,5 @@
-"""The demo's Gradio page: the layout, one handler factory for every event, and the bounds on
-what the server keeps per user.
+"""The demo's Gradio page: its events, one handler factory for every event, and the bounds on
+what the server keeps per user. The components and where they sit are in :mod:`.layout`.
 
 Each handler turns the page's values into a :class:`Settings` and a :class:`DemoSession`, calls one
 :class:`DemoController` action, and turns its :class:`View` into component updates.
@@ -12,11 +12,12 @@ import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import gradio as gr
 
 from .controller import DemoController
+from .layout import AUTO_PARTNER, INTRO, TOY_NOTE, Layout, build_layout, model_label
 from .models import DemoModel
 from .prompts import parse_prompts_json
 from .session import (
@@ -42,17 +43,6 @@ __all__ = [
 ]
 
 LOG = logging.getLogger("biglittle_sam_demo")
-AUTO_PARTNER = "auto: plain SAM of the same size"
-INTRO = """# big.LITTLE Segment Anything
-Click on an object in the picture to segment it. **Click adds** picks positive points, negative
-points (to cut a region away) or a box (two corner clicks). The big.LITTLE encoder sends only the
-top *keep ratio* share of tokens through SAM's big blocks; the heat map shows which ones.
-"""
-TOY_NOTE = (
-    "**Built-in models are toys:** small, weak models trained only on synthetic shapes like "
-    "the examples; they do not segment photos. To serve real ones: "
-    "`biglittle-sam-demo --sam-checkpoint sam_vit_b_01ec64.pth --checkpoint bl_b=PATH.pth`"
-)
 # The seven controls every handler receives, by the parameter names the API shows.
 CONTROLS = ("m", "r", "md", "mm", "h", "c", "p")
 Action = Callable[..., View]  # (session, settings, report, *extra values) -> View
@@ -82,11 +72,6 @@ class Bounds:
             value = getattr(self, name)
             if not value > 0:
                 raise ValueError(f"demo bound {name} must be positive, got {value!r}")
-
-
-def model_label(model: DemoModel) -> str:
-    """The model's entry in the menu: built-in ones say they are toys."""
-    return f"{model.name}: toy, synthetic shapes" if model.builtin else model.name
 
 
 def _upload_path(payload: Any) -> Optional[str]:
@@ -231,6 +216,182 @@ def _close_session(state_value: Any) -> None:
         state_value.close()
 
 
+class _PageActions:
+    """The page's own steps around the controller's actions: each takes ``(session, settings,
+    report, *event values)`` and returns the :class:`View` of one controller call."""
+
+    def __init__(self, controller: DemoController, image_input: gr.Image) -> None:
+        self.c = controller
+        self.image_input = image_input  # its examples stay in Gradio's cache; uploads do not
+
+    def on_load(self, s: DemoSession, st: Settings, report: ProgressFn, payload: Any) -> View:
+        path = _upload_path(payload)
+        if path is not None and path not in self.image_input.keep_in_cache:
+            s.uploads.append(Path(path))  # an upload, not an example: deleted with s
+        return self.c.load(s, path, st, report)
+
+    def on_click(self, s: DemoSession, st: Settings, report: ProgressFn, evt: Any) -> View:
+        index = evt.index if isinstance(evt.index, (list, tuple)) else None
+        if s.image is None or index is None or len(index) != 2:
+            return View(canvas=None, message=NO_IMAGE, level="warning")
+        return self.c.click(s, st, float(index[0]), float(index[1]), report)
+
+    def on_model(self, s: DemoSession, st: Settings, report: ProgressFn) -> View:
+        chosen = self.c.model(st.model)
+        st.keep_ratio = chosen.default_keep_ratio
+        return self.c.refresh(s, st, f"Model: {chosen.name}.", report)
+
+    def model_outputs(self, s: DemoSession, view: View, st: Settings) -> Tuple[Any, ...]:
+        """The keep ratio slider (the new model's default; fixed for plain SAM), then the view."""
+        chosen = self.c.model(st.model)
+        slider = gr.Slider(value=chosen.default_keep_ratio, interactive=chosen.is_biglittle)
+        return (slider,) + _view_outputs(s, view, st)
+
+    def on_refresh(self, s: DemoSession, st: Settings, report: ProgressFn) -> View:
+        return self.c.refresh(s, st, progress=report)
+
+    def on_undo(self, s: DemoSession, st: Settings, report: ProgressFn) -> View:
+        return self.c.undo(s, st, report)
+
+    def on_clear(self, s: DemoSession, st: Settings, report: ProgressFn) -> View:
+        return self.c.clear(s, st)
+
+    def on_choose(self, s: DemoSession, st: Settings, report: ProgressFn, index: Any) -> View:
+        if index is None:
+            return self.c.refresh(s, st, progress=report)
+        return self.c.choose(s, st, int(index))
+
+    def on_gallery(self, s: DemoSession, st: Settings, report: ProgressFn, evt: Any) -> View:
+        return self.c.choose(s, st, evt.index if isinstance(evt.index, int) else 0)
+
+    def on_everything(
+        self, s: DemoSession, st: Settings, report: ProgressFn, pps: float, iou: float, stab: float
+    ) -> View:
+        return self.c.everything(s, st, int(pps), report, iou, stab)
+
+    def on_prompts(self, s: DemoSession, st: Settings, report: ProgressFn, text: str) -> View:
+        """Add prompts in image pixels: {"points": [[x, y, 1 or 0], ...], "box": [x0, y0, x1,
+        y1]} (both optional; label 1 positive, 0 negative)."""
+        try:
+            points, box = parse_prompts_json(text)
+        except ValueError as e:
+            return View(canvas=None, message=f"Bad prompts: {e}", level="error")
+        return self.c.add_prompts(s, st, points, box, report)
+
+    def on_export(self, s: DemoSession, st: Settings, report: ProgressFn) -> View:
+        return self.c.export(s, st)[1]
+
+    @staticmethod
+    def export_outputs(s: DemoSession, view: View, st: Settings) -> Tuple[Any, ...]:
+        """(state, downloads, message): an export leaves the picture as it is."""
+        _toast(view)
+        return (s, [str(p) for p in view.files] or None, view.message)
+
+
+@dataclass(frozen=True)
+class _Wiring:
+    """Wires one page's events: every handler gets the session state, the event's own inputs and
+    the seven controls, and by default shows its :class:`View` in :attr:`view_outputs`."""
+
+    state: gr.State
+    layout: Layout
+    bounds: Bounds
+
+    @property
+    def view_outputs(self) -> List[Any]:
+        """The components :func:`_view_outputs` fills, in its order."""
+        p = self.layout
+        return [
+            self.state, p.canvas, p.compare_canvas, p.compare_text, p.choice, p.gallery, p.files,
+            p.cost, p.message,
+        ]  # fmt: skip
+
+    def handler(self, name: str, action: Action, **kwargs: Any) -> Callable[..., Tuple[Any, ...]]:
+        """:func:`make_handler` under this page's bounds."""
+        return make_handler(name, action, bounds=self.bounds, **kwargs)
+
+    def wire(
+        self,
+        trigger: Callable[..., Any],
+        fn: Callable[..., Tuple[Any, ...]],
+        extra_inputs: Sequence[Any] = (),
+        api_name: Any = False,
+        outputs: Optional[Sequence[Any]] = None,
+        busy: Optional[str] = None,
+        **options: Any,
+    ) -> None:
+        """Wire one event: ``fn`` gets the state, ``extra_inputs`` and the controls. ``busy``
+        (a slow event): first, at once, the message line says what runs; the progress and
+        the time so far show on the picture only, so that line stays readable."""
+        p = self.layout
+        inputs = [self.state, *extra_inputs, *p.controls]
+        if busy is not None:
+            trigger = trigger(
+                _busy(busy),
+                [p.model, p.keep_ratio],
+                p.message,
+                queue=False,
+                api_name=False,
+                show_progress="hidden",
+            ).then
+        outputs = self.view_outputs if outputs is None else outputs
+        trigger(fn, inputs, list(outputs), show_progress_on=p.canvas, api_name=api_name, **options)
+
+
+def _wire_events(w: _Wiring, a: _PageActions) -> None:
+    """Every event of the page, in the order Gradio numbers them (and the API lists them)."""
+    p, handler, wire = w.layout, w.handler, w.wire
+    refresh = handler("on_refresh", a.on_refresh)
+    wire(
+        p.image_input.change,
+        handler("on_load", a.on_load, extras=("payload",)),
+        [p.image_input],
+        "load_image",
+        busy="loading the image and running the image encoder of {model}",
+        preprocess=False,  # see _upload_path
+    )
+    wire(p.canvas.select, handler("on_click", a.on_click, select=True), api_name="click")
+    wire(p.undo.click, handler("on_undo", a.on_undo), api_name="undo")
+    wire(p.clear.click, handler("on_clear", a.on_clear), api_name="clear")
+    wire(
+        p.model.input,
+        handler("on_model", a.on_model, outputs=a.model_outputs),
+        api_name="model",
+        outputs=[p.keep_ratio, *w.view_outputs],
+        busy="switching to {model} (its encoder runs once per image)",
+    )
+    # Encode on release only: dragging through 0.45, 0.40 ... would encode at each value.
+    wire(
+        p.keep_ratio.release,
+        refresh,
+        api_name="keep_ratio",
+        busy="encoding with {model} at keep ratio {ratio:.2f}",
+    )
+    for control in (p.multimask, p.heat, p.compare, p.partner, p.mode):
+        wire(control.input, refresh)
+    wire(p.choice.input, handler("on_choose", a.on_choose, extras=("index",)), [p.choice], "choose")
+    wire(p.gallery.select, handler("on_gallery", a.on_gallery, select=True))
+    wire(
+        p.everything.click,
+        handler("on_everything", a.on_everything, extras=("pps", "iou", "stability")),
+        [p.points_per_side, p.min_iou, p.min_stability],
+        "everything",
+        busy="segment everything with {model}",
+    )
+    wire(
+        p.api_prompts.submit,
+        handler("on_prompts", a.on_prompts, extras=("text",)),
+        [p.api_prompts],
+        "prompts",
+    )
+    wire(
+        p.export.click,
+        handler("on_export", a.on_export, outputs=a.export_outputs),
+        api_name="export",
+        outputs=[w.state, p.files, p.message],
+    )
+
+
 def build_demo(
     models: Dict[str, DemoModel],
     examples_dir: Optional[Path] = None,
@@ -241,255 +402,14 @@ def build_demo(
     :class:`DemoSession` in ``gr.State``, bounded by ``bounds``. Launch with
     ``state_session_capacity=bounds.max_sessions`` (see :func:`launch_options`)."""
     controller = DemoController(models, export_dir)
-    default = controller.default_model()
-    default_model = models[default]
-    names = list(models)
     examples = sorted(examples_dir.glob("*.png")) if examples_dir and examples_dir.is_dir() else []
     delete_cache = (min(bounds.file_max_age, 600), bounds.file_max_age)
-
     with gr.Blocks(
         title="big.LITTLE SAM demo", analytics_enabled=False, delete_cache=delete_cache
     ) as demo:
         state = gr.State(None, time_to_live=bounds.session_ttl, delete_callback=_close_session)
-        gr.Markdown(INTRO)
-        with gr.Row():
-            with gr.Column(scale=1, min_width=320):
-                image_input = gr.Image(
-                    label="Image: upload or paste",
-                    type="filepath",
-                    image_mode=None,
-                    sources=["upload", "clipboard"],
-                    height=220,
-                    elem_id="image-input",
-                )
-                if examples:
-                    gr.Examples([str(p) for p in examples], inputs=[image_input], label="Examples")
-                model = gr.Dropdown(
-                    [(model_label(m), name) for name, m in models.items()],
-                    value=default,
-                    label="Model",
-                    elem_id="model",
-                )
-                if any(m.builtin for m in models.values()):
-                    gr.Markdown(TOY_NOTE, elem_id="toy-note")
-                keep_ratio = gr.Slider(
-                    0.05,
-                    1.0,
-                    value=default_model.default_keep_ratio,
-                    step=0.05,
-                    label="Keep ratio: share of tokens through the big blocks (big.LITTLE); "
-                    "encodes when released",
-                    interactive=default_model.is_biglittle,
-                    elem_id="keep-ratio",
-                )
-                mode = gr.Radio(
-                    list(MODES), value=MODE_POSITIVE, label="Click adds", elem_id="mode"
-                )
-                with gr.Row():
-                    undo = gr.Button("Undo last prompt", elem_id="undo")
-                    clear = gr.Button("Clear all", elem_id="clear")
-                multimask = gr.Checkbox(True, label="Multimask output: 3 masks to choose from")
-                heat = gr.Checkbox(False, label="Heat map: where the big blocks spent compute")
-                compare = gr.Checkbox(False, label="Compare: plain SAM and big.LITTLE side by side")
-                partner = gr.Dropdown(
-                    [AUTO_PARTNER] + names, value=AUTO_PARTNER, label="Compare with"
-                )
-                with gr.Group():
-                    points_per_side = gr.Slider(
-                        4, 64, value=16, step=4, label="Segment everything: points per side"
-                    )
-                    min_iou_default, min_stability_default = default_model.everything_thresholds
-                    min_iou = gr.Slider(
-                        0.0, 1.0, value=min_iou_default, step=0.05,
-                        label="Keep masks with predicted IoU at least",
-                    )  # fmt: skip
-                    min_stability = gr.Slider(
-                        0.0, 1.0, value=min_stability_default, step=0.05,
-                        label="Keep masks with stability score at least",
-                    )  # fmt: skip
-                    everything = gr.Button("Segment everything", elem_id="everything")
-                export = gr.Button("Download mask (PNG + COCO RLE json)", elem_id="export")
-                files = gr.File(
-                    label="Downloads",
-                    file_count="multiple",
-                    interactive=False,
-                    height=120,
-                    elem_id="downloads",
-                )
-            with gr.Column(scale=2, min_width=480):
-                message = gr.Markdown(NO_IMAGE, elem_id="message")
-                with gr.Row():
-                    canvas = gr.Image(
-                        label="Click on the image",
-                        show_label=False,  # a label would hide the top of a long, thin image
-                        type="numpy",
-                        format="png",
-                        interactive=False,
-                        elem_id="canvas",
-                    )
-                    compare_canvas = gr.Image(
-                        label="Compare model",
-                        show_label=False,
-                        type="numpy",
-                        format="png",
-                        interactive=False,
-                        visible=False,
-                        elem_id="compare-canvas",
-                    )
-                compare_text = gr.Markdown(visible=False, elem_id="compare-text")
-                choice = gr.Radio(
-                    [], label="Candidate masks (predicted IoU)", visible=False, elem_id="choice"
-                )
-                gallery = gr.Gallery(
-                    label="Candidate masks",
-                    columns=3,
-                    height="auto",
-                    object_fit="contain",
-                    visible=False,
-                    format="png",
-                    elem_id="gallery",
-                )
-                cost = gr.Markdown(elem_id="cost")
-                # For API clients: prompts as JSON in image pixels (see the prompts handler).
-                api_prompts = gr.Textbox(visible=False, label="Prompts (JSON)")
-
-        controls = [model, keep_ratio, mode, multimask, heat, compare, partner]
-        view_outputs = [
-            state, canvas, compare_canvas, compare_text, choice, gallery, files, cost, message,
-        ]  # fmt: skip
-        c = controller
-
-        def on_load(s: DemoSession, st: Settings, report: ProgressFn, payload: Any) -> View:
-            path = _upload_path(payload)
-            if path is not None and path not in image_input.keep_in_cache:
-                s.uploads.append(Path(path))  # an upload, not an example: deleted with s
-            return c.load(s, path, st, report)
-
-        def on_click(s: DemoSession, st: Settings, report: ProgressFn, evt: Any) -> View:
-            index = evt.index if isinstance(evt.index, (list, tuple)) else None
-            if s.image is None or index is None or len(index) != 2:
-                return View(canvas=None, message=NO_IMAGE, level="warning")
-            return c.click(s, st, float(index[0]), float(index[1]), report)
-
-        def on_model(s: DemoSession, st: Settings, report: ProgressFn) -> View:
-            chosen = c.model(st.model)
-            st.keep_ratio = chosen.default_keep_ratio
-            return c.refresh(s, st, f"Model: {chosen.name}.", report)
-
-        def model_outputs(s: DemoSession, view: View, st: Settings) -> Tuple[Any, ...]:
-            chosen = c.model(st.model)
-            slider = gr.Slider(value=chosen.default_keep_ratio, interactive=chosen.is_biglittle)
-            return (slider,) + _view_outputs(s, view, st)
-
-        def on_choose(s: DemoSession, st: Settings, report: ProgressFn, index: Any) -> View:
-            if index is None:
-                return c.refresh(s, st, progress=report)
-            return c.choose(s, st, int(index))
-
-        def on_gallery(s: DemoSession, st: Settings, report: ProgressFn, evt: Any) -> View:
-            return c.choose(s, st, evt.index if isinstance(evt.index, int) else 0)
-
-        def on_everything(
-            s: DemoSession, st: Settings, report: ProgressFn, pps: float, iou: float, stab: float
-        ) -> View:
-            return c.everything(s, st, int(pps), report, iou, stab)
-
-        def on_prompts(s: DemoSession, st: Settings, report: ProgressFn, text: str) -> View:
-            """Add prompts in image pixels: {"points": [[x, y, 1 or 0], ...], "box": [x0, y0, x1,
-            y1]} (both optional; label 1 positive, 0 negative)."""
-            try:
-                points, box = parse_prompts_json(text)
-            except ValueError as e:
-                return View(canvas=None, message=f"Bad prompts: {e}", level="error")
-            return c.add_prompts(s, st, points, box, report)
-
-        def export_outputs(s: DemoSession, view: View, st: Settings) -> Tuple[Any, ...]:
-            _toast(view)
-            return (s, [str(p) for p in view.files] or None, view.message)
-
-        def handler(name: str, action: Action, **kwargs: Any) -> Callable[..., Tuple[Any, ...]]:
-            return make_handler(name, action, bounds=bounds, **kwargs)
-
-        def wire(
-            trigger: Callable[..., Any],
-            fn: Callable[..., Tuple[Any, ...]],
-            extra_inputs: Sequence[Any] = (),
-            api_name: Any = False,
-            outputs: Sequence[Any] = tuple(view_outputs),
-            busy: Optional[str] = None,
-            **options: Any,
-        ) -> None:
-            """Wire one event: ``fn`` gets the state, ``extra_inputs`` and the controls. ``busy``
-            (a slow event): first, at once, the message line says what runs; the progress and
-            the time so far show on the picture only, so that line stays readable."""
-            inputs = [state, *extra_inputs, *controls]
-            if busy is not None:
-                trigger = trigger(
-                    _busy(busy),
-                    [model, keep_ratio],
-                    message,
-                    queue=False,
-                    api_name=False,
-                    show_progress="hidden",
-                ).then
-            trigger(
-                fn, inputs, list(outputs), show_progress_on=canvas, api_name=api_name, **options
-            )
-
-        refresh = handler("on_refresh", lambda s, st, report: c.refresh(s, st, progress=report))
-        wire(
-            image_input.change,
-            handler("on_load", on_load, extras=("payload",)),
-            [image_input],
-            "load_image",
-            busy="loading the image and running the image encoder of {model}",
-            preprocess=False,  # see _upload_path
-        )
-        wire(canvas.select, handler("on_click", on_click, select=True), api_name="click")
-        wire(undo.click, handler("on_undo", lambda s, st, r: c.undo(s, st, r)), api_name="undo")
-        wire(clear.click, handler("on_clear", lambda s, st, r: c.clear(s, st)), api_name="clear")
-        wire(
-            model.input,
-            handler("on_model", on_model, outputs=model_outputs),
-            api_name="model",
-            outputs=[keep_ratio, *view_outputs],
-            busy="switching to {model} (its encoder runs once per image)",
-        )
-        # Encode on release only: dragging through 0.45, 0.40 ... would encode at each value.
-        wire(
-            keep_ratio.release,
-            refresh,
-            api_name="keep_ratio",
-            busy="encoding with {model} at keep ratio {ratio:.2f}",
-        )
-        for control in (multimask, heat, compare, partner, mode):
-            wire(control.input, refresh)
-        wire(
-            choice.input,
-            handler("on_choose", on_choose, extras=("index",)),
-            [choice],
-            "choose",
-        )
-        wire(gallery.select, handler("on_gallery", on_gallery, select=True))
-        wire(
-            everything.click,
-            handler("on_everything", on_everything, extras=("pps", "iou", "stability")),
-            [points_per_side, min_iou, min_stability],
-            "everything",
-            busy="segment everything with {model}",
-        )
-        wire(
-            api_prompts.submit,
-            handler("on_prompts", on_prompts, extras=("text",)),
-            [api_prompts],
-            "prompts",
-        )
-        wire(
-            export.click,
-            handler("on_export", lambda s, st, r: c.export(s, st)[1], outputs=export_outputs),
-            api_name="export",
-            outputs=[state, files, message],
-        )
+        layout = build_layout(models, controller.default_model(), examples)
+        _wire_events(_Wiring(state, layout, bounds), _PageActions(controller, layout.image_input))
     return demo
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -28,6 +29,7 @@ from .build_sam import build_model_from_spec
 from .fileio import atomic_open
 from .model_spec import parse_model_spec, spec_with
 from .modeling import set_keep_ratio
+from .runtime.cli import flag
 from .runtime.distributed import resolve_device
 from .runtime.progress import Progress
 
@@ -35,6 +37,7 @@ __all__ = [
     "AMG_SETTINGS",
     "METADATA_HEADER",
     "AmgResult",
+    "AmgSettings",
     "build_mask_generator",
     "find_images",
     "is_done",
@@ -45,26 +48,41 @@ __all__ = [
 
 PathLike = Union[str, os.PathLike]
 
-# The SamAutomaticMaskGenerator arguments that scripts/amg.py exposes as flags, with their types.
-AMG_SETTINGS: Dict[str, type] = {
-    "points_per_side": int,
-    "points_per_batch": int,
-    "pred_iou_thresh": float,
-    "stability_score_thresh": float,
-    "stability_score_offset": float,
-    "box_nms_thresh": float,
-    "crop_n_layers": int,
-    "crop_nms_thresh": float,
-    "crop_overlap_ratio": float,
-    "crop_n_points_downscale_factor": int,
-    "min_mask_region_area": int,
-}
-
 # scripts/amg.py's metadata.csv header, byte for byte.
 METADATA_HEADER = (
     "id,area,bbox_x0,bbox_y0,bbox_w,bbox_h,point_input_x,point_input_y,predicted_iou,"
     "stability_score,crop_box_x0,crop_box_y0,crop_box_w,crop_box_h"
 )
+
+
+@dataclass(frozen=True)
+class AmgSettings:
+    """The ``SamAutomaticMaskGenerator`` arguments that ``scripts/amg.py`` exposes as flags, under
+    the same names. None keeps segment_anything's own default."""
+
+    points_per_side: Optional[int] = None  # points per side of the image; points_per_side**2 in all
+    points_per_batch: Optional[int] = None  # points per model call (memory, not results)
+    pred_iou_thresh: Optional[float] = (
+        None  # drop masks whose predicted quality is lower, in [0, 1]
+    )
+    stability_score_thresh: Optional[float] = None  # drop masks less stable under a cutoff change
+    stability_score_offset: Optional[float] = None  # the cutoff change of the stability score
+    box_nms_thresh: Optional[float] = None  # box IoU above which duplicate masks are dropped
+    crop_n_layers: Optional[int] = (
+        None  # also segment crops of the image: the number of crop layers
+    )
+    crop_nms_thresh: Optional[float] = None  # box IoU for dropping duplicates between crops
+    crop_overlap_ratio: Optional[float] = None  # overlap of crops, as a share of the crop size
+    crop_n_points_downscale_factor: Optional[int] = flag(
+        None, "points per side on layer n are divided by this**n"
+    )
+    min_mask_region_area: Optional[int] = None  # remove holes and islands under this area (pixels)
+
+
+# The same arguments with their types: {name: int or float}.
+AMG_SETTINGS: Dict[str, type] = {
+    name: typing.get_args(hint)[0] for name, hint in typing.get_type_hints(AmgSettings).items()
+}
 
 
 @dataclass

@@ -14,8 +14,6 @@ from biglittle_sam.eval.metrics import area_bins
 from tests.eval_helpers import SMALL_SIZES, read_json
 from tools.make_shapes_dataset import main as make_shapes_main
 
-pytest_plugins = ("tests.eval_fixtures",)
-
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 

@@ -27,14 +27,73 @@ written (or done before), 1 when some could not be read (they are listed), 2 for
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import sys
-from typing import Any, Dict, Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
 
-from biglittle_sam.amg import AMG_SETTINGS
+from biglittle_sam.amg import AMG_SETTINGS, AmgSettings
 from biglittle_sam.mask_generator import MASK_GENERATORS
+from biglittle_sam.runtime.cli import add_settings_flags, flag, settings_kwargs
 
-__all__ = ["build_parser", "main"]
+__all__ = ["AmgRun", "build_parser", "main"]
+
+_DESCRIPTION = """\
+Run SamAutomaticMaskGenerator on an image or a folder of images and write the masks
+as segment_anything's scripts/amg.py does (a folder of PNGs and metadata.csv per
+image, or a COCO RLE json per image). Works with plain SAM and big.LITTLE models."""
+
+
+@dataclass(frozen=True)
+class AmgRun:
+    """What to segment, with which model and generator, and where the masks go (scripts/amg.py's
+    names where it has the flag: --input, --output, --model-type, --checkpoint, --convert-to-rle).
+    """
+
+    input: str = flag(help="an image, or a folder whose files are all segmented", required=True)
+    out_dir: str = flag(
+        help="output folder (created): one sub-folder of PNGs, or one json, per image",
+        aliases=("--output",),
+        required=True,
+    )
+    model_type: str = flag(
+        help="registry name (vit_b, vit_l, vit_h, bl_b, bl_l, bl_h; bl_tiny, vit_tiny: test "
+        "sizes) or a whole model spec NAME[=CHECKPOINT][@KEEP_RATIO], as the other tools take",
+        required=True,
+    )
+    checkpoint: Optional[str] = flag(
+        None,
+        "the model's checkpoint: an official SAM file for vit_*, a big.LITTLE file for bl_* "
+        "(default: none, random weights)",
+    )
+    sam_checkpoint: Optional[str] = flag(
+        None, "bl_*: an official SAM file whose weights the big.LITTLE model inherits"
+    )
+    keep_ratio: Optional[float] = flag(
+        None,
+        "bl_*: share of tokens through SAM's blocks, in (0, 1] (default: the checkpoint's)",
+    )
+    device: str = "auto"  # auto (CUDA when available), cpu, cuda or cuda:N
+    generator: str = flag(
+        "fast",
+        "fast: biglittle_sam's FastAutomaticMaskGenerator (upstream's masks, a cheaper point "
+        "loop); upstream: segment_anything's SamAutomaticMaskGenerator",
+        choices=tuple(MASK_GENERATORS),
+    )
+    decoder_batch: Optional[int] = flag(
+        None,
+        "fast generator: points per mask-decoder call (default: 2 on a CPU, the whole "
+        "--points-per-batch on a GPU)",
+    )
+    convert_to_rle: bool = flag(
+        False, "write one COCO RLE json per image instead of PNGs (needs pycocotools)"
+    )
+    progress: bool = True  # progress bar
+
+
+# AmgRun's fields that are not build_mask_generator's arguments: what to read and write.
+_NOT_MODEL = ("input", "out_dir", "progress")
 
 
 def _examples() -> str:
@@ -42,113 +101,24 @@ def _examples() -> str:
     return "examples:\n" + text.rstrip()
 
 
-def _upstream_defaults() -> Dict[str, Any]:
+def _upstream_defaults() -> Dict[str, str]:
     """``SamAutomaticMaskGenerator``'s own defaults, shown in ``--help``."""
     from segment_anything import SamAutomaticMaskGenerator
 
     params = inspect.signature(SamAutomaticMaskGenerator.__init__).parameters
-    return {name: params[name].default for name in AMG_SETTINGS}
-
-
-_AMG_HELP = {
-    "points_per_side": "points sampled along one side of the image; points_per_side**2 in all",
-    "points_per_batch": "points run through the model together (memory, not results)",
-    "pred_iou_thresh": "drop masks whose predicted quality is lower, in [0, 1]",
-    "stability_score_thresh": "drop masks whose stability under a cutoff change is lower",
-    "stability_score_offset": "how far the cutoff moves for the stability score",
-    "box_nms_thresh": "box IoU above which duplicate masks are dropped",
-    "crop_n_layers": "also segment crops of the image: the number of crop layers",
-    "crop_nms_thresh": "box IoU for dropping duplicates between crops",
-    "crop_overlap_ratio": "overlap of neighbouring crops, as a share of the crop size",
-    "crop_n_points_downscale_factor": "points per side on layer n are divided by this**n",
-    "min_mask_region_area": "remove holes and islands smaller than this area (pixels)",
-}
+    return {name: f"{params[name].default:.4g}" for name in AMG_SETTINGS}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="biglittle-sam-amg",
-        description=(
-            "Run SamAutomaticMaskGenerator on an image or a folder of images and write the masks\n"
-            "as segment_anything's scripts/amg.py does (a folder of PNGs and metadata.csv per\n"
-            "image, or a COCO RLE json per image). Works with plain SAM and big.LITTLE models."
-        ),
+        description=_DESCRIPTION,
         epilog=_examples(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--input", required=True, help="an image, or a folder whose files are all segmented"
-    )
-    parser.add_argument(
-        "--out-dir",
-        "--output",
-        dest="out_dir",
-        required=True,
-        help="output folder (created): one sub-folder of PNGs, or one json, per image",
-    )
-    parser.add_argument(
-        "--model-type",
-        required=True,
-        help="registry name (vit_b, vit_l, vit_h, bl_b, bl_l, bl_h; bl_tiny, vit_tiny: test sizes) "
-        "or a whole model spec NAME[=CHECKPOINT][@KEEP_RATIO], as the other tools take",
-    )
-    parser.add_argument(
-        "--checkpoint",
-        default=None,
-        help="the model's checkpoint: an official SAM file for vit_*, a big.LITTLE file for bl_* "
-        "(default: none, random weights)",
-    )
-    parser.add_argument(
-        "--sam-checkpoint",
-        default=None,
-        help="bl_*: an official SAM file whose weights the big.LITTLE model inherits "
-        "(default: none)",
-    )
-    parser.add_argument(
-        "--keep-ratio",
-        type=float,
-        default=None,
-        help="bl_*: share of tokens through SAM's blocks, in (0, 1] (default: the checkpoint's)",
-    )
-    parser.add_argument(
-        "--device",
-        default="auto",
-        help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)",
-    )
-    parser.add_argument(
-        "--generator",
-        choices=list(MASK_GENERATORS),
-        default="fast",
-        help="fast: biglittle_sam's FastAutomaticMaskGenerator (upstream's masks, a cheaper point "
-        "loop); upstream: segment_anything's SamAutomaticMaskGenerator (default: fast)",
-    )
-    parser.add_argument(
-        "--decoder-batch",
-        type=int,
-        default=None,
-        help="fast generator: points per mask-decoder call (default: 2 on a CPU, the whole "
-        "--points-per-batch on a GPU)",
-    )
-    parser.add_argument(
-        "--convert-to-rle",
-        action="store_true",
-        help="write one COCO RLE json per image instead of PNGs (needs pycocotools; default: off)",
-    )
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="progress bar (default: on)",
-    )
+    add_settings_flags(parser, AmgRun)
     amg = parser.add_argument_group("AMG settings (SamAutomaticMaskGenerator's arguments)")
-    defaults = _upstream_defaults()
-    for name, kind in AMG_SETTINGS.items():
-        amg.add_argument(
-            "--" + name.replace("_", "-"),
-            type=kind,
-            default=None,
-            help=f"{_AMG_HELP[name]} (default {defaults[name]:.4g})",
-        )
+    add_settings_flags(amg, AmgSettings, defaults=_upstream_defaults())
     return parser
 
 
@@ -157,32 +127,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     from biglittle_sam.amg import build_mask_generator, find_images, run_amg
 
-    settings = {k: getattr(args, k) for k in AMG_SETTINGS if getattr(args, k) is not None}
+    run = AmgRun(**settings_kwargs(args, AmgRun))
+    model = {k: v for k, v in dataclasses.asdict(run).items() if k not in _NOT_MODEL}
     try:
-        images = find_images(args.input)
-        generator = build_mask_generator(
-            args.model_type,
-            checkpoint=args.checkpoint,
-            sam_checkpoint=args.sam_checkpoint,
-            keep_ratio=args.keep_ratio,
-            device=args.device,
-            convert_to_rle=args.convert_to_rle,
-            generator=args.generator,
-            decoder_batch=args.decoder_batch,
-            **settings,
-        )
+        images = find_images(run.input)
+        generator = build_mask_generator(**model, **settings_kwargs(args, AmgSettings))
     except (ValueError, FileNotFoundError, TypeError) as e:
         parser.error(str(e))
     try:
         result = run_amg(
-            generator.generate, images, args.out_dir, args.convert_to_rle, progress=args.progress
+            generator.generate, images, run.out_dir, run.convert_to_rle, progress=run.progress
         )
     except (OSError, ImportError, RuntimeError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     print(
         f"{len(result.written)} written, {len(result.skipped)} done before, "
-        f"{len(result.failed)} failed; output in {args.out_dir}"
+        f"{len(result.failed)} failed; output in {run.out_dir}"
     )
     for path, reason in result.failed:
         print(f"{parser.prog}: skipped {path}: {reason}", file=sys.stderr)

@@ -5,20 +5,28 @@
     biglittle-sam-benchmark --runtimes pytorch pytorch-int8 onnxruntime onnxruntime-int8 ...
     biglittle-sam-benchmark --segment-everything --device cpu --out-dir outputs/amg
 
-Flags left out keep the library's defaults (``biglittle_sam.benchmarks.speed.BenchmarkConfig``).
+Flags left out keep the library's defaults (``biglittle_sam.speed.BenchmarkConfig``).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from biglittle_sam.benchmarks.speed import (
-    PEERS,
-    RUNTIMES,
+from biglittle_sam.fileio import atomic_open
+from biglittle_sam.mask_generator import MASK_GENERATORS
+from biglittle_sam.runtime.cli import (
+    add_old_spelling,
+    add_settings_flags,
+    flag,
+    run_cli,
+    settings_kwargs,
+)
+from biglittle_sam.runtime.distributed import resolve_device
+from biglittle_sam.speed import (
     BenchmarkConfig,
     run_benchmark,
     run_runtimes,
@@ -26,25 +34,62 @@ from biglittle_sam.benchmarks.speed import (
     save_plot,
     to_markdown,
 )
-from biglittle_sam.benchmarks.speed.segment_everything import (
+from biglittle_sam.speed.segment_everything import (
     run_segment_everything,
     segment_everything_markdown,
 )
-from biglittle_sam.fileio import atomic_open
-from biglittle_sam.mask_generator import MASK_GENERATORS
-from biglittle_sam.model_spec import model_spec_arg
-from biglittle_sam.runtime.cli import add_old_spelling, describe_defaults, run_cli
-from biglittle_sam.runtime.distributed import resolve_device
 
-# The library's defaults, for --help (the flags default to None: only the ones given are used).
-_DEFAULTS = {
-    **dataclasses.asdict(BenchmarkConfig()),
-    "peers": " ".join(PEERS),
-    "img_size": "the model's (1024)",
-    "threads": "torch's choice",
-    "max_batch_others": 4,
-}
 _OUTPUTS = {"json": "benchmark.json", "markdown": "benchmark.md", "plot": "benchmark.png"}
+_DEVICE = "auto"  # the command line's device (BenchmarkConfig's own is the CPU)
+# BenchmarkConfig's flags under "models"; the others go under "run".
+_MODEL_FLAGS = (
+    "sam",
+    "model",
+    "keep_ratios",
+    "peers",
+    "img_size",
+    "fast_sam",
+    "pool_kv_ratios",
+    "onnx",
+    "onnx_opset",
+    "onnx_spinning",
+    "runtimes",
+)
+# Flags that main turns into BenchmarkConfig's values itself (specs, 'none', 0, auto).
+_BY_HAND = ("sam", "model", "device", "peers", "pool_kv_ratios", "max_batch_others")
+
+
+@dataclass(frozen=True)
+class ToolSettings:
+    """The tool's own flags: segment everything instead of the encoder table, progress, output."""
+
+    segment_everything: bool = flag(
+        False,
+        "time SamAutomaticMaskGenerator end to end on the CPU, split into encoder and decoder "
+        "time, for --sam and --model at --keep-ratios; writes segment_everything.json and .md to "
+        "--out-dir",
+    )
+    points_per_side: int = 32  # the generator's point grid (SAM's)
+    generators: Tuple[str, ...] = flag(
+        ("upstream", "fast"),
+        "the mask generators SAM is timed with: upstream (segment_anything's "
+        "SamAutomaticMaskGenerator), fast (biglittle_sam's FastAutomaticMaskGenerator, the same "
+        "masks)",
+        choices=tuple(MASK_GENERATORS),
+        metavar="GENERATOR",
+    )
+    model_generators: Tuple[str, ...] = flag(
+        ("fast",),
+        "the mask generators --model is timed with",
+        choices=tuple(MASK_GENERATORS),
+        metavar="GENERATOR",
+    )
+    progress: bool = True  # a line per model measured, on stderr
+    out_dir: Optional[str] = flag(
+        None,
+        "write benchmark.json (full report), benchmark.md (table) and benchmark.png (latency "
+        "against GMACs) here (default: none, the table is printed only)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,152 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
         "encoders.",
     )
     models = parser.add_argument_group("models")
-    models.add_argument(
-        "--sam",
-        type=model_spec_arg,
-        default=None,
-        metavar="NAME",
-        help="baseline SAM: a registry name (speed does not depend on the weights)",
-    )
-    models.add_argument(
-        "--model",
-        type=model_spec_arg,
-        default=None,
-        metavar="NAME[@RATIO]",
-        help="big.LITTLE model: a registry name, optionally with one keep ratio (the model-spec "
-        "form every tool takes; speed does not depend on the weights, so no checkpoint)",
-    )
-    models.add_argument(
-        "--keep-ratios", type=float, nargs="+", default=None, help="big.LITTLE keep ratios"
-    )
-    models.add_argument(
-        "--peers", nargs="+", default=None, help="timm peer backbones, or 'none' (needs timm)"
-    )
-    models.add_argument("--img-size", type=int, default=None, help="override the input size")
-    models.add_argument(
-        "--no-fast-sam",
-        action="store_true",
-        help="skip the row of SAM's weights on our fused attention path (default: timed)",
-    )
-    models.add_argument(
-        "--pool-kv-ratios",
-        nargs="+",
-        default=None,
-        help="keep ratios of the pooled keys/values rows, or 'none'",
-    )
-    models.add_argument(
-        "--onnx",
-        action="store_true",
-        help="also export SAM and big.LITTLE at each ratio to ONNX and time them in onnxruntime "
-        "(default: off)",
-    )
-    models.add_argument("--onnx-opset", type=int, default=None, help="ONNX opset of --onnx")
-    models.add_argument(
-        "--onnx-spinning",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="onnxruntime's threads spin between operators (its own default) or sleep (default: "
-        "spin in the onnxruntime runtimes' own processes, sleep for --onnx rows beside PyTorch's)",
-    )
-    models.add_argument(
-        "--runtimes",
-        nargs="+",
-        choices=RUNTIMES,
-        default=None,
-        metavar="RUNTIME",
-        help=f"time every model in each runtime ({', '.join(RUNTIMES)}), one subprocess per "
-        "runtime, with speedups against SAM in the same runtime (default: PyTorch eager only, "
-        "in this process)",
-    )
+    add_settings_flags(models, BenchmarkConfig, only=_MODEL_FLAGS)
     everything = parser.add_argument_group("segment everything (instead of the encoder table)")
-    everything.add_argument(
-        "--segment-everything",
-        action="store_true",
-        help="time SamAutomaticMaskGenerator end to end on the CPU, split into encoder and "
-        "decoder time, for --sam and --model at --keep-ratios; writes segment_everything.json "
-        "and .md to --out-dir (default: off)",
-    )
-    everything.add_argument(
-        "--points-per-side",
-        type=int,
-        default=32,
-        help="the generator's point grid (default: 32, SAM's)",
-    )
-    everything.add_argument(
-        "--generators",
-        nargs="+",
-        choices=list(MASK_GENERATORS),
-        default=["upstream", "fast"],
-        metavar="GENERATOR",
-        help="the mask generators SAM is timed with: upstream (segment_anything's "
-        "SamAutomaticMaskGenerator), fast (biglittle_sam's FastAutomaticMaskGenerator, the same "
-        "masks) (default: upstream fast)",
-    )
-    everything.add_argument(
-        "--model-generators",
-        nargs="+",
-        choices=list(MASK_GENERATORS),
-        default=["fast"],
-        metavar="GENERATOR",
-        help="the mask generators --model is timed with (default: fast)",
-    )
+    add_settings_flags(everything, ToolSettings, exclude=("progress", "out_dir"))
     run = parser.add_argument_group("run")
-    run.add_argument(
-        "--device",
-        default="auto",
-        help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)",
-    )
-    run.add_argument(
-        "--dtype",
-        choices=["fp32", "bf16"],
-        default=None,
-        help="bf16: autocast, LayerNorm stays fp32",
-    )
-    run.add_argument(
-        "--batch-sizes",
-        type=int,
-        nargs="+",
-        default=None,
-        help="latency at the first, images/s at every one",
-    )
-    run.add_argument(
-        "--max-batch-others",
-        type=int,
-        default=None,
-        help="largest batch for peers, pooled-k/v and ONNX rows; 0 for no limit",
-    )
-    run.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile every PyTorch model before timing (compile time reported apart; "
-        "default: off)",
-    )
-    run.add_argument("--compile-backend", default=None, help="torch.compile backend")
-    run.add_argument(
-        "--warmup", type=int, default=None, help="untimed passes per model at the first batch"
-    )
-    run.add_argument("--repeats", type=int, default=None, help="timed rounds at the first batch")
-    run.add_argument("--batch-repeats", type=int, default=None, help="rounds at other batches")
-    run.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    run.add_argument(
-        "--no-memory", action="store_true", help="skip the peak-memory pass (default: measured)"
-    )
-    run.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="a line per model measured, on stderr (default: on)",
-    )
+    add_settings_flags(run, BenchmarkConfig, exclude=_MODEL_FLAGS, defaults={"device": _DEVICE})
+    add_settings_flags(run, ToolSettings, only=("progress",))
     out = parser.add_argument_group("output")
-    out.add_argument(
-        "--out-dir",
-        default=None,
-        help="write benchmark.json (full report), benchmark.md (table) and benchmark.png "
-        "(latency against GMACs) here (default: none, the table is printed only)",
-    )
+    add_settings_flags(out, ToolSettings, only=("out_dir",))
     for name in _OUTPUTS:  # single files, before --out-dir: kept for old command lines
         add_old_spelling(out, f"--{name}", name)
-    return describe_defaults(parser, _DEFAULTS)
+    return parser
 
 
 def _ratios(values: List[str]) -> Tuple[float, ...]:
@@ -211,68 +121,60 @@ def _ratios(values: List[str]) -> Tuple[float, ...]:
         raise ValueError(f"takes numbers or 'none', got {' '.join(values)}") from None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    given: Dict[str, Any] = {}
-    try:
-        given["device"] = str(resolve_device(args.device))
-    except ValueError as e:
-        parser.error(str(e))
-    for flag, spec in (("--sam", args.sam), ("--model", args.model)):
+def _config_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+    """:class:`BenchmarkConfig`'s keyword arguments from the flags given.
+
+    Raises:
+      ValueError: a usage error (an unknown device, a checkpoint in a model spec, a keep ratio
+        given twice, keep ratios that are not numbers).
+    """
+    given = settings_kwargs(args, BenchmarkConfig, exclude=_BY_HAND)
+    given["device"] = str(resolve_device(args.device or _DEVICE))
+    for name, spec in (("--sam", args.sam), ("--model", args.model)):
         if spec is not None and spec.checkpoint is not None:
-            parser.error(f"{flag} {spec.text}: timing needs no weights; give the name only")
+            raise ValueError(f"{name} {spec.text}: timing needs no weights; give the name only")
     if args.sam is not None:
         given["sam"] = args.sam.name
     if args.model is not None:
         given["model"] = args.model.name
         if args.model.keep_ratio is not None:
             if args.keep_ratios is not None:
-                parser.error(f"--model {args.model.text} sets its keep ratio; drop --keep-ratios")
+                raise ValueError(
+                    f"--model {args.model.text} sets its keep ratio; drop --keep-ratios"
+                )
             given["keep_ratios"] = (args.model.keep_ratio,)
-    for name in ("dtype", "img_size", "threads", "warmup", "repeats"):
-        if getattr(args, name) is not None:
-            given[name] = getattr(args, name)
-    if args.batch_repeats is not None:
-        given["batch_repeats"] = args.batch_repeats
-    if args.keep_ratios is not None:
-        given["keep_ratios"] = tuple(args.keep_ratios)
-    if args.batch_sizes is not None:
-        given["batch_sizes"] = tuple(args.batch_sizes)
     if args.peers is not None:
-        peers: List[str] = [] if args.peers == ["none"] else list(args.peers)
-        given["peers"] = tuple(peers)
-    if args.no_memory:
-        given["memory"] = False
-    if args.no_fast_sam:
-        given["fast_sam"] = False
+        given["peers"] = () if args.peers == ["none"] else tuple(args.peers)
     if args.pool_kv_ratios is not None:
         try:
             given["pool_kv_ratios"] = _ratios(args.pool_kv_ratios)
         except ValueError as e:
-            parser.error(f"--pool-kv-ratios {e}")
-    if args.onnx:
-        given["onnx"] = True
-    if args.onnx_opset is not None:
-        given["onnx_opset"] = args.onnx_opset
-    if args.onnx_spinning is not None:
-        given["onnx_spinning"] = args.onnx_spinning
+            raise ValueError(f"--pool-kv-ratios {e}") from None
     if args.max_batch_others is not None:
         given["max_batch_others"] = args.max_batch_others or None
-    if args.runtimes is not None:
-        given["runtimes"] = tuple(args.runtimes)
-    if args.compile:
-        given["compile"] = True
-    if args.compile_backend is not None:
-        given["compile_backend"] = args.compile_backend
-    if args.segment_everything:
-        return _segment_everything(parser, args, given)
+    return given
+
+
+def _log(tool: ToolSettings) -> Optional[Callable[[str], None]]:
+    """Progress lines on stderr, or None with --no-progress."""
+    return (lambda m: print(m, file=sys.stderr, flush=True)) if tool.progress else None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    tool = ToolSettings(**settings_kwargs(args, ToolSettings))
+    try:
+        given = _config_kwargs(args)
+    except ValueError as e:
+        parser.error(str(e))
+    if tool.segment_everything:
+        return _segment_everything(parser, args.device or _DEVICE, tool, given)
     paths: Dict[str, Optional[str]] = {name: getattr(args, name, None) for name in _OUTPUTS}
-    if args.out_dir is not None:
-        paths = {name: str(Path(args.out_dir) / file) for name, file in _OUTPUTS.items()}
-    log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.progress else None
+    if tool.out_dir is not None:
+        paths = {name: str(Path(tool.out_dir) / file) for name, file in _OUTPUTS.items()}
     run = run_runtimes if given.get("runtimes") else run_benchmark
-    report = run_cli(lambda: run(BenchmarkConfig(**given), log))
+    report = run_cli(lambda: run(BenchmarkConfig(**given), _log(tool)))
     table = to_markdown(report)
     print(table)
     if paths["json"]:
@@ -291,25 +193,25 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 def _segment_everything(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, given: Dict[str, Any]
+    parser: argparse.ArgumentParser, device: str, tool: ToolSettings, given: Dict[str, Any]
 ) -> Dict[str, Any]:
     """``--segment-everything``: the generator's time split into encoder and decoder (CPU)."""
-    if args.device not in ("auto", "cpu"):
+    if device not in ("auto", "cpu"):
         parser.error("--segment-everything times the CPU; use --device cpu")
-    kwargs: Dict[str, Any] = {"points_per_side": args.points_per_side}
+    kwargs: Dict[str, Any] = {"points_per_side": tool.points_per_side}
     for name in ("sam", "model", "img_size", "keep_ratios"):
         if name in given:
             kwargs[name] = given[name]
     kwargs["repeats"] = given.get("repeats", 1)
-    kwargs["generators"] = args.generators
-    kwargs["model_generators"] = args.model_generators
-    log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.progress else None
+    kwargs["generators"] = tool.generators
+    kwargs["model_generators"] = tool.model_generators
+    log = _log(tool)
     report = run_cli(lambda: run_segment_everything(progress=log, **kwargs))
     table = segment_everything_markdown(report)
     print(table)
-    if args.out_dir is not None:
-        save_json(report, str(Path(args.out_dir) / "segment_everything.json"))
-        with atomic_open(Path(args.out_dir) / "segment_everything.md", "w") as f:
+    if tool.out_dir is not None:
+        save_json(report, str(Path(tool.out_dir) / "segment_everything.json"))
+        with atomic_open(Path(tool.out_dir) / "segment_everything.md", "w") as f:
             f.write(table + "\n")
     return report
 

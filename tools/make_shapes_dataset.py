@@ -12,21 +12,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
-from biglittle_sam.runtime.cli import add_old_spelling
+from biglittle_sam.data.shapes import ShapesConfig, make_shapes_dataset
+from biglittle_sam.runtime.cli import add_old_spelling, add_settings_flags, settings_kwargs
 
 __all__ = ["build_parser", "main"]
 
-
-def _size(text: str) -> Tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"image size {text!r} must be WIDTHxHEIGHT, e.g. 160x120"
-        ) from None
-    return w, h
+# ShapesConfig's fields with a flag, by group (the others keep their defaults).
+_DRAW = ("num_images", "seed", "sizes", "min_shapes", "max_shapes", "crowd_every", "edge_cases")
+_OUTPUT = ("formats", "detections", "jpeg_quality")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,50 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace existing coco/ and sa1b/ (default: refuse, exit 2)",
     )
+    sizes = " ".join(f"{w}x{h}" for w, h in ShapesConfig().sizes)
     draw = parser.add_argument_group("what to draw")
-    draw.add_argument("--num-images", type=int, default=None, help="number of images (default 8)")
-    draw.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
-    draw.add_argument(
-        "--sizes",
-        type=_size,
-        nargs="+",
-        default=None,
-        metavar="WxH",
-        help="image sizes, cycled over the images (default 160x120 120x160 200x200 144x96 256x192)",
-    )
-    draw.add_argument(
-        "--min-shapes", type=int, default=None, help="shapes per image, at least (default 3)"
-    )
-    draw.add_argument(
-        "--max-shapes", type=int, default=None, help="shapes per image, at most (default 7)"
-    )
-    draw.add_argument(
-        "--crowd-every",
-        type=int,
-        default=None,
-        help="every N-th image gets a crowd region (0: none; default 3)",
-    )
-    draw.add_argument(
-        "--edge-cases",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="a one-pixel object and a corner-cut shape in image 0 (default on)",
-    )
-    out = parser.add_argument_group("output")
-    out.add_argument(
-        "--formats",
-        nargs="+",
-        choices=["coco", "lvis", "sa1b"],
-        default=None,
-        help="formats to write (default: all three)",
-    )
-    out.add_argument(
-        "--detections",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="write a noisy-box detector results file for mask AP (default on)",
-    )
-    out.add_argument("--jpeg-quality", type=int, default=None, help="JPEG quality (default 95)")
+    add_settings_flags(draw, ShapesConfig, only=_DRAW, defaults={"sizes": sizes})
+    add_settings_flags(parser.add_argument_group("output"), ShapesConfig, only=_OUTPUT)
     return parser
 
 
@@ -97,15 +52,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.out is None:
         parser.error("--out-dir is required: the output folder")
-    from biglittle_sam.data.shapes import ShapesConfig, make_shapes_dataset
-
-    given: Dict[str, Any] = {
-        k: (tuple(v) if isinstance(v, list) else v)
-        for k, v in vars(args).items()
-        if v is not None and k not in ("out", "overwrite")
-    }
     try:
-        config = ShapesConfig(**given)
+        config = ShapesConfig(**settings_kwargs(args, ShapesConfig))
     except ValueError as e:
         parser.error(str(e))
     try:

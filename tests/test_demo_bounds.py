@@ -91,13 +91,19 @@ def test_closing_a_session_deletes_its_files_and_uploads(
     assert not workspace.exists() and not upload.exists() and not upload_dir.exists()
     assert session.image is None and not session.cache and session.prediction is None
     # A session dropped without close (Gradio's session cap) takes its folder when collected.
+    # Its uploads go with it too.
     dropped = DemoSession()
-    controller.load(dropped, example_image(1)[0], settings)
+    dropped_upload = tmp_path / "gradio" / "def456" / "photo.png"
+    dropped_upload.parent.mkdir(parents=True)
+    Image.fromarray(example_image(1)[0]).save(dropped_upload)
+    dropped.add_upload(dropped_upload)
+    controller.load(dropped, dropped_upload, settings)
     controller.click(dropped, settings, 300, 200)
     folder = controller.export(dropped, settings)[0][0].parents[1]
-    assert folder.is_dir()
+    assert folder.is_dir() and dropped_upload.is_file()
     del dropped
     gc.collect()
+    assert not dropped_upload.exists() and not dropped_upload.parent.exists()
     assert not folder.exists()
 
 

@@ -227,7 +227,7 @@ class _PageActions:
     def on_load(self, s: DemoSession, st: Settings, report: ProgressFn, payload: Any) -> View:
         path = _upload_path(payload)
         if path is not None and path not in self.image_input.keep_in_cache:
-            s.uploads.append(Path(path))  # an upload, not an example: deleted with s
+            s.add_upload(Path(path))  # an upload, not an example: deleted with s
         return self.c.load(s, path, st, report)
 
     def on_click(self, s: DemoSession, st: Settings, report: ProgressFn, evt: Any) -> View:

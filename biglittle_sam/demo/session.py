@@ -101,6 +101,17 @@ def _remove_tree(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _remove_uploads(uploads: List[Path]) -> None:
+    """Delete the upload files (and Gradio's per-upload folder, when now empty); empties the list."""
+    for upload in uploads:
+        upload.unlink(missing_ok=True)
+        try:
+            upload.parent.rmdir()
+        except OSError:
+            pass
+    uploads.clear()
+
+
 @dataclass
 class DemoSession:
     """One user's state. Nothing in it is shared with other sessions.
@@ -132,6 +143,7 @@ class DemoSession:
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
     _workspace: Optional[Path] = field(default=None, repr=False, compare=False)
     _finalizer: Optional[Any] = field(default=None, repr=False, compare=False)
+    _uploads_finalizer: Optional[Any] = field(default=None, repr=False, compare=False)
 
     @property
     def canvas_scale(self) -> Tuple[float, float]:
@@ -164,6 +176,13 @@ class DemoSession:
             self._finalizer = weakref.finalize(self, _remove_tree, str(self._workspace))
         return self._workspace
 
+    def add_upload(self, path: Path) -> None:
+        """Own an uploaded file: it is deleted with the session, by :meth:`close` or, when
+        Gradio's session cap drops the session without closing it, when it is collected."""
+        self.uploads.append(Path(path))
+        if self._uploads_finalizer is None:  # holds the list, never the session
+            self._uploads_finalizer = weakref.finalize(self, _remove_uploads, self.uploads)
+
     def close(self) -> None:
         """Free everything the session holds: encodings, masks, its files and its uploads."""
         with self.lock:
@@ -174,10 +193,4 @@ class DemoSession:
             if self._finalizer is not None:
                 self._finalizer()  # removes the workspace once
             self._workspace = self._finalizer = None
-            for upload in self.uploads:
-                upload.unlink(missing_ok=True)
-                try:
-                    upload.parent.rmdir()  # Gradio's per-upload folder, when now empty
-                except OSError:
-                    pass
-            self.uploads.clear()
+            _remove_uploads(self.uploads)

@@ -20,16 +20,8 @@ from .controller import DemoController
 from .layout import AUTO_PARTNER, INTRO, TOY_NOTE, Layout, build_layout, model_label
 from .models import DemoModel
 from .prompts import parse_prompts_json
-from .session import (
-    CACHE_ENTRIES,
-    MODE_POSITIVE,
-    MODES,
-    NO_IMAGE,
-    DemoSession,
-    ProgressFn,
-    Settings,
-    View,
-)
+from .session import MODE_POSITIVE, MODES, NO_IMAGE, DemoSession, ProgressFn, Settings, View
+from .settings import Bounds
 
 __all__ = [
     "AUTO_PARTNER",
@@ -46,32 +38,6 @@ LOG = logging.getLogger("biglittle_sam_demo")
 # The seven controls every handler receives, by the parameter names the API shows.
 CONTROLS = ("m", "r", "md", "mm", "h", "c", "p")
 Action = Callable[..., View]  # (session, settings, report, *extra values) -> View
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """What the server keeps per user, and for how long.
-
-    Attributes:
-      max_sessions: sessions whose state is kept in memory; beyond it the least recently used is
-        dropped (Gradio's ``state_session_capacity``).
-      session_ttl: seconds a session's state lives after its last action (``gr.State``'s
-        ``time_to_live``); then its encodings, masks, downloads and uploads are deleted.
-      file_max_age: seconds Gradio keeps uploaded and served files; checked every
-        ``min(file_max_age, 600)`` s (``gr.Blocks``' ``delete_cache``).
-      encodings_per_session: encoder outputs cached per session (model x keep ratio).
-    """
-
-    max_sessions: int = 64
-    session_ttl: float = 1800.0
-    file_max_age: int = 3600
-    encodings_per_session: int = CACHE_ENTRIES
-
-    def __post_init__(self) -> None:
-        for name in ("max_sessions", "session_ttl", "file_max_age", "encodings_per_session"):
-            value = getattr(self, name)
-            if not value > 0:
-                raise ValueError(f"demo bound {name} must be positive, got {value!r}")
 
 
 def _upload_path(payload: Any) -> Optional[str]:

@@ -16,44 +16,25 @@ output folder. Every flag defaults to ``experiments.proxy.ProxyBenchmarkSettings
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shlex
 import sys
 from typing import Any, Dict, Optional, Sequence
 
-from biglittle_sam.train.cli import run_cli
+from biglittle_sam.runtime.cli import add_settings_flags, run_cli, settings_kwargs
 
 from .pipeline import run_proxy_benchmark
-from .settings import GEOMETRIES, ProxyBenchmarkSettings
+from .settings import ProxyBenchmarkSettings
 
 PROG = "python -m experiments.proxy"
-_DEFAULTS = ProxyBenchmarkSettings()
-# (field, type, help); every default is the settings' own.
+# The flags, in this order; the other fields are the recipe's, fixed for the table.
 _FLAGS = (
-    ("out_dir", str, "output folder"),
-    ("geometry", str, f"token grid side, one of {sorted(GEOMETRIES)}"),
-    ("split", str, "evaluated split: dev (choosing recipes, no table) or test (the table)"),
-    ("seed", int, "run seed; data seeds 3*seed + 1 / 2 / 3 for train / dev / test"),
-    ("train_images", int, "the teacher's training images"),
-    ("distill_images", int, "the students' training images (the teacher's and more)"),
-    ("eval_images", int, "images of the evaluated split"),
-    ("teacher_steps", int, "teacher training steps"),
-    ("teacher_lr", float, "teacher learning rate"),
-    ("teacher_batch_size", int, "images per teacher step"),
-    ("student_little_dim", int, "the student's E-block width"),
-    ("student_little_heads", int, "the student's E-block heads"),
-    ("student_little_mlp_ratio", float, "the student's E-block MLP ratio (2: the lite analogue)"),
-    ("student_steps", int, "distillation phase 1 steps"),
-    ("student_lr", float, "phase 1 learning rate"),
-    ("phase2_steps", int, "distillation phase 2 steps (0: off)"),
-    ("phase2_lr", float, "phase 2 learning rate"),
-    ("routers_steps", int, "routers-only ablation steps"),
-    ("batch_size", int, "images per distillation step"),
-    ("device", str, "auto (CUDA when available), cpu, cuda or cuda:N"),
-    ("processes", int, "processes per training stage (default: 1 on cuda, 2 on cpu)"),
-    ("threads", int, "torch threads per process"),
-    ("num_workers", int, "data loader processes per training process"),
-)
+    "out_dir", "geometry", "split", "seed", "train_images", "distill_images", "eval_images",
+    "teacher_steps", "teacher_lr", "teacher_batch_size", "student_little_dim",
+    "student_little_heads", "student_little_mlp_ratio", "student_steps", "student_lr",
+    "phase2_steps", "phase2_lr", "routers_steps", "batch_size", "device", "processes", "threads",
+    "num_workers", "keep_ratios", "phase2_keep_ratios", "eval_ratios", "progress", "assets_dir",
+    "teacher_checkpoint", "resume",
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,68 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Proxy benchmark of distillation at SAM's token geometry.",
     )
-    choices = {"geometry": sorted(GEOMETRIES), "split": ["dev", "test"]}
-    for name, kind, text in _FLAGS:
-        parser.add_argument(
-            "--" + name.replace("_", "-"),
-            type=kind,
-            default=getattr(_DEFAULTS, name),
-            choices=choices.get(name),
-            help=f"{text} (default: %(default)s)",
-        )
-    for name, text in (
-        ("keep_ratios", "keep ratios drawn per phase 1 step"),
-        ("phase2_keep_ratios", "keep ratios drawn per phase 2 step"),
-        ("eval_ratios", "keep ratios of the table's rows"),
-    ):
-        parser.add_argument(
-            "--" + name.replace("_", "-"),
-            type=float,
-            nargs="+",
-            default=list(getattr(_DEFAULTS, name)),
-            help=f"{text} (default: %(default)s)",
-        )
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=_DEFAULTS.progress,
-        help="progress lines (default: on)",
-    )
-    parser.add_argument(
-        "--assets-dir",
-        default=None,
-        help="test split only: also write the fp16 teacher and student (the demo's built-in "
-        "models) here (default: not written)",
-    )
-    parser.add_argument(
-        "--teacher-checkpoint",
-        default=None,
-        help="dev split only: use this trained teacher (same geometry) instead of training one, "
-        "to try student recipes in minutes, e.g. biglittle_sam/assets/proxy_teacher.pth "
-        "(default: trained)",
-    )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue an interrupted run in the same out-dir (default: off)",
-    )
-    return parser
+    return add_settings_flags(parser, ProxyBenchmarkSettings, only=_FLAGS)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = build_parser()
     args = parser.parse_args(argv)
-    names = [f for f, _, _ in _FLAGS] + ["keep_ratios", "phase2_keep_ratios", "eval_ratios"]
-    changes: Dict[str, Any] = {n: getattr(args, n) for n in names}
-    changes.update(
-        progress=args.progress,
-        resume=args.resume,
-        assets_dir=args.assets_dir,
-        teacher_checkpoint=args.teacher_checkpoint,
-    )
+    changes = settings_kwargs(args, ProxyBenchmarkSettings)
     words = list(sys.argv[1:] if argv is None else argv)
     changes["command"] = " ".join([PROG, *map(shlex.quote, words)])
-    settings = dataclasses.replace(_DEFAULTS, **changes)
+    settings = ProxyBenchmarkSettings(**changes)
     try:
         settings.check()
     except ValueError as error:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from biglittle_sam.config import SamViTConfig, get_config, validate_keep_ratio
+from biglittle_sam.runtime.cli import flag
 
 from ..budgets import check_budgets
 from ..stages import read_teacher
@@ -105,46 +106,73 @@ class ProxyBenchmarkSettings:
     results and stage times.
     """
 
-    out_dir: str = "outputs/proxy_benchmark"
-    seed: int = 0  # data seeds: split_seeds(seed); weights and prompts: seed
-    geometry: str = "16"  # a key of GEOMETRIES
+    out_dir: str = flag("outputs/proxy_benchmark", "output folder")
+    # data seeds: split_seeds(seed); weights and prompts: seed
+    seed: int = flag(0, "run seed; data seeds 3*seed + 1 / 2 / 3 for train / dev / test")
+    geometry: str = flag("16", "token grid side", choices=sorted(GEOMETRIES))
     teacher_overrides: Tuple[Tuple[str, Any], ...] = ()  # vit_tiny fields over the geometry's
-    split: str = "test"  # evaluated split; "dev" for choosing recipes (no table is written)
-    train_images: int = 2000  # the teacher's images
-    distill_images: Optional[int] = 6000  # the students' (the teacher's and more); None: same
-    eval_images: int = 200  # images of the evaluated split
+    split: str = flag(
+        "test",
+        "evaluated split: dev (choosing recipes, no table) or test (the table)",
+        choices=("dev", "test"),
+    )
+    train_images: int = flag(2000, "the teacher's training images")
+    # None: the teacher's images
+    distill_images: Optional[int] = flag(
+        6000, "the students' training images (the teacher's and more)"
+    )
+    eval_images: int = flag(200, "images of the evaluated split")
     # 5000: the teacher was still improving at 4000 (dev curve), and 5000 steps of ~0.4 s fit the
     # 60-minute budget with the other stages on 2 cores.
-    teacher_steps: int = 5000
-    teacher_lr: float = 1e-3
-    teacher_batch_size: int = 8
+    teacher_steps: int = flag(5000, "teacher training steps")
+    teacher_lr: float = flag(1e-3, "teacher learning rate")
+    teacher_batch_size: int = flag(8, "images per teacher step")
     teacher_focal_weight: float = 2.0  # from scratch, SAM's 20:1 first collapses to empty masks
-    student_little_dim: int = 16  # E-block width: C / 4
-    student_little_heads: int = 2
+    student_little_dim: int = flag(16, "the student's E-block width")
+    student_little_heads: int = flag(2, "the student's E-block heads")
     # 2.0 with little_dim 8 is the proxy's analogue of bl_b_lite (docs/speed.md); its pooled
     # keys/values need an even window, and the proxy's windows are 7 tokens.
-    student_little_mlp_ratio: float = 4.0
-    student_steps: int = 3000
-    student_lr: float = 2e-3
-    phase2_steps: int = 1500  # 0: phase 1 only
-    phase2_lr: float = 5e-4
-    phase2_keep_ratios: Tuple[float, ...] = (0.1, 0.25, 0.5)
+    student_little_mlp_ratio: float = flag(
+        4.0, "the student's E-block MLP ratio (2: the lite analogue)"
+    )
+    student_steps: int = flag(3000, "distillation phase 1 steps")
+    student_lr: float = flag(2e-3, "phase 1 learning rate")
+    phase2_steps: int = flag(1500, "distillation phase 2 steps (0: off)")
+    phase2_lr: float = flag(5e-4, "phase 2 learning rate")
+    phase2_keep_ratios: Tuple[float, ...] = flag(
+        (0.1, 0.25, 0.5), "keep ratios drawn per phase 2 step"
+    )
     phase2_mask_weight: float = 10.0
     phase2_point_prob: float = 0.75
     phase2_router_lr_scale: float = 5.0
-    routers_steps: int = 1000  # the routers-only ablation
-    keep_ratios: Tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)  # drawn per distillation step
-    eval_ratios: Tuple[float, ...] = (1.0, 0.5, 0.25, 0.1)  # rows of the table
-    batch_size: int = 8
-    device: str = "auto"  # "auto": cuda when available, else cpu
-    processes: Optional[int] = None  # per training stage; None: 1 on cuda, min(2, CPUs) on cpu
-    threads: int = 1  # torch threads per process
-    num_workers: int = 0
-    progress: bool = True
-    resume: bool = False  # continue an interrupted run: finished stages are reused
-    assets_dir: Optional[str] = None  # test split only: also write the fp16 teacher and student
-    # dev split only: this trained teacher instead of training one (student recipes in minutes)
-    teacher_checkpoint: Optional[str] = None
+    routers_steps: int = flag(1000, "routers-only ablation steps")
+    keep_ratios: Tuple[float, ...] = flag(
+        (0.1, 0.25, 0.5, 1.0), "keep ratios drawn per phase 1 step"
+    )
+    eval_ratios: Tuple[float, ...] = flag((1.0, 0.5, 0.25, 0.1), "keep ratios of the table's rows")
+    batch_size: int = flag(8, "images per distillation step")
+    device: str = flag("auto", "auto (CUDA when available), cpu, cuda or cuda:N")
+    # per training stage; None: 1 on cuda, min(2, CPUs) on cpu
+    processes: Optional[int] = flag(
+        None, "processes per training stage (default: 1 on cuda, 2 on cpu)"
+    )
+    threads: int = flag(1, "torch threads per process")
+    num_workers: int = flag(0, "data loader processes per training process")
+    progress: bool = flag(True, "progress lines")
+    resume: bool = flag(
+        False, "continue an interrupted run in the same out-dir (finished stages are reused)"
+    )
+    assets_dir: Optional[str] = flag(
+        None,
+        "test split only: also write the fp16 teacher and student (the demo's built-in "
+        "models) here (default: not written)",
+    )
+    teacher_checkpoint: Optional[str] = flag(
+        None,
+        "dev split only: use this trained teacher (same geometry) instead of training one, to "
+        "try student recipes in minutes, e.g. biglittle_sam/assets/proxy_teacher.pth "
+        "(default: trained)",
+    )
     command: str = ""  # the command line that ran this, recorded in the outputs
 
     def __post_init__(self) -> None:

@@ -20,7 +20,14 @@ from .build_sam import build_sam_from_config, sam_model_registry
 from .config import BigLittleConfig, get_config
 from .modeling import ImageEncoderBigLittle
 
-__all__ = ["OperatorTime", "EncoderProfile", "profile_encoder", "format_table", "HOST_SYNC_OPS"]
+__all__ = [
+    "OperatorTime",
+    "EncoderProfile",
+    "ProfileSettings",
+    "profile_encoder",
+    "format_table",
+    "HOST_SYNC_OPS",
+]
 
 # Operators that copy a tensor's value to the host (a device sync on CUDA) or whose output shape
 # depends on the data.
@@ -32,6 +39,21 @@ HOST_SYNC_OPS = (
     "aten::unique",
     "aten::_unique2",
 )
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """What :func:`profile_encoder` profiles, and how: its defaults, and the flags of
+    ``biglittle-sam-profile``."""
+
+    model: str = "bl_b"  # registry name
+    keep_ratio: Optional[float] = None  # big.LITTLE keep ratio (default: the config's)
+    pool_kv: bool = False  # big.LITTLE: pooled keys/values
+    img_size: Optional[int] = None  # override the input size (default: the config's, 1024)
+    batch_size: int = 1  # images per forward pass
+    warmup: int = 1  # unprofiled passes
+    steps: int = 1  # profiled passes
+    threads: Optional[int] = None  # torch CPU threads (default: torch's choice)
 
 
 @dataclass
@@ -82,17 +104,18 @@ def _build(model: str, keep_ratio: Optional[float], pool_kv: bool, img_size: Opt
 
 
 def profile_encoder(
-    model: str = "bl_b",
-    keep_ratio: Optional[float] = None,
-    pool_kv: bool = False,
-    batch_size: int = 1,
-    img_size: Optional[int] = None,
-    warmup: int = 1,
-    steps: int = 1,
-    threads: Optional[int] = None,
+    model: str = ProfileSettings.model,
+    keep_ratio: Optional[float] = ProfileSettings.keep_ratio,
+    pool_kv: bool = ProfileSettings.pool_kv,
+    batch_size: int = ProfileSettings.batch_size,
+    img_size: Optional[int] = ProfileSettings.img_size,
+    warmup: int = ProfileSettings.warmup,
+    steps: int = ProfileSettings.steps,
+    threads: Optional[int] = ProfileSettings.threads,
     seed: int = 0,
 ) -> EncoderProfile:
-    """Profile the image encoder of registry model ``model`` on random input (CPU).
+    """Profile the image encoder of registry model ``model`` on random input (CPU); the defaults
+    are :class:`ProfileSettings`'s.
 
     Arguments:
       model: registry name (``bl_b``, ``vit_b``, ``bl_tiny``...).

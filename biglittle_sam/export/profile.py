@@ -26,7 +26,8 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
-from .onnx import ENCODER_INPUT, _session, encoder_input_size
+from .check import _session, encoder_input_size
+from .encoder import ENCODER_INPUT
 
 __all__ = ["OnnxOpTime", "OnnxProfile", "profile_onnx_encoder", "format_onnx_profile"]
 

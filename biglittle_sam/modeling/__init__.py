@@ -1,7 +1,7 @@
 """Model components. This module is the only import surface of ``biglittle_sam.modeling``."""
 
 from .attention import Attention, resize_rel_pos, window_partition, window_unpartition
-from .blocks import BigBlock, BigLittleBlock, LayerRouting, LittleBlock
+from .blocks import BigBlock, BigLittleBlock, LayerRouting
 from .encoder_ops import (
     get_keep_ratio,
     keep_ratio_context,
@@ -10,6 +10,7 @@ from .encoder_ops import (
     swap_image_encoder,
 )
 from .image_encoder import BigLittleAux, ImageEncoderBigLittle, ImageEncoderViTFused
+from .little_block import LittleBlock
 from .router import Router, select_tokens
 
 __all__ = [

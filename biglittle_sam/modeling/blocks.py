@@ -1,4 +1,5 @@
-"""The P-block (big, SAM's own block), the E-block (LITTLE) and the layer that combines them.
+"""The P-block (big, SAM's own block) and the layer that combines it with the E-block (LITTLE,
+:mod:`.little_block`).
 
 One big.LITTLE layer:
 
@@ -19,8 +20,7 @@ of ``segment_anything``'s ``Block`` and a SAM checkpoint loads into it without r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import torch
 from segment_anything.modeling.common import MLPBlock
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..config import capacity, window_capacities
 from .attention import Attention, window_partition, window_unpartition
+from .little_block import LittleBlock, NormLayer, default_norm
 from .router import Router, select_tokens
 
 # Subtracted from the router logits of padding tokens: far below any real logit, still finite in
@@ -35,9 +36,6 @@ from .router import Router, select_tokens
 PADDING_PENALTY = 1e4
 
 __all__ = ["BigBlock", "LittleBlock", "BigLittleBlock", "LayerRouting"]
-
-NormLayer = Callable[[int], nn.Module]
-_default_norm: NormLayer = partial(nn.LayerNorm, eps=1e-6)  # SAM's norm layer
 
 
 @dataclass
@@ -94,6 +92,14 @@ class _Plan(NamedTuple):
     grid_index: Optional[Tensor]
 
 
+def _to_slots(t: Tensor, plan: _Plan, G: int) -> Tensor:
+    """T x D routed rows -> G x kmax x D query slots (unused slots zero)."""
+    if plan.slots is None:
+        return t.view(G, plan.kmax, -1)
+    full = t.new_zeros(G * plan.kmax, t.shape[-1])
+    return full.index_copy(0, plan.slots, t).view(G, plan.kmax, -1)  # (T, D) -> (G, kmax, D)
+
+
 class BigBlock(nn.Module):
     """SAM's transformer block (``segment_anything.modeling.image_encoder.Block``), same parameters.
 
@@ -107,7 +113,7 @@ class BigBlock(nn.Module):
         num_heads: int,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
-        norm_layer: NormLayer = _default_norm,
+        norm_layer: NormLayer = default_norm,
         act_layer: type = nn.GELU,
         use_rel_pos: bool = True,
         window_size: int = 0,
@@ -195,64 +201,6 @@ class BigBlock(nn.Module):
         return self.forward_dense(x, self.norm1(x))
 
 
-class LittleBlock(nn.Module):
-    """The E-block: a narrow windowed transformer block that updates every token cheaply.
-
-    ``x -> gamma * Up(Block_d(Down(LN(x))))``, returned as the update to add to x. ``gamma`` starts
-    at 0 (LayerScale), so a fresh E-block changes nothing and the encoder starts exactly at SAM.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        little_dim: int,
-        num_heads: int,
-        window_size: int,
-        mlp_ratio: float = 4.0,
-        norm_layer: NormLayer = _default_norm,
-        act_layer: type = nn.GELU,
-        fused_attn: bool = True,
-    ) -> None:
-        """
-        Arguments:
-          dim: residual width C.
-          little_dim: E-block width d.
-          num_heads: E-block attention heads.
-          window_size: attention window side (E-blocks are windowed in every layer).
-          mlp_ratio: E-block MLP width / d.
-          norm_layer: normalization.
-          act_layer: MLP activation.
-          fused_attn: use scaled_dot_product_attention.
-        """
-        super().__init__()
-        self.window_size = window_size
-        self.norm = norm_layer(dim)
-        self.down = nn.Linear(dim, little_dim)
-        self.norm1 = norm_layer(little_dim)
-        self.attn = Attention(
-            little_dim,
-            num_heads=num_heads,
-            use_rel_pos=True,
-            input_size=(window_size, window_size),
-            fused=fused_attn,
-        )
-        self.norm2 = norm_layer(little_dim)
-        self.mlp = MLPBlock(little_dim, int(little_dim * mlp_ratio), act=act_layer)
-        self.up = nn.Linear(little_dim, dim)
-        self.gamma = nn.Parameter(torch.zeros(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x: B x H x W x C -> the update, B x H x W x C."""
-        B, H, W, _ = x.shape
-        w = self.window_size
-        h = self.down(self.norm(x))  # (B, H, W, d)
-        hw, pad_hw = window_partition(h, w)  # (B*nW, w*w, d)
-        hw = hw + self.attn(self.norm1(hw), (w, w))  # (B*nW, w*w, d)
-        h = window_unpartition(hw, w, pad_hw, (H, W))  # (B, H, W, d)
-        h = h + self.mlp(self.norm2(h))
-        return self.gamma * self.up(h)
-
-
 class BigLittleBlock(BigBlock):
     """One big.LITTLE layer: an E-block on every token, then SAM's block on the routed tokens."""
 
@@ -265,7 +213,7 @@ class BigLittleBlock(BigBlock):
         mlp_ratio: float = 4.0,
         little_mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
-        norm_layer: NormLayer = _default_norm,
+        norm_layer: NormLayer = default_norm,
         act_layer: type = nn.GELU,
         use_rel_pos: bool = True,
         window_size: int = 0,
@@ -326,8 +274,8 @@ class BigLittleBlock(BigBlock):
         """How much the big block would change each token: ``||Block(x) - x||``, B x H x W (fp32).
 
         A token the router skips loses this update (the E-block aside), which makes it a natural
-        heuristic for routing (``routing = "update_norm"``); on the toy benchmark's student it
-        routes better than random and worse than the learned routers. It runs the big block
+        heuristic for routing (``routing = "update_norm"``); on the proxy benchmark's student it
+        routes better than random and as well as the learned routers. It runs the big block
         densely, on every token.
 
         Arguments:
@@ -404,6 +352,104 @@ class BigLittleBlock(BigBlock):
             kv_g = kv_g + bias
         return kv_g, count_g.log()
 
+    def _route(self, scores: Tensor, plan: _Plan) -> Tuple[Tensor, Optional[Tensor], Tensor]:
+        """Each group's top ``plan.kmax`` tokens by router logit.
+
+        Arguments:
+          scores: B x H x W router logits.
+          plan: the layer's static layout (:meth:`_plan`).
+
+        Returns:
+          indices: G x kmax positions of the chosen tokens within their group (of M).
+          weights: G x kmax router weights of the chosen tokens, or None.
+          pos: T rows of the B x H x W stream that take the big path.
+        """
+        logits_g = self._to_groups(scores, pad_value=float("-inf"))  # (G, M); padding never wins
+        G, M = logits_g.shape
+        slots = plan.slots
+        # Sorted when an edge window keeps fewer than kmax: its first slots are its best tokens.
+        indices, weights = select_tokens(logits_g, plan.kmax, sorted=slots is not None)  # (G, kmax)
+        offsets = torch.arange(G, device=scores.device).unsqueeze(1) * M  # (G, 1)
+        flat = indices + offsets  # (G, kmax) in G * M
+        pos = flat.flatten() if slots is None else flat.flatten().index_select(0, slots)  # (T,)
+        if plan.grid_index is not None:  # window position -> row of the B x H x W stream
+            pos = plan.grid_index.index_select(0, pos)  # (T,); routed tokens are never padding
+        return indices, weights, pos
+
+    @staticmethod
+    def _selected(pos: Tensor, shape: Tuple[int, int, int]) -> Tensor:
+        """B x H x W bool, True at the T routed rows ``pos`` of the B x H x W stream."""
+        B, H, W = shape
+        chosen = torch.zeros(B * H * W, dtype=torch.bool, device=pos.device)
+        routed = torch.ones_like(pos, dtype=torch.bool)  # (T,)
+        return chosen.scatter(0, pos, routed).view(B, H, W)  # (T,) -> (B * H * W,)
+
+    def _attend_routed(
+        self, xn: Tensor, xn_sel: Tensor, plan: _Plan, indices: Tensor, pooled: Optional[Tensor]
+    ) -> Tensor:
+        """The routed tokens' attention over their groups, before the output projection.
+
+        Arguments:
+          xn: B x H x W x C, ``norm1`` of the residual stream.
+          xn_sel: T x C, its routed rows.
+          plan: the layer's static layout; indices: G x kmax in-group positions of the queries.
+          pooled: B x H x W bool routed tokens when the others' keys and values are pooled 2 x 2
+            (``pool_kv``), else None: every token is a key and a value.
+
+        Returns:
+          G x kmax x C.
+        """
+        C, G = xn.shape[-1], indices.shape[0]
+        grid = self._group_grid(*xn.shape[1:3])
+        if pooled is not None:
+            qkv = self.attn.qkv(xn_sel)  # (T, 3C): queries, and the routed tokens' keys/values
+            kv_pool, log_count = self._pooled_kv(xn, pooled)  # (G, P, 2C), (G, P)
+            return self.attn.attend_pooled(
+                _to_slots(qkv[:, :C], plan, G),
+                _to_slots(qkv[:, C:], plan, G),
+                plan.valid,
+                kv_pool,
+                log_count,
+                indices,
+                grid,
+            )  # (G, kmax, C)
+        kv_g = self._kv_groups(xn)  # (G, M, 2C): every token is a key and a value
+        q = _to_slots(self.attn.project_q(xn_sel), plan, G)  # (G, kmax, C)
+        return self.attn.attend_heads(q, kv_g, indices, grid)  # (G, kmax, C)
+
+    def _update_routed(
+        self,
+        x_rows: Tensor,
+        gather_idx: Tensor,
+        attn: Tensor,
+        weights: Optional[Tensor],
+        slots: Optional[Tensor],
+    ) -> Tensor:
+        """The big block's attention and MLP updates of the routed rows, scattered into the stream.
+
+        Arguments:
+          x_rows: (B * H * W) x C residual stream; gather_idx: T x C, its routed rows.
+          attn: G x kmax x C attention output (:meth:`_attend_routed`).
+          weights: G x kmax router weights that scale the updates, or None.
+          slots: the plan's used slots, or None when every slot is used.
+
+        Returns:
+          (B * H * W) x C.
+        """
+        G, kmax, C = attn.shape
+        attn = attn.reshape(G * kmax, C)
+        if slots is not None:
+            attn = attn.index_select(0, slots)  # (G * kmax, C) -> (T, C)
+        if weights is not None:
+            weights = weights.reshape(G * kmax, 1)
+            weights = weights if slots is None else weights.index_select(0, slots)  # (T, 1)
+        h = x_rows.gather(0, gather_idx)  # (B * H * W, C) -> (T, C)
+        update = self.attn.proj(attn)  # (T, C)
+        h = h + (update if weights is None else weights * update)
+        update = self.mlp(self.norm2(h))  # (T, C)
+        h = h + (update if weights is None else weights * update)
+        return x_rows.scatter(0, gather_idx, h)  # (T, C) -> (B * H * W, C)
+
     def forward(  # type: ignore[override]
         self,
         x: Tensor,
@@ -411,7 +457,7 @@ class BigLittleBlock(BigBlock):
         return_routing: bool = False,
         padding: Optional[Tensor] = None,
         pool_kv: bool = False,
-    ) -> Tuple[Tensor, Optional[Tuple[Tensor, Tensor, int]]]:
+    ) -> Tuple[Tensor, Optional[Tuple[Tensor, Tensor, int, int]]]:
         """
         Arguments:
           x: B x H x W x C residual stream.
@@ -439,64 +485,15 @@ class BigLittleBlock(BigBlock):
             return out, (scores, torch.ones_like(scores, dtype=torch.bool), group, H * W)
 
         plan = self._plan(B, (H, W), keep_ratio, x.device)
-        kmax, slots = plan.kmax, plan.slots
         scores = self._scores(x, xn, padding)  # (B, H, W)
-        logits_g = self._to_groups(scores, pad_value=float("-inf"))  # (G, M); padding never wins
-        G, M = logits_g.shape
-        grid = self._group_grid(H, W)
-        # Sorted when an edge window keeps fewer than kmax: its first slots are its best tokens.
-        indices, weights = select_tokens(logits_g, kmax, sorted=slots is not None)  # (G, kmax)
-        flat = indices + torch.arange(G, device=x.device).unsqueeze(1) * M  # (G, kmax) in G * M
-        pos = flat.flatten() if slots is None else flat.flatten().index_select(0, slots)  # (T,)
-        if plan.grid_index is not None:  # window position -> row of the B x H x W stream
-            pos = plan.grid_index.index_select(0, pos)  # (T,); routed tokens are never padding
+        indices, weights, pos = self._route(scores, plan)  # (G, kmax), (G, kmax), (T,)
         T = pos.shape[0]
         x_rows = x.reshape(B * H * W, C)  # (B * H * W, C), no window layout: no copies
         gather_idx = pos.unsqueeze(-1).expand(T, C)  # (T, C)
         xn_sel = xn.reshape(B * H * W, C).gather(0, gather_idx)  # (B * H * W, C) -> (T, C)
-
-        def to_slots(t: Tensor) -> Tensor:
-            """T x D routed rows -> G x kmax x D query slots (unused slots zero)."""
-            if slots is None:
-                return t.view(G, kmax, -1)
-            full = t.new_zeros(G * kmax, t.shape[-1])
-            return full.index_copy(0, slots, t).view(G, kmax, -1)  # (T, D) -> (G, kmax, D)
-
-        selected: Optional[Tensor] = None
-        if pool_kv or return_routing:
-            chosen = torch.zeros(B * H * W, dtype=torch.bool, device=x.device)
-            routed = torch.ones_like(pos, dtype=torch.bool)  # (T,)
-            selected = chosen.scatter(0, pos, routed).view(B, H, W)  # (T,) -> (B * H * W,)
-        if pool_kv:
-            assert selected is not None
-            qkv = self.attn.qkv(xn_sel)  # (T, 3C): queries, and the routed tokens' keys/values
-            kv_pool, log_count = self._pooled_kv(xn, selected)  # (G, P, 2C), (G, P)
-            attn = self.attn.attend_pooled(
-                to_slots(qkv[:, :C]),
-                to_slots(qkv[:, C:]),
-                plan.valid,
-                kv_pool,
-                log_count,
-                indices,
-                grid,
-            )  # (G, kmax, C)
-        else:
-            kv_g = self._kv_groups(xn)  # (G, M, 2C): every token is a key and a value
-            attn = self.attn.attend_heads(
-                to_slots(self.attn.project_q(xn_sel)), kv_g, indices, grid
-            )  # (G, kmax, C)
-        attn = attn.reshape(G * kmax, C)
-        if slots is not None:
-            attn = attn.index_select(0, slots)  # (G * kmax, C) -> (T, C)
-        if weights is not None:
-            weights = weights.reshape(G * kmax, 1)
-            weights = weights if slots is None else weights.index_select(0, slots)  # (T, 1)
-        h = x_rows.gather(0, gather_idx)  # (B * H * W, C) -> (T, C)
-        update = self.attn.proj(attn)  # (T, C)
-        h = h + (update if weights is None else weights * update)
-        update = self.mlp(self.norm2(h))  # (T, C)
-        h = h + (update if weights is None else weights * update)
-        out = x_rows.scatter(0, gather_idx, h).view(B, H, W, C)  # (T, C) -> (B * H * W, C)
+        selected = self._selected(pos, (B, H, W)) if pool_kv or return_routing else None
+        attn = self._attend_routed(xn, xn_sel, plan, indices, selected if pool_kv else None)
+        out = self._update_routed(x_rows, gather_idx, attn, weights, plan.slots).view(B, H, W, C)
         if selected is None:
             return out, None
-        return out, (scores, selected, kmax, T // B)
+        return out, (scores, selected, plan.kmax, T // B)

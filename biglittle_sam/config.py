@@ -11,7 +11,7 @@ import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Tuple, Type, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Type, Union
 
 __all__ = [
     "SamViTConfig",
@@ -24,6 +24,7 @@ __all__ = [
     "window_capacities",
     "little_window",
     "validate_keep_ratio",
+    "DEFAULT_KEEP_RATIO",
     "validate_pool_kv",
     "validate_routing",
     "ROUTING_MODES",
@@ -32,25 +33,40 @@ __all__ = [
 ]
 
 
-def validate_keep_ratio(keep_ratio: float) -> float:
+# A big.LITTLE model's keep ratio as built when nothing else names one: half of each group's
+# tokens take the big path (every registered config; the encoder can change it at run time).
+DEFAULT_KEEP_RATIO = 0.5
+
+
+def validate_keep_ratio(keep_ratio: float, plain_sam: Optional[str] = None) -> float:
     """Return ``keep_ratio`` as a float, or raise ``ValueError`` unless it is a number in (0, 1].
 
     The one check of a keep ratio: configs run it when built, the encoder when its ratio is set or
-    overridden for a call, and settings when they name ratios for later. Booleans and strings are
-    refused rather than converted.
+    overridden for a call, settings when they name ratios for later, and the builders, model specs
+    and exporters when a user names one. Booleans and strings are refused rather than converted.
+
+    Arguments:
+      keep_ratio: the share of each group's tokens that take the big path.
+      plain_sam: the name of a plain SAM model or encoder the ratio is for, or None for
+        big.LITTLE. Plain SAM runs every token through its big blocks, so its only ratio is 1.
     """
     if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, numbers.Real):
         raise ValueError(f"keep_ratio must be a number in (0, 1], got {keep_ratio!r}")
     value = float(keep_ratio)
     if not 0.0 < value <= 1.0:  # also refuses NaN
         raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio!r}")
+    if plain_sam is not None and value != 1.0:
+        raise ValueError(
+            f"{plain_sam} is plain SAM and has no keep ratio below 1 (got {keep_ratio}); keep "
+            "ratios apply to big.LITTLE models (bl_*)"
+        )
     return value
 
 
 # "learned": the routers; "random": uniform noise (the ablation a router must beat);
 # "update_norm": the tokens the big block would change most, ||Block(x) - x|| (runs the big block
-# on every token, so it costs more than r = 1; a heuristic to compare routers with: on the toy
-# benchmark's student it lies between random routing and the learned routers).
+# on every token, so it costs more than r = 1; a heuristic to compare routers with: on the proxy
+# benchmark's student it beats random routing and is level with the learned routers).
 ROUTING_MODES = ("learned", "random", "update_norm")
 
 
@@ -172,7 +188,7 @@ class BigLittleConfig(SamViTConfig):
     # Share of each group's tokens that take the big path, as built (and recorded in checkpoints).
     # At run time the encoder owns the ratio (ImageEncoderBigLittle.keep_ratio, set_keep_ratio,
     # keep_ratio_context); this field is its starting value and is never updated.
-    keep_ratio: float = 0.5
+    keep_ratio: float = DEFAULT_KEEP_RATIO
     fused_attn: bool = True  # scaled_dot_product_attention; False runs the explicit reference path
     routing: str = "learned"  # see ROUTING_MODES: "random" and "update_norm" are ablations
     # Semi-cross attention's keys/values: routed tokens at full resolution, unrouted ones averaged

@@ -86,6 +86,7 @@ def _check_name(name: str, text: str) -> None:
 
 
 def _check_ratio(name: str, ratio: Union[str, float], text: str) -> float:
+    """A spec's keep ratio as a float: in (0, 1], and 1 for plain SAM (ModelSpecError if not)."""
     try:
         value = validate_keep_ratio(float(ratio))
     except ValueError:
@@ -93,12 +94,10 @@ def _check_ratio(name: str, ratio: Union[str, float], text: str) -> float:
             f"model spec {text!r}: keep ratio {str(ratio)!r} is not a number in (0, 1]; "
             f"expected {SPEC_FORM}"
         ) from None
-    if not name.startswith("bl_") and value != 1.0:
-        raise ModelSpecError(
-            f"model spec {text!r}: {name} is plain SAM and has no keep ratio below 1; "
-            "keep ratios apply to big.LITTLE models (bl_*)"
-        )
-    return value
+    try:
+        return validate_keep_ratio(value, plain_sam=None if name.startswith("bl_") else name)
+    except ValueError as e:
+        raise ModelSpecError(f"model spec {text!r}: {e}") from None
 
 
 def parse_model_spec(text: str) -> ModelSpec:

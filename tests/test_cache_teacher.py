@@ -26,7 +26,6 @@ from biglittle_sam.train import image_key, load_sam, preprocess_image
 from biglittle_sam.train.data import source_file_names
 from tools import cache_teacher
 
-from .train_fixtures import *  # noqa: F401,F403 (fixtures)
 from .train_fixtures import build_cache, make_shapes, save_teacher, teacher_config
 
 

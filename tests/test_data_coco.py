@@ -20,8 +20,6 @@ from biglittle_sam.data import (
 from biglittle_sam.data.shapes import ShapesConfig, render_shapes_image
 from tests.eval_helpers import SMALL_SIZES, copy_coco, damage_boxes, read_json, write_json
 
-pytest_plugins = ("tests.eval_fixtures",)
-
 
 def test_reads_generated_coco_with_exact_masks(eval_shapes) -> None:
     ds = CocoDataset(eval_shapes.coco_annotations, eval_shapes.coco_images)

@@ -11,8 +11,6 @@ import pytest
 from biglittle_sam.data import DatasetError, ImageProblemError, SA1BDataset, read_image_list
 from tests.eval_helpers import read_json, write_json
 
-pytest_plugins = ("tests.eval_fixtures",)
-
 
 def test_reads_generated_sa1b_folder(eval_shapes) -> None:
     ds = SA1BDataset(eval_shapes.sa1b_dir)

@@ -15,7 +15,6 @@ from biglittle_sam.distill import CacheError, DistillSettings, TeacherCache, run
 from biglittle_sam.train import build_student, student_config
 from tools import distill
 
-from .train_fixtures import *  # noqa: F401,F403 (fixtures)
 from .train_fixtures import STUDENT_OVERRIDES, build_cache, fast_train, save_teacher, teacher_config
 
 

@@ -15,7 +15,6 @@ from biglittle_sam.distill.losses import embedding_distill_loss, valid_region
 from biglittle_sam.runtime.distributed import DistContext
 from biglittle_sam.train import collate_items
 
-from .train_fixtures import *  # noqa: F401,F403 (fixtures)
 from .train_fixtures import STUDENT_OVERRIDES, check_batch_equals_one_at_a_time, fast_train
 
 

@@ -10,8 +10,6 @@ import pytest
 from tests.eval_helpers import copy_coco, damage_boxes, read_json, write_json
 from tools.eval_miou import main
 
-pytest_plugins = ("tests.eval_fixtures",)
-
 
 def _coco_args(eval_shapes, out: Path) -> list:
     return [
@@ -28,11 +26,12 @@ def _coco_args(eval_shapes, out: Path) -> list:
 
 
 def test_cli_writes_json_markdown_and_png(
-    eval_shapes, eval_checkpoint: Path, tmp_path: Path, eval_one_thread, capsys
+    eval_shapes, tiny_sam_checkpoint: Path, tmp_path: Path, one_thread, capsys
 ) -> None:
     rc = main(
         _coco_args(eval_shapes, tmp_path)
-        + ["--model", f"vit_tiny={eval_checkpoint}", "--model", f"bl_tiny={eval_checkpoint}@0.5"]
+        + ["--model", f"vit_tiny={tiny_sam_checkpoint}"]
+        + ["--model", f"bl_tiny={tiny_sam_checkpoint}@0.5"]
         + ["--model", "bl_tiny@0.25", "--clicks", "1", "3", "--name", "run"]
     )
     assert rc == 0
@@ -55,7 +54,7 @@ def test_cli_writes_json_markdown_and_png(
     assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cli_edgesam_protocol_and_gmacs_plot(eval_shapes, tmp_path: Path, eval_one_thread) -> None:
+def test_cli_edgesam_protocol_and_gmacs_plot(eval_shapes, tmp_path: Path, one_thread) -> None:
     args = _coco_args(eval_shapes, tmp_path) + ["--model", "vit_tiny", "--protocol", "edgesam"]
     assert (
         main(args + ["--prompt", "click", "--clicks", "2", "--plot-x", "gmacs", "--limit", "2"])
@@ -72,7 +71,7 @@ def test_cli_edgesam_protocol_and_gmacs_plot(eval_shapes, tmp_path: Path, eval_o
 
 
 def test_missing_images_are_listed_or_stop_the_run_with_strict(
-    eval_shapes, tmp_path: Path, eval_one_thread, capsys
+    eval_shapes, tmp_path: Path, one_thread, capsys
 ) -> None:
     ann, images = copy_coco(eval_shapes, tmp_path / "data")
     files = sorted(images.iterdir())
@@ -127,14 +126,15 @@ def test_malformed_annotations_and_bad_flags(eval_shapes, tmp_path: Path, capsys
 
 
 def test_fidelity_of_an_inherited_student_at_keep_ratio_1(
-    eval_shapes, eval_checkpoint: Path, tmp_path: Path, eval_one_thread
+    eval_shapes, tiny_sam_checkpoint: Path, tmp_path: Path, one_thread
 ) -> None:
-    args = ["--images", str(eval_shapes.coco_images), "--teacher", f"vit_tiny={eval_checkpoint}"]
+    teacher = f"vit_tiny={tiny_sam_checkpoint}"
+    args = ["--images", str(eval_shapes.coco_images), "--teacher", teacher]
     args += [
         "--model",
-        f"bl_tiny={eval_checkpoint}@1",
+        f"bl_tiny={tiny_sam_checkpoint}@1",
         "--model",
-        f"bl_tiny={eval_checkpoint}@0.25",
+        f"bl_tiny={tiny_sam_checkpoint}@0.25",
     ]
     args += ["--device", "cpu", "--no-progress", "--out-dir", str(tmp_path), "--limit", "3"]
     assert main(args) == 0
@@ -151,9 +151,9 @@ def test_fidelity_of_an_inherited_student_at_keep_ratio_1(
 
 
 def test_int8_fidelity_against_the_same_weights_in_fp32_and_int8_miou(
-    eval_shapes, eval_checkpoint: Path, tmp_path: Path, eval_one_thread, capsys
+    eval_shapes, tiny_sam_checkpoint: Path, tmp_path: Path, one_thread, capsys
 ) -> None:
-    spec = f"bl_tiny={eval_checkpoint}@0.5"
+    spec = f"bl_tiny={tiny_sam_checkpoint}@0.5"
     args = ["--images", str(eval_shapes.coco_images), "--teacher", spec, "--model", spec]
     args += ["--int8", "--device", "cpu", "--no-progress", "--out-dir", str(tmp_path)]
     assert main(args + ["--limit", "3"]) == 0
@@ -173,7 +173,7 @@ def test_int8_fidelity_against_the_same_weights_in_fp32_and_int8_miou(
 
 
 def test_unusable_annotations_are_listed_and_leave_valid_scores_unchanged(
-    eval_shapes, tmp_path: Path, eval_one_thread, capsys
+    eval_shapes, tmp_path: Path, one_thread, capsys
 ) -> None:
 
     ann, images = copy_coco(eval_shapes, tmp_path / "data")

@@ -10,17 +10,16 @@ from pathlib import Path
 from tests.eval_helpers import REPO, copy_coco, read_json
 from tools.eval_miou import main
 
-pytest_plugins = ("tests.eval_fixtures",)
-
 
 def test_two_gloo_processes_match_one_process(
-    eval_shapes, eval_checkpoint: Path, tmp_path: Path, eval_one_thread
+    eval_shapes, tiny_sam_checkpoint: Path, tmp_path: Path, one_thread
 ) -> None:
     ann, images = copy_coco(eval_shapes, tmp_path / "data")
     missing = sorted(images.iterdir())[2]
     missing.unlink()  # both runs must list it the same way
     args = ["--annotations", str(ann), "--images", str(images), "--device", "cpu", "--no-progress"]
-    args += ["--model", f"vit_tiny={eval_checkpoint}", "--model", f"bl_tiny={eval_checkpoint}@0.5"]
+    args += ["--model", f"vit_tiny={tiny_sam_checkpoint}"]
+    args += ["--model", f"bl_tiny={tiny_sam_checkpoint}@0.5"]
     args += ["--protocol", "edgesam", "--clicks", "1", "3", "--name", "run", "--threads", "1"]
 
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))

@@ -12,8 +12,6 @@ from biglittle_sam.eval.mask_ap import coco_mask_ap, load_detections
 from tests.eval_helpers import GroundTruthPredictor, coco_dataset, read_json, write_json
 from tools.eval_miou import main
 
-pytest_plugins = ("tests.eval_fixtures",)
-
 
 def _settings(eval_shapes, detections: Path, out: Path) -> EvalSettings:
     return EvalSettings(
@@ -59,7 +57,7 @@ def test_perfect_masks_from_ground_truth_boxes_score_ap_100(eval_shapes, tmp_pat
 
 
 def test_tiny_model_mask_ap_through_the_cli(
-    eval_shapes, tmp_path: Path, eval_one_thread, capsys
+    eval_shapes, tmp_path: Path, one_thread, capsys
 ) -> None:
     args = ["--task", "ap", "--annotations", str(eval_shapes.coco_annotations)]
     args += ["--images", str(eval_shapes.coco_images), "--detections", str(eval_shapes.detections)]

@@ -17,8 +17,6 @@ from biglittle_sam.eval import (
 )
 from tests.eval_helpers import GroundTruthPredictor, coco_dataset, read_json
 
-pytest_plugins = ("tests.eval_fixtures",)
-
 
 def _oracle_model(dataset, empty: bool = False) -> EvalModel:
     return EvalModel(

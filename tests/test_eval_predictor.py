@@ -22,8 +22,6 @@ from biglittle_sam.eval import (
 )
 from tests.eval_helpers import coco_dataset
 
-pytest_plugins = ("tests.eval_fixtures",)
-
 
 @pytest.fixture(scope="module")
 def random_vit_tiny() -> torch.nn.Module:
@@ -32,7 +30,7 @@ def random_vit_tiny() -> torch.nn.Module:
         return sam_model_registry["vit_tiny"]()
 
 
-def test_batched_prompts_match_sam_predictor(random_vit_tiny, eval_one_thread) -> None:
+def test_batched_prompts_match_sam_predictor(random_vit_tiny, one_thread) -> None:
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, size=(90, 130, 3), dtype=np.uint8)
     ours = SamMaskPredictor(
@@ -67,7 +65,7 @@ def test_batched_prompts_match_sam_predictor(random_vit_tiny, eval_one_thread) -
 
 
 def test_encoding_is_timed_and_evaluation_is_repeatable(
-    eval_shapes, random_vit_tiny, eval_one_thread
+    eval_shapes, random_vit_tiny, one_thread
 ) -> None:
     dataset = coco_dataset(eval_shapes)
     record = dataset.record(1)
@@ -118,18 +116,18 @@ def test_bad_model_specs_show_the_expected_form(text: str, message: str) -> None
         assert "NAME[=CHECKPOINT][@KEEP_RATIO]" in str(info.value)
 
 
-def test_build_models_from_checkpoints(eval_checkpoint: Path, tmp_path: Path) -> None:
-    assert _uses_sam_checkpoint(str(eval_checkpoint))
-    bl = sam_model_registry["bl_tiny"](sam_checkpoint=eval_checkpoint, keep_ratio=0.5)
+def test_build_models_from_checkpoints(tiny_sam_checkpoint: Path, tmp_path: Path) -> None:
+    assert _uses_sam_checkpoint(str(tiny_sam_checkpoint))
+    bl = sam_model_registry["bl_tiny"](sam_checkpoint=tiny_sam_checkpoint, keep_ratio=0.5)
     full = tmp_path / "bl_tiny.pth"
     from biglittle_sam import model_config
 
     save_model_checkpoint(full, bl, model_config(bl), teacher="vit_tiny")
     assert not _uses_sam_checkpoint(str(full))
     specs = [
-        f"vit_tiny={eval_checkpoint}",
-        f"bl_tiny={eval_checkpoint}@0.5",  # inherits from the SAM file
-        f"bl_tiny={eval_checkpoint}@0.25",  # shares the module above
+        f"vit_tiny={tiny_sam_checkpoint}",
+        f"bl_tiny={tiny_sam_checkpoint}@0.5",  # inherits from the SAM file
+        f"bl_tiny={tiny_sam_checkpoint}@0.25",  # shares the module above
         f"bl_tiny={full}@0.5",  # a full big.LITTLE checkpoint
     ]
     models = build_eval_models(specs, torch.device("cpu"))

@@ -15,7 +15,6 @@ from biglittle_sam.eval import EvalSettings, run_evaluation
 from biglittle_sam.train import FinetuneSettings, run_finetune
 from tools import finetune
 
-from .train_fixtures import *  # noqa: F401,F403 (fixtures)
 from .train_fixtures import (
     TEACHER_FIELDS,
     check_batch_equals_one_at_a_time,

@@ -15,7 +15,6 @@ from biglittle_sam.checkpoint import read_checkpoint
 from biglittle_sam.data import ShapesDataset
 from tools import distill
 
-from .train_fixtures import *  # noqa: F401,F403 (fixtures)
 from .train_fixtures import STUDENT_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,7 +24,6 @@ from biglittle_sam.train.logging import RunningMeans
 from biglittle_sam.train.optim import lr_factor
 from biglittle_sam.train.settings import TrainSettings, fingerprint_settings
 
-from .train_fixtures import *  # noqa: F401,F403 (fixtures)
 from .train_fixtures import STUDENT_OVERRIDES, fast_train
 
 

@@ -1,15 +1,17 @@
-"""Shared helpers for the training, distillation, cache and fine-tuning tests.
+"""Fixtures and helpers of the training, distillation, cache and fine-tuning tests.
 
 Everything is tiny (64 px inputs, an 8 x 8 token grid, two blocks) so that a training step takes
-milliseconds on one CPU thread. Fixtures come with ``from .train_fixtures import *``; helpers
-are imported by name.
+milliseconds on one CPU thread. ``tests/conftest.py`` registers this module as a plugin, so its
+fixtures (``shapes``, ``teacher_ckpt``, ``teacher_cache``) are built once per session and are
+read-only: a test that damages data makes its own with :func:`make_shapes` or :func:`build_cache`
+in ``tmp_path``. Helpers are imported by name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pytest
 import torch
@@ -22,9 +24,6 @@ from biglittle_sam.distill import CacheSettings, cache_teacher_embeddings
 from biglittle_sam.train import TrainSettings
 
 from .conftest import randomize_
-
-# The fixtures; test modules take them with ``from .train_fixtures import *`` (helpers by name).
-__all__ = ["one_thread", "shapes", "teacher_ckpt", "teacher_cache"]
 
 # A vit_tiny teacher at test size: 64 px, patch 8 (8 x 8 grid, 2 x 2 windows of 4), two blocks.
 TEACHER_FIELDS: Dict[str, Any] = dict(
@@ -110,29 +109,23 @@ def build_cache(images: Path, teacher: Path, out: Path, **changes: Any) -> Dict[
     return report
 
 
-@pytest.fixture()
-def one_thread() -> Iterator[None]:
-    """Run with one torch thread (tiny ops are fastest so), restoring the count afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> ShapesDataset:
+    """Six 48-64 px shapes images with COCO annotations (read-only)."""
     return make_shapes(tmp_path_factory.mktemp("shapes"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def teacher_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The random test teacher (:func:`save_teacher`), as a project checkpoint (read-only)."""
     return save_teacher(tmp_path_factory.mktemp("teacher") / "teacher.pth")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def teacher_cache(
     tmp_path_factory: pytest.TempPathFactory, shapes: ShapesDataset, teacher_ckpt: Path
 ) -> Path:
+    """The teacher's embeddings of ``shapes``, cached on one thread (read-only)."""
     out = tmp_path_factory.mktemp("cache") / "cache"
     before = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""The hardware a measurement ran on, as one line for reports (the speed and toy benchmarks).
+"""The hardware a measurement ran on, as one line for reports (the speed and proxy benchmarks).
 
 Timings and training budgets mean little without the machine behind them, so every benchmark
 report carries this line next to its figures.
@@ -34,7 +34,7 @@ def hardware_description(
 
     Arguments:
       device: the device measured on; a CUDA device is described by its name alone.
-      processes: for a job of several processes (the toy benchmark's gloo stages), how many; then
+      processes: for a job of several processes (the proxy benchmark's gloo stages), how many; then
         ``threads`` is each process's torch thread count and the torch version is added.
         None: one process, described with torch's current thread count.
       threads: torch threads per process of a multi-process job (default: torch's current count).

@@ -1,0 +1,169 @@
+"""Which model a checkpoint file holds, found before anything is built.
+
+:func:`resolve_checkpoint` reads a whole-SAM file (a project checkpoint, which stores its config,
+or an official SAM file, whose size is recognized from its keys) and checks it against the model
+asked for; :func:`check_inheritable` checks that a big.LITTLE model can inherit a SAM file's
+weights. Both raise a ``CheckpointError`` that names the file, what it holds and what to do.
+``build_sam`` builds and loads the models; this module only reads and checks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from .checkpoint import (
+    CheckpointError,
+    PathLike,
+    StateDict,
+    checkpoint_config,
+    describe_state_dict,
+    guess_model_name,
+    read_checkpoint,
+    split_checkpoint,
+)
+from .config import BIGLITTLE_CONFIGS, SAM_CONFIGS, BigLittleConfig, SamViTConfig, get_config
+from .model_spec import MODEL_NAMES
+
+__all__ = [
+    "read_sam_checkpoint",
+    "resolve_checkpoint",
+    "is_official_sam_checkpoint",
+    "check_inheritable",
+    "canonical_name",
+    "teacher_tag",
+]
+
+
+def _check_sam_flat(state: StateDict, path: PathLike) -> None:
+    """Refuse a state dict that is not a whole SAM (an encoder alone, say)."""
+    if not any(k.startswith("image_encoder.") for k in state):
+        raise CheckpointError(
+            f"{path}: not a whole-SAM checkpoint (no 'image_encoder.' keys); it looks like "
+            f"{describe_state_dict(state)}. An encoder-only file must first be merged with SAM's "
+            "prompt encoder and mask decoder: biglittle-sam-convert"
+        )
+
+
+def read_sam_checkpoint(path: PathLike) -> Tuple[StateDict, Dict[str, Any]]:
+    """A whole-SAM checkpoint's state dict and metadata (``weights_only=True``).
+
+    Raises:
+      CheckpointNotFoundError: no file at ``path``.
+      CheckpointError: unreadable or unsafe (see ``read_checkpoint``), or not a whole SAM (an
+        encoder-only file, which ``biglittle-sam-convert`` merges first).
+    """
+    state, meta = split_checkpoint(read_checkpoint(path), path)
+    _check_sam_flat(state, path)
+    return state, meta
+
+
+def canonical_name(name: Optional[str]) -> Optional[str]:
+    """``default`` is SAM ViT-H, as in segment_anything."""
+    return "vit_h" if name == "default" else name
+
+
+def _pretty(name: str) -> str:
+    """A registered model with its size, for messages: ``vit_b (768 wide, 12 blocks)``."""
+    config = get_config(name)
+    return f"{name} ({config.embed_dim} wide, {config.depth} blocks)"
+
+
+def _official_file_error(path: PathLike, name: str, looks_like: str) -> CheckpointError:
+    """An official SAM file given as ``checkpoint=`` to a big.LITTLE model: say what to do."""
+    teacher = BIGLITTLE_CONFIGS[name].teacher
+    if looks_like == teacher:
+        return CheckpointError(
+            f"{path}: is an official SAM checkpoint ({_pretty(looks_like)}), not a big.LITTLE "
+            f"one. To build {name} from it (P-blocks, neck and decoder inherited; E-blocks and "
+            f"routers fresh, not distilled), pass it as sam_checkpoint=... instead of "
+            "checkpoint=..."
+        )
+    fits = [n for n, c in BIGLITTLE_CONFIGS.items() if c.teacher == looks_like]
+    other = f", or build {fits[0]} from this file with sam_checkpoint=..." if fits else ""
+    return CheckpointError(
+        f"{path}: is an official SAM checkpoint of another size: {_pretty(looks_like)}; {name} "
+        f"inherits from {_pretty(teacher)}. Give a {teacher} checkpoint{other}"
+    )
+
+
+def resolve_checkpoint(
+    path: PathLike, name: Optional[str] = None, custom_sizes: bool = False
+) -> Tuple[SamViTConfig, StateDict, Dict[str, Any]]:
+    """The config of the model in a checkpoint, with its state dict and metadata.
+
+    A checkpoint written by this project stores its config, validated here before anything is
+    built (``checkpoint_config``). An official SAM file does not: its size is taken from ``name``
+    or recognized from its keys (``vit_b``, ``vit_l``, ``vit_h``). A ``name`` that disagrees with
+    the file is an error naming both; an official SAM file named as a big.LITTLE model is an error
+    telling to pass it as ``sam_checkpoint=`` (``bl_*`` checkpoints are loaded strictly, and a
+    model inheriting from SAM is not distilled). With ``custom_sizes`` a stored plain SAM config
+    of any name is accepted for ``name`` (``vit_tiny`` builds custom sizes).
+
+    Raises:
+      CheckpointError: unreadable, not a whole SAM, a bad stored config, of another model than
+        ``name``, or of unknown size with no ``name`` given.
+    """
+    wanted = canonical_name(name)
+    state, meta = read_sam_checkpoint(path)
+    config = checkpoint_config(meta, state, path)
+    looks_like = guess_model_name(state)
+    if config is None:
+        if wanted in BIGLITTLE_CONFIGS and looks_like in SAM_CONFIGS:
+            raise _official_file_error(path, wanted, looks_like)
+        guessed = wanted or looks_like
+        if guessed is None or guessed not in SAM_CONFIGS and guessed not in BIGLITTLE_CONFIGS:
+            raise CheckpointError(
+                f"{path}: cannot tell which model this is (no stored config, and it looks like "
+                f"{describe_state_dict(state)}); name it: one of {sorted(MODEL_NAMES)}"
+            )
+        config = get_config(guessed)
+    custom = custom_sizes and not isinstance(config, BigLittleConfig)
+    if wanted is not None and wanted != config.name and not custom:
+        raise CheckpointError(
+            f"{path}: holds a '{config.name}' model, not '{name}'; build it as '{config.name}' "
+            f"(sam_model_registry['{config.name}'], --model {config.name})"
+        )
+    return config, state, meta
+
+
+def teacher_tag(meta: Mapping[str, Any]) -> Optional[str]:
+    """The teacher tag a checkpoint's metadata records (``"vit_b:sam_vit_b_01ec64.pth"``), or
+    None."""
+    teacher = meta.get("teacher")
+    return teacher if isinstance(teacher, str) else None
+
+
+def is_official_sam_checkpoint(path: PathLike) -> bool:
+    """Whether a file is a plain SAM checkpoint (official, or a plain ``vit_*`` of this project).
+
+    Used where one argument may name either a big.LITTLE checkpoint or the SAM file to inherit
+    from (``bl_b=sam_vit_b_01ec64.pth`` in a model spec).
+    """
+    state, meta = read_sam_checkpoint(path)
+    config = meta.get("config")
+    if isinstance(config, Mapping):
+        return "little_dim" not in config
+    looks_like = guess_model_name(state)
+    if looks_like is not None:
+        return not looks_like.startswith("bl_")
+    return not any(".little." in k for k in state)
+
+
+def check_inheritable(config: BigLittleConfig, state: StateDict, path: PathLike) -> None:
+    """A SAM state dict a big.LITTLE ``config`` can inherit from: not big.LITTLE itself, and not a
+    recognized SAM of another size (both sizes named)."""
+    looks_like = guess_model_name(state)
+    if looks_like is not None and looks_like.startswith("bl_"):
+        raise CheckpointError(
+            f"{path}: is a big.LITTLE checkpoint ({looks_like}); pass it as checkpoint=..., "
+            "sam_checkpoint is for official SAM files"
+        )
+    if looks_like in SAM_CONFIGS:
+        size = SAM_CONFIGS[looks_like]
+        if (size.embed_dim, size.depth) != (config.embed_dim, config.depth):
+            raise CheckpointError(
+                f"{path}: does not fit model '{config.name}': it is SAM {_pretty(looks_like)}, "
+                f"but {config.name} is "
+                f"{config.embed_dim} wide with {config.depth} blocks and inherits from SAM "
+                f"{config.teacher}; give a {config.teacher} checkpoint"
+            )

@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..config import DEFAULT_KEEP_RATIO
 from .engine import EncodedImage, Prediction
 from .images import LoadedImage
 from .prompts import PromptSet
@@ -60,7 +61,7 @@ class Settings:
     """
 
     model: str
-    keep_ratio: float = 0.5
+    keep_ratio: float = DEFAULT_KEEP_RATIO
     mode: str = MODE_POSITIVE
     multimask: bool = True
     heat: bool = False
@@ -102,7 +103,7 @@ def _remove_tree(path: str) -> None:
 
 
 def _remove_uploads(uploads: List[Path]) -> None:
-    """Delete the upload files (and Gradio's per-upload folder, when now empty); empties the list."""
+    """Delete the uploads (and Gradio's per-upload folder, when now empty); empties the list."""
     for upload in uploads:
         upload.unlink(missing_ok=True)
         try:

@@ -58,7 +58,9 @@ class ServeSettings:
     )
     no_builtin: bool = flag(False, "do not offer the built-in toy models", group=_MODELS)
     device: str = flag("auto", "auto (CUDA when available), cpu, cuda or cuda:N", group=_MODELS)
-    threads: Optional[int] = flag(None, "torch CPU threads (default: torch's choice)", group=_MODELS)
+    threads: Optional[int] = flag(
+        None, "torch CPU threads (default: torch's choice)", group=_MODELS
+    )
     host: str = flag("127.0.0.1", "address to bind", group=_SERVER)
     port: Optional[int] = flag(None, "port (default: Gradio's, 7860)", group=_SERVER)
     share: bool = flag(False, "also open a public gradio.live link", group=_SERVER)

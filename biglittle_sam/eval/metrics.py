@@ -11,7 +11,7 @@ ends are inclusive, so an object of area exactly 32^2 (or 96^2) counts in both n
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -97,8 +97,3 @@ def summarize_ious(ious: Sequence[float], areas: Sequence[float]) -> Dict[str, o
         out[name] = float(values[member].mean()) if n else None
     out["count"] = counts
     return out
-
-
-def mean_or_none(values: Sequence[float]) -> Optional[float]:
-    """The mean of ``values``, or None when there are none."""
-    return float(np.mean(values)) if len(values) else None

@@ -126,12 +126,8 @@ def export_image_encoder(
     encoder, sam = _split_model(model)
     big_little = isinstance(encoder, ImageEncoderBigLittle)
     if keep_ratio is not None:
-        keep_ratio = validate_keep_ratio(keep_ratio)
-        if not big_little and keep_ratio != 1.0:
-            raise ValueError(
-                f"{type(encoder).__name__} is plain SAM and has no keep ratio below 1 "
-                f"(got {keep_ratio}); keep ratios apply to big.LITTLE encoders"
-            )
+        plain_sam = None if big_little else type(encoder).__name__
+        keep_ratio = validate_keep_ratio(keep_ratio, plain_sam=plain_sam)
     opset = validate_opset(opset)
     size = int(encoder.img_size)
     if img_size is not None and img_size != size:

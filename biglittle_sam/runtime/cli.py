@@ -249,7 +249,8 @@ def add_settings_flags(
                 groups[spec.group] = _group(parser, spec.group)
             target = groups[spec.group]
         # a comment is plain text; argparse reads % in help as a format
-        help_text = spec.help if spec.help is not None else comments.get(name, "").replace("%", "%%")
+        comment = comments.get(name, "").replace("%", "%%")
+        help_text = spec.help if spec.help is not None else comment
         flags = [spec.name or "--" + name.replace("_", "-"), *spec.aliases]
         target.add_argument(*flags, **_flag_words(field, hints[name], help_text))
         for old in spec.old:

@@ -24,13 +24,7 @@ from .loop import TrainResult, TrainTask, resolve_resume, run_training
 from .losses import bce_loss, dice_loss, mask_iou, sigmoid_focal_loss
 from .models import build_model, build_student, file_sha256, load_sam, student_config
 from .parts import PARTS, parse_parts, select_trainable, trainable_summary
-from .settings import (
-    TrainSettings,
-    fingerprint_settings,
-    keep_ratio_for_step,
-    replace_train,
-    settings_to_dict,
-)
+from .settings import TrainSettings, fingerprint_settings, keep_ratio_for_step, settings_to_dict
 from .state import check_resume_compatible, load_training_checkpoint
 
 __all__ = [
@@ -60,7 +54,6 @@ __all__ = [
     "mask_iou",
     "parse_parts",
     "preprocess_image",
-    "replace_train",
     "resolve_resume",
     "run_finetune",
     "run_training",

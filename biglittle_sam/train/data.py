@@ -450,9 +450,6 @@ class StreamSampler(Sampler[Tuple[int, int]]):
         self._epoch = -1
         self._perm: Optional[Tensor] = None
 
-    def epoch_of(self, position: int) -> int:
-        return position // self.size
-
     def index_at(self, position: int) -> int:
         """The dataset item at a global stream position."""
         epoch, offset = divmod(position, self.size)

@@ -14,7 +14,6 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "base_lr",
-    "current_lr",
     "lr_factor",
     "no_decay",
 ]
@@ -95,11 +94,6 @@ def build_scheduler(
     total, warmup, ratio = settings.steps, settings.effective_warmup, settings.min_lr_ratio
     factor: Callable[[int], float] = lambda step: lr_factor(step, total, warmup, ratio)  # noqa
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def current_lr(optimizer: torch.optim.Optimizer) -> Tuple[float, ...]:
-    """The learning rate of every parameter group."""
-    return tuple(float(g["lr"]) for g in optimizer.param_groups)
 
 
 def base_lr(optimizer: torch.optim.Optimizer) -> float:

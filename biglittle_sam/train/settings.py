@@ -25,7 +25,6 @@ __all__ = [
     "without_later_defaults",
     "LATER_FIELDS",
     "keep_ratio_for_step",
-    "replace_train",
 ]
 
 AMP_MODES = ("auto", "bf16", "off")
@@ -183,8 +182,3 @@ def fingerprint_settings(settings: Any, free: frozenset) -> Dict[str, Any]:
         k: v for k, v in settings_to_dict(settings.train).items() if k not in RESUME_FREE_FIELDS
     }
     return {"task": task, "train": train}
-
-
-def replace_train(settings: Any, **changes: Any) -> Any:
-    """A copy of a task's settings with ``changes`` applied to its ``train`` settings."""
-    return dataclasses.replace(settings, train=dataclasses.replace(settings.train, **changes))

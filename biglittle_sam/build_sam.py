@@ -102,6 +102,11 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 # Keys of a big.LITTLE model that a plain SAM checkpoint cannot provide: they start fresh.
 NEW_IN_BIGLITTLE = (".little.", ".router.")
 
+# segment_anything's own builders, taken when this module is imported. Looking them up in its
+# registry at call time would recurse once a user merges this registry into that one
+# (``segment_anything.sam_model_registry.update(biglittle_sam.sam_model_registry)``).
+_UPSTREAM_BUILDERS: Dict[str, Callable[..., Sam]] = dict(upstream_registry)
+
 
 def _build_vit_encoder(config: SamViTConfig) -> ImageEncoderViT:
     return ImageEncoderViT(
@@ -272,7 +277,7 @@ def _build_upstream_sam(
     state: Optional[StateDict] = None
     if path is not None:
         _, state, _ = resolve_checkpoint(path, name)
-    sam = upstream_registry[name](checkpoint=None)
+    sam = _UPSTREAM_BUILDERS[name](checkpoint=None)
     if state is not None:
         load_state_dict_strict(sam, state, path or "", name)
     sam.eval()

@@ -46,6 +46,21 @@ def test_upstream_key_delegates_to_segment_anything(tmp_path: Path) -> None:
         sam_model_registry["vit_b"](depth=2)
 
 
+def test_merged_into_segment_anythings_registry_upstream_keys_still_build(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pipeline that only knows segment_anything's registry can be given ours by merging it in;
+    the upstream keys, which ours delegate to segment_anything, must not then call themselves."""
+    import segment_anything
+
+    for name, builder in sam_model_registry.items():
+        monkeypatch.setitem(segment_anything.sam_model_registry, name, builder)
+    sam = segment_anything.sam_model_registry["vit_b"]()
+    assert isinstance(sam.image_encoder, ImageEncoderViT) and sam.image_encoder.img_size == 1024
+    student = segment_anything.sam_model_registry["bl_tiny"]()
+    assert type(student.image_encoder).__name__ == "ImageEncoderBigLittle"
+
+
 def test_inherits_every_sam_weight(tiny_sam_checkpoint: Path) -> None:
     official = torch.load(tiny_sam_checkpoint, map_location="cpu", weights_only=True)
     bl = sam_model_registry["bl_tiny"](sam_checkpoint=tiny_sam_checkpoint)

@@ -8,6 +8,9 @@ PY := $(VENV)/bin/python
 # build; these two releases are the ones this project is developed and tested with.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# Two test processes (pytest-xdist), one file each at a time so module fixtures are built once: most
+# tests keep one core busy, and the suite runs on two. PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 2
 BENCH_ARGS ?=
 DEMO_ARGS ?=
 GPU_ARGS ?=
@@ -41,7 +44,7 @@ browser:
 
 # --durations=15: the 15 slowest tests, at the end of the log.
 test: venv browser
-	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 test-slow: venv
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 from ..runtime.cli import flag
 from .session import CACHE_ENTRIES
@@ -66,6 +66,11 @@ class ServeSettings:
     share: bool = flag(False, "also open a public gradio.live link", group=_SERVER)
 
 
+def _bound(default: float, kind: Callable[[str], float], metavar: str, text: str) -> Any:
+    """A field of :class:`Bounds`: a positive number, in the bounds' flag group."""
+    return flag(default, text, type=positive(kind), metavar=metavar, group=_BOUNDS)
+
+
 @dataclass(frozen=True)
 class Bounds:
     """What the server keeps per user, and for how long.
@@ -80,33 +85,17 @@ class Bounds:
       encodings_per_session: encoder outputs cached per session (model x keep ratio).
     """
 
-    max_sessions: int = flag(
-        64,
-        "sessions kept in memory; beyond N the least recently used goes",
-        type=positive(int),
-        metavar="N",
-        group=_BOUNDS,
+    max_sessions: int = _bound(
+        64, int, "N", "sessions kept in memory; beyond N the least recently used goes"
     )
-    session_ttl: float = flag(
-        1800.0,
-        "an idle session is deleted with its files after this",
-        type=positive(float),
-        metavar="SECONDS",
-        group=_BOUNDS,
+    session_ttl: float = _bound(
+        1800.0, float, "SECONDS", "an idle session is deleted with its files after this"
     )
-    file_max_age: int = flag(
-        3600,
-        "uploaded and served files older than this are deleted",
-        type=positive(int),
-        metavar="SECONDS",
-        group=_BOUNDS,
+    file_max_age: int = _bound(
+        3600, int, "SECONDS", "uploaded and served files older than this are deleted"
     )
-    encodings_per_session: int = flag(
-        CACHE_ENTRIES,
-        "encoder outputs cached per session (model x ratio)",
-        type=positive(int),
-        metavar="N",
-        group=_BOUNDS,
+    encodings_per_session: int = _bound(
+        CACHE_ENTRIES, int, "N", "encoder outputs cached per session (model x ratio)"
     )
 
     def __post_init__(self) -> None:

@@ -19,6 +19,14 @@ Examples:
     biglittle-sam-eval --task fidelity --images some_images/ --teacher vit_b=sam_vit_b_01ec64.pth \\
         --model bl_b=bl_b.pth@0.25
 
+    # your own photos, no labels: masks at keep ratio 0.5 against the same checkpoint at 1
+    # (a 16 x 16 grid of clicks; --agreement-prompts amg compares automatic masks instead)
+    biglittle-sam-eval --images my_photos/ --reference bl_b=bl_b.pth@1 --model bl_b=bl_b.pth@0.5
+
+    # int8 against fp32 on the same photos (the --reference stays fp32)
+    biglittle-sam-eval --images my_photos/ --reference bl_b=bl_b.pth@0.5 \\
+        --model bl_b=bl_b.pth@0.5 --int8 --device cpu
+
     # several processes: images are sharded, numbers equal a single-process run
     torchrun --nproc_per_node=8 -m biglittle_sam_tools.eval_miou ...
 
@@ -48,7 +56,7 @@ def _examples() -> str:
 # The flags of each --help group, in the order shown; name, help, choices and default come from
 # the ``EvalSettings`` field.
 _GROUPS = {
-    "models": ("models", "teacher", "device", "int8", "threads", "seed"),
+    "models": ("models", "teacher", "reference", "device", "int8", "threads", "seed"),
     "data": (
         "dataset",
         "annotations",
@@ -61,6 +69,13 @@ _GROUPS = {
         "strict",
     ),
     "prompts": ("prompts", "clicks", "protocol", "mask_choice", "detections", "max_detections"),
+    "agreement (no labels)": (
+        "agreement_prompts",
+        "points_per_side",
+        "iou_match",
+        "pred_iou_thresh",
+        "stability_score_thresh",
+    ),
     "output": ("out_dir", "name", "plot_x", "progress", "save_masks"),
 }
 
@@ -71,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="biglittle-sam-eval",
         description=(
             "Score SAM and big.LITTLE SAM masks: mIoU with box / click prompts (COCO, LVIS,\n"
-            "SA-1B), mask AP from detector boxes, or embedding fidelity against a teacher.\n"
+            "SA-1B), mask AP from detector boxes, embedding fidelity against a teacher, or\n"
+            "agreement with a reference model's masks on any folder of images (no labels).\n"
             "Writes <out-dir>/<name>.json, .md and .png."
         ),
         epilog=_examples(),

@@ -28,10 +28,17 @@ class ImageFolder(EvalDataset):
         """
         self.root = Path(root)
         if not self.root.is_dir():
+            if self.root.exists():
+                raise DatasetError(f"{self.root}: not a folder (an image folder is expected)")
             raise DatasetError(f"{self.root}: image folder not found")
-        files = sorted(
-            p for p in self.root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
+        try:
+            files = sorted(
+                p for p in self.root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+        except OSError as e:  # no permission to list it, or an I/O error
+            raise DatasetError(
+                f"{self.root}: cannot read the image folder ({e.strerror or e})"
+            ) from None
         if not files:
             raise DatasetError(
                 f"{self.root}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder"

@@ -1,5 +1,6 @@
 """Mask evaluation: COCO / LVIS / SA-1B mIoU with box and click prompts, mask AP from detector
-boxes, and student-vs-teacher embedding fidelity, for any model in the registry.
+boxes, student-vs-teacher embedding fidelity, and agreement with a reference model's masks on any
+image folder (no labels), for any model in the registry.
 
 The protocol is described in ``eval/prompts.py`` (clicks) and ``eval/metrics.py`` (scores); a run
 is configured by :class:`EvalSettings` and started with :func:`run_evaluation` (the
@@ -8,6 +9,14 @@ is configured by :class:`EvalSettings` and started with :func:`run_evaluation` (
 
 from ..fidelity import embedding_fidelity, valid_embedding_size
 from ..runtime.distributed import DistContext, init_distributed, resolve_device
+from .agreement import (
+    AGREEMENT_PROMPTS,
+    agreement_summary,
+    best_match_ious,
+    grid_points,
+    iou_matrix,
+    run_agreement,
+)
 from .engine import PromptSettings, evaluate_image
 from .mask_ap import coco_mask_ap, load_detections, predict_detection_masks
 from .metrics import AREA_BINS, area_bins, batch_iou, mask_iou, summarize_ious
@@ -44,6 +53,7 @@ from .runner import (
 )
 
 __all__ = [
+    "AGREEMENT_PROMPTS",
     "AREA_BINS",
     "DATASETS",
     "PROTOCOLS",
@@ -60,7 +70,9 @@ __all__ = [
     "PromptBatch",
     "PromptSettings",
     "SamMaskPredictor",
+    "agreement_summary",
     "area_bins",
+    "best_match_ious",
     "batch_iou",
     "box_xywh_to_xyxy",
     "build_dataset",
@@ -71,9 +83,11 @@ __all__ = [
     "embedding_fidelity",
     "evaluate_image",
     "evit_click",
+    "grid_points",
     "init_distributed",
     "instance_rng",
     "interior_point",
+    "iou_matrix",
     "load_detections",
     "markdown_table",
     "mask_iou",
@@ -81,6 +95,7 @@ __all__ = [
     "plot_results",
     "predict_detection_masks",
     "resolve_device",
+    "run_agreement",
     "run_evaluation",
     "run_fidelity",
     "run_mask_ap",

@@ -1,7 +1,8 @@
 """Writing results: the JSON file, a markdown table for the README, and a PNG plot.
 
-The plot puts one point per model and keep ratio: the quality metric (mIoU, mask AP or embedding
-cosine) against the encoder latency measured during the run, or against analytic GMACs.
+The plot puts one point per model and keep ratio: the quality metric (mIoU, mask AP, embedding
+cosine, or mIoU against a reference model) against the encoder latency measured during the run,
+or against analytic GMACs.
 matplotlib is imported only here, with the Agg backend.
 """
 
@@ -86,6 +87,8 @@ def markdown_table(result: Dict[str, Any]) -> str:
         lines = _miou_lines(result, device)
     elif task == "ap":
         lines = _mask_ap_lines(result, device)
+    elif task == "agreement":
+        lines = _agreement_lines(result, device)
     else:
         lines = _fidelity_lines(result, device)
     return "\n".join(lines) + "\n"
@@ -154,6 +157,66 @@ def _fidelity_lines(result: Dict[str, Any], device: str) -> List[str]:
     return lines + _plain_table(header, rows)
 
 
+def _percent(value: Optional[float]) -> str:
+    return "-" if value is None else f"{100.0 * value:.1f}%"
+
+
+def _agreement_prompt_text(settings: Dict[str, Any]) -> Tuple[str, str]:
+    """Task agreement: a short name of the prompts for the title, and how masks are matched."""
+    n = settings["points_per_side"]
+    if settings["agreement_prompts"] == "amg":
+        return f"automatic masks, {n} points per side", (
+            f"Each model runs the automatic mask generator ({n} x {n} points, predicted IoU >= "
+            f"{settings['pred_iou_thresh']:g}, stability >= "
+            f"{settings['stability_score_thresh']:g}); each reference mask is matched with the "
+            "model's mask of the highest IoU (0 when it has none)."
+        )
+    return f"a {n} x {n} point grid", (
+        "Each grid point is one positive click; a model's mask for it is its multimask output "
+        "with the highest predicted IoU, scored against the reference's mask for the same point "
+        "(points where the reference's mask is empty are skipped)."
+    )
+
+
+def _agreement_lines(result: Dict[str, Any], device: str) -> List[str]:
+    """Task agreement: the reference, mIoU against it and the share of close matches per model."""
+    settings = result["settings"]
+    title, how = _agreement_prompt_text(settings)
+    ds = result["dataset"]
+    match = f"IoU ≥ {settings['iou_match']:g}"
+    reference = result["reference"]["label"]
+    lines = [f"### Agreement with `{reference}` on {_source(result)}, {title}", ""]
+    lines.append(
+        f"{how} No labels: the reference's masks stand in for ground truth. Encoder time on "
+        f"{device}."
+    )
+    counted = f"{ds['reference_masks']} reference masks scored, {ds['reference_empty']} empty"
+    if "points" in ds:
+        counted = f"{ds['points']} points, " + counted + " (skipped)"
+    lines += [_dataset_line(result) + f"; {counted}.", ""]
+    amg = settings["agreement_prompts"] == "amg"
+    header = ["model", "keep ratio", "GMACs", "encoder ms", "mIoU", match] + (["masks"] * amg)
+    rows = []
+    for m in result["models"]:
+        a = m["agreement"]
+        cells = [m["label"], *_cost_cells(m), _num(a["miou"]["all"]), _percent(a["share"]["all"])]
+        rows.append(cells + ([str(a["masks"])] if amg else []))
+    lines += _plain_table(header, rows)
+    lines += ["", f"mIoU and {match} by reference mask size (small / medium / large):", ""]
+    rows = []
+    for m in result["models"]:
+        a = m["agreement"]
+        bins = ("small", "medium", "large")
+        rows.append(
+            [
+                m["label"],
+                " / ".join(_num(a["miou"][b], 1) for b in bins),
+                " / ".join(_percent(a["share"][b]) for b in bins),
+            ]
+        )
+    return lines + _plain_table(["model", "mIoU", match], rows)
+
+
 def _table(
     header: List[str], cost: List[List[str]], models: List[Dict[str, Any]], names: List[str]
 ) -> List[str]:
@@ -181,6 +244,11 @@ def _series(result: Dict[str, Any]) -> Tuple[str, List[Tuple[str, List[Optional[
         return "mIoU", series
     if task == "ap":
         return "mask AP", [("AP", [m["mask_ap"]["AP"] for m in models])]
+    if task == "agreement":
+        reference = result["reference"]["label"]
+        return f"mIoU against {reference}", [
+            ("mIoU", [m["agreement"]["miou"]["all"] for m in models])
+        ]
     return "embedding cosine similarity", [("cosine", [m["fidelity"]["cosine"] for m in models])]
 
 

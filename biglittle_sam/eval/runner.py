@@ -1,12 +1,14 @@
 """One evaluation run: settings in, results (JSON, markdown, PNG) out.
 
-Three tasks share one loop over images: each image is read once, each model encodes it once, and
+Four tasks share one loop over images: each image is read once, each model encodes it once, and
 every prompt of every setting reuses that embedding.
 
 - ``miou``: box and click prompts from ground truth on COCO, LVIS or SA-1B; per-instance IoU and
   mIoU by object size.
 - ``ap``: box prompts from a detections file; COCO mask AP.
 - ``fidelity``: student vs teacher embeddings on an image folder; MSE and cosine similarity.
+- ``agreement``: masks vs a reference model's masks on any image folder, no labels (a point grid
+  or the automatic mask generator as prompts); mIoU and the share of masks with IoU >= 0.9.
 
 Under ``torchrun`` the images are sharded over the processes and the results gathered on rank 0,
 which alone writes the outputs; the numbers are those of a single-process run. On CPU that holds
@@ -15,8 +17,8 @@ OMP_NUM_THREADS=1; pass ``threads=1`` / ``--threads 1`` to the single-process ru
 matrix products sum in a thread-dependent order.
 
 The parts: :class:`EvalSettings` and its checks in ``eval/settings.py``, the dataset and the shared
-image loop in ``eval/loop.py``, the three tasks in ``eval/tasks.py``; this module runs one task and
-writes the result.
+image loop in ``eval/loop.py``, three tasks in ``eval/tasks.py`` and the agreement task in
+``eval/agreement.py``; this module runs one task and writes the result.
 
     from biglittle_sam.eval import EvalSettings, run_evaluation
     result = run_evaluation(EvalSettings(
@@ -35,6 +37,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from ..runtime.distributed import init_distributed
+from .agreement import run_agreement
 from .loop import build_dataset, given_value, warn_annotation_issues
 from .models import build_eval_models
 from .report import write_outputs
@@ -50,6 +53,7 @@ __all__ = [
     "run_miou",
     "run_mask_ap",
     "run_fidelity",
+    "run_agreement",
 ]
 
 FORMAT_NAME = "biglittle-sam-eval"
@@ -79,6 +83,11 @@ def run_evaluation(settings: EvalSettings) -> Optional[Dict[str, Any]]:
             partial = run_miou(s, dataset, models, ctx)
         elif s.task == "ap":
             partial = run_mask_ap(s, dataset, models, ctx)
+        elif s.task == "agreement":
+            reference_spec = given_value(s.reference, "--reference")
+            reference = build_eval_models([reference_spec], device, s.seed)[0]
+            reference.label = f"reference {reference.label}"
+            partial = run_agreement(s, dataset, models, ctx, reference)
         else:
             teacher_spec = given_value(s.teacher, "--teacher")
             teacher = build_eval_models([teacher_spec], device, s.seed)[0]

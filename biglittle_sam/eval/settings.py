@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
+from ..data.folder import ImageFolder
 from ..model_spec import SPEC_FORM, model_spec_arg
 from ..runtime.cli import flag
 from .engine import PROMPT_KINDS, PromptSettings
@@ -17,9 +18,10 @@ from .predictor import MASK_CHOICES
 from .prompts import PROTOCOLS
 from .report import PLOT_X
 
-__all__ = ["TASKS", "DATASETS", "EvalSettings", "output_name"]
+__all__ = ["TASKS", "DATASETS", "AGREEMENT_PROMPTS", "EvalSettings", "output_name"]
 
-TASKS = ("miou", "ap", "fidelity")
+TASKS = ("miou", "ap", "fidelity", "agreement")
+AGREEMENT_PROMPTS = ("grid", "amg")
 DATASETS = ("coco", "lvis", "sa1b", "folder")
 
 
@@ -43,7 +45,8 @@ class EvalSettings:
     )
     task: Optional[str] = flag(
         None,
-        "what to measure (default: ap with --detections, fidelity with --teacher, else miou)",
+        "what to measure (default: ap with --detections, fidelity with --teacher, agreement "
+        "with --reference, else miou)",
         choices=TASKS,
     )
     dataset: Optional[str] = flag(
@@ -57,7 +60,8 @@ class EvalSettings:
     images: Optional[str] = flag(
         None,
         "image folder (COCO: val2017/; LVIS: the folder holding train2017/ and val2017/; "
-        "SA-1B: the folder of sa_<id>.jpg + .json; fidelity: any image folder; required)",
+        "SA-1B: the folder of sa_<id>.jpg + .json; fidelity, agreement: any image folder; "
+        "required)",
         metavar="DIR",
     )
     detections: Optional[str] = flag(
@@ -65,6 +69,30 @@ class EvalSettings:
     )
     teacher: Optional[str] = flag(
         None, "teacher model spec for --task fidelity", type=_spec_text, metavar="SPEC"
+    )
+    reference: Optional[str] = flag(
+        None,
+        "task agreement: the model whose masks the --model masks are scored against",
+        type=_spec_text,
+        metavar="SPEC",
+    )
+    agreement_prompts: str = flag(
+        "grid",
+        "task agreement: grid (each point of a points-per-side grid is one click) or amg (the "
+        "automatic mask generator's masks, each reference mask matched with its best)",
+        choices=AGREEMENT_PROMPTS,
+    )
+    points_per_side: int = flag(
+        16, "task agreement: points per side of the grid (both kinds; upstream's AMG uses 32)"
+    )
+    iou_match: float = flag(
+        0.9, "task agreement: the IoU with the reference's mask that counts as a match"
+    )
+    pred_iou_thresh: float = flag(
+        0.88, "task agreement, amg: the generator's predicted-IoU filter (upstream's value)"
+    )
+    stability_score_thresh: float = flag(
+        0.95, "task agreement, amg: the generator's stability filter (upstream's value)"
     )
     prompts: Tuple[str, ...] = flag(
         PROMPT_KINDS,
@@ -125,20 +153,19 @@ class EvalSettings:
     int8: bool = flag(
         False,
         "run every --model's image encoder in dynamic int8 (CPU only; the --teacher of task "
-        "fidelity stays fp32, so the same spec as --teacher measures int8's error)",
+        "fidelity and the --reference of task agreement stay fp32, so the same spec as --teacher "
+        "or --reference measures int8's error)",
     )
 
     def resolved(self) -> "EvalSettings":
         """A copy with ``task`` and ``dataset`` filled in; ValueError for combinations that
         cannot work, naming the flag that is missing."""
-        task = self.task
-        if task is None:
-            task = "ap" if self.detections else "fidelity" if self.teacher else "miou"
+        task = self.task or self._default_task()
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         dataset = self.dataset
         if dataset is None:
-            if task == "fidelity":
+            if task in ("fidelity", "agreement"):
                 dataset = "folder"
             elif self.annotations:
                 dataset = "lvis" if "lvis" in Path(self.annotations).name.lower() else "coco"
@@ -165,8 +192,12 @@ class EvalSettings:
                 raise ValueError("task 'ap' needs --detections (COCO results json with boxes)")
         if task == "fidelity" and not self.teacher:
             raise ValueError("task 'fidelity' needs --teacher NAME=CHECKPOINT")
+        if task == "agreement":
+            self._check_agreement()
         if task == "miou" and dataset == "folder":
             raise ValueError("task 'miou' needs annotations: use --dataset coco, lvis or sa1b")
+        if dataset == "folder":
+            ImageFolder(self.images)  # DatasetError naming the folder: missing, empty, unreadable
         if self.plot_x not in PLOT_X:
             raise ValueError(f"plot_x must be one of {PLOT_X}, got {self.plot_x!r}")
         if self.limit is not None and self.limit < 1:
@@ -177,6 +208,35 @@ class EvalSettings:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         _ = self.prompt_settings  # ValueError for bad prompts, clicks, protocol or mask choice
         return dataclasses.replace(self, task=task, dataset=dataset)
+
+    def _default_task(self) -> str:
+        """The task the flags given imply: ap, fidelity or agreement by the input they name."""
+        if self.detections:
+            return "ap"
+        if self.teacher:
+            return "fidelity"
+        return "agreement" if self.reference else "miou"
+
+    def _check_agreement(self) -> None:
+        """ValueError naming the flag of a task-agreement setting that cannot work."""
+        if not self.reference:
+            raise ValueError(
+                f"task 'agreement' needs --reference (the model to compare with): {SPEC_FORM}"
+            )
+        if self.agreement_prompts not in AGREEMENT_PROMPTS:
+            raise ValueError(
+                f"--agreement-prompts must be one of {AGREEMENT_PROMPTS}, "
+                f"got {self.agreement_prompts!r}"
+            )
+        if self.points_per_side < 1:
+            raise ValueError(f"--points-per-side must be >= 1, got {self.points_per_side}")
+        if not 0.0 < self.iou_match <= 1.0:
+            raise ValueError(f"--iou-match must be in (0, 1], got {self.iou_match}")
+        for name in ("pred_iou_thresh", "stability_score_thresh"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                flag_name = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag_name} must be in [0, 1], got {value}")
 
     @property
     def prompt_settings(self) -> PromptSettings:

@@ -14,6 +14,11 @@ returns an upstream ``segment_anything.modeling.Sam`` in eval mode, so ``SamPred
   from. An official SAM file given as ``checkpoint=`` is refused with a message that says to pass
   it as ``sam_checkpoint=``: the result would not be distilled, which a strict ``checkpoint=``
   load must never hide. A SAM file of another size names both sizes.
+- ``training_free=True`` (big.LITTLE names): official SAM weights alone, no E-blocks, no routers,
+  no training (``modeling.training_free``): ``sam_model_registry["bl_b"](sam_checkpoint=
+  "sam_vit_b_01ec64.pth", keep_ratio=0.5, training_free=True)``. The official file may also come
+  as ``checkpoint=``; ``token_score``, ``skip_rule``, ``dense_layers`` and ``dense_global`` choose
+  the recipe (``BigLittleConfig``). A distilled big.LITTLE checkpoint is refused in this mode.
 
 Each name has its builder (``build_bl_b``, ``build_vit_tiny``...), which fills in its config and
 calls one private builder per kind: segment_anything's, a custom-size plain SAM, big.LITTLE.
@@ -54,6 +59,7 @@ from .config import (
 from .model_files import (
     canonical_name,
     check_inheritable,
+    distilled_checkpoint_error,
     is_official_sam_checkpoint,
     read_sam_checkpoint,
     resolve_checkpoint,
@@ -315,9 +321,15 @@ def _build_biglittle_sam(
     name = config.name
     state: Optional[StateDict] = None
     teacher: Optional[str] = None
+    training_free = bool(overrides.get("training_free", config.training_free))
+    if training_free and sam_checkpoint is None and checkpoint is not None:
+        if is_official_sam_checkpoint(checkpoint):  # all that a training-free model needs
+            checkpoint, sam_checkpoint = None, checkpoint
     if checkpoint is not None:
         config, state, meta = resolve_checkpoint(checkpoint, name)
         teacher = teacher_tag(meta)
+        if training_free and not config.training_free:
+            raise distilled_checkpoint_error(checkpoint, config.name)
     config = dataclasses.replace(config, **overrides)
     if keep_ratio is not None:
         config = dataclasses.replace(config, keep_ratio=validate_keep_ratio(keep_ratio))

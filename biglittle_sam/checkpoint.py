@@ -278,7 +278,7 @@ def parameter_floor(config: SamViTConfig, encoder_only: bool = False) -> int:
     global_ = _block_floor(c, heads, ratio, g, rel_pos)
     floor += (config.depth - n_global) * windowed + n_global * global_
     floor += c * o + 9 * o * o  # neck: conv 1x1, conv 3x3
-    if isinstance(config, BigLittleConfig):
+    if isinstance(config, BigLittleConfig) and not config.training_free:  # E-blocks
         d = config.little_dim
         window = config.little_window_size or config.window_size
         little = _block_floor(d, config.little_heads, config.little_mlp_ratio, window, True)

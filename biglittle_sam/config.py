@@ -28,6 +28,10 @@ __all__ = [
     "validate_pool_kv",
     "validate_routing",
     "ROUTING_MODES",
+    "TOKEN_SCORES",
+    "SKIP_RULES",
+    "validate_token_score",
+    "validate_skip_rule",
     "config_to_dict",
     "biglittle_config_for",
 ]
@@ -75,6 +79,33 @@ def validate_routing(routing: str) -> str:
     if routing not in ROUTING_MODES:
         raise ValueError(f"routing must be one of {ROUTING_MODES}, got {routing!r}")
     return routing
+
+
+# The training-free mode (official SAM weights, no E-blocks, no routers, no training), see
+# modeling/training_free.py. How a routed layer chooses its tokens without running the block:
+# "window_mean": distance of norm1 features from their window's mean (best in the issue-28
+# probe); "random": uniform noise (the floor; torch.manual_seed repeats it); "edge": gradient
+# energy of the norm1 feature map (StructSAM's edge score).
+TOKEN_SCORES = ("window_mean", "random", "edge")
+# What a skipped token gets: "copy": the full update of the most similar chosen token of its
+# window (cosine of norm1 features; ToMe-SD's unmerge, best in the probe); "identity": nothing
+# (loses a third of the quality in the probe); "mlp_skip": SparseSAM's rule, every token is a
+# query in attention and only the chosen ones run the MLP.
+SKIP_RULES = ("copy", "identity", "mlp_skip")
+
+
+def validate_token_score(token_score: str) -> str:
+    """Return ``token_score``, or raise ``ValueError`` unless it is one of :data:`TOKEN_SCORES`."""
+    if token_score not in TOKEN_SCORES:
+        raise ValueError(f"token_score must be one of {TOKEN_SCORES}, got {token_score!r}")
+    return token_score
+
+
+def validate_skip_rule(skip_rule: str) -> str:
+    """Return ``skip_rule``, or raise ``ValueError`` unless it is one of :data:`SKIP_RULES`."""
+    if skip_rule not in SKIP_RULES:
+        raise ValueError(f"skip_rule must be one of {SKIP_RULES}, got {skip_rule!r}")
+    return skip_rule
 
 
 def validate_pool_kv(grid_size: int, window_size: int) -> None:
@@ -199,6 +230,19 @@ class BigLittleConfig(SamViTConfig):
     # pixel never is) score last, so routing spends the big blocks on the image (a 4:3 photo pads
     # a quarter of the grid). False routes them like any other token (the paper's router).
     skip_padding: bool = True
+    # The training-free mode: SAM's blocks with their official weights route by a cheap score
+    # (no E-blocks, no routers, nothing to train); the model then holds exactly SAM's weights.
+    training_free: bool = False
+    # Training-free only: how tokens are chosen per window, see TOKEN_SCORES.
+    token_score: str = "window_mean"
+    # Training-free only: what a skipped token gets, see SKIP_RULES.
+    skip_rule: str = "copy"
+    # Training-free only: layers that run SAM's block on every token. Default: the first, whose
+    # input (patch plus position embedding) has no context yet for a score or a match to read.
+    dense_layers: Tuple[int, ...] = (0,)
+    # Training-free only: also run the global-attention layers densely (the probe keeps 48.7 of
+    # 50.2 mIoU at r = 0.5 with them dense, 47.3 with them routed, at 80% against 65% of the MACs).
+    dense_global: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -213,6 +257,16 @@ class BigLittleConfig(SamViTConfig):
             )
         validate_keep_ratio(self.keep_ratio)
         validate_routing(self.routing)
+        validate_token_score(self.token_score)
+        validate_skip_rule(self.skip_rule)
+        bad = [i for i in self.dense_layers if not 0 <= i < self.depth]
+        if bad:
+            raise ValueError(f"dense_layers {bad} are outside 0..{self.depth - 1}")
+        if self.training_free and self.routing != "learned":
+            raise ValueError(
+                f"routing={self.routing!r} replaces the learned routers, which the training-free "
+                f"mode does not have; choose its tokens with token_score (one of {TOKEN_SCORES})"
+            )
         if self.pool_kv:
             validate_pool_kv(self.grid_size, self.window_size)
 
@@ -404,4 +458,6 @@ def config_to_dict(config: SamViTConfig) -> Dict[str, Any]:
     """``asdict(config)`` with tuples as lists: safe for ``weights_only`` loading and JSON."""
     out = dataclasses.asdict(config)
     out["global_attn_indexes"] = list(out["global_attn_indexes"])
+    if "dense_layers" in out:
+        out["dense_layers"] = list(out["dense_layers"])
     return out

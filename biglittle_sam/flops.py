@@ -28,6 +28,7 @@ from .config import (
     window_capacities,
 )
 from .modeling import ImageEncoderBigLittle, ImageEncoderViTFused, model_config
+from .modeling.training_free import routed_layers
 
 __all__ = [
     "encoder_macs",
@@ -81,15 +82,21 @@ def _little_block(cfg: BigLittleConfig) -> int:
 
 
 def _big_block(
-    cfg: SamViTConfig, windowed: bool, keep_ratio: float, pool_kv: bool = False
+    cfg: SamViTConfig,
+    windowed: bool,
+    keep_ratio: float,
+    pool_kv: bool = False,
+    global_routed: Optional[int] = None,
 ) -> Dict[str, int]:
+    """One big block; ``global_routed``: a global layer's routed tokens when they are chosen per
+    window (the training-free mode) rather than ``capacity(keep_ratio, N)`` over the image."""
     C, g, w = cfg.embed_dim, cfg.grid_size, cfg.window_size
     N = g * g
     hidden = int(C * cfg.mlp_ratio)
     group = w * w if windowed else N
     groups = (_padded(g, w) // w) ** 2 if windowed else 1
     rel = (2 * (2 * w - 1) if windowed else 2 * (2 * g - 1)) if cfg.use_rel_pos else 0
-    k = capacity(keep_ratio, group)
+    k = capacity(keep_ratio, group) if windowed or global_routed is None else global_routed
     if k >= group:  # dense: SAM's block, queries for every (padded) position
         q_tokens = groups * group
         kv = 2 * N * C * C  # keys and values of every real token (padding is the bias)
@@ -119,6 +126,36 @@ def _big_block(
         "router": N * C,
         "norm": norm,
     }
+
+
+# MACs per token and channel of the training-free scores (the squared distance from the window
+# mean; the squared differences to the right and lower neighbours; none for random).
+_SCORE_MACS = {"window_mean": 1, "edge": 2, "random": 0}
+
+
+def _training_free_block(
+    cfg: BigLittleConfig, layer: int, keep_ratio: float, pool_kv: bool
+) -> Dict[str, int]:
+    """One layer of the training-free mode (:mod:`~biglittle_sam.modeling.training_free`): SAM's
+    block densely, or the score, the chosen tokens' rows (per window, in global layers too) and
+    the skipped tokens' rule ("copy": one cosine per token and chosen token of its window)."""
+    C, g, w = cfg.embed_dim, cfg.grid_size, cfg.window_size
+    N, hidden = g * g, int(C * cfg.mlp_ratio)
+    windowed = layer not in cfg.global_attn_indexes
+    kmax = capacity(keep_ratio, w * w)
+    if not routed_layers(cfg)[layer] or kmax >= w * w:
+        return _big_block(cfg, windowed, 1.0)
+    routed = sum(window_capacities(keep_ratio, (g, g), w))
+    if cfg.skip_rule == "mlp_skip":  # dense attention, the MLP and norm2 on the chosen rows
+        parts = _big_block(cfg, windowed, 1.0)
+        parts["big_linear"] -= 2 * (N - routed) * C * hidden
+        parts["norm"] -= _LN * (N - routed) * C
+    else:
+        parts = _big_block(cfg, windowed, keep_ratio, pool_kv, None if windowed else routed)
+    parts["router"] = _SCORE_MACS[cfg.token_score] * N * C
+    if cfg.skip_rule == "copy":
+        parts["match"] = (_padded(g, w) // w) ** 2 * w * w * kmax * C
+    return parts
 
 
 def _resolve(model: ModelOrConfig) -> Tuple[SamViTConfig, bool, float, bool]:
@@ -167,13 +204,17 @@ def _encoder_parts(
             "big_linear",
             "kv_unrouted",
             "big_attention",
+            "match",
             "norm",
         )
     }
     out["patch_embed"] = N * C * cfg.in_chans * cfg.patch_size**2
     for i in range(cfg.depth):
         windowed = i not in cfg.global_attn_indexes
-        if isinstance(cfg, BigLittleConfig):
+        if isinstance(cfg, BigLittleConfig) and cfg.training_free:  # no E-blocks, no routers
+            ratio = r if layer_ratios is None else validate_keep_ratio(layer_ratios[i])
+            parts = _training_free_block(cfg, i, ratio, pool_kv)
+        elif isinstance(cfg, BigLittleConfig):
             out["little"] += _little_block(cfg)
             ratio = r if layer_ratios is None else validate_keep_ratio(layer_ratios[i])
             parts = _big_block(cfg, windowed, ratio, pool_kv)
@@ -205,7 +246,9 @@ def encoder_macs(
         layers diagnostic of the proxy benchmark runs some layers dense).
 
     Returns:
-      {"patch_embed", "little", "router", "big_linear", "big_attention", "norm", "neck", "total"}.
+      {"patch_embed", "little", "router", "big_linear", "big_attention", "match", "norm", "neck",
+      "total"}. In the training-free mode (``training_free`` configs) "router" is the token
+      score, "match" the copy rule's cosine matching, and layers follow the schedule.
     """
     out = _encoder_parts(model, keep_ratio, pool_kv, layer_ratios)
     out["big_linear"] += out.pop("kv_unrouted")
@@ -236,7 +279,8 @@ def mac_split(
       {"little": E-blocks; "kv_unrouted": big-block key/value projections of the tokens the big
       block does not update (the pooled grid with ``pool_kv``); "embed_neck": patch embedding and
       neck; "routed_big": big-block projections and MLPs of the routed tokens (every token for
-      SAM); "attention": big-block attention products; "router"; "norm": LayerNorms; "total"}.
+      SAM); "attention": big-block attention products; "router" (with the training-free
+      mode's scores and copy matching); "norm": LayerNorms; "total"}.
       The parts sum to ``total``, which equals :func:`encoder_macs`'s.
     """
     parts = _encoder_parts(model, keep_ratio, pool_kv)
@@ -246,7 +290,7 @@ def mac_split(
         "embed_neck": parts["patch_embed"] + parts["neck"],
         "routed_big": parts["big_linear"],
         "attention": parts["big_attention"],
-        "router": parts["router"],
+        "router": parts["router"] + parts["match"],  # choosing tokens, and matching copies
         "norm": parts["norm"],
     }
     out["total"] = sum(out.values())

@@ -29,6 +29,7 @@ __all__ = [
     "resolve_checkpoint",
     "is_official_sam_checkpoint",
     "check_inheritable",
+    "distilled_checkpoint_error",
     "canonical_name",
     "teacher_tag",
 ]
@@ -149,11 +150,22 @@ def is_official_sam_checkpoint(path: PathLike) -> bool:
     return not any(".little." in k for k in state)
 
 
+def distilled_checkpoint_error(path: PathLike, name: str) -> CheckpointError:
+    """A big.LITTLE checkpoint with E-blocks and routers, asked for in the training-free mode."""
+    return CheckpointError(
+        f"{path}: holds a distilled big.LITTLE model ({name}, with E-blocks and routers), which "
+        "runs in the learned mode: load it without training_free (checkpoint=...). "
+        "training_free=True is for official SAM weights (sam_checkpoint=sam_vit_b_01ec64.pth...)"
+    )
+
+
 def check_inheritable(config: BigLittleConfig, state: StateDict, path: PathLike) -> None:
     """A SAM state dict a big.LITTLE ``config`` can inherit from: not big.LITTLE itself, and not a
     recognized SAM of another size (both sizes named)."""
     looks_like = guess_model_name(state)
     if looks_like is not None and looks_like.startswith("bl_"):
+        if config.training_free:
+            raise distilled_checkpoint_error(path, looks_like)
         raise CheckpointError(
             f"{path}: is a big.LITTLE checkpoint ({looks_like}); pass it as checkpoint=..., "
             "sam_checkpoint is for official SAM files"

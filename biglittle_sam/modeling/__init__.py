@@ -12,6 +12,7 @@ from .encoder_ops import (
 from .image_encoder import BigLittleAux, ImageEncoderBigLittle, ImageEncoderViTFused
 from .little_block import LittleBlock
 from .router import Router, select_tokens
+from .training_free import TrainingFreeBlock
 
 __all__ = [
     "Attention",
@@ -23,6 +24,7 @@ __all__ = [
     "LayerRouting",
     "LittleBlock",
     "Router",
+    "TrainingFreeBlock",
     "get_keep_ratio",
     "keep_ratio_context",
     "model_config",

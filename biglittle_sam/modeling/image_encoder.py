@@ -21,6 +21,7 @@ from ..config import (
     validate_routing,
 )
 from .blocks import BigBlock, BigLittleBlock, LayerRouting
+from .training_free import training_free_blocks
 from .vit_config import vit_config
 
 __all__ = ["ImageEncoderBigLittle", "ImageEncoderViTFused", "BigLittleAux", "padding_tokens"]
@@ -123,23 +124,26 @@ class ImageEncoderBigLittle(nn.Module):
         super().__init__()
         _init_stem(self, config)
         grid = config.grid_size
-        self.blocks = nn.ModuleList(
-            BigLittleBlock(
-                config.embed_dim,
-                config.num_heads,
-                little_dim=config.little_dim,
-                little_heads=config.little_heads,
-                mlp_ratio=config.mlp_ratio,
-                little_mlp_ratio=config.little_mlp_ratio,
-                qkv_bias=config.qkv_bias,
-                use_rel_pos=config.use_rel_pos,
-                window_size=0 if i in config.global_attn_indexes else config.window_size,
-                little_window_size=little_window(config),
-                input_size=(grid, grid),
-                fused_attn=config.fused_attn,
+        if config.training_free:  # SAM's blocks alone: no E-blocks, no routers
+            self.blocks = training_free_blocks(config)
+        else:
+            self.blocks = nn.ModuleList(
+                BigLittleBlock(
+                    config.embed_dim,
+                    config.num_heads,
+                    little_dim=config.little_dim,
+                    little_heads=config.little_heads,
+                    mlp_ratio=config.mlp_ratio,
+                    little_mlp_ratio=config.little_mlp_ratio,
+                    qkv_bias=config.qkv_bias,
+                    use_rel_pos=config.use_rel_pos,
+                    window_size=0 if i in config.global_attn_indexes else config.window_size,
+                    little_window_size=little_window(config),
+                    input_size=(grid, grid),
+                    fused_attn=config.fused_attn,
+                )
+                for i in range(config.depth)
             )
-            for i in range(config.depth)
-        )
         self.neck = _sam_neck(config)
         # The run-time keep ratio and key/value pooling live here only (the config keeps the
         # values the model was built with, already validated when the config was made).
@@ -235,7 +239,8 @@ class ImageEncoderBigLittle(nn.Module):
             m.fused = bool(value)
 
     def _attentions(self) -> List[nn.Module]:
-        return [m for blk in self.blocks for m in (blk.attn, blk.little.attn)]
+        littles = [blk.little.attn for blk in self.blocks if hasattr(blk, "little")]
+        return [blk.attn for blk in self.blocks] + littles
 
     def _run(
         self, x: Tensor, record: bool, keep_ratio: float

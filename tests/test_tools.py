@@ -158,3 +158,25 @@ def test_benchmark_names_models_in_the_model_spec_form(monkeypatch, capsys) -> N
         with pytest.raises(SystemExit) as info:
             benchmark.main(argv + ["--device", "cpu"])
         assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_benchmark_training_free_rows() -> None:
+    """--training-free times the big.LITTLE rows in the mode an official checkpoint gets: no
+    LITTLE blocks, fewer MACs below r = 1."""
+    report = benchmark.main(
+        [
+            "--sam", "vit_tiny", "--model", "bl_tiny", "--training-free", "--keep-ratios", "1",
+            "0.5", "--no-fast-sam", "--pool-kv-ratios", "none", "--peers", "none", "--repeats",
+            "1", "--batch-sizes", "1", "--no-memory",
+        ]
+    )  # fmt: skip
+    rows = {r["name"]: r for r in report["results"]}
+    assert set(rows) == {
+        "SAM vit_tiny (segment_anything)",
+        "bl_tiny r=1, training-free",
+        "bl_tiny r=0.5, training-free",
+    }
+    assert report["meta"]["config"]["training_free"] is True
+    assert (
+        rows["bl_tiny r=0.5, training-free"]["gmacs"] < rows["bl_tiny r=1, training-free"]["gmacs"]
+    )

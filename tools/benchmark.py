@@ -46,6 +46,7 @@ _MODEL_FLAGS = (
     "sam",
     "model",
     "keep_ratios",
+    "training_free",
     "peers",
     "img_size",
     "fast_sam",

@@ -85,6 +85,10 @@ class BenchmarkConfig:
         metavar="NAME[@RATIO]",
     )
     keep_ratios: Tuple[float, ...] = (1.0, 0.5, 0.25, 0.1)  # big.LITTLE keep ratios
+    # What an official SAM checkpoint gives with no training: SAM's blocks, no LITTLE blocks.
+    training_free: bool = flag(
+        False, "time the big.LITTLE rows in the training-free mode (no LITTLE blocks or routers)"
+    )
     # timm backbones; empty to skip (the command line's 'none').
     peers: Tuple[str, ...] = flag(tuple(PEERS), "timm peer backbones, or 'none' (needs timm)")
     # The command line also takes auto, which it resolves to a torch device.
@@ -263,8 +267,10 @@ def build_rows(cfg: BenchmarkConfig) -> List[Row]:
         overrides["img_size"] = cfg.img_size
     entries: List[Row] = _sam_rows(cfg, overrides) if cfg.sam else []
     if cfg.model:
-        bl = sam_model_registry[cfg.model](**overrides).image_encoder
-        entries.extend(_ratio_rows(cfg.model, bl, cfg.keep_ratios, "biglittle"))
+        mode = {"training_free": True} if cfg.training_free else {}
+        bl = sam_model_registry[cfg.model](**overrides, **mode).image_encoder
+        suffix = ", training-free" if cfg.training_free else ""
+        entries.extend(_ratio_rows(cfg.model, bl, cfg.keep_ratios, "biglittle", suffix))
         entries.extend(_pooled_rows(cfg, bl, overrides))
     entries.extend(_peer_row(peer) for peer in cfg.peers)
     return entries

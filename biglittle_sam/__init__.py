@@ -2,8 +2,12 @@
 
     from biglittle_sam import sam_model_registry, SamPredictor
 
-    sam = sam_model_registry["bl_b"](sam_checkpoint="sam_vit_b_01ec64.pth", keep_ratio=0.25)
+    sam = sam_model_registry["bl_b"](sam_checkpoint="sam_vit_b_01ec64.pth", keep_ratio=0.5)
     predictor = SamPredictor(sam)
+
+Official SAM weights alone run in the training-free mode (no training, see ``build_sam``);
+``register_with_segment_anything()`` makes ``segment_anything.sam_model_registry["bl_b"]`` work
+for pipelines that take a model-type string and a checkpoint path.
 
 ``SamPredictor`` and ``SamAutomaticMaskGenerator`` are segment_anything's own, re-exported so the
 swap is one import; ``BatchedSamPredictor`` is this project's predictor for many prompts at once,
@@ -19,6 +23,7 @@ from .build_sam import (
     keep_ratio_context,
     load_sam,
     model_config,
+    register_with_segment_anything,
     sam_model_registry,
     set_keep_ratio,
     swap_image_encoder,
@@ -50,6 +55,7 @@ __all__ = [
     "load_sam",
     "model_config",
     "read_checkpoint",
+    "register_with_segment_anything",
     "sam_model_registry",
     "save_model_checkpoint",
     "set_keep_ratio",

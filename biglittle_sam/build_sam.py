@@ -8,17 +8,28 @@ returns an upstream ``segment_anything.modeling.Sam`` in eval mode, so ``SamPred
   is an official SAM checkpoint.
 - ``vit_tiny``: a plain SAM at test size (the proxy benchmark's teacher).
 - ``bl_b``, ``bl_l``, ``bl_h``, ``bl_tiny``, ``bl_b_lite`` (bl_b with lighter E-blocks):
-  big.LITTLE. ``checkpoint`` is a full big.LITTLE SAM checkpoint (loaded strictly);
-  ``sam_checkpoint`` is an official SAM checkpoint to inherit the
-  patch and position embeddings, the P-blocks, the neck, the prompt encoder and the mask decoder
-  from. An official SAM file given as ``checkpoint=`` is refused with a message that says to pass
-  it as ``sam_checkpoint=``: the result would not be distilled, which a strict ``checkpoint=``
-  load must never hide. A SAM file of another size names both sizes.
-- ``training_free=True`` (big.LITTLE names): official SAM weights alone, no E-blocks, no routers,
-  no training (``modeling.training_free``): ``sam_model_registry["bl_b"](sam_checkpoint=
-  "sam_vit_b_01ec64.pth", keep_ratio=0.5, training_free=True)``. The official file may also come
-  as ``checkpoint=``; ``token_score``, ``skip_rule``, ``dense_layers`` and ``dense_global`` choose
-  the recipe (``BigLittleConfig``). A distilled big.LITTLE checkpoint is refused in this mode.
+  big.LITTLE. ``checkpoint`` is a big.LITTLE checkpoint (loaded strictly) or an official SAM file;
+  ``sam_checkpoint`` is an official SAM file to inherit the patch and position embeddings, the
+  P-blocks, the neck, the prompt encoder and the mask decoder from. A SAM file of another size
+  names both sizes.
+- ``training_free`` (big.LITTLE names; ``None``, ``True`` or ``False``) picks the mode:
+
+  - ``None`` (the default): the training-free mode when the model's only weights are an official
+    SAM file (``sam_checkpoint=``, or the file as ``checkpoint=``, as pipelines pass it), so
+    official weights never mean random E-blocks; otherwise the learned mode (a big.LITTLE
+    checkpoint keeps the mode it was saved in; no weights at all builds fresh E-blocks and
+    routers, as the speed benchmark does).
+  - ``True``: the training-free mode (``modeling.training_free``): SAM's weights alone, no
+    E-blocks, no routers, nothing to train; ``token_score``, ``skip_rule``, ``dense_layers`` and
+    ``dense_global`` choose the recipe (``BigLittleConfig``). A distilled checkpoint is refused,
+    naming its mode. A plain SAM checkpoint of this project with custom sizes (the proxy teacher)
+    lends the model its sizes.
+  - ``False``: fresh E-blocks (gamma 0) and routers on SAM's weights (``sam_checkpoint=``): what
+    distillation and fine-tuning start from; not distilled, so an official file as
+    ``checkpoint=`` is refused with a message that says so.
+
+  ``sam_model_registry["bl_b"](checkpoint="sam_vit_b_01ec64.pth", keep_ratio=0.5)`` is the
+  training-free mode; at keep ratio 1 it equals SAM.
 
 Each name has its builder (``build_bl_b``, ``build_vit_tiny``...), which fills in its config and
 calls one private builder per kind: segment_anything's, a custom-size plain SAM, big.LITTLE.
@@ -33,21 +44,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union, cast
 
 import torch
 from segment_anything import sam_model_registry as upstream_registry
-from segment_anything.modeling import (
-    ImageEncoderViT,
-    MaskDecoder,
-    PromptEncoder,
-    Sam,
-    TwoWayTransformer,
-)
-from torch import nn
+from segment_anything.modeling import Sam
 
+from .assemble import (  # noqa: F401 (re-exported)
+    NEW_IN_BIGLITTLE,
+    PIXEL_MEAN,
+    PIXEL_STD,
+    build_sam_from_config,
+    inherit_from_sam,
+)
 from .checkpoint import CheckpointError, CheckpointNotFoundError, load_state_dict_strict
 from .config import (
     BIGLITTLE_CONFIGS,
@@ -57,16 +67,19 @@ from .config import (
     validate_keep_ratio,
 )
 from .model_files import (
+    adopt_sam_sizes,
     canonical_name,
     check_inheritable,
     distilled_checkpoint_error,
     is_official_sam_checkpoint,
     read_sam_checkpoint,
+    read_weight_files,
     resolve_checkpoint,
+    resolve_loaded,
     teacher_tag,
+    training_free_checkpoint_error,
 )
 from .model_spec import ModelSpec, ModelSpecError, split_named_path
-from .modeling import ImageEncoderBigLittle
 from .modeling.encoder_ops import (
     get_keep_ratio,
     keep_ratio_context,
@@ -99,76 +112,16 @@ __all__ = [
     "build_bl_h",
     "build_bl_tiny",
     "build_bl_b_lite",
+    "register_with_segment_anything",
 ]
 
 PathLike = Union[str, os.PathLike]
 StateDict = Dict[str, torch.Tensor]
-PIXEL_MEAN = (123.675, 116.28, 103.53)  # SAM's ImageNet normalization, in 0..255
-PIXEL_STD = (58.395, 57.12, 57.375)
-# Keys of a big.LITTLE model that a plain SAM checkpoint cannot provide: they start fresh.
-NEW_IN_BIGLITTLE = (".little.", ".router.")
 
 # segment_anything's own builders, taken when this module is imported. Looking them up in its
 # registry at call time would recurse once a user merges this registry into that one
 # (``segment_anything.sam_model_registry.update(biglittle_sam.sam_model_registry)``).
 _UPSTREAM_BUILDERS: Dict[str, Callable[..., Sam]] = dict(upstream_registry)
-
-
-def _build_vit_encoder(config: SamViTConfig) -> ImageEncoderViT:
-    return ImageEncoderViT(
-        depth=config.depth,
-        embed_dim=config.embed_dim,
-        img_size=config.img_size,
-        mlp_ratio=config.mlp_ratio,
-        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-        num_heads=config.num_heads,
-        patch_size=config.patch_size,
-        qkv_bias=config.qkv_bias,
-        use_rel_pos=config.use_rel_pos,
-        global_attn_indexes=tuple(config.global_attn_indexes),
-        window_size=config.window_size,
-        out_chans=config.out_chans,
-    )
-
-
-def build_sam_from_config(config: SamViTConfig) -> Sam:
-    """An upstream ``Sam`` with freshly initialized weights, in eval mode.
-
-    A ``BigLittleConfig`` gets an :class:`ImageEncoderBigLittle`; a ``SamViTConfig`` gets SAM's own
-    ``ImageEncoderViT``. Prompt encoder and mask decoder are ``segment_anything``'s, sized by
-    the config.
-    """
-    encoder: nn.Module
-    if isinstance(config, BigLittleConfig):
-        encoder = ImageEncoderBigLittle(config)
-    else:
-        encoder = _build_vit_encoder(config)
-    grid = config.grid_size
-    sam = Sam(
-        image_encoder=encoder,
-        prompt_encoder=PromptEncoder(
-            embed_dim=config.out_chans,
-            image_embedding_size=(grid, grid),
-            input_image_size=(config.img_size, config.img_size),
-            mask_in_chans=config.mask_in_chans,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(
-                depth=config.decoder_depth,
-                embedding_dim=config.out_chans,
-                mlp_dim=config.decoder_mlp_dim,
-                num_heads=config.decoder_heads,
-            ),
-            transformer_dim=config.out_chans,
-            iou_head_depth=3,
-            iou_head_hidden_dim=config.iou_head_hidden_dim,
-        ),
-        pixel_mean=list(PIXEL_MEAN),
-        pixel_std=list(PIXEL_STD),
-    )
-    sam.eval()
-    return sam
 
 
 def load_sam(
@@ -212,8 +165,9 @@ def build_model_from_spec(
 ) -> Sam:
     """The model a parsed spec names, in eval mode on the CPU.
 
-    A big.LITTLE spec whose checkpoint is an official SAM file inherits from it (E-blocks and
-    routers fresh); any other checkpoint loads strictly. Weights no file provides (all of them for
+    A big.LITTLE spec whose only weights are an official SAM file (its checkpoint, or
+    ``sam_checkpoint``) runs in the training-free mode (the registry's rule); any other checkpoint
+    loads strictly. Weights no file provides (all of them for
     a bare NAME) are drawn from ``seed``, so every process builds the same model. The spec's keep
     ratio is not applied: one module may serve several ratios, each set when it encodes.
 
@@ -314,42 +268,46 @@ def _build_biglittle_sam(
     checkpoint: Optional[PathLike],
     sam_checkpoint: Optional[PathLike],
     keep_ratio: Optional[float],
+    training_free: Optional[bool],
     overrides: Mapping[str, Any],
 ) -> Sam:
     """A big.LITTLE SAM from ``config``: loaded strictly from ``checkpoint``, or inheriting the
-    SAM weights of ``sam_checkpoint``; ``overrides`` and ``keep_ratio`` applied to the config."""
+    SAM weights of ``sam_checkpoint``, in the mode ``read_weight_files`` decides; ``overrides``
+    and ``keep_ratio`` applied to the config. A training-free model takes the sizes of a
+    custom-size plain SAM checkpoint of its teacher (``adopt_sam_sizes``)."""
     name = config.name
-    state: Optional[StateDict] = None
+    weights = read_weight_files(checkpoint, sam_checkpoint, training_free)
     teacher: Optional[str] = None
-    training_free = bool(overrides.get("training_free", config.training_free))
-    if training_free and sam_checkpoint is None and checkpoint is not None:
-        if is_official_sam_checkpoint(checkpoint):  # all that a training-free model needs
-            checkpoint, sam_checkpoint = None, checkpoint
-    if checkpoint is not None:
-        config, state, meta = resolve_checkpoint(checkpoint, name)
-        teacher = teacher_tag(meta)
-        if training_free and not config.training_free:
-            raise distilled_checkpoint_error(checkpoint, config.name)
+    if weights.state is not None and weights.checkpoint is not None:
+        stored = resolve_loaded(weights.state, weights.meta, weights.checkpoint, name)
+        config, teacher = cast(BigLittleConfig, stored), teacher_tag(weights.meta)  # named bl_*
+        if weights.training_free and not config.training_free:
+            raise distilled_checkpoint_error(weights.checkpoint, config.name)
+        if weights.training_free is False and config.training_free:
+            raise training_free_checkpoint_error(weights.checkpoint, config.name)
+    if weights.training_free is not None:
+        config = dataclasses.replace(config, training_free=weights.training_free)
+    sam_path, sam_state = weights.sam_checkpoint, weights.sam_state
+    if config.training_free and sam_state is not None and sam_path is not None:
+        config = adopt_sam_sizes(config, weights.sam_meta, sam_state, sam_path)
     config = dataclasses.replace(config, **overrides)
     if keep_ratio is not None:
         config = dataclasses.replace(config, keep_ratio=validate_keep_ratio(keep_ratio))
-    sam_state: Optional[StateDict] = None
-    if sam_checkpoint is not None:  # read and checked before the model is built
-        sam_state = read_sam_checkpoint(sam_checkpoint)[0]
-        check_inheritable(config, sam_state, sam_checkpoint)
+    if sam_state is not None and sam_path is not None:  # checked before the model is built
+        check_inheritable(config, sam_state, sam_path)
     sam = build_sam_from_config(config)
-    if sam_checkpoint is not None:
-        teacher = inherit_from_sam(sam, sam_checkpoint, sam_state)
-    if state is not None:
-        load_state_dict_strict(sam, state, checkpoint or "", name)
+    if sam_state is not None and sam_path is not None:
+        teacher = inherit_from_sam(sam, sam_path, sam_state)
+    if weights.state is not None:
+        load_state_dict_strict(sam, weights.state, weights.checkpoint or "", name)
     sam.image_encoder.teacher = teacher or config.teacher
     sam.eval()
     return sam
 
 
 # The registry's builders. Each takes (checkpoint=None, sam_checkpoint=None, keep_ratio=None,
-# **overrides): see the module docstring. Plain SAM: checkpoint and sam_checkpoint both name the
-# official file, and the only keep ratio is 1.
+# **overrides), big.LITTLE ones also training_free=None: see the module docstring. Plain SAM:
+# checkpoint and sam_checkpoint both name the official file, and the only keep ratio is 1.
 
 
 def build_default(
@@ -407,78 +365,70 @@ def build_bl_b(
     checkpoint: Optional[PathLike] = None,
     sam_checkpoint: Optional[PathLike] = None,
     keep_ratio: Optional[float] = None,
+    training_free: Optional[bool] = None,
     **overrides: Any,
 ) -> Sam:
     """big.LITTLE SAM on SAM ViT-B's P-blocks (E-blocks 192 wide)."""
     config = BIGLITTLE_CONFIGS["bl_b"]
-    return _build_biglittle_sam(config, checkpoint, sam_checkpoint, keep_ratio, overrides)
+    return _build_biglittle_sam(
+        config, checkpoint, sam_checkpoint, keep_ratio, training_free, overrides
+    )
 
 
 def build_bl_l(
     checkpoint: Optional[PathLike] = None,
     sam_checkpoint: Optional[PathLike] = None,
     keep_ratio: Optional[float] = None,
+    training_free: Optional[bool] = None,
     **overrides: Any,
 ) -> Sam:
     """big.LITTLE SAM on SAM ViT-L's P-blocks (E-blocks 256 wide)."""
     config = BIGLITTLE_CONFIGS["bl_l"]
-    return _build_biglittle_sam(config, checkpoint, sam_checkpoint, keep_ratio, overrides)
+    return _build_biglittle_sam(
+        config, checkpoint, sam_checkpoint, keep_ratio, training_free, overrides
+    )
 
 
 def build_bl_h(
     checkpoint: Optional[PathLike] = None,
     sam_checkpoint: Optional[PathLike] = None,
     keep_ratio: Optional[float] = None,
+    training_free: Optional[bool] = None,
     **overrides: Any,
 ) -> Sam:
     """big.LITTLE SAM on SAM ViT-H's P-blocks (E-blocks 320 wide)."""
     config = BIGLITTLE_CONFIGS["bl_h"]
-    return _build_biglittle_sam(config, checkpoint, sam_checkpoint, keep_ratio, overrides)
+    return _build_biglittle_sam(
+        config, checkpoint, sam_checkpoint, keep_ratio, training_free, overrides
+    )
 
 
 def build_bl_tiny(
     checkpoint: Optional[PathLike] = None,
     sam_checkpoint: Optional[PathLike] = None,
     keep_ratio: Optional[float] = None,
+    training_free: Optional[bool] = None,
     **overrides: Any,
 ) -> Sam:
     """big.LITTLE SAM on the P-blocks of ``vit_tiny``, at test size."""
     config = BIGLITTLE_CONFIGS["bl_tiny"]
-    return _build_biglittle_sam(config, checkpoint, sam_checkpoint, keep_ratio, overrides)
+    return _build_biglittle_sam(
+        config, checkpoint, sam_checkpoint, keep_ratio, training_free, overrides
+    )
 
 
 def build_bl_b_lite(
     checkpoint: Optional[PathLike] = None,
     sam_checkpoint: Optional[PathLike] = None,
     keep_ratio: Optional[float] = None,
+    training_free: Optional[bool] = None,
     **overrides: Any,
 ) -> Sam:
     """``bl_b`` with lighter E-blocks (96 wide, MLP ratio 2) and pooled keys and values."""
     config = BIGLITTLE_CONFIGS["bl_b_lite"]
-    return _build_biglittle_sam(config, checkpoint, sam_checkpoint, keep_ratio, overrides)
-
-
-def inherit_from_sam(sam: Sam, sam_checkpoint: PathLike, state: Optional[StateDict] = None) -> str:
-    """Load an official SAM checkpoint into a big.LITTLE ``Sam``: every SAM weight, strictly.
-
-    The patch and position embeddings, the P-blocks, the neck, the prompt encoder and the mask
-    decoder come from the file; E-blocks (gamma 0) and routers keep their fresh values. ``state``
-    is the file's state dict when the caller has read it already. Returns the teacher tag
-    recorded in checkpoints, ``"<sam name>:<file name>"``.
-
-    Raises:
-      CheckpointError: the file is a big.LITTLE checkpoint, or SAM of another size (naming both).
-    """
-    encoder = sam.image_encoder
-    if not isinstance(encoder, ImageEncoderBigLittle):
-        raise TypeError(f"expected a big.LITTLE SAM model, got encoder {type(encoder).__name__}")
-    config = encoder.config
-    sam_state = state if state is not None else read_sam_checkpoint(sam_checkpoint)[0]
-    check_inheritable(config, sam_state, sam_checkpoint)
-    load_state_dict_strict(
-        sam, sam_state, sam_checkpoint, config.name, allowed_missing=NEW_IN_BIGLITTLE
+    return _build_biglittle_sam(
+        config, checkpoint, sam_checkpoint, keep_ratio, training_free, overrides
     )
-    return f"{config.teacher}:{Path(sam_checkpoint).name}"
 
 
 sam_model_registry: Dict[str, Callable[..., Sam]] = {
@@ -493,3 +443,23 @@ sam_model_registry: Dict[str, Callable[..., Sam]] = {
     "bl_tiny": build_bl_tiny,
     "bl_b_lite": build_bl_b_lite,
 }
+
+
+def register_with_segment_anything() -> Dict[str, Callable[..., Sam]]:
+    """Add the big.LITTLE builders to ``segment_anything.sam_model_registry``, for pipelines that
+    take a model-type string and a checkpoint path.
+
+    After this call, ``segment_anything.sam_model_registry["bl_b"](checkpoint=path)`` with the
+    official ``sam_vit_b_01ec64.pth`` builds the training-free mode (the registry's rule for an
+    official file) at the default keep ratio. Only the ``bl_*`` names are added;
+    segment_anything's own entries (``default``, ``vit_h``, ``vit_l``, ``vit_b``) are left as
+    they are. Calling it again changes nothing.
+
+    Returns:
+      segment_anything's registry (the same dict object, updated in place).
+    """
+    import segment_anything
+
+    registry: Dict[str, Callable[..., Sam]] = segment_anything.sam_model_registry
+    registry.update({k: v for k, v in sam_model_registry.items() if k.startswith("bl_")})
+    return registry

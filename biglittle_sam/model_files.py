@@ -4,11 +4,14 @@
 or an official SAM file, whose size is recognized from its keys) and checks it against the model
 asked for; :func:`check_inheritable` checks that a big.LITTLE model can inherit a SAM file's
 weights. Both raise a ``CheckpointError`` that names the file, what it holds and what to do.
-``build_sam`` builds and loads the models; this module only reads and checks.
+:func:`holds_plain_sam` tells an official SAM file from a big.LITTLE one (the registry's default
+mode depends on it) and :func:`adopt_sam_sizes` shapes a training-free model like a custom-size
+SAM file. ``build_sam`` builds and loads the models; this module only reads and checks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .checkpoint import (
@@ -21,13 +24,26 @@ from .checkpoint import (
     read_checkpoint,
     split_checkpoint,
 )
-from .config import BIGLITTLE_CONFIGS, SAM_CONFIGS, BigLittleConfig, SamViTConfig, get_config
+from .config import (
+    BIGLITTLE_CONFIGS,
+    SAM_CONFIGS,
+    BigLittleConfig,
+    SamViTConfig,
+    biglittle_config_for,
+    get_config,
+)
 from .model_spec import MODEL_NAMES
 
 __all__ = [
     "read_sam_checkpoint",
     "resolve_checkpoint",
+    "resolve_loaded",
     "is_official_sam_checkpoint",
+    "holds_plain_sam",
+    "adopt_sam_sizes",
+    "training_free_checkpoint_error",
+    "WeightFiles",
+    "read_weight_files",
     "check_inheritable",
     "distilled_checkpoint_error",
     "canonical_name",
@@ -58,6 +74,51 @@ def read_sam_checkpoint(path: PathLike) -> Tuple[StateDict, Dict[str, Any]]:
     return state, meta
 
 
+@dataclasses.dataclass
+class WeightFiles:
+    """The files a big.LITTLE build reads, each read once, and the mode they ask for."""
+
+    checkpoint: Optional[PathLike] = None  # a big.LITTLE checkpoint, loaded strictly
+    state: Optional[StateDict] = None
+    meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    sam_checkpoint: Optional[PathLike] = None  # a plain SAM file to inherit from
+    sam_state: Optional[StateDict] = None
+    sam_meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    training_free: Optional[bool] = None  # None: the checkpoint's mode (the config's default)
+
+
+def read_weight_files(
+    checkpoint: Optional[PathLike],
+    sam_checkpoint: Optional[PathLike],
+    training_free: Optional[bool],
+) -> WeightFiles:
+    """Read a big.LITTLE build's files, each once, and apply the registry's rule for the mode.
+
+    With ``training_free`` None, a model whose only weights are a plain SAM file
+    (``sam_checkpoint=``, or ``checkpoint=`` naming one) is training-free; with anything else (a
+    big.LITTLE checkpoint, no file) the mode is the checkpoint's or the config's (learned). A plain
+    SAM file given as ``checkpoint=`` is inherited from unless ``training_free`` is False (then
+    ``resolve_loaded`` says to pass it as ``sam_checkpoint=``).
+
+    Raises:
+      CheckpointNotFoundError, CheckpointError: a file is missing or unreadable.
+    """
+    weights = WeightFiles(training_free=training_free)
+    if checkpoint is not None:
+        state, meta = read_sam_checkpoint(checkpoint)
+        if sam_checkpoint is None and training_free is not False and holds_plain_sam(state, meta):
+            checkpoint, sam_checkpoint = None, checkpoint
+            weights.sam_state, weights.sam_meta = state, meta
+        else:
+            weights.state, weights.meta = state, meta
+    if sam_checkpoint is not None and weights.sam_state is None:
+        weights.sam_state, weights.sam_meta = read_sam_checkpoint(sam_checkpoint)
+    weights.checkpoint, weights.sam_checkpoint = checkpoint, sam_checkpoint
+    if training_free is None and checkpoint is None and weights.sam_state is not None:
+        weights.training_free = holds_plain_sam(weights.sam_state, weights.sam_meta) or None
+    return weights
+
+
 def canonical_name(name: Optional[str]) -> Optional[str]:
     """``default`` is SAM ViT-H, as in segment_anything."""
     return "vit_h" if name == "default" else name
@@ -75,9 +136,10 @@ def _official_file_error(path: PathLike, name: str, looks_like: str) -> Checkpoi
     if looks_like == teacher:
         return CheckpointError(
             f"{path}: is an official SAM checkpoint ({_pretty(looks_like)}), not a big.LITTLE "
-            f"one. To build {name} from it (P-blocks, neck and decoder inherited; E-blocks and "
-            f"routers fresh, not distilled), pass it as sam_checkpoint=... instead of "
-            "checkpoint=..."
+            f"one. sam_model_registry['{name}'](checkpoint=...) runs it in the training-free mode "
+            f"(SAM's weights alone, nothing to train); to build {name} from it with fresh "
+            "E-blocks and routers (not distilled: what distillation starts from), pass it as "
+            "sam_checkpoint=... with training_free=False"
         )
     fits = [n for n, c in BIGLITTLE_CONFIGS.items() if c.teacher == looks_like]
     other = f", or build {fits[0]} from this file with sam_checkpoint=..." if fits else ""
@@ -104,8 +166,19 @@ def resolve_checkpoint(
       CheckpointError: unreadable, not a whole SAM, a bad stored config, of another model than
         ``name``, or of unknown size with no ``name`` given.
     """
-    wanted = canonical_name(name)
     state, meta = read_sam_checkpoint(path)
+    return resolve_loaded(state, meta, path, name, custom_sizes), state, meta
+
+
+def resolve_loaded(
+    state: StateDict,
+    meta: Mapping[str, Any],
+    path: PathLike,
+    name: Optional[str] = None,
+    custom_sizes: bool = False,
+) -> SamViTConfig:
+    """:func:`resolve_checkpoint` for a file already read (``read_sam_checkpoint``): its config."""
+    wanted = canonical_name(name)
     config = checkpoint_config(meta, state, path)
     looks_like = guess_model_name(state)
     if config is None:
@@ -124,7 +197,7 @@ def resolve_checkpoint(
             f"{path}: holds a '{config.name}' model, not '{name}'; build it as '{config.name}' "
             f"(sam_model_registry['{config.name}'], --model {config.name})"
         )
-    return config, state, meta
+    return config
 
 
 def teacher_tag(meta: Mapping[str, Any]) -> Optional[str]:
@@ -140,7 +213,11 @@ def is_official_sam_checkpoint(path: PathLike) -> bool:
     Used where one argument may name either a big.LITTLE checkpoint or the SAM file to inherit
     from (``bl_b=sam_vit_b_01ec64.pth`` in a model spec).
     """
-    state, meta = read_sam_checkpoint(path)
+    return holds_plain_sam(*read_sam_checkpoint(path))
+
+
+def holds_plain_sam(state: StateDict, meta: Mapping[str, Any]) -> bool:
+    """:func:`is_official_sam_checkpoint` for a file already read (``read_sam_checkpoint``)."""
     config = meta.get("config")
     if isinstance(config, Mapping):
         return "little_dim" not in config
@@ -150,12 +227,40 @@ def is_official_sam_checkpoint(path: PathLike) -> bool:
     return not any(".little." in k for k in state)
 
 
+def adopt_sam_sizes(
+    config: BigLittleConfig, meta: Mapping[str, Any], state: StateDict, path: PathLike
+) -> BigLittleConfig:
+    """``config`` shaped like the plain SAM a project checkpoint stores, if it is ``config``'s
+    teacher at custom sizes (the proxy teacher: ``vit_tiny`` at 128 px), else ``config``.
+
+    Every size field (image, patch, width, depth, windows, decoder...) is the stored config's; the
+    big.LITTLE fields (mode, keep ratio, token score...) stay ``config``'s. Official files store
+    no config: their size is the registry's, checked by :func:`check_inheritable`.
+    """
+    stored = checkpoint_config(meta, state, path)
+    if stored is None or isinstance(stored, BigLittleConfig) or stored.name != config.teacher:
+        return config
+    own = {f.name for f in dataclasses.fields(SamViTConfig)}
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    extra = {k: v for k, v in fields.items() if k not in own and k != "teacher"}
+    return biglittle_config_for(stored, config.name, **extra)
+
+
 def distilled_checkpoint_error(path: PathLike, name: str) -> CheckpointError:
     """A big.LITTLE checkpoint with E-blocks and routers, asked for in the training-free mode."""
     return CheckpointError(
         f"{path}: holds a distilled big.LITTLE model ({name}, with E-blocks and routers), which "
         "runs in the learned mode: load it without training_free (checkpoint=...). "
         "training_free=True is for official SAM weights (sam_checkpoint=sam_vit_b_01ec64.pth...)"
+    )
+
+
+def training_free_checkpoint_error(path: PathLike, name: str) -> CheckpointError:
+    """A training-free big.LITTLE checkpoint (SAM's weights alone) asked for in the learned mode."""
+    return CheckpointError(
+        f"{path}: holds a training-free {name} model (SAM's weights, no E-blocks or routers): "
+        "load it without training_free=False. For fresh E-blocks and routers on SAM's weights, "
+        "pass the official SAM file as sam_checkpoint=... with training_free=False"
     )
 
 

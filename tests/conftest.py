@@ -61,7 +61,9 @@ def tiny_sam(tiny_sam_checkpoint: Path) -> torch.nn.Module:
 
 @pytest.fixture()
 def tiny_bl(tiny_sam_checkpoint: Path) -> torch.nn.Module:
-    return sam_model_registry["bl_tiny"](sam_checkpoint=tiny_sam_checkpoint, keep_ratio=0.5)
+    return sam_model_registry["bl_tiny"](
+        sam_checkpoint=tiny_sam_checkpoint, keep_ratio=0.5, training_free=False
+    )
 
 
 @pytest.fixture(scope="session")

@@ -50,7 +50,7 @@ def random_models(folder: Path) -> Dict[str, DemoModel]:
             p.add_(torch.randn(p.shape, generator=gen) * 0.05)
     sam_path = folder / "tiny_sam.pth"
     torch.save(sam.state_dict(), sam_path)  # the official layout: a bare state dict
-    bl = sam_model_registry["bl_tiny"](sam_checkpoint=sam_path, keep_ratio=0.5)
+    bl = sam_model_registry["bl_tiny"](sam_checkpoint=sam_path, keep_ratio=0.5, training_free=False)
     bl_path = folder / "tiny_bl.pth"
     save_model_checkpoint(bl_path, bl, model_config(bl), teacher="vit_tiny")
     return {

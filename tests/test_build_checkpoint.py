@@ -63,7 +63,7 @@ def test_merged_into_segment_anythings_registry_upstream_keys_still_build(
 
 def test_inherits_every_sam_weight(tiny_sam_checkpoint: Path) -> None:
     official = torch.load(tiny_sam_checkpoint, map_location="cpu", weights_only=True)
-    bl = sam_model_registry["bl_tiny"](sam_checkpoint=tiny_sam_checkpoint)
+    bl = sam_model_registry["bl_tiny"](sam_checkpoint=tiny_sam_checkpoint, training_free=False)
     ours = bl.state_dict()
     for key, value in official.items():
         torch.testing.assert_close(ours[key], value, rtol=0, atol=0)
@@ -172,7 +172,7 @@ def test_encoder_only_file_is_explained(tiny_bl: Sam, tmp_path: Path) -> None:
 
 
 def test_convert_merges_encoder_with_sam(tiny_sam_checkpoint: Path, tmp_path: Path) -> None:
-    student = sam_model_registry["bl_tiny"](sam_checkpoint=tiny_sam_checkpoint)
+    student = sam_model_registry["bl_tiny"](sam_checkpoint=tiny_sam_checkpoint, training_free=False)
     randomize_(student.image_encoder, std=0.05, seed=7)
     enc_path = tmp_path / "encoder.pth"
     torch.save({"model": student.image_encoder.state_dict(), "teacher": "vit_tiny:t.pth"}, enc_path)
@@ -202,7 +202,7 @@ def test_guess_model_name() -> None:
 
 def test_official_file_as_checkpoint_says_to_use_sam_checkpoint(tiny_sam_checkpoint: Path) -> None:
     with pytest.raises(CheckpointError) as info:
-        sam_model_registry["bl_tiny"](checkpoint=tiny_sam_checkpoint)
+        sam_model_registry["bl_tiny"](checkpoint=tiny_sam_checkpoint, training_free=False)
     message = str(info.value)
     assert "official SAM checkpoint" in message and "pass it as sam_checkpoint=" in message
     assert "not distilled" in message

@@ -129,7 +129,7 @@ def test_parameter_floor_never_exceeds_the_model(base, fields) -> None:
 def test_encoder_only_checkpoint_is_bounded_with_the_sam_file(
     tiny_sam_checkpoint: Path, tmp_path: Path
 ) -> None:
-    student = sam_model_registry["bl_tiny"](sam_checkpoint=tiny_sam_checkpoint)
+    student = sam_model_registry["bl_tiny"](sam_checkpoint=tiny_sam_checkpoint, training_free=False)
     config = config_to_dict(BIGLITTLE_CONFIGS["bl_tiny"])
     enc = tmp_path / "encoder.pth"
     torch.save({"model": student.image_encoder.state_dict(), "config": config}, enc)

@@ -49,7 +49,9 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
     sam = sam_model_registry["vit_tiny"]()
     sam_path = folder / "sam.pth"
     torch.save(sam.state_dict(), sam_path)
-    bl = sam_model_registry["bl_tiny"](sam_checkpoint=sam_path, keep_ratio=0.25)
+    bl = sam_model_registry["bl_tiny"](
+        sam_checkpoint=sam_path, keep_ratio=0.25, training_free=False
+    )
     bl_path = folder / "student.pth"
     save_model_checkpoint(bl_path, bl, model_config(bl), teacher="vit_tiny:sam.pth")
     return {"sam": sam_path, "bl": bl_path}

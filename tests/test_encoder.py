@@ -54,7 +54,7 @@ def test_full_size_contract_on_meta_device() -> None:
 def test_exact_at_keep_ratio_one(tiny_sam_checkpoint, fused: bool) -> None:
     sam = sam_model_registry["vit_tiny"](checkpoint=tiny_sam_checkpoint)
     bl = sam_model_registry["bl_tiny"](
-        sam_checkpoint=tiny_sam_checkpoint, keep_ratio=1.0, fused_attn=fused
+        sam_checkpoint=tiny_sam_checkpoint, keep_ratio=1.0, fused_attn=fused, training_free=False
     )
     assert all(float(b.little.gamma.detach().abs().max()) == 0.0 for b in bl.image_encoder.blocks)
     x = torch.randn(2, 3, 256, 256)
@@ -71,7 +71,7 @@ def test_exact_at_keep_ratio_one_vit_b(tmp_path) -> None:
     randomize_(sam.image_encoder, std=0.02)
     path = tmp_path / "sam_vit_b.pth"
     torch.save(sam.state_dict(), path)
-    bl = sam_model_registry["bl_b"](sam_checkpoint=path, keep_ratio=1.0)
+    bl = sam_model_registry["bl_b"](sam_checkpoint=path, keep_ratio=1.0, training_free=False)
     x = torch.randn(1, 3, 1024, 1024)
     with torch.no_grad():
         diff = (sam.image_encoder(x) - bl.image_encoder(x)).abs().max().item()

@@ -118,7 +118,9 @@ def test_bad_model_specs_show_the_expected_form(text: str, message: str) -> None
 
 def test_build_models_from_checkpoints(tiny_sam_checkpoint: Path, tmp_path: Path) -> None:
     assert _uses_sam_checkpoint(str(tiny_sam_checkpoint))
-    bl = sam_model_registry["bl_tiny"](sam_checkpoint=tiny_sam_checkpoint, keep_ratio=0.5)
+    bl = sam_model_registry["bl_tiny"](
+        sam_checkpoint=tiny_sam_checkpoint, keep_ratio=0.5, training_free=False
+    )
     full = tmp_path / "bl_tiny.pth"
     from biglittle_sam import model_config
 
@@ -126,7 +128,7 @@ def test_build_models_from_checkpoints(tiny_sam_checkpoint: Path, tmp_path: Path
     assert not _uses_sam_checkpoint(str(full))
     specs = [
         f"vit_tiny={tiny_sam_checkpoint}",
-        f"bl_tiny={tiny_sam_checkpoint}@0.5",  # inherits from the SAM file
+        f"bl_tiny={tiny_sam_checkpoint}@0.5",  # the SAM file alone: the training-free mode
         f"bl_tiny={tiny_sam_checkpoint}@0.25",  # shares the module above
         f"bl_tiny={full}@0.5",  # a full big.LITTLE checkpoint
     ]

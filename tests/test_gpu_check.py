@@ -75,7 +75,9 @@ def test_pipeline_runs_and_writes_json_and_markdown(tmp_path: Path) -> None:
 @needs_cuda
 def test_cuda_keep_ratio_one_equals_sam(tiny_sam_checkpoint) -> None:
     sam = sam_model_registry["vit_tiny"](checkpoint=tiny_sam_checkpoint).cuda()
-    bl = sam_model_registry["bl_tiny"](sam_checkpoint=tiny_sam_checkpoint, keep_ratio=1.0).cuda()
+    bl = sam_model_registry["bl_tiny"](
+        sam_checkpoint=tiny_sam_checkpoint, keep_ratio=1.0, training_free=False
+    ).cuda()
     x = torch.randn(2, 3, 256, 256, device="cuda")
     with torch.no_grad():
         assert (sam.image_encoder(x) - bl.image_encoder(x)).abs().max().item() < 1e-4

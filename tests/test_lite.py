@@ -55,7 +55,9 @@ def test_builds_at_full_size_and_every_sam_vit_b_weight_has_a_home() -> None:
 
 def test_tiny_lite_inherits_from_an_official_layout_checkpoint(tiny_sam_checkpoint) -> None:
     sam = sam_model_registry["vit_tiny"](checkpoint=tiny_sam_checkpoint)
-    lite = sam_model_registry["bl_tiny"](sam_checkpoint=tiny_sam_checkpoint, **TINY_LITE)
+    lite = sam_model_registry["bl_tiny"](
+        sam_checkpoint=tiny_sam_checkpoint, training_free=False, **TINY_LITE
+    )
     got = lite.state_dict()
     for key, value in sam.state_dict().items():
         assert torch.equal(got[key], value), key
@@ -64,7 +66,7 @@ def test_tiny_lite_inherits_from_an_official_layout_checkpoint(tiny_sam_checkpoi
 def test_tiny_lite_equals_sam_at_keep_ratio_one_with_gamma_zero(tiny_sam_checkpoint) -> None:
     sam = sam_model_registry["vit_tiny"](checkpoint=tiny_sam_checkpoint)
     lite = sam_model_registry["bl_tiny"](
-        sam_checkpoint=tiny_sam_checkpoint, keep_ratio=1.0, **TINY_LITE
+        sam_checkpoint=tiny_sam_checkpoint, keep_ratio=1.0, training_free=False, **TINY_LITE
     )
     assert all(float(b.little.gamma.detach().abs().max()) == 0.0 for b in lite.image_encoder.blocks)
     x = torch.randn(2, 3, 256, 256)

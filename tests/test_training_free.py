@@ -251,7 +251,7 @@ def test_bad_settings_fail_when_built(kwargs: Dict[str, object], message: str) -
 
 
 def test_a_distilled_checkpoint_is_refused_naming_its_mode(tiny_sam_checkpoint, tmp_path) -> None:
-    learned = sam_model_registry["bl_tiny"](sam_checkpoint=tiny_sam_checkpoint)
+    learned = sam_model_registry["bl_tiny"](sam_checkpoint=tiny_sam_checkpoint, training_free=False)
     path = save_model_checkpoint(tmp_path / "bl.pth", learned, learned.image_encoder.config)
     for kwargs in ({"checkpoint": path}, {"sam_checkpoint": path}):
         with pytest.raises(CheckpointError, match="learned mode: load it without training_free"):

@@ -87,8 +87,12 @@ def selection_plan(
         return _Plan(kmax, None, None, grid_index)
     cap = torch.tensor(caps, device=device).repeat(B)  # (G,)
     valid = torch.arange(kmax, device=device) < cap.unsqueeze(1)  # (G, kmax)
-    used = [g * kmax + j for g in range(B * len(caps)) for j in range(caps[g % len(caps)])]
-    return _Plan(kmax, torch.tensor(used, device=device), valid, grid_index)
+    # The batch enters only through tensor ops (no Python loop over B), so an ONNX trace keeps
+    # the batch dimension dynamic, as BigLittleBlock._plan does.
+    per_image = [g * kmax + j for g, c in enumerate(caps) for j in range(c)]
+    base = torch.tensor(per_image, device=device)  # (T / B,)
+    offsets = torch.arange(B, device=device).unsqueeze(1) * (len(caps) * kmax)  # (B, 1)
+    return _Plan(kmax, (offsets + base).flatten(), valid, grid_index)  # (B, T / B) -> (T,)
 
 
 class TrainingFreeBlock(BigLittleBlock):

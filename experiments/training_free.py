@@ -17,14 +17,16 @@ Writes ``training_free_<split>.json`` and ``.md`` (mIoU, share of the teacher, e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from biglittle_sam.build_sam import build_sam_from_config
 from biglittle_sam.checkpoint import read_checkpoint, save_model_checkpoint
-from biglittle_sam.config import biglittle_config_for, config_from_dict
+from biglittle_sam.config import biglittle_config_for, config_from_dict, get_config
 from biglittle_sam.eval import EvalSettings, run_evaluation
 from biglittle_sam.fileio import atomic_write_json
+from biglittle_sam.flops import encoder_macs
 
 from .proxy.data import make_proxy_split
 from .proxy.settings import split_seeds
@@ -38,9 +40,13 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
     "identity": {"skip_rule": "identity"},
     "mlp_skip": {"skip_rule": "mlp_skip"},
     "dense_global": {"dense_global": True},
+    "edge_dense_global": {"token_score": "edge", "dense_global": True},
     "all_layers": {"dense_layers": ()},
 }
 TEACHER = "biglittle_sam/assets/proxy_teacher.pth"
+_FIXED = ("variant", "keep_ratio", "gmacs", "bl_b gmacs")
+# SAM ViT-B's encoder as segment_anything builds it (flops.encoder_macs of vit_b)
+SAM_B_GMACS = encoder_macs(get_config("vit_b"))["total"] / 1e9
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", default="outputs/training_free")
     parser.add_argument("--threads", type=int, default=None)
     return parser
+
+
+def sam_b_gmacs(variant: str, ratio: float) -> float:
+    """Encoder GMACs of ``bl_b`` (SAM ViT-B's size) in this variant at ``ratio``."""
+    config = get_config("bl_b")
+    fields = dict(VARIANTS[variant], training_free=True, keep_ratio=ratio)
+    return encoder_macs(dataclasses.replace(config, **fields))["total"] / 1e9
 
 
 def write_variants(teacher: Path, names: Sequence[str], folder: Path) -> Dict[str, Path]:
@@ -81,13 +94,14 @@ def summarize(result: Dict[str, Any], labels: List[Tuple[str, float]]) -> List[D
     for model, (variant, ratio) in zip(result["models"], labels):
         miou = model["miou"]
         row: Dict[str, Any] = {"variant": variant, "keep_ratio": ratio, "gmacs": model["gmacs"]}
+        row["bl_b gmacs"] = sam_b_gmacs(variant, ratio) if variant in VARIANTS else SAM_B_GMACS
         row.update({key: value["all"] for key, value in miou.items()})
         if "click1" in miou:
             row.update({f"click1 {b}": miou["click1"][b] for b in ("small", "medium")})
         rows.append(row)
     base = rows[0]
     for row in rows:
-        for key in [k for k in row if k not in ("variant", "keep_ratio", "gmacs")]:
+        for key in [k for k in row if k not in _FIXED]:
             if base.get(key):
                 row[f"{key} kept"] = row[key] / base[key] if row[key] is not None else None
     return rows
@@ -100,20 +114,19 @@ def _cell(key: str, value: Optional[float]) -> str:
 
 
 def markdown(rows: List[Dict[str, Any]], split: str, teacher: str) -> str:
-    keys = [k for k in rows[0] if k not in ("variant", "keep_ratio", "gmacs")]
+    keys = [k for k in rows[0] if k not in _FIXED]
     lines = [
         f"Training-free mode on the proxy teacher ({teacher}), {split} split; mIoU x 100 and "
         "its share of the dense teacher's.",
         "",
-        "| variant | keep ratio | GMACs | " + " | ".join(keys) + " |",
-        "|---|---:|---:|" + "---:|" * len(keys),
+        "| variant | keep ratio | GMACs | ViT-B GMACs | " + " | ".join(keys) + " |",
+        "|---|---:|---:|---:|" + "---:|" * len(keys),
     ]
     for row in rows:
         cells = [_cell(k, row.get(k)) for k in keys]
         lines.append(
             f"| {row['variant']} | {row['keep_ratio']:g} | {row['gmacs']:.4f} | "
-            + " | ".join(cells)
-            + " |"
+            f"{row['bl_b gmacs']:.1f} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines) + "\n"
 

@@ -96,6 +96,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             args.sam_checkpoint or (),
             args.device,
             builtin=not args.no_builtin,
+            training_free=args.training_free,
         )
     except (CheckpointError, OSError, ValueError) as e:
         _usage_error(str(e))

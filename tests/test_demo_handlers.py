@@ -520,3 +520,28 @@ def test_page_opens_on_the_first_model_from_the_command_line(
     assert DemoController({**toy, plain: given[plain]}).default_model() == plain
     assert DemoController({**toy, **given}).default_model() == student
     assert DemoController(toy).default_model() == student.replace("cli ", "toy ", 1)
+
+
+def test_training_free_entry_serves_the_plain_sam_without_training(tmp_path: Path) -> None:
+    """--training-free: each plain SAM also appears in the training-free mode; a click on it at
+    keep ratio 1 gives the plain SAM's masks, and below 1 it routes (heat map) and still segments.
+    """
+    from biglittle_sam.demo.models import load_models
+
+    models = load_models(builtin=True, training_free=True)
+    twins = [m for m in models.values() if m.name.endswith("training-free")]
+    assert len(twins) == 1 and twins[0].is_biglittle and twins[0].config.training_free
+    plain = next(m for m in models.values() if not m.is_biglittle)
+    controller = DemoController(models, export_dir=tmp_path)
+    image, instances = example_image(1)
+    target = max(instances, key=lambda d: d["mask"].sum())["mask"]
+    masks = {}
+    for name, ratio in ((plain.name, 1.0), (twins[0].name, 1.0), (twins[0].name, 0.5)):
+        settings = Settings(model=name, keep_ratio=ratio, heat=ratio < 1)
+        session = DemoSession()
+        controller.load(session, image, settings)
+        view = controller.click(session, settings, *_canvas_xy(session, *interior_point(target)))
+        assert view.level == "info", view.message
+        masks[(name, ratio)] = session.prediction.masks
+    assert np.array_equal(masks[(plain.name, 1.0)], masks[(twins[0].name, 1.0)])
+    assert masks[(twins[0].name, 0.5)].shape == masks[(plain.name, 1.0)].shape

@@ -12,9 +12,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from segment_anything.modeling import Sam
 
-from ..build_sam import get_keep_ratio, load_sam, model_config
+from ..build_sam import get_keep_ratio, load_sam, model_config, sam_model_registry
 from ..checkpoint import CheckpointError  # noqa: F401 - what load_demo_model raises
-from ..config import BigLittleConfig, SamViTConfig
+from ..config import BIGLITTLE_CONFIGS, BigLittleConfig, SamViTConfig
 from ..flops import encoder_gmacs
 from ..model_spec import MODEL_NAMES
 from ..model_spec import split_named_path as parse_checkpoint_arg
@@ -27,6 +27,7 @@ __all__ = [
     "load_demo_model",
     "load_models",
     "parse_checkpoint_arg",
+    "training_free_twin",
     "teacher_config",
 ]
 
@@ -169,12 +170,34 @@ def _unique(name: str, taken: Dict[str, DemoModel]) -> str:
     return f"{name} ({i})"
 
 
+def training_free_twin(model: DemoModel) -> Optional[DemoModel]:
+    """A plain SAM's file in the training-free mode (``bl_*``: SAM's blocks for the chosen tokens,
+    no LITTLE blocks, no training), or None for a big.LITTLE model or a size with no bl_* twin."""
+    if model.is_biglittle:
+        return None
+    config = model.config
+    for name, twin in BIGLITTLE_CONFIGS.items():
+        same = (twin.embed_dim, twin.depth, twin.num_heads) == (
+            config.embed_dim,
+            config.depth,
+            config.num_heads,
+        )
+        if same and twin.little_mlp_ratio == BigLittleConfig.little_mlp_ratio:  # not bl_b_lite
+            sam = sam_model_registry[name](checkpoint=model.source, training_free=True)
+            sam.to(model.device)
+            twin_model = DemoModel(f"{model.name}, training-free", sam, model.source)
+            twin_model.builtin = model.builtin
+            return twin_model
+    return None
+
+
 def load_models(
     checkpoints: Sequence[str] = (),
     sam_checkpoints: Sequence[str] = (),
     device: Union[str, torch.device] = "cpu",
     builtin: bool = True,
     assets: Path = ASSETS_DIR,
+    training_free: bool = False,
 ) -> Dict[str, DemoModel]:
     """Everything the demo serves, by menu name: the built-in models first, then the given ones.
 
@@ -182,6 +205,8 @@ def load_models(
       checkpoints: ``[NAME=]PATH`` of big.LITTLE (or plain SAM) checkpoints; NAME may be a registry
         name (``bl_b``) to say which model a bare state dict is for.
       sam_checkpoints: official SAM checkpoints (their size is recognised from the weights).
+      training_free: also serve every plain SAM in the training-free mode
+        (:func:`training_free_twin`), next to it in the menu.
     """
     models: Dict[str, DemoModel] = {}
     if builtin:
@@ -195,4 +220,9 @@ def load_models(
         model = load_demo_model(path, name, device, model_type)
         model.name = _unique(model.name, models)
         models[model.name] = model
+    if training_free:
+        for model in list(models.values()):
+            twin = training_free_twin(model)
+            if twin is not None:
+                models[_unique(twin.name, models)] = twin
     return models

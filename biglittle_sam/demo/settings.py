@@ -57,6 +57,12 @@ class ServeSettings:
         group=_MODELS,
     )
     no_builtin: bool = flag(False, "do not offer the built-in toy models", group=_MODELS)
+    training_free: bool = flag(
+        False,
+        "also offer every plain SAM in the training-free mode (SAM's weights, no training; its "
+        "keep ratio on the slider)",
+        group=_MODELS,
+    )
     device: str = flag("auto", "auto (CUDA when available), cpu, cuda or cuda:N", group=_MODELS)
     threads: Optional[int] = flag(
         None, "torch CPU threads (default: torch's choice)", group=_MODELS

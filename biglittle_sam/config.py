@@ -83,10 +83,11 @@ def validate_routing(routing: str) -> str:
 
 # The training-free mode (official SAM weights, no E-blocks, no routers, no training), see
 # modeling/training_free.py. How a routed layer chooses its tokens without running the block:
-# "window_mean": distance of norm1 features from their window's mean (best in the issue-28
-# probe); "random": uniform noise (the floor; torch.manual_seed repeats it); "edge": gradient
-# energy of the norm1 feature map (StructSAM's edge score).
-TOKEN_SCORES = ("window_mean", "random", "edge")
+# "edge": gradient energy of the norm1 feature map (StructSAM's edge score; the best on the proxy
+# dev split at every keep ratio, docs/benchmarks/training_free.md); "window_mean": distance of
+# norm1 features from their window's mean (the first probe's pick; no better than random on dev
+# at r <= 0.25); "random": uniform noise (the floor; torch.manual_seed repeats it).
+TOKEN_SCORES = ("edge", "window_mean", "random")
 # What a skipped token gets: "copy": the full update of the most similar chosen token of its
 # window (cosine of norm1 features; ToMe-SD's unmerge, best in the probe); "identity": nothing
 # (loses a third of the quality in the probe); "mlp_skip": SparseSAM's rule, every token is a
@@ -233,8 +234,8 @@ class BigLittleConfig(SamViTConfig):
     # The training-free mode: SAM's blocks with their official weights route by a cheap score
     # (no E-blocks, no routers, nothing to train); the model then holds exactly SAM's weights.
     training_free: bool = False
-    # Training-free only: how tokens are chosen per window, see TOKEN_SCORES.
-    token_score: str = "window_mean"
+    # Training-free only: how tokens are chosen per window, see TOKEN_SCORES (edge: best on dev).
+    token_score: str = "edge"
     # Training-free only: what a skipped token gets, see SKIP_RULES.
     skip_rule: str = "copy"
     # Training-free only: layers that run SAM's block on every token. Default: the first, whose

@@ -31,17 +31,17 @@ from biglittle_sam.flops import encoder_macs
 from .proxy.data import make_proxy_split
 from .proxy.settings import split_seeds
 
-# name -> BigLittleConfig fields over the mode's defaults (window_mean score, copy rule, layer 0
-# dense). "random" is the floor every score must beat.
+# name -> BigLittleConfig fields of the training-free mode (the rest: the config's defaults, the
+# copy rule and layer 0 dense). "random" is the floor every score must beat.
 VARIANTS: Dict[str, Dict[str, Any]] = {
-    "default": {},
+    "window_mean": {"token_score": "window_mean"},
     "random": {"token_score": "random"},
     "edge": {"token_score": "edge"},
-    "identity": {"skip_rule": "identity"},
-    "mlp_skip": {"skip_rule": "mlp_skip"},
-    "dense_global": {"dense_global": True},
+    "identity": {"token_score": "window_mean", "skip_rule": "identity"},
+    "mlp_skip": {"token_score": "window_mean", "skip_rule": "mlp_skip"},
+    "dense_global": {"token_score": "window_mean", "dense_global": True},
     "edge_dense_global": {"token_score": "edge", "dense_global": True},
-    "all_layers": {"dense_layers": ()},
+    "all_layers": {"token_score": "window_mean", "dense_layers": ()},
 }
 TEACHER = "biglittle_sam/assets/proxy_teacher.pth"
 _FIXED = ("variant", "keep_ratio", "gmacs", "bl_b gmacs")

@@ -29,13 +29,13 @@ from .training_free import VARIANTS
 
 # (variant, keep ratio) rows timed by default
 ROWS: Tuple[Tuple[str, float], ...] = (
-    ("default", 1.0),
-    ("default", 0.75),
-    ("default", 0.5),
-    ("default", 0.25),
-    ("dense_global", 0.5),
-    ("dense_global", 0.25),
-    ("dense_global", 0.1),
+    ("edge", 1.0),
+    ("edge", 0.75),
+    ("edge", 0.5),
+    ("edge", 0.25),
+    ("edge_dense_global", 0.5),
+    ("edge_dense_global", 0.25),
+    ("edge_dense_global", 0.1),
 )
 
 

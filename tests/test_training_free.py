@@ -116,7 +116,7 @@ def _copy_case() -> torch.Tensor:
 
 
 def test_copy_gives_each_skipped_token_its_most_similar_chosen_tokens_update() -> None:
-    blk = _block(4, 4, "copy")
+    blk = _block(4, 4, "copy", token_score="window_mean")  # the case is made for this score
     with torch.no_grad():
         blk.norm1.weight.fill_(1.0)  # cosines of norm1 features are those of the hand-made ones
         blk.norm1.bias.zero_()
@@ -239,7 +239,7 @@ def test_a_training_free_checkpoint_rebuilds_itself(tiny_sam_checkpoint, tmp_pat
     [
         ({"keep_ratio": 0.0}, r"keep_ratio must be in \(0, 1\]"),
         ({"keep_ratio": 1.5}, r"keep_ratio must be in \(0, 1\]"),
-        ({"token_score": "nope"}, "token_score must be one of .*window_mean"),
+        ({"token_score": "nope"}, "token_score must be one of .*edge.*window_mean"),
         ({"skip_rule": "nope"}, "skip_rule must be one of .*copy"),
         ({"dense_layers": (7,)}, r"dense_layers \[7\] are outside 0..3"),
         ({"routing": "random"}, "training-free mode does not have"),

@@ -115,7 +115,7 @@ class TrainingFreeBlock(BigLittleBlock):
         fused_attn: bool = True,
         select_window: int = 14,
         routed: bool = True,
-        token_score: str = "window_mean",
+        token_score: str = "edge",
         skip_rule: str = "copy",
     ) -> None:
         """

@@ -32,6 +32,7 @@ ROWS: Tuple[Tuple[str, float], ...] = (
     ("edge", 1.0),
     ("edge", 0.75),
     ("edge", 0.5),
+    ("edge", 0.4),
     ("edge", 0.25),
     ("edge_dense_global", 0.5),
     ("edge_dense_global", 0.25),

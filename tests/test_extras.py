@@ -50,6 +50,8 @@ HOMES: Dict[str, Tuple[str, ...]] = {
     "biglittle_sam/distill/": ("train",),
     "experiments/proxy/": ("train",),
     "experiments/stages.py": ("train",),
+    # The training-free mode on the proxy teacher: it draws proxy splits and evaluates them.
+    "experiments/training_free": ("eval",),
     "tools/distill.py": ("train",),
     "tools/finetune.py": ("train",),
     "tools/cache_teacher.py": ("train",),

@@ -63,7 +63,8 @@ def test_benchmark_rejects_unknown_peer(capsys) -> None:
 
 
 def test_convert_cli(tiny_sam_checkpoint: Path, tmp_path: Path, capsys) -> None:
-    student = sam_model_registry["bl_tiny"](sam_checkpoint=tiny_sam_checkpoint)
+    # a distilled encoder's layout: E-blocks and routers on SAM's weights
+    student = sam_model_registry["bl_tiny"](sam_checkpoint=tiny_sam_checkpoint, training_free=False)
     enc = tmp_path / "enc.pth"
     torch.save(student.image_encoder.state_dict(), enc)
     out = tmp_path / "merged.pth"

@@ -72,10 +72,15 @@ def test_exact_at_keep_ratio_one_vit_b(tmp_path) -> None:
     path = tmp_path / "sam_vit_b.pth"
     torch.save(sam.state_dict(), path)
     bl = sam_model_registry["bl_b"](sam_checkpoint=path, keep_ratio=1.0, training_free=False)
+    # official weights alone: the training-free mode, which at r = 1 is SAM too
+    tf = sam_model_registry["bl_b"](sam_checkpoint=path, keep_ratio=1.0)
+    assert tf.image_encoder.config.training_free
     x = torch.randn(1, 3, 1024, 1024)
     with torch.no_grad():
-        diff = (sam.image_encoder(x) - bl.image_encoder(x)).abs().max().item()
-    assert diff < 1e-4
+        expected = sam.image_encoder(x)
+        diff = (expected - bl.image_encoder(x)).abs().max().item()
+        diff_tf = (expected - tf.image_encoder(x)).abs().max().item()
+    assert diff < 1e-4 and diff_tf < 1e-4
 
 
 @pytest.mark.parametrize("keep_ratio", [0.05, 0.25, 0.5, 0.9, 1.0])

@@ -317,6 +317,7 @@ class TrainingFreeBlock(BigLittleBlock):
             everything = torch.ones_like(scores, dtype=torch.bool)
             return self.forward_dense(x, xn), (scores, everything, w * w, H * W)
         indices, pos = self._choose(scores_g, plan)  # (G, kmax), (T,)
+        chosen = self._selected(pos, (B, H, W))  # (B, H, W) bool
         if self.skip_rule == "mlp_skip":
             out = self._mlp_skip(x, xn, pos)
         else:
@@ -324,13 +325,12 @@ class TrainingFreeBlock(BigLittleBlock):
             out = rows.view(B, H, W, C)
             if self.skip_rule == "copy":
                 delta = rows.gather(0, gather_idx) - x.reshape(B * H * W, C).gather(0, gather_idx)
-                chosen = self._selected(pos, (B, H, W)).unsqueeze(-1)  # (B, H, W, 1)
                 copied = self._copied(delta, xn_g, indices, plan, (H, W))  # (B, H, W, C)
-                out = torch.where(chosen, out, x + copied)
+                out = torch.where(chosen.unsqueeze(-1), out, x + copied)
         if not return_routing:
             return out, None
         scores = self._unwindow(scores_g.unsqueeze(-1), (H, W)).squeeze(-1)  # (B, H, W)
-        return out, (scores, self._selected(pos, (B, H, W)), plan.kmax, pos.shape[0] // B)
+        return out, (scores, chosen, plan.kmax, pos.shape[0] // B)
 
 
 def training_free_blocks(config: BigLittleConfig) -> nn.ModuleList:

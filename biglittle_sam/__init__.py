@@ -33,8 +33,13 @@ from .config import BIGLITTLE_CONFIGS, SAM_CONFIGS, BigLittleConfig, SamViTConfi
 from .mask_generator import FastAutomaticMaskGenerator
 from .modeling import BigLittleAux, ImageEncoderBigLittle
 from .predictor import BatchedSamPredictor
+from .runtime.transformers_hook import install as _install_transformers_hook
 
 __version__ = "0.1.0"
+
+# transformers users: AutoModel / pipeline("mask-generation") know "biglittle_sam" folders once
+# transformers is imported (nothing is imported here for users without it; see biglittle_sam.hf).
+_install_transformers_hook()
 
 __all__ = [
     "BIGLITTLE_CONFIGS",

@@ -66,7 +66,18 @@ HOMES: Dict[str, Tuple[str, ...]] = {
     # --onnx profiles an exported file in onnxruntime; its torch and --macs modes need core only.
     "tools/profile_encoder.py": ("export",),
     "biglittle_sam/amg.py": ("amg",),
+    # The transformers models, the swap and the converter to and from transformers folders.
+    "biglittle_sam/hf/": ("hf",),
+    # Its to-hf / from-hf subcommands import biglittle_sam.hf; the merge needs core only.
+    "tools/convert_checkpoint.py": ("hf",),
     "tools/amg.py": ("amg",),
+}
+
+# Imports a module makes only when their third-party package is already imported, so they need
+# nothing the module's home lacks: the transformers hook imports biglittle_sam.hf (transformers)
+# only after `import transformers` has run (biglittle_sam/runtime/transformers_hook.py).
+GUARDED: Dict[str, FrozenSet[str]] = {
+    "biglittle_sam/runtime/transformers_hook.py": frozenset({"biglittle_sam.hf"}),
 }
 
 # Import name -> the distributions that provide it, where the name does not say (any one will do).
@@ -183,7 +194,10 @@ def direct(path: Path) -> Tuple[FrozenSet[Path], FrozenSet[str]]:
     package = dotted if path.name == "__init__.py" else dotted.rpartition(".")[0]
     local: Set[Path] = set()
     third: Set[str] = set()
+    guarded = GUARDED.get(path.relative_to(ROOT).as_posix(), frozenset())
     for module, level, name in _imports(ast.parse(path.read_text(), str(path))):
+        if module in guarded:
+            continue
         if level:
             base = package.split(".")
             base = base[: len(base) - (level - 1)]

@@ -1,0 +1,49 @@
+"""big.LITTLE SAM for transformers users (needs ``pip install biglittle-sam[hf]``).
+
+    from transformers import SamModel, SamProcessor
+    import biglittle_sam.hf as blhf
+
+    model = blhf.to_biglittle(SamModel.from_pretrained("facebook/sam-vit-base"), keep_ratio=0.5)
+    model.save_pretrained("sam-vit-base-bl")   # AutoModel / pipeline("mask-generation") load it
+
+Importing this module registers the ``"biglittle_sam"`` model type with transformers' auto
+classes; ``import biglittle_sam`` does so too, as soon as transformers is imported.
+"""
+
+import transformers as _transformers
+
+if int(_transformers.__version__.split(".")[0]) < 5:  # pragma: no cover - environment
+    raise ImportError(
+        f"biglittle_sam.hf needs transformers 5 or newer, found {_transformers.__version__}: "
+        "pip install 'biglittle-sam[hf]'"
+    )
+
+from .configuration import (  # noqa: E402
+    BigLittleSamConfig,
+    BigLittleSamVisionConfig,
+    biglittle_config_from_hf,
+    hf_config_from_sam,
+    sam_config_from_hf,
+)
+from .layout import LayoutError, hf_to_sam_state, sam_to_hf_state
+from .modeling import BigLittleSamModel, BigLittleSamVisionEncoder, register
+from .swap import from_sam, to_biglittle, to_sam
+
+register()
+
+__all__ = [
+    "BigLittleSamConfig",
+    "BigLittleSamModel",
+    "BigLittleSamVisionConfig",
+    "BigLittleSamVisionEncoder",
+    "LayoutError",
+    "biglittle_config_from_hf",
+    "from_sam",
+    "hf_config_from_sam",
+    "hf_to_sam_state",
+    "register",
+    "sam_config_from_hf",
+    "sam_to_hf_state",
+    "to_biglittle",
+    "to_sam",
+]

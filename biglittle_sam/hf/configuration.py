@@ -68,6 +68,9 @@ class BigLittleSamVisionConfig(SamVisionConfig):
     base_config_key = "vision_config"
 
     biglittle: Optional[Dict[str, Any]] = None
+    # Where the SAM weights came from, as this project's checkpoints record it
+    # ("vit_b:sam_vit_b_01ec64.pth"; a swapped Hub model: its name, "facebook/sam-vit-base").
+    teacher_checkpoint: Optional[str] = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
@@ -149,7 +152,9 @@ def biglittle_config_from_hf(
         embedding...), or a bad big.LITTLE field, named.
     """
     fields = dict(biglittle if biglittle is not None else getattr(vision, "biglittle", None) or {})
-    return config_from_dict({**_encoder_fields(vision), **fields})
+    # The encoder alone: the decoder is transformers' (sized by its own config), so the decoder
+    # fields only need values every width accepts (one head; sam_config_from_hf sets them all).
+    return config_from_dict({**_encoder_fields(vision), "decoder_heads": 1, **fields})
 
 
 def vision_config_with(vision: SamVisionConfig, **biglittle: Any) -> BigLittleSamVisionConfig:

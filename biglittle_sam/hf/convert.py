@@ -23,7 +23,7 @@ from ..build_sam import load_sam, sam_model_registry
 from ..checkpoint import CheckpointError, PathLike, atomic_save, save_model_checkpoint
 from ..config import SAM_CONFIGS, BigLittleConfig, SamViTConfig
 from .configuration import BigLittleSamConfig, sam_config_from_hf
-from .modeling import BigLittleSamModel, _refuse_partial_load
+from .modeling import BigLittleSamModel, refuse_partial_load
 from .swap import from_sam, to_sam
 
 __all__ = ["convert_to_hf", "convert_from_hf", "load_hf_folder", "processor_for"]
@@ -122,7 +122,7 @@ def load_hf_folder(
             "'biglittle_sam'"
         )
     model, info = SamModel.from_pretrained(path, dtype=dtype, output_loading_info=True)
-    _refuse_partial_load(info, path)
+    refuse_partial_load(info, path)
     return model.eval()
 
 

@@ -43,7 +43,7 @@ from ..modeling import ImageEncoderBigLittle
 from ..modeling.blocks import BigLittleBlock
 from .configuration import BigLittleSamConfig, BigLittleSamVisionConfig, biglittle_config_from_hf
 
-__all__ = ["BigLittleSamModel", "BigLittleSamVisionEncoder", "register"]
+__all__ = ["BigLittleSamModel", "BigLittleSamVisionEncoder", "refuse_partial_load", "register"]
 
 logger = logging.get_logger(__name__)
 
@@ -182,11 +182,11 @@ class BigLittleSamModel(_BigLittlePreTrained, SamModel):
         """transformers' ``from_pretrained``, refusing a file whose weights do not all fit."""
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        _refuse_partial_load(info, args[0] if args else kwargs.get("pretrained_model_name_or_path"))
+        refuse_partial_load(info, args[0] if args else kwargs.get("pretrained_model_name_or_path"))
         return (model, info) if want_info else model
 
 
-def _refuse_partial_load(info: Dict[str, Any], source: Any) -> None:
+def refuse_partial_load(info: Dict[str, Any], source: Any) -> None:
     """Raise ``CheckpointError`` naming the weights ``from_pretrained`` could not load."""
     problems: List[str] = []
     for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
@@ -198,8 +198,7 @@ def _refuse_partial_load(info: Dict[str, Any], source: Any) -> None:
         raise CheckpointError(
             f"{source}: its weights do not fit this big.LITTLE SamModel (none are left at random): "
             + "; ".join(problems)
-            + ". A stock SAM folder: load it with SamModel.from_pretrained, then "
-            "biglittle_sam.hf.to_biglittle(model)"
+            + ". A stock SAM model or folder: biglittle_sam.hf.to_biglittle(name_or_model)"
         )
 
 

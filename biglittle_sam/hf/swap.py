@@ -12,6 +12,7 @@ big.LITTLE) into transformers models and back, by renaming their weights only.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Optional, Union
 
 import torch
@@ -30,7 +31,7 @@ from .configuration import (
     vision_config_with,
 )
 from .layout import hf_to_sam_state, hf_vision_to_encoder_state, sam_to_hf_state
-from .modeling import BigLittleSamModel
+from .modeling import BigLittleSamModel, refuse_partial_load
 
 __all__ = ["to_biglittle", "from_sam", "to_sam"]
 
@@ -44,7 +45,7 @@ def _like(model: torch.nn.Module, source: torch.nn.Module) -> Any:
 
 
 def to_biglittle(
-    model: SamModel,
+    model: Union[SamModel, str, "os.PathLike[str]"],
     keep_ratio: Optional[float] = None,
     training_free: bool = True,
     **biglittle: Any,
@@ -53,7 +54,8 @@ def to_biglittle(
 
     Arguments:
       model: a ``SamModel`` (``SamModel.from_pretrained("facebook/sam-vit-base")``, a SlimSAM
-        model...). It is left unchanged; the result shares no tensor with it.
+        model...), left unchanged (the result shares no tensor with it); or a Hub name or folder,
+        loaded with ``SamModel.from_pretrained`` (strictly: a weight it lacks is an error).
       keep_ratio: the share of tokens through SAM's blocks, in (0, 1] (default 0.5).
       training_free: True (default): SAM's blocks alone, routed by a cheap score (no training;
         at keep ratio 1 exactly the input model). False: fresh E-blocks and routers on SAM's
@@ -68,13 +70,19 @@ def to_biglittle(
       ValueError: a keep ratio outside (0, 1], an unknown setting, or a vision config this encoder
         cannot honour (named).
     """
+    if isinstance(model, (str, os.PathLike)):
+        source = model
+        model, info = SamModel.from_pretrained(source, output_loading_info=True)
+        refuse_partial_load(info, source)
     if isinstance(model, BigLittleSamModel) or not isinstance(model, SamModel):
         raise TypeError(f"expected a transformers SamModel, got {type(model).__name__}")
     if keep_ratio is not None:
         biglittle["keep_ratio"] = validate_keep_ratio(keep_ratio)
     biglittle["training_free"] = bool(training_free)
+    vision = vision_config_with(model.config.vision_config, **biglittle)
+    vision.teacher_checkpoint = model.config.name_or_path or None
     config = BigLittleSamConfig(
-        vision_config=vision_config_with(model.config.vision_config, **biglittle),
+        vision_config=vision,
         prompt_encoder_config=model.config.prompt_encoder_config.to_dict(),
         mask_decoder_config=model.config.mask_decoder_config.to_dict(),
     )
@@ -109,7 +117,6 @@ def from_sam(sam: Sam) -> HFModel:
     encoder = sam.image_encoder
     if isinstance(encoder, ImageEncoderBigLittle):
         config = dataclasses.replace(encoder.config, keep_ratio=encoder.keep_ratio)
-        config = dataclasses.replace(config, teacher=encoder.teacher or config.teacher)
     else:
         base = vit_config(encoder)
         # The decoder sizes: the registered config's, or recovered from the modules.
@@ -122,6 +129,8 @@ def from_sam(sam: Sam) -> HFModel:
             mask_in_chans=sam.prompt_encoder.mask_downscaling[3].out_channels,
         )
     hf_config = hf_config_from_sam(config)
+    if isinstance(encoder, ImageEncoderBigLittle):
+        hf_config.vision_config.teacher_checkpoint = encoder.teacher
     model = (BigLittleSamModel if isinstance(hf_config, BigLittleSamConfig) else SamModel)(
         hf_config
     )
@@ -140,5 +149,6 @@ def to_sam(model: HFModel) -> Sam:
     state = hf_to_sam_state(model.state_dict())
     load_state_dict_strict(sam, state, type(model).__name__, config.name)
     if isinstance(config, BigLittleConfig):
-        sam.image_encoder.teacher = config.teacher
+        tag = getattr(model.config.vision_config, "teacher_checkpoint", None)
+        sam.image_encoder.teacher = tag or config.teacher
     return _like(sam, model)

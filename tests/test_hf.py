@@ -256,3 +256,22 @@ def test_import_biglittle_sam_registers_when_transformers_comes_later(tmp_path, 
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["BigLittleSamModel", "0.5"]
+
+
+def test_the_speed_benchmarks_transformers_runtime_times_stock_and_swapped() -> None:
+    from biglittle_sam.speed.rows import BenchmarkConfig, build_rows
+
+    cfg = BenchmarkConfig(sam="vit_tiny", model="bl_tiny", keep_ratios=(1.0, 0.5), peers=())
+    cfg.runtime, cfg.training_free = "transformers", True
+    rows = build_rows(cfg)
+    assert [r.result.family for r in rows] == ["sam", "biglittle", "biglittle"]
+    assert all(r.result.runtime == "transformers" for r in rows)
+    assert rows[2].result.gmacs < rows[1].result.gmacs
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        outs = []
+        for row in rows:
+            row.prepare()
+            outs.append(row(x))
+    assert outs[0].shape == (1, 32, 16, 16)
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=0)  # r = 1: the stock encoder

@@ -52,7 +52,9 @@ PEERS: Dict[str, Dict[str, Any]] = {
 # Runtimes a run can time its models in, one per process (see :mod:`.runtimes`): PyTorch eager,
 # PyTorch with dynamic int8 Linear layers (:func:`biglittle_sam.quantize.quantize_encoder_int8`),
 # and the exported encoders in onnxruntime, fp32 or dynamically quantised to int8.
-RUNTIMES = ("pytorch", "pytorch-int8", "onnxruntime", "onnxruntime-int8")
+# "transformers": transformers' own SamModel against it swapped by biglittle_sam.hf.to_biglittle
+# (:mod:`.hf_rows`; needs transformers).
+RUNTIMES = ("pytorch", "pytorch-int8", "onnxruntime", "onnxruntime-int8", "transformers")
 
 
 @dataclass
@@ -154,7 +156,7 @@ class BenchmarkConfig:
         for name in (self.runtime, *self.runtimes):
             if name not in RUNTIMES:
                 raise ValueError(f"unknown runtime {name!r}; expected one of {', '.join(RUNTIMES)}")
-        cpu_only = sorted({self.runtime, *self.runtimes} - {"pytorch"})
+        cpu_only = sorted({self.runtime, *self.runtimes} - {"pytorch", "transformers"})
         if cpu_only and not self.device.startswith("cpu"):
             raise ValueError(
                 f"runtimes {', '.join(cpu_only)} run on the CPU (dynamic int8, onnxruntime's CPU "
@@ -182,7 +184,8 @@ class ModelResult:
     efficiency: Optional[float] = None  # speedup / flops_ratio
     speedup_vs_fast: Optional[float] = None  # against SAM on the fused path: routing alone
     efficiency_vs_fast: Optional[float] = None  # speedup_vs_fast / its GMACs ratio
-    # "pytorch", "pytorch+compile", "pytorch-int8", "onnxruntime" or "onnxruntime-int8"
+    # "pytorch", "pytorch+compile", "pytorch-int8", "onnxruntime", "onnxruntime-int8" or
+    # "transformers"
     runtime: str = "pytorch"
     # Multi-runtime runs: against upstream SAM in PyTorch eager fp32 (``speedup`` is against SAM
     # in this row's own runtime).
@@ -265,6 +268,10 @@ def build_rows(cfg: BenchmarkConfig) -> List[Row]:
     overrides: Dict[str, Any] = {}
     if cfg.img_size is not None:
         overrides["img_size"] = cfg.img_size
+    if cfg.runtime == "transformers":
+        from .hf_rows import transformers_rows
+
+        return transformers_rows(cfg, overrides)
     entries: List[Row] = _sam_rows(cfg, overrides) if cfg.sam else []
     if cfg.model:
         mode = {"training_free": True} if cfg.training_free else {}

@@ -234,6 +234,33 @@ def test_slimsam_shaped_models_swap(images) -> None:
     assert (a.pred_masks - b.pred_masks).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize(
+    "vision",
+    [
+        dict(
+            global_attn_indexes=[], use_rel_pos=False, qkv_bias=False, patch_size=8, window_size=4
+        ),
+        dict(global_attn_indexes=[0, 1, 2], num_attention_heads=4, mlp_ratio=3.0, mlp_dim=None),
+    ],
+    ids=["no-global-no-relpos-patch8", "all-global"],
+)
+def test_other_vision_configs_swap(vision, images) -> None:
+    config = stock_config(**vision)
+    if vision.get("patch_size") == 8:
+        config.prompt_encoder_config = type(config.prompt_encoder_config)(
+            **dict(PROMPT, patch_size=8)
+        )
+    torch.manual_seed(3)
+    model = SamModel(config).eval()
+    pts = POINTS[:1]
+    for r in (1.0, 0.5):
+        swapped = blhf.to_biglittle(model, keep_ratio=r)
+        a, b = run(model, images[:1], input_points=pts), run(swapped, images[:1], input_points=pts)
+        assert torch.isfinite(b.pred_masks).all()
+        if r == 1.0:
+            assert (a.pred_masks - b.pred_masks).abs().max() <= 1e-5
+
+
 def test_fresh_e_blocks_for_distillation(stock, images) -> None:
     student = blhf.to_biglittle(stock, keep_ratio=1.0, training_free=False)
     assert hasattr(student.image_encoder.blocks[0], "little")

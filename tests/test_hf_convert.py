@@ -102,6 +102,17 @@ def test_cli_round_trip_of_a_biglittle_checkpoint(tiny_bl, tmp_path) -> None:
     assert equal_states(sam.state_dict(), tiny_bl.state_dict())
 
 
+def test_from_checkpoint_builds_the_transformers_model_in_memory(tiny_bl, tmp_path) -> None:
+    randomize_(tiny_bl.image_encoder, std=0.05, seed=5)
+    path = tmp_path / "bl.pth"
+    save_model_checkpoint(path, tiny_bl, tiny_bl.image_encoder.config)
+    model = blhf.from_checkpoint(path, keep_ratio=0.25)
+    assert type(model) is blhf.BigLittleSamModel and model.keep_ratio == 0.25
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad(), tiny_bl.image_encoder.keep_ratio_context(0.25):
+        torch.testing.assert_close(model.get_image_embeddings(x), tiny_bl.image_encoder(x))
+
+
 def test_cli_training_free_from_an_official_file(tiny_sam_checkpoint, tmp_path) -> None:
     folder = tmp_path / "hf"
     argv = ["to-hf", "--checkpoint", str(tiny_sam_checkpoint), "--model", "bl_tiny"]

@@ -25,6 +25,7 @@ from .configuration import (  # noqa: E402
     hf_config_from_sam,
     sam_config_from_hf,
 )
+from .convert import convert_from_hf, convert_to_hf, from_checkpoint, processor_for
 from .layout import LayoutError, hf_to_sam_state, sam_to_hf_state
 from .modeling import BigLittleSamModel, BigLittleSamVisionEncoder, register
 from .swap import from_sam, to_biglittle, to_sam
@@ -38,9 +39,13 @@ __all__ = [
     "BigLittleSamVisionEncoder",
     "LayoutError",
     "biglittle_config_from_hf",
+    "convert_from_hf",
+    "convert_to_hf",
+    "from_checkpoint",
     "from_sam",
     "hf_config_from_sam",
     "hf_to_sam_state",
+    "processor_for",
     "register",
     "sam_config_from_hf",
     "sam_to_hf_state",

@@ -26,7 +26,7 @@ from .configuration import BigLittleSamConfig, sam_config_from_hf
 from .modeling import BigLittleSamModel, refuse_partial_load
 from .swap import from_sam, to_sam
 
-__all__ = ["convert_to_hf", "convert_from_hf", "load_hf_folder", "processor_for"]
+__all__ = ["convert_to_hf", "convert_from_hf", "from_checkpoint", "load_hf_folder", "processor_for"]
 
 
 def processor_for(image_size: int) -> SamProcessor:
@@ -55,6 +55,20 @@ def _load_sam(checkpoint: PathLike, model: Optional[str], keep_ratio: Optional[f
     if model not in sam_model_registry:
         raise ValueError(f"unknown model {model!r}; expected one of {sorted(sam_model_registry)}")
     return sam_model_registry[model](checkpoint=checkpoint, keep_ratio=keep_ratio).eval()
+
+
+def from_checkpoint(
+    checkpoint: PathLike, model: Optional[str] = None, keep_ratio: Optional[float] = None
+) -> Union[SamModel, BigLittleSamModel]:
+    """A checkpoint of this project (or an official SAM file) as a transformers model, in memory.
+
+    Arguments:
+      checkpoint: a big.LITTLE checkpoint (distilled: the learned mode), or an official SAM file.
+      model: registry name to build; ``bl_b`` with an official ``vit_b`` file gives the
+        training-free mode; default: what the file holds (plain SAM gives a ``SamModel``).
+      keep_ratio: the big.LITTLE model's keep ratio; default: the file's.
+    """
+    return from_sam(_load_sam(checkpoint, model, keep_ratio))
 
 
 def _fresh_folder(output_dir: Path) -> None:
@@ -86,13 +100,13 @@ def convert_to_hf(
     """
     target = Path(output_dir)
     _fresh_folder(target)
-    sam = _load_sam(checkpoint, model, keep_ratio)
-    hf = from_sam(sam)
+    hf = from_checkpoint(checkpoint, model, keep_ratio)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         hf.save_pretrained(staging)
-        processor_for(sam.image_encoder.img_size).save_pretrained(staging)
+        size = hf.config.vision_config.image_size
+        processor_for(size if isinstance(size, int) else size[0]).save_pretrained(staging)
         load_hf_folder(staging)  # the strict reload
         if target.exists():
             target.rmdir()  # empty, checked above

@@ -10,7 +10,7 @@ else fresh E-blocks and routers: speed does not depend on the weights). Each row
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -22,8 +22,12 @@ from .rows import BenchmarkConfig, ModelResult, Row
 __all__ = ["transformers_rows"]
 
 
-def _params_m(module: nn.Module) -> float:
-    return sum(p.numel() for p in module.parameters()) / 1e6
+def _result(
+    name: str, family: str, ratio: Optional[float], size: int, module: nn.Module, gmacs: float
+) -> ModelResult:
+    """A transformers row's figures known before timing (analytic GMACs)."""
+    params = sum(p.numel() for p in module.parameters()) / 1e6
+    return ModelResult(name, family, ratio, size, params, gmacs, "analytic", runtime="transformers")
 
 
 def _last_hidden(encoder: nn.Module) -> Callable[[torch.Tensor], Any]:
@@ -46,16 +50,8 @@ def transformers_rows(cfg: BenchmarkConfig, overrides: Dict[str, Any]) -> List[R
     stock = SamModel(hf_config_from_sam(sam_cfg)).eval()
     base = stock.vision_encoder
     size = sam_cfg.img_size
-    result = ModelResult(
-        name=f"SAM {cfg.sam} (transformers SamModel)",
-        family="sam",
-        keep_ratio=None,
-        input_size=size,
-        params_m=_params_m(base),
-        gmacs=encoder_gmacs(sam_cfg),
-        gmacs_source="analytic",
-        runtime="transformers",
-    )
+    name = f"SAM {cfg.sam} (transformers SamModel)"
+    result = _result(name, "sam", None, size, base, encoder_gmacs(sam_cfg))
     rows = [Row(result, base, lambda: None, fn=_last_hidden(base))]
     swapped = to_biglittle(stock, training_free=cfg.training_free)
     del stock
@@ -66,15 +62,8 @@ def transformers_rows(cfg: BenchmarkConfig, overrides: Dict[str, Any]) -> List[R
         def prepare(r: float = r) -> None:
             swapped.keep_ratio = r
 
-        result = ModelResult(
-            name=f"{cfg.model} r={r:g}{mode} (transformers, to_biglittle)",
-            family="biglittle",
-            keep_ratio=r,
-            input_size=size,
-            params_m=_params_m(encoder),
-            gmacs=encoder_gmacs(swapped.image_encoder, r),
-            gmacs_source="analytic",
-            runtime="transformers",
-        )
+        name = f"{cfg.model} r={r:g}{mode} (transformers, to_biglittle)"
+        gmacs = encoder_gmacs(swapped.image_encoder, r)
+        result = _result(name, "biglittle", r, size, encoder, gmacs)
         rows.append(Row(result, encoder, prepare, fn=_last_hidden(encoder)))
     return rows

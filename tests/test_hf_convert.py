@@ -120,6 +120,11 @@ def test_cli_training_free_from_an_official_file(tiny_sam_checkpoint, tmp_path) 
     model = AutoModel.from_pretrained(folder)
     assert type(model) is blhf.BigLittleSamModel and model.keep_ratio == 0.25
     assert model.config.vision_config.biglittle["training_free"] is True
+    # The same encoder as segment_anything's training-free bl_tiny on the same file.
+    sam = sam_model_registry["bl_tiny"](checkpoint=tiny_sam_checkpoint, keep_ratio=0.25)
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(model.get_image_embeddings(x), sam.image_encoder(x))
     assert (folder / "processor_config.json").is_file() or (
         folder / "preprocessor_config.json"
     ).is_file()

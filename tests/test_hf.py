@@ -286,11 +286,12 @@ def test_import_biglittle_sam_registers_when_transformers_comes_later(tmp_path, 
 
 
 def test_the_speed_benchmarks_transformers_runtime_times_stock_and_swapped() -> None:
-    from biglittle_sam.speed.rows import BenchmarkConfig, build_rows
+    from biglittle_sam.speed.hf_rows import transformers_rows
+    from biglittle_sam.speed.rows import BenchmarkConfig
 
     cfg = BenchmarkConfig(sam="vit_tiny", model="bl_tiny", keep_ratios=(1.0, 0.5), peers=())
     cfg.runtime, cfg.training_free = "transformers", True
-    rows = build_rows(cfg)
+    rows = transformers_rows(cfg)
     assert [r.result.family for r in rows] == ["sam", "biglittle", "biglittle"]
     assert all(r.result.runtime == "transformers" for r in rows)
     assert rows[2].result.gmacs < rows[1].result.gmacs
@@ -302,3 +303,22 @@ def test_the_speed_benchmarks_transformers_runtime_times_stock_and_swapped() -> 
             outs.append(row(x))
     assert outs[0].shape == (1, 32, 16, 16)
     torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=0)  # r = 1: the stock encoder
+
+
+@pytest.mark.slow
+def test_vit_b_sized_swap_equals_stock_at_r_1_and_runs_training_free() -> None:
+    """SAM ViT-B's shapes (random weights: nothing is downloaded), one 1024 x 1024 image."""
+    from biglittle_sam.config import SAM_CONFIGS
+
+    torch.manual_seed(0)
+    stock = SamModel(blhf.hf_config_from_sam(SAM_CONFIGS["vit_b"])).eval()
+    with torch.no_grad():
+        for p in stock.vision_encoder.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    x = torch.randn(1, 3, 1024, 1024)
+    swapped = blhf.to_biglittle(stock, keep_ratio=1.0)
+    with torch.no_grad():
+        ref = stock.get_image_embeddings(x)
+        torch.testing.assert_close(swapped.get_image_embeddings(x), ref, atol=1e-4, rtol=0)
+        half = swapped.get_image_embeddings(x, keep_ratio=0.5)
+    assert half.shape == (1, 256, 64, 64) and torch.isfinite(half).all()

@@ -37,8 +37,9 @@ def _last_hidden(encoder: nn.Module) -> Callable[[torch.Tensor], Any]:
     return run
 
 
-def transformers_rows(cfg: BenchmarkConfig, overrides: Dict[str, Any]) -> List[Row]:
+def transformers_rows(cfg: BenchmarkConfig) -> List[Row]:
     """SAM ``cfg.sam`` as transformers builds it, then the swapped model at each keep ratio."""
+    overrides: Dict[str, Any] = {} if cfg.img_size is None else {"img_size": cfg.img_size}
     from transformers import SamModel
 
     from ..hf import hf_config_from_sam, to_biglittle

@@ -145,7 +145,12 @@ def run_benchmark(
             "through run_runtimes, one subprocess each"
         )
     onnx_only = cfg.runtime.startswith("onnxruntime")
-    entries = build_rows(cfg)
+    if cfg.runtime == "transformers":  # transformers' SAM against the swap (needs [hf])
+        from .hf_rows import transformers_rows
+
+        entries = transformers_rows(cfg)
+    else:
+        entries = build_rows(cfg)
     for e in entries:
         if e.module is not None:
             e.module.to(device).eval()

@@ -55,6 +55,8 @@ PEERS: Dict[str, Dict[str, Any]] = {
 # "transformers": transformers' own SamModel against it swapped by biglittle_sam.hf.to_biglittle
 # (:mod:`.hf_rows`; needs transformers).
 RUNTIMES = ("pytorch", "pytorch-int8", "onnxruntime", "onnxruntime-int8", "transformers")
+# Row sets (BenchmarkConfig.family): SAM 1 with its big.LITTLE models, or SAM 3's backbone.
+FAMILIES = ("sam", "sam3")
 
 
 @dataclass
@@ -91,6 +93,9 @@ class BenchmarkConfig:
     training_free: bool = flag(
         False, "time the big.LITTLE rows in the training-free mode (no LITTLE blocks or routers)"
     )
+    # The row set: "sam" (SAM 1 and big.LITTLE, above); "sam3": transformers' SAM 3 ViT backbone
+    # (1008 px) against its training-free swap at keep_ratios (speed/sam3_rows.py; transformers).
+    family: str = flag("sam", "row set: sam (SAM 1) or sam3 (SAM 3's backbone)", choices=FAMILIES)
     # timm backbones; empty to skip (the command line's 'none').
     peers: Tuple[str, ...] = flag(tuple(PEERS), "timm peer backbones, or 'none' (needs timm)")
     # The command line also takes auto, which it resolves to a torch device.
@@ -153,6 +158,10 @@ class BenchmarkConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(
+                f"unknown family {self.family!r}; expected one of {', '.join(FAMILIES)}"
+            )
         for name in (self.runtime, *self.runtimes):
             if name not in RUNTIMES:
                 raise ValueError(f"unknown runtime {name!r}; expected one of {', '.join(RUNTIMES)}")
@@ -268,10 +277,10 @@ def build_rows(cfg: BenchmarkConfig) -> List[Row]:
     overrides: Dict[str, Any] = {}
     if cfg.img_size is not None:
         overrides["img_size"] = cfg.img_size
-    if cfg.runtime == "transformers":
-        from .hf_rows import transformers_rows
+    if cfg.family == "sam3":
+        from .sam3_rows import sam3_rows
 
-        return transformers_rows(cfg, overrides)
+        return sam3_rows(cfg)
     entries: List[Row] = _sam_rows(cfg, overrides) if cfg.sam else []
     if cfg.model:
         mode = {"training_free": True} if cfg.training_free else {}

@@ -250,6 +250,10 @@ def encoder_macs(
       "total"}. In the training-free mode (``training_free`` configs) "router" is the token
       score, "match" the copy rule's cosine matching, and layers follow the schedule.
     """
+    if "Sam3" in type(model).__name__:  # transformers' SAM 3 backbone (lazy: needs transformers)
+        from .hf.sam3_flops import sam3_encoder_macs
+
+        return sam3_encoder_macs(model, keep_ratio)
     out = _encoder_parts(model, keep_ratio, pool_kv, layer_ratios)
     out["big_linear"] += out.pop("kv_unrouted")
     out["total"] = sum(out.values())

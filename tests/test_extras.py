@@ -75,9 +75,11 @@ HOMES: Dict[str, Tuple[str, ...]] = {
 
 # Imports a module makes only when their third-party package is already imported, so they need
 # nothing the module's home lacks: the transformers hook imports biglittle_sam.hf (transformers)
-# only after `import transformers` has run (biglittle_sam/runtime/transformers_hook.py).
+# only after `import transformers` has run (biglittle_sam/runtime/transformers_hook.py), and the
+# cost model imports the SAM 3 counts only for a transformers SAM 3 model or config it was given.
 GUARDED: Dict[str, FrozenSet[str]] = {
     "biglittle_sam/runtime/transformers_hook.py": frozenset({"biglittle_sam.hf"}),
+    "biglittle_sam/flops.py": frozenset({"biglittle_sam.hf.sam3_flops"}),
 }
 
 # Import name -> the distributions that provide it, where the name does not say (any one will do).
@@ -196,12 +198,12 @@ def direct(path: Path) -> Tuple[FrozenSet[Path], FrozenSet[str]]:
     third: Set[str] = set()
     guarded = GUARDED.get(path.relative_to(ROOT).as_posix(), frozenset())
     for module, level, name in _imports(ast.parse(path.read_text(), str(path))):
-        if module in guarded:
-            continue
         if level:
             base = package.split(".")
             base = base[: len(base) - (level - 1)]
             module = ".".join(base + ([module] if module else []))
+        if module in guarded:
+            continue
         targets = [module] + ([f"{module}.{name}"] if name and name != "*" else [])
         if _module_file(module) is None and module.split(".")[0] not in SOURCE_FOLDERS:
             top = module.split(".")[0]

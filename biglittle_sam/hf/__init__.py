@@ -28,11 +28,17 @@ from .configuration import (  # noqa: E402
 from .convert import convert_from_hf, convert_to_hf, from_checkpoint, processor_for
 from .layout import LayoutError, hf_to_sam_state, sam_to_hf_state
 from .modeling import BigLittleSamModel, BigLittleSamVisionEncoder, register
+from .sam3_config import BigLittleSam3ViTConfig
+from .sam3_model import BigLittleSam3ViTModel, register_sam3
+from .sam3_swap import load_sam3, sam3_keep_ratio_context, set_sam3_keep_ratio, to_biglittle_sam3
 from .swap import from_sam, to_biglittle, to_sam
 
 register()
+register_sam3()
 
 __all__ = [
+    "BigLittleSam3ViTConfig",
+    "BigLittleSam3ViTModel",
     "BigLittleSamConfig",
     "BigLittleSamModel",
     "BigLittleSamVisionConfig",
@@ -45,10 +51,15 @@ __all__ = [
     "from_sam",
     "hf_config_from_sam",
     "hf_to_sam_state",
+    "load_sam3",
     "processor_for",
     "register",
+    "register_sam3",
     "sam_config_from_hf",
+    "sam3_keep_ratio_context",
     "sam_to_hf_state",
+    "set_sam3_keep_ratio",
     "to_biglittle",
+    "to_biglittle_sam3",
     "to_sam",
 ]

@@ -32,6 +32,7 @@ __all__ = [
     "BigLittleSamVisionConfig",
     "BIGLITTLE_FIELDS",
     "biglittle_config_from_hf",
+    "square_side",
     "hf_config_from_sam",
     "sam_config_from_hf",
     "vision_config_with",
@@ -91,16 +92,15 @@ class BigLittleSamVisionConfig(SamVisionConfig):
         self.biglittle = {k: own[k] for k in BIGLITTLE_FIELDS if k in own}
 
 
-def _square(value: Any, name: str) -> int:
-    """An int side from an int or a square [h, w] pair; ValueError otherwise."""
+def square_side(value: Any, name: str, owner: str = "vision_config") -> int:
+    """An int side from an int or a square [h, w] pair; ValueError naming ``owner.name``
+    otherwise."""
     if isinstance(value, (list, tuple)):
         if len(value) != 2 or value[0] != value[1]:
-            raise ValueError(
-                f"vision_config.{name} must be square (one int or [n, n]), got {value}"
-            )
+            raise ValueError(f"{owner}.{name} must be square (one int or [n, n]), got {value}")
         value = value[0]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"vision_config.{name} must be an int, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{owner}.{name} must be a positive int, got {value!r}")
     return value
 
 
@@ -123,8 +123,8 @@ def _encoder_fields(vision: SamVisionConfig) -> Dict[str, Any]:
             "this SAM vision config cannot run as a big.LITTLE encoder: " + "; ".join(problems)
         )
     return dict(
-        img_size=_square(vision.image_size, "image_size"),
-        patch_size=_square(vision.patch_size, "patch_size"),
+        img_size=square_side(vision.image_size, "image_size"),
+        patch_size=square_side(vision.patch_size, "patch_size"),
         in_chans=vision.num_channels,
         embed_dim=width,
         depth=vision.num_hidden_layers,
@@ -195,8 +195,8 @@ class BigLittleSamConfig(SamConfig):
 def check_sam_parts(config: SamConfig) -> None:
     """Raise ``ValueError`` unless the vision, prompt and decoder parts of ``config`` fit."""
     vision, prompt, decoder = (getattr(config, k) for k in _SAM_PARTS)
-    side = _square(vision.image_size, "image_size")
-    grid = side // _square(vision.patch_size, "patch_size")
+    side = square_side(vision.image_size, "image_size")
+    grid = side // square_side(vision.patch_size, "patch_size")
     checks = [
         ("prompt_encoder_config.image_size", prompt.image_size, "vision_config.image_size", side),
         (
@@ -218,7 +218,7 @@ def check_sam_parts(config: SamConfig) -> None:
             vision.output_channels,
         ),
     ]
-    if side % _square(vision.patch_size, "patch_size"):
+    if side % square_side(vision.patch_size, "patch_size"):
         raise ValueError(
             f"vision_config.image_size ({side}) must be a multiple of patch_size "
             f"({vision.patch_size})"

@@ -186,8 +186,17 @@ class BigLittleSamModel(_BigLittlePreTrained, SamModel):
         return (model, info) if want_info else model
 
 
-def refuse_partial_load(info: Dict[str, Any], source: Any) -> None:
-    """Raise ``CheckpointError`` naming the weights ``from_pretrained`` could not load."""
+_STOCK_HINT = ". A stock SAM model or folder: biglittle_sam.hf.to_biglittle(name_or_model)"
+
+
+def refuse_partial_load(
+    info: Dict[str, Any],
+    source: Any,
+    what: str = "this big.LITTLE SamModel",
+    hint: str = _STOCK_HINT,
+) -> None:
+    """Raise ``CheckpointError`` naming the weights ``from_pretrained`` could not load into
+    ``what`` (its ``output_loading_info``), followed by ``hint``."""
     problems: List[str] = []
     for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
         keys = sorted(str(k) for k in info.get(kind) or ())
@@ -196,9 +205,9 @@ def refuse_partial_load(info: Dict[str, Any], source: Any) -> None:
             problems.append(f"{kind.replace('_', ' ')} ({len(keys)}): {', '.join(keys[:6])}{more}")
     if problems:
         raise CheckpointError(
-            f"{source}: its weights do not fit this big.LITTLE SamModel (none are left at random): "
+            f"{source}: its weights do not fit {what} (none are left at random): "
             + "; ".join(problems)
-            + ". A stock SAM model or folder: biglittle_sam.hf.to_biglittle(name_or_model)"
+            + hint
         )
 
 

@@ -19,10 +19,10 @@ from ..config import BigLittleConfig, get_config
 from ..flops import encoder_gmacs
 from .rows import BenchmarkConfig, ModelResult, Row
 
-__all__ = ["transformers_rows"]
+__all__ = ["row_result", "transformers_rows"]
 
 
-def _result(
+def row_result(
     name: str, family: str, ratio: Optional[float], size: int, module: nn.Module, gmacs: float
 ) -> ModelResult:
     """A transformers row's figures known before timing (analytic GMACs)."""
@@ -52,7 +52,7 @@ def transformers_rows(cfg: BenchmarkConfig) -> List[Row]:
     base = stock.vision_encoder
     size = sam_cfg.img_size
     name = f"SAM {cfg.sam} (transformers SamModel)"
-    result = _result(name, "sam", None, size, base, encoder_gmacs(sam_cfg))
+    result = row_result(name, "sam", None, size, base, encoder_gmacs(sam_cfg))
     rows = [Row(result, base, lambda: None, fn=_last_hidden(base))]
     swapped = to_biglittle(stock, training_free=cfg.training_free)
     del stock
@@ -65,6 +65,6 @@ def transformers_rows(cfg: BenchmarkConfig) -> List[Row]:
 
         name = f"{cfg.model} r={r:g}{mode} (transformers, to_biglittle)"
         gmacs = encoder_gmacs(swapped.image_encoder, r)
-        result = _result(name, "biglittle", r, size, encoder, gmacs)
+        result = row_result(name, "biglittle", r, size, encoder, gmacs)
         rows.append(Row(result, encoder, prepare, fn=_last_hidden(encoder)))
     return rows

@@ -145,7 +145,11 @@ def run_benchmark(
             "through run_runtimes, one subprocess each"
         )
     onnx_only = cfg.runtime.startswith("onnxruntime")
-    if cfg.runtime == "transformers":  # transformers' SAM against the swap (needs [hf])
+    if cfg.family == "sam3":  # transformers' SAM 3 backbone against its swap (needs [hf])
+        from .sam3_rows import sam3_rows
+
+        entries = sam3_rows(cfg)
+    elif cfg.runtime == "transformers":  # transformers' SAM against the swap (needs [hf])
         from .hf_rows import transformers_rows
 
         entries = transformers_rows(cfg)

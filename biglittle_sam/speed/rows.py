@@ -94,7 +94,8 @@ class BenchmarkConfig:
         False, "time the big.LITTLE rows in the training-free mode (no LITTLE blocks or routers)"
     )
     # The row set: "sam" (SAM 1 and big.LITTLE, above); "sam3": transformers' SAM 3 ViT backbone
-    # (1008 px) against its training-free swap at keep_ratios (speed/sam3_rows.py; transformers).
+    # (1008 px) against its training-free swap at keep_ratios (speed/sam3_rows.py, dispatched by
+    # measure.run_benchmark; needs transformers).
     family: str = flag("sam", "row set: sam (SAM 1) or sam3 (SAM 3's backbone)", choices=FAMILIES)
     # timm backbones; empty to skip (the command line's 'none').
     peers: Tuple[str, ...] = flag(tuple(PEERS), "timm peer backbones, or 'none' (needs timm)")
@@ -277,10 +278,6 @@ def build_rows(cfg: BenchmarkConfig) -> List[Row]:
     overrides: Dict[str, Any] = {}
     if cfg.img_size is not None:
         overrides["img_size"] = cfg.img_size
-    if cfg.family == "sam3":
-        from .sam3_rows import sam3_rows
-
-        return sam3_rows(cfg)
     entries: List[Row] = _sam_rows(cfg, overrides) if cfg.sam else []
     if cfg.model:
         mode = {"training_free": True} if cfg.training_free else {}

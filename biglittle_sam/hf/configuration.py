@@ -55,6 +55,33 @@ HF_DEFAULTS: Dict[str, Any] = {
 _SAM_PARTS = ("vision_config", "prompt_encoder_config", "mask_decoder_config")
 
 
+# (transformers' name, this project's SamViTConfig name) of the fields that map one to one. The
+# image and patch sides, the MLP width, the global layers and the Fourier width are converted.
+_VISION_NAMES = (
+    ("hidden_size", "embed_dim"),
+    ("output_channels", "out_chans"),
+    ("num_hidden_layers", "depth"),
+    ("num_attention_heads", "num_heads"),
+    ("num_channels", "in_chans"),
+    ("qkv_bias", "qkv_bias"),
+    ("use_rel_pos", "use_rel_pos"),
+    ("window_size", "window_size"),
+)
+_PROMPT_NAMES = (
+    ("hidden_size", "out_chans"),
+    ("image_size", "img_size"),
+    ("patch_size", "patch_size"),
+    ("mask_input_channels", "mask_in_chans"),
+)
+_DECODER_NAMES = (  # the first is the shared width, set by the vision config
+    ("hidden_size", "out_chans"),
+    ("mlp_dim", "decoder_mlp_dim"),
+    ("num_hidden_layers", "decoder_depth"),
+    ("num_attention_heads", "decoder_heads"),
+    ("iou_head_hidden_dim", "iou_head_hidden_dim"),
+)
+
+
 class BigLittleSamVisionConfig(SamVisionConfig):
     """``SamVisionConfig`` plus ``biglittle``: the big.LITTLE settings, as a dict.
 
@@ -123,18 +150,11 @@ def _encoder_fields(vision: SamVisionConfig) -> Dict[str, Any]:
             "this SAM vision config cannot run as a big.LITTLE encoder: " + "; ".join(problems)
         )
     return dict(
+        {ours: getattr(vision, theirs) for theirs, ours in _VISION_NAMES},
         img_size=square_side(vision.image_size, "image_size"),
         patch_size=square_side(vision.patch_size, "patch_size"),
-        in_chans=vision.num_channels,
-        embed_dim=width,
-        depth=vision.num_hidden_layers,
-        num_heads=vision.num_attention_heads,
         mlp_ratio=ratio,
-        window_size=vision.window_size,
         global_attn_indexes=tuple(vision.global_attn_indexes),
-        qkv_bias=vision.qkv_bias,
-        use_rel_pos=vision.use_rel_pos,
-        out_chans=vision.output_channels,
     )
 
 
@@ -230,35 +250,17 @@ def check_sam_parts(config: SamConfig) -> None:
 
 def hf_config_from_sam(config: SamViTConfig) -> Union[SamConfig, BigLittleSamConfig]:
     """The transformers config of a SAM or big.LITTLE model of this project (for conversion)."""
-    vision: Dict[str, Any] = dict(
-        hidden_size=config.embed_dim,
-        output_channels=config.out_chans,
-        num_hidden_layers=config.depth,
-        num_attention_heads=config.num_heads,
-        num_channels=config.in_chans,
+    vision: Dict[str, Any] = {theirs: getattr(config, ours) for theirs, ours in _VISION_NAMES}
+    vision.update(
         image_size=config.img_size,
         patch_size=config.patch_size,
         mlp_ratio=config.mlp_ratio,
         mlp_dim=int(config.embed_dim * config.mlp_ratio),
-        qkv_bias=config.qkv_bias,
-        use_rel_pos=config.use_rel_pos,
-        window_size=config.window_size,
         global_attn_indexes=list(config.global_attn_indexes),
         num_pos_feats=config.out_chans // 2,
     )
-    prompt = dict(
-        hidden_size=config.out_chans,
-        image_size=config.img_size,
-        patch_size=config.patch_size,
-        mask_input_channels=config.mask_in_chans,
-    )
-    decoder = dict(
-        hidden_size=config.out_chans,
-        mlp_dim=config.decoder_mlp_dim,
-        num_hidden_layers=config.decoder_depth,
-        num_attention_heads=config.decoder_heads,
-        iou_head_hidden_dim=config.iou_head_hidden_dim,
-    )
+    prompt = {theirs: getattr(config, ours) for theirs, ours in _PROMPT_NAMES}
+    decoder = {theirs: getattr(config, ours) for theirs, ours in _DECODER_NAMES}
     if not isinstance(config, BigLittleConfig):
         return SamConfig(
             vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder
@@ -301,14 +303,9 @@ def sam_config_from_hf(config: SamConfig, name: str = "vit_custom") -> SamViTCon
         raise ValueError(
             "this SamConfig has no segment_anything counterpart: " + "; ".join(problems)
         )
-    fields = dict(
-        _encoder_fields(vision),
-        decoder_depth=decoder.num_hidden_layers,
-        decoder_mlp_dim=decoder.mlp_dim,
-        decoder_heads=decoder.num_attention_heads,
-        iou_head_hidden_dim=decoder.iou_head_hidden_dim,
-        mask_in_chans=prompt.mask_input_channels,
-    )
+    fields = _encoder_fields(vision)
+    fields.update({ours: getattr(decoder, theirs) for theirs, ours in _DECODER_NAMES[1:]})
+    fields["mask_in_chans"] = prompt.mask_input_channels
     if isinstance(vision, BigLittleSamVisionConfig):
         return config_from_dict({**fields, **(vision.biglittle or {})})
     plain = SamViTConfig(name=name, **fields)

@@ -9,7 +9,13 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from biglittle_sam.data import CocoDataset, SA1BDataset, ShapesConfig, make_shapes_dataset
-from biglittle_sam.data.shapes import render_shapes_image, uncompressed_rle
+from biglittle_sam.data.shapes import (
+    TOKEN_BINS,
+    describe_shapes,
+    render_shapes_image,
+    token_sized_shapes_config,
+    uncompressed_rle,
+)
 from biglittle_sam.eval.metrics import area_bins
 from tests.eval_helpers import SMALL_SIZES, read_json
 from tools.make_shapes_dataset import main as make_shapes_main
@@ -144,3 +150,29 @@ def test_cli_writes_a_dataset_the_loaders_read(
     with pytest.raises(SystemExit):
         make_shapes_main(["--out-dir", str(tmp_path), "--sizes", "100by80"])
     assert "WIDTHxHEIGHT" in capsys.readouterr().err
+
+
+def test_token_sized_preset_follows_cocos_bins_in_tokens(tmp_path) -> None:
+    config = token_sized_shapes_config(256, 8, num_images=60, seed=11)
+    written = make_shapes_dataset(tmp_path / "tok", config)
+    info = describe_shapes(written.coco_annotations, patch_size=8)
+    assert info["instances"] > 250
+    for name, share, *_ in TOKEN_BINS:  # 41 / 34 / 25% by count, measured on the visible masks
+        assert abs(info["bin_shares"][name] - share) < 0.08, info
+    assert 0.1 < info["object_share"] < 0.5  # objects are a minority of the image
+
+
+def test_token_sized_preset_refuses_what_cannot_hold_its_bins() -> None:
+    with pytest.raises(ValueError, match="at least 11 tokens across"):
+        token_sized_shapes_config(64, 8, num_images=1, seed=0)
+    with pytest.raises(ValueError, match="shares sum to 1"):
+        ShapesConfig(extent_bins=((0.5, 8.0, 24.0),))
+    with pytest.raises(ValueError, match="extent_bins must be"):
+        ShapesConfig(extent_bins=((1.0, 24.0, 8.0),))
+
+
+def test_make_shapes_cli_token_sized_preset(tmp_path, capsys) -> None:
+    argv = ["--out-dir", str(tmp_path / "t"), "--preset", "token-sized", "--img-size", "128"]
+    assert make_shapes_main(argv + ["--patch-size", "8", "--num-images", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "sizes in tokens: small" in out and "wrote 4 images" in out

@@ -39,18 +39,23 @@ from .records import PathLike
 from .shapes_render import (
     CATEGORIES,
     SHAPE_KINDS,
+    TOKEN_BINS,
     ShapesConfig,
     background_shapes_config,
     render_shapes_image,
+    token_sized_shapes_config,
 )
 
 __all__ = [
     "ShapesConfig",
     "ShapesDataset",
     "SHAPE_KINDS",
+    "TOKEN_BINS",
     "background_shapes_config",
+    "describe_shapes",
     "make_shapes_dataset",
     "render_shapes_image",
+    "token_sized_shapes_config",
     "uncompressed_rle",
 ]
 
@@ -337,3 +342,32 @@ def _false_positives(
             }
         )
     return out
+
+
+def describe_shapes(annotations: PathLike, patch_size: int) -> Dict[str, Any]:
+    """What a COCO-format shapes split holds, in tokens of ``patch_size`` pixels: instances per
+    size bin of :data:`TOKEN_BINS` (by the bounding box's longer side) and the share of each
+    image the objects cover, on average (visible masks do not overlap, so areas add up).
+
+    Returns:
+      {"instances", "bins": {name: count}, "bin_shares": {name: share}, "object_share"}; crowd
+      regions are left out.
+    """
+    data = json.loads(Path(annotations).read_text())
+    sizes = {im["id"]: im["width"] * im["height"] for im in data["images"]}
+    bins = {name: 0 for name, *_ in TOKEN_BINS}
+    covered = {image_id: 0.0 for image_id in sizes}
+    for ann in data["annotations"]:
+        if ann.get("iscrowd"):
+            continue
+        across = max(ann["bbox"][2], ann["bbox"][3]) / patch_size
+        name = next(n for n, _, lo, hi in TOKEN_BINS if hi is None or across < hi)
+        bins[name] += 1
+        covered[ann["image_id"]] += ann["area"]
+    total = sum(bins.values())
+    return {
+        "instances": total,
+        "bins": bins,
+        "bin_shares": {k: v / total if total else 0.0 for k, v in bins.items()},
+        "object_share": float(np.mean([covered[i] / sizes[i] for i in sizes])) if sizes else 0.0,
+    }

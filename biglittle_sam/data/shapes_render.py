@@ -12,6 +12,7 @@ pycocotools gets back exactly the painted pixels.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
@@ -26,7 +27,9 @@ __all__ = [
     "FORMATS",
     "SHAPE_KINDS",
     "ShapesConfig",
+    "TOKEN_BINS",
     "background_shapes_config",
+    "token_sized_shapes_config",
     "image_size_arg",
     "render_shapes_image",
 ]
@@ -75,6 +78,10 @@ class ShapesConfig:
     # Masks are exact whatever the quality; only pixel colours change.
     jpeg_quality: int = flag(95, "JPEG quality")
     backdrop: bool = True  # the first shape is large and central (False: objects stay a minority)
+    # Size bins of the non-backdrop shapes, ((share, min px, max px), ...): a shape draws its bin by
+    # share, then its extent log-uniform in the bin (capped at the short side). Empty: one
+    # log-uniform range, min_extent to max_extent (token_sized_shapes_config sets bins in tokens).
+    extent_bins: Tuple[Tuple[float, float, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.num_images < 1:
@@ -89,6 +96,40 @@ class ShapesConfig:
         unknown = sorted(set(self.formats) - set(FORMATS))
         if unknown or not self.formats:
             raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {self.formats}")
+        bad_bins = [b for b in self.extent_bins if len(b) != 3 or b[0] <= 0 or not 0 < b[1] <= b[2]]
+        shares = sum(b[0] for b in self.extent_bins if len(b) == 3)
+        if bad_bins or (self.extent_bins and abs(shares - 1) > 1e-6):
+            raise ValueError(
+                "extent_bins must be (share > 0, min px > 0, max px >= min) triples whose shares "
+                f"sum to 1, got {self.extent_bins}"
+            )
+
+
+# Object sizes as SAM sees COCO, in tokens across (the bounding box's longer side): small 1-3,
+# medium 3-10, large above, in COCO's proportions (41 / 34 / 25% of instances by count).
+TOKEN_BINS = (("small", 0.41, 1.0, 3.0), ("medium", 0.34, 3.0, 10.0), ("large", 0.25, 10.0, None))
+
+
+def token_sized_shapes_config(
+    img_size: int, patch_size: int, num_images: int, seed: int
+) -> ShapesConfig:
+    """:func:`background_shapes_config` with objects sized in tokens of ``patch_size`` pixels as
+    SAM sees COCO (:data:`TOKEN_BINS`; "large" up to the image's long side), 3-9 per image.
+
+    Raises:
+      ValueError: an image of fewer than 11 tokens across (no room for a large object).
+    """
+    if img_size // patch_size < 11:
+        raise ValueError(
+            f"token-sized shapes need at least 11 tokens across the image, got {img_size} px / "
+            f"{patch_size} px patches = {img_size // patch_size}"
+        )
+    bins = tuple(
+        (share, lo * patch_size, float(img_size) if hi is None else hi * patch_size)
+        for _, share, lo, hi in TOKEN_BINS
+    )
+    base = background_shapes_config(img_size, num_images, seed)
+    return dataclasses.replace(base, extent_bins=bins, min_shapes=3, max_shapes=9)
 
 
 def background_shapes_config(img_size: int, num_images: int, seed: int) -> ShapesConfig:
@@ -190,8 +231,13 @@ def _random_shape(
         cx = rng.uniform(0.3 * width, 0.7 * width)
         cy = rng.uniform(0.3 * height, 0.7 * height)
     else:
-        high = max(config.min_extent + 1, config.max_extent * short)
-        extent = float(math.exp(rng.uniform(math.log(config.min_extent), math.log(high))))
+        if config.extent_bins:
+            share = np.array([b[0] for b in config.extent_bins])
+            _, low, high = config.extent_bins[int(rng.choice(len(share), p=share / share.sum()))]
+            high = min(high, max(height, width))
+        else:
+            low, high = config.min_extent, max(config.min_extent + 1, config.max_extent * short)
+        extent = float(math.exp(rng.uniform(math.log(low), math.log(max(low, high)))))
         # Centres reach a little past the border, so some shapes are cut by it.
         cx = rng.uniform(-0.05 * width, 1.05 * width)
         cy = rng.uniform(-0.05 * height, 1.05 * height)

@@ -39,7 +39,7 @@ StateDict = Dict[str, torch.Tensor]
 PIXEL_MEAN = (123.675, 116.28, 103.53)  # SAM's ImageNet normalization, in 0..255
 PIXEL_STD = (58.395, 57.12, 57.375)
 # Keys of a big.LITTLE model that a plain SAM checkpoint cannot provide: they start fresh.
-NEW_IN_BIGLITTLE = (".little.", ".router.")
+NEW_IN_BIGLITTLE = (".little.", ".router.", ".context.")
 
 
 def _build_vit_encoder(config: SamViTConfig) -> ImageEncoderViT:

@@ -80,6 +80,7 @@ from .model_files import (
     training_free_checkpoint_error,
 )
 from .model_spec import ModelSpec, ModelSpecError, split_named_path
+from .modeling import old_layout_missing
 from .modeling.encoder_ops import (
     get_keep_ratio,
     keep_ratio_context,
@@ -298,8 +299,9 @@ def _build_biglittle_sam(
     sam = build_sam_from_config(config)
     if sam_state is not None and sam_path is not None:
         teacher = inherit_from_sam(sam, sam_path, sam_state)
-    if weights.state is not None:
-        load_state_dict_strict(sam, weights.state, weights.checkpoint or "", name)
+    if weights.state is not None:  # an old layout lacks the context modules: they keep their init
+        missing_ok = old_layout_missing(config, weights.state)
+        load_state_dict_strict(sam, weights.state, weights.checkpoint or "", name, missing_ok)
     sam.image_encoder.teacher = teacher or config.teacher
     sam.eval()
     return sam

@@ -44,12 +44,17 @@ __all__ = [
     "guess_model_name",
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "layout_version",
 ]
 
 PathLike = Union[str, os.PathLike]
 StateDict = Dict[str, Tensor]
 FORMAT_NAME = "biglittle-sam"
-FORMAT_VERSION = 1
+# The newest checkpoint layout this code reads. 1: every model before ``global_context``; 2: a
+# model with a global-context module (``blocks.<i>.context.*`` keys, the config's global_context
+# fields). A file records the oldest version that describes it (layout_version), so a model without
+# the module stays readable by code from before it.
+FORMAT_VERSION = 2
 
 # (embed_dim, depth) of the image encoders in the registry, to name what a state dict looks like.
 _KNOWN_ENCODERS = {
@@ -203,6 +208,21 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
     return Path(path)
 
 
+def layout_version(config: SamViTConfig) -> int:
+    """The checkpoint layout version a model of ``config`` needs (see FORMAT_VERSION)."""
+    return 2 if getattr(config, "global_context", "none") != "none" else 1
+
+
+def check_version(meta: Mapping[str, Any], path: PathLike) -> None:
+    """CheckpointError when a checkpoint's layout ``version`` is newer than this code reads."""
+    version = meta.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint layout version {version} is newer than this code reads (version "
+            f"{FORMAT_VERSION} at most); update biglittle_sam to load it"
+        )
+
+
 def checkpoint_payload(
     model: nn.Module,
     config: SamViTConfig,
@@ -217,7 +237,7 @@ def checkpoint_payload(
     """
     payload: Dict[str, Any] = {
         "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
+        "version": layout_version(config),
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "config": config_to_dict(config),
         "teacher": teacher,
@@ -307,6 +327,7 @@ def checkpoint_config(
     Raises:
       CheckpointError: naming the field that is wrong, or the budget the tensors do not cover.
     """
+    check_version(meta, path)
     data = meta.get("config")
     if data is None:
         return None

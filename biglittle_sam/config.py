@@ -32,6 +32,8 @@ __all__ = [
     "SKIP_RULES",
     "validate_token_score",
     "validate_skip_rule",
+    "GLOBAL_CONTEXTS",
+    "validate_global_context",
     "config_to_dict",
     "biglittle_config_for",
 ]
@@ -107,6 +109,24 @@ def validate_skip_rule(skip_rule: str) -> str:
     if skip_rule not in SKIP_RULES:
         raise ValueError(f"skip_rule must be one of {SKIP_RULES}, got {skip_rule!r}")
     return skip_rule
+
+
+# What a skipped token sees beyond its window in global layers: "none" (the old layout), "pooled"
+# (attention to the grid pooled P x P), "nearest" (a routed token's update); global_context.py.
+GLOBAL_CONTEXTS = ("none", "pooled", "nearest")
+
+
+def validate_global_context(global_context: str, grid_size: int = 0, pool: int = 0) -> str:
+    """``global_context``, or ValueError unless in :data:`GLOBAL_CONTEXTS` (with P dividing it)."""
+    if global_context not in GLOBAL_CONTEXTS:
+        raise ValueError(f"global_context must be one of {GLOBAL_CONTEXTS}, got {global_context!r}")
+    if global_context == "pooled" and grid_size and (pool < 1 or grid_size % pool):
+        divisors = [p for p in range(1, grid_size + 1) if grid_size % p == 0]
+        raise ValueError(
+            f"global_context_pool: the {grid_size} x {grid_size} token grid is averaged to P x P "
+            f"blocks, so P must divide {grid_size} (one of {divisors}), got {pool}"
+        )
+    return global_context
 
 
 def validate_pool_kv(grid_size: int, window_size: int) -> None:
@@ -244,6 +264,10 @@ class BigLittleConfig(SamViTConfig):
     # Training-free only: also run the global-attention layers densely (the probe keeps 48.7 of
     # 50.2 mIoU at r = 0.5 with them dense, 47.3 with them routed, at 80% against 65% of the MACs).
     dense_global: bool = False
+    # GLOBAL_CONTEXTS: with "none" a skipped token sees only its window in global layers too, where
+    # the layers diagnostic puts most of the proxy student's loss. Not "none": checkpoint version 2.
+    global_context: str = "none"
+    global_context_pool: int = 8  # "pooled": P, the pooled grid's side (must divide the grid)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -260,6 +284,12 @@ class BigLittleConfig(SamViTConfig):
         validate_routing(self.routing)
         validate_token_score(self.token_score)
         validate_skip_rule(self.skip_rule)
+        validate_global_context(self.global_context, self.grid_size, self.global_context_pool)
+        if self.training_free and self.global_context != "none":
+            raise ValueError(
+                f"global_context={self.global_context!r} is learned; the training-free mode has "
+                "nothing to train (its skip_rule 'copy' is its own): use global_context='none'"
+            )
         bad = [i for i in self.dense_layers if not 0 <= i < self.depth]
         if bad:
             raise ValueError(f"dense_layers {bad} are outside 0..{self.depth - 1}")
@@ -376,6 +406,7 @@ _POSITIVE_INTS = (
     "mask_in_chans",
     "little_dim",
     "little_heads",
+    "global_context_pool",
 )
 _POSITIVE_FLOATS = ("mlp_ratio", "little_mlp_ratio", "keep_ratio")
 
@@ -452,12 +483,16 @@ def config_from_dict(data: Mapping[str, Any]) -> AnyConfig:
         raise ValueError(
             f"unknown {cls.__name__} fields {unknown}; expected a subset of {sorted(names)}"
         )
-    return cls(**_check_config_fields(cls, data))
+    old = {"global_context": "none"} if cls is BigLittleConfig else {}  # stored before the field
+    return cls(**{**old, **_check_config_fields(cls, data)})
 
 
 def config_to_dict(config: SamViTConfig) -> Dict[str, Any]:
-    """``asdict(config)`` with tuples as lists: safe for ``weights_only`` loading and JSON."""
+    """``asdict(config)`` with tuples as lists: safe for ``weights_only`` loading and JSON
+    (``global_context`` "none" leaves its fields out: older code, refusing them, still reads it)."""
     out = dataclasses.asdict(config)
+    if out.get("global_context") == "none":
+        del out["global_context"], out["global_context_pool"]
     out["global_attn_indexes"] = list(out["global_attn_indexes"])
     if "dense_layers" in out:
         out["dense_layers"] = list(out["dense_layers"])

@@ -128,6 +128,21 @@ def _big_block(
     }
 
 
+def _context_block(cfg: BigLittleConfig, routed: int) -> int:
+    """A global layer's context module (``global_context``, modeling/global_context.py) when the
+    layer routes ``routed`` of its N tokens (r = 1 runs none). "pooled": queries N C d, keys and
+    values of the P x P pooled grid 2 P^2 C d, attention 2 N P^2 d, output N d C (computed for
+    every token, kept for the skipped ones); "nearest": the cosines of every token against the
+    routed ones, N k C."""
+    C, d, N = cfg.embed_dim, cfg.little_dim, cfg.grid_size**2
+    if routed >= N or cfg.global_context == "none":
+        return 0
+    if cfg.global_context == "pooled":
+        pooled = cfg.global_context_pool**2
+        return 2 * N * C * d + 2 * pooled * C * d + 2 * N * pooled * d
+    return N * routed * C  # "nearest"
+
+
 # MACs per token and channel of the training-free scores (the squared distance from the window
 # mean; the squared differences to the right and lower neighbours; none for random).
 _SCORE_MACS = {"window_mean": 1, "edge": 2, "random": 0}
@@ -205,6 +220,7 @@ def _encoder_parts(
             "kv_unrouted",
             "big_attention",
             "match",
+            "context",
             "norm",
         )
     }
@@ -218,6 +234,8 @@ def _encoder_parts(
             out["little"] += _little_block(cfg)
             ratio = r if layer_ratios is None else validate_keep_ratio(layer_ratios[i])
             parts = _big_block(cfg, windowed, ratio, pool_kv)
+            if not windowed:
+                out["context"] += _context_block(cfg, capacity(ratio, N))
         elif fused:  # BigBlock's dense path: keys and values of real tokens only
             parts = _big_block(cfg, windowed, 1.0)
         else:
@@ -246,9 +264,10 @@ def encoder_macs(
         layers diagnostic of the proxy benchmark runs some layers dense).
 
     Returns:
-      {"patch_embed", "little", "router", "big_linear", "big_attention", "match", "norm", "neck",
-      "total"}. In the training-free mode (``training_free`` configs) "router" is the token
-      score, "match" the copy rule's cosine matching, and layers follow the schedule.
+      {"patch_embed", "little", "router", "big_linear", "big_attention", "match", "context",
+      "norm", "neck", "total"}; "context": the global-context modules. In the training-free mode
+      (``training_free`` configs) "router" is the token score, "match" the copy rule's cosine
+      matching, and layers follow the schedule.
     """
     if "Sam3" in type(model).__name__:  # transformers' SAM 3 backbone (lazy: needs transformers)
         from .hf.sam3_flops import sam3_encoder_macs
@@ -280,16 +299,16 @@ def mac_split(
     Arguments: as :func:`encoder_macs`.
 
     Returns:
-      {"little": E-blocks; "kv_unrouted": big-block key/value projections of the tokens the big
-      block does not update (the pooled grid with ``pool_kv``); "embed_neck": patch embedding and
-      neck; "routed_big": big-block projections and MLPs of the routed tokens (every token for
-      SAM); "attention": big-block attention products; "router" (with the training-free
-      mode's scores and copy matching); "norm": LayerNorms; "total"}.
+      {"little": E-blocks and global-context modules; "kv_unrouted": big-block key/value
+      projections of the tokens the big block does not update (the pooled grid with ``pool_kv``);
+      "embed_neck": patch embedding and neck; "routed_big": big-block projections and MLPs of the
+      routed tokens (every token for SAM); "attention": big-block attention products; "router"
+      (with the training-free mode's scores and copy matching); "norm": LayerNorms; "total"}.
       The parts sum to ``total``, which equals :func:`encoder_macs`'s.
     """
     parts = _encoder_parts(model, keep_ratio, pool_kv)
     out = {
-        "little": parts["little"],
+        "little": parts["little"] + parts["context"],  # every token's cheap paths
         "kv_unrouted": parts["kv_unrouted"],
         "embed_neck": parts["patch_embed"] + parts["neck"],
         "routed_big": parts["big_linear"],

@@ -9,6 +9,7 @@ from .encoder_ops import (
     set_keep_ratio,
     swap_image_encoder,
 )
+from .global_context import NearestContext, PooledContext, old_layout_missing
 from .image_encoder import BigLittleAux, ImageEncoderBigLittle, ImageEncoderViTFused
 from .little_block import LittleBlock
 from .router import Router, select_tokens
@@ -23,11 +24,14 @@ __all__ = [
     "ImageEncoderViTFused",
     "LayerRouting",
     "LittleBlock",
+    "NearestContext",
+    "PooledContext",
     "Router",
     "TrainingFreeBlock",
     "get_keep_ratio",
     "keep_ratio_context",
     "model_config",
+    "old_layout_missing",
     "resize_rel_pos",
     "select_tokens",
     "set_keep_ratio",

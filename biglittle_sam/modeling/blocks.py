@@ -9,8 +9,8 @@ One big.LITTLE layer:
     x[idx] += BigAttn(q = norm1(x)[idx], kv = norm1(x)[group])   # semi-cross attention
     x[idx] += BigMLP(norm2(x[idx]))
 
-An edge window of a padded grid routes ceil(r * its real tokens). With ``pool_kv`` the keys and
-values are the routed tokens plus the others averaged over 2 x 2 blocks.
+Edge windows route ceil(r * real tokens); ``pool_kv`` pools unrouted keys/values 2 x 2; a global
+layer's ``context`` (:mod:`.global_context`, optional) then updates the tokens it skipped.
 
 ``BigLittleBlock`` subclasses ``BigBlock``, so its state-dict keys for the big path (``norm1``,
 ``attn.qkv``, ``attn.proj``, ``attn.rel_pos_h/w``, ``norm2``, ``mlp.lin1/lin2``) are exactly those
@@ -61,11 +61,8 @@ class LayerRouting:
 
 
 def _sum_2x2(x: Tensor) -> Tensor:
-    """Sums over 2 x 2 blocks. x: B x H x W x D (H, W even) -> B x H/2 x W/2 x D.
-
-    Two strided additions over whole D-wide rows (much faster on CPU than ``sum`` over the two
-    non-adjacent block dimensions).
-    """
+    """Sums over 2 x 2 blocks. x: B x H x W x D (H, W even) -> B x H/2 x W/2 x D. Two strided
+    additions over whole D-wide rows (much faster on CPU than ``sum`` over the block dims)."""
     B, H, W, D = x.shape
     v = x.view(B, H // 2, 2, W // 2, 2, D)
     cols = v[:, :, :, :, 0] + v[:, :, :, :, 1]  # (B, H/2, 2, W/2, D)
@@ -253,6 +250,7 @@ class BigLittleBlock(BigBlock):
         self.router = Router(dim)
         self.routing = "learned"  # "random" / "update_norm": ablations (see ROUTING_MODES)
         self._plans: Dict[Tuple[Any, ...], _Plan] = {}  # static layouts, see _plan
+        self.context: Optional[nn.Module] = None  # global layers, see global_context.py
 
     def _scores(self, x: Tensor, xn: Tensor, padding: Optional[Tensor] = None) -> Tensor:
         """Router logits, B x H x W: uniform noise when ``routing`` is "random", the norms of
@@ -273,10 +271,8 @@ class BigLittleBlock(BigBlock):
     def update_norm(self, x: Tensor, xn: Tensor) -> Tensor:
         """How much the big block would change each token: ``||Block(x) - x||``, B x H x W (fp32).
 
-        A token the router skips loses this update (the E-block aside), which makes it a natural
-        heuristic for routing (``routing = "update_norm"``); on the proxy benchmark's student it
-        routes better than random and as well as the learned routers. It runs the big block
-        densely, on every token.
+        A skipped token loses this update, so it is a routing heuristic (``routing =
+        "update_norm"``; on the proxy student as good as the learned routers); runs densely.
 
         Arguments:
           x, xn: B x H x W x C tokens and their norm1.
@@ -491,9 +487,12 @@ class BigLittleBlock(BigBlock):
         x_rows = x.reshape(B * H * W, C)  # (B * H * W, C), no window layout: no copies
         gather_idx = pos.unsqueeze(-1).expand(T, C)  # (T, C)
         xn_sel = xn.reshape(B * H * W, C).gather(0, gather_idx)  # (B * H * W, C) -> (T, C)
-        selected = self._selected(pos, (B, H, W)) if pool_kv or return_routing else None
+        mask = pool_kv or return_routing or self.context is not None
+        selected = self._selected(pos, (B, H, W)) if mask else None
         attn = self._attend_routed(xn, xn_sel, plan, indices, selected if pool_kv else None)
         out = self._update_routed(x_rows, gather_idx, attn, weights, plan.slots).view(B, H, W, C)
+        if self.context is not None and selected is not None:  # (B, H, W, C), skipped rows only
+            out = self.context(x, xn, out, selected, indices)
         if selected is None:
             return out, None
         return out, (scores, selected, plan.kmax, T // B)

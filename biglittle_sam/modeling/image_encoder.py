@@ -21,6 +21,7 @@ from ..config import (
     validate_routing,
 )
 from .blocks import BigBlock, BigLittleBlock, LayerRouting
+from .global_context import attach_global_context
 from .training_free import training_free_blocks
 from .vit_config import vit_config
 
@@ -144,6 +145,7 @@ class ImageEncoderBigLittle(nn.Module):
                 )
                 for i in range(config.depth)
             )
+            attach_global_context(self.blocks, config)  # skipped tokens of global layers
         self.neck = _sam_neck(config)
         # The run-time keep ratio and key/value pooling live here only (the config keeps the
         # values the model was built with, already validated when the config was made).

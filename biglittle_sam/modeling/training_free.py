@@ -42,6 +42,7 @@ from ..config import (
 )
 from .attention import window_partition, window_unpartition
 from .blocks import PADDING_PENALTY, BigBlock, BigLittleBlock, _Plan, _to_slots
+from .global_context import nearest_copy
 
 __all__ = [
     "TrainingFreeBlock",
@@ -256,15 +257,10 @@ class TrainingFreeBlock(BigLittleBlock):
         Returns:
           B x H x W x C (a chosen token gets its own update: it is its own best match).
         """
-        G, M, C = xn_g.shape
-        unit = F.normalize(xn_g, dim=-1)  # (G, M, C); window padding stays 0
-        unit_sel = unit.gather(1, indices.unsqueeze(-1).expand(G, plan.kmax, C))  # (G, kmax, C)
-        sim = unit @ unit_sel.transpose(1, 2)  # (G, M, kmax) cosines
-        if plan.valid is not None:  # unused slots of edge windows are never a match
-            sim = sim.masked_fill(~plan.valid.unsqueeze(1), float("-inf"))
-        match = sim.argmax(dim=-1)  # (G, M)
-        delta_g = _to_slots(delta, plan, G)  # (T, C) -> (G, kmax, C)
-        copied = delta_g.gather(1, match.unsqueeze(-1).expand(G, M, C))  # (G, kmax, C) -> (G, M, C)
+        delta_g = _to_slots(delta, plan, xn_g.shape[0])  # (T, C) -> (G, kmax, C)
+        # Unused slots of edge windows (plan.valid False) are never a match; window padding
+        # rows of xn_g are zero.
+        copied = nearest_copy(xn_g, indices, delta_g, plan.valid)  # (G, M, C)
         return self._unwindow(copied, hw)  # (B, H, W, C)
 
     def _mlp_skip(self, x: Tensor, xn: Tensor, pos: Tensor) -> Tensor:

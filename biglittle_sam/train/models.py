@@ -26,6 +26,7 @@ from ..config import (
     biglittle_config_for,
     get_config,
 )
+from ..modeling import old_layout_missing
 
 __all__ = [
     "file_sha256",
@@ -174,7 +175,8 @@ def build_model(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             sam = build_sam_from_config(config)
-        load_state_dict_strict(sam, state, checkpoint, config.name)
+        missing_ok = old_layout_missing(config, state)  # an old layout: context modules at init
+        load_state_dict_strict(sam, state, checkpoint, config.name, missing_ok)
         teacher = meta.get("teacher") if isinstance(meta.get("teacher"), str) else None
         if isinstance(config, BigLittleConfig):
             sam.image_encoder.teacher = teacher or config.teacher

@@ -2,7 +2,8 @@
 
 A ``parts`` string is a comma-separated union of:
 
-- ``little``: the E-blocks (LITTLE blocks, with their LayerScale gamma) and the routers;
+- ``little``: the E-blocks (LITTLE blocks, with their LayerScale gamma), the routers and the
+  global-context modules (``global_context``);
 - ``router``: the routers alone;
 - ``encoder``: the whole image encoder (P-blocks, E-blocks, routers, embeddings, neck);
 - ``decoder``: the mask decoder;
@@ -22,7 +23,7 @@ from torch import nn
 __all__ = ["PARTS", "parse_parts", "select_trainable", "trainable_summary"]
 
 _SELECTORS: Dict[str, Callable[[str], bool]] = {
-    "little": lambda name: ".little." in name or ".router." in name,
+    "little": lambda name: any(s in name for s in (".little.", ".router.", ".context.")),
     "router": lambda name: ".router." in name,
     "encoder": lambda name: name.startswith("image_encoder."),
     "decoder": lambda name: name.startswith("mask_decoder."),

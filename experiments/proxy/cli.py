@@ -30,7 +30,8 @@ PROG = "python -m experiments.proxy"
 _FLAGS = (
     "out_dir", "geometry", "split", "seed", "train_images", "distill_images", "eval_images",
     "teacher_steps", "teacher_lr", "teacher_batch_size", "student_little_dim",
-    "student_little_heads", "student_little_mlp_ratio", "student_steps", "student_lr",
+    "student_little_heads", "student_little_mlp_ratio", "student_global_context",
+    "student_global_context_pool", "student_steps", "student_lr",
     "phase2_steps", "phase2_lr", "routers_steps", "batch_size", "device", "processes", "threads",
     "num_workers", "keep_ratios", "phase2_keep_ratios", "eval_ratios", "progress", "assets_dir",
     "teacher_checkpoint", "resume",

@@ -21,7 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from biglittle_sam.config import SamViTConfig, get_config, validate_keep_ratio
+from biglittle_sam.config import (
+    SamViTConfig,
+    get_config,
+    validate_global_context,
+    validate_keep_ratio,
+)
 from biglittle_sam.runtime.cli import flag
 
 from ..budgets import check_budgets
@@ -135,6 +140,15 @@ class ProxyBenchmarkSettings:
     student_little_mlp_ratio: float = flag(
         4.0, "the student's E-block MLP ratio (2: the lite analogue)"
     )
+    # "none" keeps the student's layout as before (and its rows comparable with earlier runs).
+    student_global_context: str = flag(
+        "none",
+        "what the student's skipped tokens see in global layers",
+        choices=("none", "pooled", "nearest"),
+    )
+    # 4: blocks of 4 x 4 tokens on the 16 x 16 grid, the share of a window that bl_b's default
+    # (8 x 8 tokens of its 64 x 64 grid, windows of 14) pools.
+    student_global_context_pool: int = flag(4, "pooled grid side P of 'pooled' (divides the grid)")
     student_steps: int = flag(3000, "distillation phase 1 steps")
     student_lr: float = flag(2e-3, "phase 1 learning rate")
     phase2_steps: int = flag(1500, "distillation phase 2 steps (0: off)")
@@ -238,6 +252,8 @@ class ProxyBenchmarkSettings:
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
         config = teacher_config(self.teacher_fields)
+        pool = self.student_global_context_pool
+        validate_global_context(self.student_global_context, config.grid_size, pool)
         if self.teacher_checkpoint:
             read_teacher(Path(self.teacher_checkpoint), config)  # CheckpointError is a ValueError
         return config
@@ -251,11 +267,17 @@ class ProxyBenchmarkSettings:
 
     @property
     def student_overrides(self) -> Tuple[Tuple[str, Any], ...]:
-        """The bl_tiny student's E-block fields."""
-        return (
+        """The bl_tiny student's E-block fields (and its global context, when not "none")."""
+        little: Tuple[Tuple[str, Any], ...] = (
             ("little_dim", self.student_little_dim),
             ("little_heads", self.student_little_heads),
             ("little_mlp_ratio", self.student_little_mlp_ratio),
+        )
+        if self.student_global_context == "none":
+            return little
+        return little + (
+            ("global_context", self.student_global_context),
+            ("global_context_pool", self.student_global_context_pool),
         )
 
     @property

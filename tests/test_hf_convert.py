@@ -163,3 +163,14 @@ def test_processor_matches_the_model_size() -> None:
     assert tuple(inputs["pixel_values"].shape) == (1, 3, 256, 256)
     assert tuple(inputs["reshaped_input_sizes"][0].tolist()) == (128, 256)
     assert inputs["pixel_values"][0, :, 128:].abs().max() == 0  # SAM's zero padding
+
+
+def test_a_global_context_student_converts_both_ways() -> None:
+    sam = sam_model_registry["bl_tiny"](global_context="pooled", global_context_pool=4)
+    randomize_(sam.image_encoder, std=0.05, seed=6)
+    hf = blhf.from_sam(sam)
+    assert hf.config.vision_config.biglittle["global_context"] == "pooled"
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(hf.get_image_embeddings(x), sam.image_encoder(x))
+    assert equal_states(blhf.to_sam(hf).state_dict(), sam.state_dict())

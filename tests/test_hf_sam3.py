@@ -38,32 +38,14 @@ from biglittle_sam.flops import encoder_gmacs, encoder_macs  # noqa: E402
 from biglittle_sam.hf.sam3_layer import rope_semi_cross_attention  # noqa: E402
 
 SIZE = 112
-BACKBONE: Dict[str, Any] = dict(
-    hidden_size=32,
-    intermediate_size=48,
-    num_hidden_layers=3,
-    num_attention_heads=2,
-    image_size=SIZE,
-    patch_size=14,
-    window_size=4,
-    global_attn_indexes=[1],
-    pretrain_image_size=56,
-)
+BACKBONE: Dict[str, Any] = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3)
+BACKBONE.update(num_attention_heads=2, image_size=SIZE, patch_size=14, window_size=4)
+BACKBONE.update(global_attn_indexes=[1], pretrain_image_size=56)
 VISION = dict(fpn_hidden_size=32, backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]])
 SMALL = dict(hidden_size=32, num_layers=1, num_attention_heads=2, intermediate_size=64)
-TEXT = dict(
-    model_type="clip_text_model",
-    vocab_size=64,
-    hidden_size=32,
-    intermediate_size=64,
-    projection_dim=32,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    max_position_embeddings=8,
-    bos_token_id=0,
-    eos_token_id=1,
-    pad_token_id=1,
-)
+TEXT: Dict[str, Any] = dict(model_type="clip_text_model", vocab_size=64, hidden_size=32)
+TEXT.update(intermediate_size=64, projection_dim=32, num_hidden_layers=1, num_attention_heads=2)
+TEXT.update(max_position_embeddings=8, bos_token_id=0, eos_token_id=1, pad_token_id=1)
 
 
 def vision_config(**backbone: Any) -> Dict[str, Any]:

@@ -11,16 +11,9 @@ from biglittle_sam.flops import encoder_macs
 from experiments.proxy.matching import matched_vit, one_in_three_globals
 
 # A proxy-shaped teacher: 32 x 32 tokens, depth 6 with layers 2 and 5 global (one in three).
+_SIZES = dict(img_size=256, patch_size=8, embed_dim=128, num_heads=4, depth=6, window_size=6)
 TEACHER = dataclasses.replace(
-    SAM_CONFIGS["vit_tiny"],
-    name="proxy_t",
-    img_size=256,
-    patch_size=8,
-    embed_dim=128,
-    num_heads=4,
-    depth=6,
-    window_size=6,
-    global_attn_indexes=(2, 5),
+    SAM_CONFIGS["vit_tiny"], name="proxy_t", global_attn_indexes=(2, 5), **_SIZES
 )
 
 

@@ -57,8 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         "tokens of --patch-size px as SAM sees COCO (small 1-3 tokens across, medium 3-10, large "
         "above; 41 / 34 / 25%%), COCO format only; the flags below override it (default: default)",
     )
-    preset.add_argument("--img-size", type=int, default=256, help="token-sized: long side (256)")
-    preset.add_argument("--patch-size", type=int, default=8, help="token-sized: token px (8)")
+    preset.add_argument(
+        "--img-size", type=int, default=256, help="token-sized: long side (default: 256)"
+    )
+    preset.add_argument(
+        "--patch-size", type=int, default=8, help="token-sized: token px (default: 8)"
+    )
     sizes = " ".join(f"{w}x{h}" for w, h in ShapesConfig().sizes)
     draw = parser.add_argument_group("what to draw")
     add_settings_flags(draw, ShapesConfig, only=_DRAW, defaults={"sizes": sizes})

@@ -11,9 +11,8 @@ it and no ``trust_remote_code``.
 
 from __future__ import annotations
 
-import threading
 from contextlib import contextmanager
-from typing import Any, Iterator, List, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn
@@ -24,14 +23,11 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from ..config import validate_keep_ratio
+from ..modeling.thread_ratio import thread_keep_ratio, thread_keep_ratio_context
 from .sam3_config import BigLittleSam3ViTConfig
 from .sam3_layer import BigLittleSam3ViTLayer
 
 __all__ = ["BigLittleSam3ViTModel", "register_sam3"]
-
-# Each thread's keep_ratio_context stacks, per model (id): kept off the module, so that a model
-# deep-copies and pickles (a threading.local does neither).
-_THREAD_RATIOS = threading.local()
 
 
 class BigLittleSam3ViTModel(Sam3ViTModel):
@@ -68,8 +64,8 @@ class BigLittleSam3ViTModel(Sam3ViTModel):
         """The share of each window's tokens through SAM 3's layers, in (0, 1] (this thread's,
         inside :meth:`keep_ratio_context`). Setting it also sets the config's, so
         ``save_pretrained`` keeps it."""
-        stack: List[float] = _THREAD_RATIOS.__dict__.get(id(self), [])
-        return stack[-1] if stack else self._keep_ratio
+        override = thread_keep_ratio(self)
+        return self._keep_ratio if override is None else override
 
     @keep_ratio.setter
     def keep_ratio(self, value: float) -> None:
@@ -79,14 +75,8 @@ class BigLittleSam3ViTModel(Sam3ViTModel):
     @contextmanager
     def keep_ratio_context(self, keep_ratio: float) -> Iterator[None]:
         """Run this thread's forward passes at ``keep_ratio`` inside the ``with`` block."""
-        stack = _THREAD_RATIOS.__dict__.setdefault(id(self), [])
-        stack.append(validate_keep_ratio(keep_ratio))
-        try:
+        with thread_keep_ratio_context(self, keep_ratio):
             yield
-        finally:
-            stack.pop()
-            if not stack:
-                del _THREAD_RATIOS.__dict__[id(self)]
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 from segment_anything.modeling.common import LayerNorm2d
@@ -22,17 +21,11 @@ from ..config import (
 )
 from .blocks import BigBlock, BigLittleBlock, LayerRouting
 from .global_context import attach_global_context
+from .thread_ratio import thread_keep_ratio, thread_keep_ratio_context
 from .training_free import training_free_blocks
 from .vit_config import vit_config
 
 __all__ = ["ImageEncoderBigLittle", "ImageEncoderViTFused", "BigLittleAux", "padding_tokens"]
-
-
-# Per-thread keep-ratio overrides, {id(encoder): ratio}, set by
-# ImageEncoderBigLittle.keep_ratio_context. Kept here rather than on the encoder so that encoders
-# stay deep-copyable and picklable; an entry lives only while its context (which holds the
-# encoder) is open, so an id is never reused for another encoder meanwhile.
-_THREAD_RATIOS = threading.local()
 
 
 @dataclass
@@ -163,12 +156,8 @@ class ImageEncoderBigLittle(nn.Module):
         Inside :meth:`keep_ratio_context` this reads the calling thread's ratio; setting it
         changes the encoder's default, which every thread without a context uses.
         """
-        ratios = getattr(_THREAD_RATIOS, "ratios", None)
-        if ratios:
-            override = ratios.get(id(self))
-            if override is not None:
-                return override
-        return self._keep_ratio
+        override = thread_keep_ratio(self)
+        return self._keep_ratio if override is None else override
 
     @keep_ratio.setter
     def keep_ratio(self, value: float) -> None:
@@ -182,20 +171,8 @@ class ImageEncoderBigLittle(nn.Module):
         shared encoder can serve requests at different ratios at the same time. Contexts nest; the
         ratio is validated once, on entry (``ValueError`` outside (0, 1]).
         """
-        value = validate_keep_ratio(keep_ratio)
-        ratios: Optional[Dict[int, float]] = getattr(_THREAD_RATIOS, "ratios", None)
-        if ratios is None:
-            ratios = _THREAD_RATIOS.ratios = {}
-        key = id(self)
-        previous = ratios.get(key)
-        ratios[key] = value
-        try:
+        with thread_keep_ratio_context(self, keep_ratio):
             yield
-        finally:
-            if previous is None:
-                del ratios[key]
-            else:
-                ratios[key] = previous
 
     @property
     def routing(self) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-import time
+from functools import partial
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -25,6 +25,8 @@ from biglittle_sam.flops import encoder_macs
 from biglittle_sam.modeling import ImageEncoderBigLittle
 from biglittle_sam.runtime.hardware import hardware_description
 
+from .timing import time_interleaved
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m experiments.global_context_speed")
@@ -34,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--out", default="outputs/gc/speed_cpu.json")
     return parser
+
+
+def _nothing() -> None:
+    return None
 
 
 def measure(model: str, keep_ratio: float, rounds: int) -> List[Dict[str, Any]]:
@@ -50,15 +56,7 @@ def measure(model: str, keep_ratio: float, rounds: int) -> List[Dict[str, Any]]:
         encoders[context] = encoder
     size = get_config(model).img_size
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    times: Dict[str, List[float]] = {c: [] for c in encoders}
-    with torch.inference_mode():
-        for encoder in encoders.values():  # warm-up
-            encoder(x)
-        for _ in range(rounds):
-            for context, encoder in encoders.items():
-                start = time.perf_counter()
-                encoder(x)
-                times[context].append(time.perf_counter() - start)
+    times = time_interleaved({c: (_nothing, partial(e, x)) for c, e in encoders.items()}, rounds)
     base = statistics.median(times["none"])
     return [
         {

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-import time
+from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -25,6 +25,7 @@ from biglittle_sam.fileio import atomic_write_json
 from biglittle_sam.flops import encoder_macs
 from biglittle_sam.runtime.hardware import hardware_description
 
+from .timing import time_interleaved
 from .training_free import VARIANTS
 
 # (variant, keep ratio) rows timed by default
@@ -65,13 +66,9 @@ def _encoders(rows: Sequence[Tuple[str, float]], img_size: int) -> Dict[str, nn.
     return out
 
 
-def _time(encoder: nn.Module, ratio: Optional[float], x: torch.Tensor) -> float:
+def _set_ratio(encoder: nn.Module, ratio: Optional[float]) -> None:
     if ratio is not None:
         set_keep_ratio(encoder, ratio)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        encoder(x)
-    return time.perf_counter() - start
 
 
 def measure(rows: Sequence[Tuple[str, float]], rounds: int, img_size: int) -> List[Dict[str, Any]]:
@@ -80,23 +77,16 @@ def measure(rows: Sequence[Tuple[str, float]], rounds: int, img_size: int) -> Li
     x = torch.randn(1, 3, img_size, img_size)
     plan: List[Tuple[str, str, Optional[float]]] = [("SAM ViT-B (segment_anything)", "sam", None)]
     plan += [(f"{v} r={r:g}", v, r) for v, r in rows]
-    for _, key, ratio in plan:  # warm-up: one untimed pass each
-        _time(encoders[key], ratio, x)
-    times: Dict[str, List[float]] = {name: [] for name, _, _ in plan}
-    for _ in range(rounds):
-        for name, key, ratio in plan:
-            times[name].append(_time(encoders[key], ratio, x))
+    timed = {
+        name: (partial(_set_ratio, encoders[key], ratio), partial(encoders[key], x))
+        for name, key, ratio in plan
+    }
+    times = time_interleaved(timed, rounds)
     sam_s = statistics.median(times[plan[0][0]])
-    sam_macs = encoder_macs(get_config("vit_b"))["total"] / 1e9
+    sam_macs = encoder_macs(encoders["sam"])["total"] / 1e9
     out = []
-    for name, key, ratio in plan:
-        if key == "sam":
-            gmacs = sam_macs
-        else:
-            config = dataclasses.replace(
-                get_config("bl_b"), training_free=True, keep_ratio=ratio, **VARIANTS[key]
-            )
-            gmacs = encoder_macs(config)["total"] / 1e9
+    for name, key, ratio in plan:  # counted on the encoders timed (at --img-size)
+        gmacs = encoder_macs(encoders[key], ratio)["total"] / 1e9
         median = statistics.median(times[name])
         out.append(
             {

@@ -110,7 +110,7 @@ class BigLittleSamVisionConfig(SamVisionConfig):
                 f"{sorted(BIGLITTLE_FIELDS)}"
             )
         little_dim = int(given.get("little_dim") or max(1, self.hidden_size // 4))
-        heads = given.get("little_heads") or max(1, little_dim // 64)
+        heads = max(1, little_dim // 64)  # head width 64 where the width allows it
         defaults = dict(HF_DEFAULTS, little_dim=little_dim)
         defaults["little_heads"] = heads if little_dim % heads == 0 else 1
         merged = {**defaults, **given}
@@ -216,7 +216,8 @@ def check_sam_parts(config: SamConfig) -> None:
     """Raise ``ValueError`` unless the vision, prompt and decoder parts of ``config`` fit."""
     vision, prompt, decoder = (getattr(config, k) for k in _SAM_PARTS)
     side = square_side(vision.image_size, "image_size")
-    grid = side // square_side(vision.patch_size, "patch_size")
+    patch = square_side(vision.patch_size, "patch_size")
+    grid = side // patch
     checks = [
         ("prompt_encoder_config.image_size", prompt.image_size, "vision_config.image_size", side),
         (
@@ -238,10 +239,9 @@ def check_sam_parts(config: SamConfig) -> None:
             vision.output_channels,
         ),
     ]
-    if side % square_side(vision.patch_size, "patch_size"):
+    if side % patch:
         raise ValueError(
-            f"vision_config.image_size ({side}) must be a multiple of patch_size "
-            f"({vision.patch_size})"
+            f"vision_config.image_size ({side}) must be a multiple of patch_size ({patch})"
         )
     for name, value, other, expected in checks:
         if value != expected:

@@ -9,7 +9,6 @@ project's checkpoint with its config. Only renames: a round trip is bit-exact.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,7 +21,7 @@ from transformers import AutoConfig, SamImageProcessor, SamModel, SamProcessor
 from ..build_sam import load_sam, sam_model_registry
 from ..checkpoint import CheckpointError, PathLike, atomic_save, save_model_checkpoint
 from ..config import SAM_CONFIGS, BigLittleConfig, SamViTConfig
-from .configuration import BigLittleSamConfig, sam_config_from_hf
+from .configuration import BigLittleSamConfig, sam_config_from_hf, square_side
 from .modeling import BigLittleSamModel, refuse_partial_load
 from .swap import from_sam, to_sam
 
@@ -42,16 +41,15 @@ def processor_for(image_size: int) -> SamProcessor:
 
 def _load_sam(checkpoint: PathLike, model: Optional[str], keep_ratio: Optional[float]) -> Sam:
     if model is None:
+        sam, config, _ = load_sam(checkpoint)
         if keep_ratio is not None:
-            sam, config, _ = load_sam(checkpoint)
             if not isinstance(config, BigLittleConfig):
                 raise ValueError(
                     f"{checkpoint}: holds plain SAM ({config.name}); a keep ratio needs a "
                     "big.LITTLE model: name one with --model (bl_b... for the training-free mode)"
                 )
             sam.image_encoder.keep_ratio = keep_ratio
-            return sam
-        return load_sam(checkpoint)[0]
+        return sam
     if model not in sam_model_registry:
         raise ValueError(f"unknown model {model!r}; expected one of {sorted(sam_model_registry)}")
     return sam_model_registry[model](checkpoint=checkpoint, keep_ratio=keep_ratio).eval()
@@ -105,8 +103,8 @@ def convert_to_hf(
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         hf.save_pretrained(staging)
-        size = hf.config.vision_config.image_size
-        processor_for(size if isinstance(size, int) else size[0]).save_pretrained(staging)
+        size = square_side(hf.config.vision_config.image_size, "image_size")
+        processor_for(size).save_pretrained(staging)
         load_hf_folder(staging)  # the strict reload
         if target.exists():
             target.rmdir()  # empty, checked above
@@ -163,13 +161,3 @@ def convert_from_hf(hf_dir: PathLike, output: PathLike) -> Path:
         save_model_checkpoint(output, sam, config)
     load_sam(Path(output))  # the strict reload
     return Path(output)
-
-
-def describe_folder(folder: PathLike) -> str:
-    """One line: the model type and sizes in a transformers folder's config.json."""
-    data = json.loads((Path(folder) / "config.json").read_text())
-    vision = data.get("vision_config", {})
-    return (
-        f"{data.get('model_type')}: {vision.get('hidden_size')} wide, "
-        f"{vision.get('num_hidden_layers')} layers, image {vision.get('image_size')}"
-    )

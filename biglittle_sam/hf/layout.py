@@ -22,7 +22,6 @@ __all__ = [
     "sam_to_hf_state",
     "hf_to_sam_state",
     "hf_vision_to_encoder_state",
-    "encoder_to_hf_vision_state",
     "BIGLITTLE_ENCODER_PREFIX",
     "TIED_HF_KEY",
 ]
@@ -232,10 +231,3 @@ def hf_vision_to_encoder_state(state: Mapping[str, Tensor]) -> StateDict:
     out, unknown = _convert({"vision_encoder." + k: v for k, v in state.items()}, _INVERSE)
     _refuse(unknown, "transformers SamVisionEncoder")
     return {k[len("image_encoder.") :]: v for k, v in out.items()}
-
-
-def encoder_to_hf_vision_state(state: Mapping[str, Tensor]) -> StateDict:
-    """An ``ImageEncoderViT``'s own state dict (``blocks.*``...) -> ``SamVisionEncoder`` names."""
-    out, unknown = _convert({"image_encoder." + k: v for k, v in state.items()}, _GROUPS)
-    _refuse(unknown, "segment_anything ImageEncoderViT")
-    return {k[len("vision_encoder.") :]: v for k, v in out.items()}

@@ -11,7 +11,7 @@ ImageEncoderBigLittle` behind transformers' vision-encoder interface (``SamVisio
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Dict, Iterator, List, Optional
 
 import torch
@@ -107,8 +107,8 @@ class BigLittleSamVisionEncoder(_BigLittlePreTrained):
                 "(vision_attentions is None); the mask decoder's are recorded as usual"
             )
         encoder = self.image_encoder
-        ratio = encoder.keep_ratio if keep_ratio is None else validate_keep_ratio(keep_ratio)
-        with encoder.keep_ratio_context(ratio):
+        context = nullcontext() if keep_ratio is None else encoder.keep_ratio_context(keep_ratio)
+        with context:
             embeddings = encoder(pixel_values)  # (B, out, S/16, S/16)
         return SamVisionEncoderOutput(last_hidden_state=embeddings)
 

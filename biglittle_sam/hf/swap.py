@@ -79,10 +79,10 @@ def to_biglittle(
     if keep_ratio is not None:
         biglittle["keep_ratio"] = validate_keep_ratio(keep_ratio)
     biglittle["training_free"] = bool(training_free)
-    vision = vision_config_with(model.config.vision_config, **biglittle)
-    vision.teacher_checkpoint = model.config.name_or_path or None
+    vision_config = vision_config_with(model.config.vision_config, **biglittle)
+    vision_config.teacher_checkpoint = model.config.name_or_path or None
     config = BigLittleSamConfig(
-        vision_config=vision,
+        vision_config=vision_config,
         prompt_encoder_config=model.config.prompt_encoder_config.to_dict(),
         mask_decoder_config=model.config.mask_decoder_config.to_dict(),
     )

@@ -19,7 +19,7 @@ from ..config import BigLittleConfig, get_config
 from ..flops import encoder_gmacs
 from .rows import BenchmarkConfig, ModelResult, Row
 
-__all__ = ["row_result", "transformers_rows"]
+__all__ = ["last_hidden", "row_result", "transformers_rows"]
 
 
 def row_result(
@@ -30,7 +30,7 @@ def row_result(
     return ModelResult(name, family, ratio, size, params, gmacs, "analytic", runtime="transformers")
 
 
-def _last_hidden(encoder: nn.Module) -> Callable[[torch.Tensor], Any]:
+def last_hidden(encoder: nn.Module) -> Callable[[torch.Tensor], Any]:
     def run(x: torch.Tensor) -> Any:
         return encoder(pixel_values=x).last_hidden_state  # (B, 256, S/16, S/16)
 
@@ -53,7 +53,7 @@ def transformers_rows(cfg: BenchmarkConfig) -> List[Row]:
     size = sam_cfg.img_size
     name = f"SAM {cfg.sam} (transformers SamModel)"
     result = row_result(name, "sam", None, size, base, encoder_gmacs(sam_cfg))
-    rows = [Row(result, base, lambda: None, fn=_last_hidden(base))]
+    rows = [Row(result, base, lambda: None, fn=last_hidden(base))]
     swapped = to_biglittle(stock, training_free=cfg.training_free)
     del stock
     encoder = swapped.vision_encoder
@@ -66,5 +66,5 @@ def transformers_rows(cfg: BenchmarkConfig) -> List[Row]:
         name = f"{cfg.model} r={r:g}{mode} (transformers, to_biglittle)"
         gmacs = encoder_gmacs(swapped.image_encoder, r)
         result = row_result(name, "biglittle", r, size, encoder, gmacs)
-        rows.append(Row(result, encoder, prepare, fn=_last_hidden(encoder)))
+        rows.append(Row(result, encoder, prepare, fn=last_hidden(encoder)))
     return rows

@@ -10,23 +10,13 @@ attention backend. The big.LITTLE rows are the same backbone after
 
 from __future__ import annotations
 
-from typing import Any, Callable, List
-
-import torch
-from torch import nn
+from typing import List
 
 from ..flops import encoder_gmacs
-from .hf_rows import row_result
+from .hf_rows import last_hidden, row_result
 from .rows import BenchmarkConfig, Row
 
 __all__ = ["sam3_rows"]
-
-
-def _last_hidden(backbone: nn.Module) -> Callable[[torch.Tensor], Any]:
-    def run(x: torch.Tensor) -> Any:
-        return backbone(pixel_values=x).last_hidden_state  # (B, (S/14)^2, C)
-
-    return run
 
 
 def sam3_rows(cfg: BenchmarkConfig) -> List[Row]:
@@ -42,7 +32,7 @@ def sam3_rows(cfg: BenchmarkConfig) -> List[Row]:
     size = int(config.image_size)
     name = "SAM 3 ViT backbone (transformers Sam3ViTModel)"
     result = row_result(name, "sam", None, size, stock, encoder_gmacs(stock))
-    rows = [Row(result, stock, lambda: None, fn=_last_hidden(stock))]
+    rows = [Row(result, stock, lambda: None, fn=last_hidden(stock))]
     swapped = to_biglittle_sam3(stock, keep_ratio=1.0)
     for r in cfg.keep_ratios:
 
@@ -51,5 +41,5 @@ def sam3_rows(cfg: BenchmarkConfig) -> List[Row]:
 
         label = f"big.LITTLE SAM 3 r={r:g}, training-free (to_biglittle_sam3)"
         result = row_result(label, "biglittle", r, size, swapped, encoder_gmacs(swapped, r))
-        rows.append(Row(result, swapped, prepare, fn=_last_hidden(swapped)))
+        rows.append(Row(result, swapped, prepare, fn=last_hidden(swapped)))
     return rows

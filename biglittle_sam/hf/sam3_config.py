@@ -1,7 +1,8 @@
 """The config of SAM 3's big.LITTLE backbone: ``Sam3ViTConfig`` plus the big.LITTLE settings.
 
 :class:`BigLittleSam3ViTConfig` is transformers' ``Sam3ViTConfig`` with its own ``model_type``
-(``"biglittle_sam3_vit"``) and one more field, ``biglittle``: the training-free settings as a dict.
+(``"biglittle_sam3_vit"``) and one more field, ``biglittle``: the big.LITTLE settings as a dict
+(the training-free mode's, or the LITTLE-block form's with ``"training_free": false``).
 Everything SAM 3-shaped (widths, depth, windows, image size, RoPE) stays in ``Sam3ViTConfig``'s own
 fields, so a stock backbone config becomes a big.LITTLE one by adding that dict, and a saved
 ``config.json`` reads::
@@ -42,15 +43,23 @@ SAM3_BIGLITTLE_DEFAULTS: Dict[str, Any] = {
     # Share of each window's tokens that take SAM 3's layer (queries, MLP); the model owns it at
     # run time (BigLittleSam3ViTModel.keep_ratio, keep_ratio_context), this is its saved value.
     "keep_ratio": DEFAULT_KEEP_RATIO,
-    # SAM 3's layers alone with the official weights, routed by a cheap score: nothing to train.
-    # The LITTLE-block form (False) is not built for SAM 3 (docs/sam3.md says what is missing).
+    # True: SAM 3's layers alone with the official weights, routed by a cheap score (nothing to
+    # train). False: the LITTLE-block form, an E-block and a learned router beside each routed
+    # layer (zero-initialised: exact at keep ratio 1), to be distilled.
     "training_free": True,
-    "token_score": "edge",  # TOKEN_SCORES: how each window's tokens are chosen (edge: best on dev)
-    "skip_rule": "copy",  # SKIP_RULES: what a skipped token gets (copy: its best match's update)
-    # Layers that run SAM 3's layer on every token: the first, whose input (patch + position
-    # embedding) has no context yet for a score or a match to read.
+    "token_score": "edge",  # training-free: TOKEN_SCORES, how tokens are chosen (edge: best on dev)
+    "skip_rule": "copy",  # training-free: SKIP_RULES, what a skipped token gets (copy: its match's)
+    # Layers that run SAM 3's layer on every token (and, in the LITTLE-block form, have no E-block
+    # and no router): the first, whose input (patch + position embedding) has no context yet.
     "dense_layers": [0],
     "dense_global": False,  # also run the global-attention layers on every token
+    # The LITTLE-block form only (as BigLittleConfig's fields of the same names). None: hidden_size
+    # / 4 (256 for SAM 3, as bl_l's d for a 1024-wide ViT), heads of 64 wide, windows of the
+    # layers' window_size (24 for SAM 3).
+    "little_dim": None,
+    "little_heads": None,
+    "little_mlp_ratio": 4.0,  # E-block MLP width / little_dim
+    "little_window_size": None,
 }
 
 
@@ -118,8 +127,38 @@ def _dense_layers(value: Any, depth: int) -> List[int]:
     return sorted({int(i) for i in value})
 
 
-def _biglittle(given: Dict[str, Any], depth: int) -> Dict[str, Any]:
-    """The full, checked ``biglittle`` dict: ``given`` over :data:`SAM3_BIGLITTLE_DEFAULTS`."""
+def _positive_int(value: Any, name: str) -> int:
+    """``value`` as an int >= 1, or ValueError naming ``biglittle.<name>``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"biglittle.{name} must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+def _little(out: Dict[str, Any], hidden: int, window: int) -> None:
+    """Resolve and check the LITTLE-block settings of ``out`` in place (None: the default)."""
+    dim = out["little_dim"]
+    out["little_dim"] = _positive_int(max(1, hidden // 4) if dim is None else dim, "little_dim")
+    heads = out["little_heads"]
+    heads = max(1, out["little_dim"] // 64) if heads is None else heads
+    out["little_heads"] = _positive_int(heads, "little_heads")
+    if out["little_dim"] % out["little_heads"]:
+        raise ValueError(
+            f"biglittle.little_dim ({out['little_dim']}) must be divisible by little_heads "
+            f"({out['little_heads']})"
+        )
+    ratio = out["little_mlp_ratio"]
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not ratio > 0:
+        raise ValueError(f"biglittle.little_mlp_ratio must be a number > 0, got {ratio!r}")
+    out["little_mlp_ratio"] = float(ratio)
+    side = out["little_window_size"]
+    out["little_window_size"] = _positive_int(
+        window if side is None else side, "little_window_size"
+    )
+
+
+def _biglittle(given: Dict[str, Any], config: Sam3ViTConfig, window: int) -> Dict[str, Any]:
+    """The full, checked ``biglittle`` dict of ``config``: ``given`` over
+    :data:`SAM3_BIGLITTLE_DEFAULTS` (``window``: the default E-block window side)."""
     unknown = sorted(set(given) - set(SAM3_BIGLITTLE_DEFAULTS))
     if unknown:
         raise ValueError(
@@ -130,28 +169,26 @@ def _biglittle(given: Dict[str, Any], depth: int) -> Dict[str, Any]:
     for name in ("training_free", "dense_global"):
         if not isinstance(out[name], bool):
             raise ValueError(f"biglittle.{name} must be true or false, got {out[name]!r}")
-    if not out["training_free"]:
-        raise ValueError(
-            "biglittle.training_free=False (LITTLE blocks and routers beside SAM 3's layers) is "
-            "not built for SAM 3; use the training-free mode (docs/sam3.md: what is missing)"
-        )
     try:
         out["keep_ratio"] = validate_keep_ratio(out["keep_ratio"])
         validate_token_score(out["token_score"])
         validate_skip_rule(out["skip_rule"])
     except ValueError as error:
         raise ValueError(f"biglittle.{error}") from None
-    out["dense_layers"] = _dense_layers(out["dense_layers"], depth)
+    out["dense_layers"] = _dense_layers(out["dense_layers"], config.num_hidden_layers)
+    _little(out, config.hidden_size, window)
     return out
 
 
 class BigLittleSam3ViTConfig(Sam3ViTConfig):
-    """``Sam3ViTConfig`` plus ``biglittle``: the training-free settings, as a dict.
+    """``Sam3ViTConfig`` plus ``biglittle``: the big.LITTLE settings, as a dict.
 
     ``biglittle`` may name any of :data:`SAM3_BIGLITTLE_DEFAULTS` (``keep_ratio``,
-    ``token_score`` (one of ``TOKEN_SCORES``), ``skip_rule`` (one of ``SKIP_RULES``),
-    ``dense_layers``, ``dense_global``, ``training_free``); the others take their defaults, and the
-    stored dict names them all. ``teacher_checkpoint``: where the SAM 3 weights came from.
+    ``training_free``, ``dense_layers``, ``dense_global``; training-free: ``token_score`` (one of
+    ``TOKEN_SCORES``), ``skip_rule`` (one of ``SKIP_RULES``); the LITTLE-block form:
+    ``little_dim``, ``little_heads``, ``little_mlp_ratio``, ``little_window_size``); the others take
+    their defaults, and the stored dict names them all, resolved. ``teacher_checkpoint``: where the
+    SAM 3 weights came from.
     """
 
     model_type = "biglittle_sam3_vit"
@@ -162,7 +199,7 @@ class BigLittleSam3ViTConfig(Sam3ViTConfig):
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
         check_sam3_backbone(self)
-        self.biglittle = _biglittle(dict(self.biglittle or {}), self.num_hidden_layers)
+        self.biglittle = _biglittle(dict(self.biglittle or {}), self, self.select_window)
 
     @property
     def select_window(self) -> int:

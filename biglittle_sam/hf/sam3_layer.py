@@ -15,11 +15,21 @@ routed forward below keep ratio 1::
 This is SAM 1's training-free mode (:mod:`biglittle_sam.modeling.training_free`, whose scores,
 choice and copy rule are reused here) on SAM 3's layer: semi-cross attention with 2D axial RoPE.
 At keep ratio 1 (and in layers the schedule keeps dense) the layer runs SAM 3's own forward.
+
+The LITTLE-block form (``training_free=False``) is SAM 1's :class:`BigLittleBlock` on SAM 3's
+layer: this project's E-block (:class:`~biglittle_sam.modeling.little_block.LittleBlock`) and
+:class:`~biglittle_sam.modeling.router.Router` beside it (``little.*``, ``router.*``)::
+
+    x = x + little(x)                      # every token, width d, windowed; gamma starts at 0
+    xn = layer_norm1(x);  s = router(xn)
+    idx, w = top_k(s, k) per window (global layers: over the image), w = p / p.detach()
+    x[idx] = x[idx] + w * o_proj(attention(rope q of xn[idx], rope k / v of every token))
+    x[idx] = x[idx] + w * mlp(layer_norm2(x[idx]))     # skipped tokens keep the E-block's update
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -37,8 +47,10 @@ from ..config import capacity
 from ..modeling.attention import window_partition
 from ..modeling.blocks import _Plan
 from ..modeling.global_context import nearest_copy
+from ..modeling.little_block import LittleBlock
+from ..modeling.router import Router, select_tokens
 from ..modeling.training_free import TrainingFreeBlock
-from .sam3_config import BigLittleSam3ViTConfig
+from .sam3_config import BigLittleSam3ViTConfig, sam3_grid
 
 __all__ = ["BigLittleSam3ViTLayer", "rope_semi_cross_attention"]
 
@@ -99,12 +111,14 @@ def rope_semi_cross_attention(
 
 
 class BigLittleSam3ViTLayer(Sam3ViTLayer):
-    """``Sam3ViTLayer`` that routes below keep ratio 1 (the training-free mode).
+    """``Sam3ViTLayer`` that routes below keep ratio 1: training-free, or with an E-block and a
+    router beside it (the LITTLE-block form, when its config says ``training_free=False``).
 
     The token score, the choice and the grid helpers are SAM 1's
     (:class:`~biglittle_sam.modeling.training_free.TrainingFreeBlock`'s, which read
     ``token_score`` and ``select_window``); the copy rule is
-    :func:`~biglittle_sam.modeling.global_context.nearest_copy`.
+    :func:`~biglittle_sam.modeling.global_context.nearest_copy`; the E-block, the router and its
+    ``p / p.detach()`` weight are :class:`~biglittle_sam.modeling.blocks.BigLittleBlock`'s.
     """
 
     _window_scores = TrainingFreeBlock._window_scores
@@ -120,7 +134,8 @@ class BigLittleSam3ViTLayer(Sam3ViTLayer):
         Arguments:
           config: the backbone's config (its ``biglittle`` settings).
           window_size: the attention window side; 0 for a global layer (as ``Sam3ViTLayer``).
-          routed: False runs SAM 3's layer on every token at every keep ratio (the schedule).
+          routed: False runs SAM 3's layer on every token at every keep ratio (the schedule);
+            in the LITTLE-block form only a routed layer has an E-block and a router.
         """
         super().__init__(config, window_size=window_size)
         settings = config.biglittle or {}
@@ -129,15 +144,37 @@ class BigLittleSam3ViTLayer(Sam3ViTLayer):
         self.token_score = settings.get("token_score", "edge")
         self.skip_rule = settings.get("skip_rule", "copy")
         self._plans: Dict[Tuple[Any, ...], _Plan] = {}
+        self.little: Optional[LittleBlock] = None
+        self.router: Optional[Router] = None
+        if routed and not settings.get("training_free", True):
+            # As SAM 1's BigLittleBlock: a windowed layer routes per attention window, a global
+            # layer over the whole image (its chosen tokens are the image's best, not each
+            # window's: no copy rule needs a chosen token in every window).
+            self.select_window = window_size or sam3_grid(config)
+            # SAM 1's E-block as it is: windowed attention with its own relative-position tables
+            # (zeros at first, learned), no RoPE: it is trained from scratch, and one E-block
+            # serves both SAMs. gamma = 0, so a fresh E-block changes nothing.
+            self.little = LittleBlock(
+                config.hidden_size,
+                settings["little_dim"],
+                settings["little_heads"],
+                settings["little_window_size"],
+                mlp_ratio=settings["little_mlp_ratio"],
+            )
+            self.router = Router(config.hidden_size)
 
     def forward(  # type: ignore[override]
         self, hidden_states: Tensor, keep_ratio: float = 1.0, **kwargs: Any
     ) -> Tensor:
-        """B x H x W x C -> B x H x W x C; SAM 3's forward unless this layer routes at
-        ``keep_ratio`` (fewer than every token of a window chosen)."""
+        """B x H x W x C -> B x H x W x C; SAM 3's forward (after the E-block's update, if any)
+        unless this layer routes at ``keep_ratio`` (fewer than every token of a group chosen)."""
+        if self.little is not None:
+            hidden_states = hidden_states + self.little(hidden_states)  # (B, H, W, C)
         w = self.select_window
         if not self.routed or capacity(keep_ratio, w * w) >= w * w:
             return super().forward(hidden_states, **kwargs)
+        if self.router is not None:
+            return self.learned_forward(hidden_states, keep_ratio)
         return self.routed_forward(hidden_states, keep_ratio)
 
     def _check_grid(self, H: int, W: int) -> None:
@@ -206,3 +243,27 @@ class BigLittleSam3ViTLayer(Sam3ViTLayer):
             copied = nearest_copy(xn_g, indices, delta)  # (G, M, C)
             flat = (x + self._unwindow(copied, (H, W))).reshape(B * H * W, C)
         return flat.index_copy(0, pos, new).view(B, H, W, C)  # (T, C) -> (B * H * W, C)
+
+    def learned_forward(self, x: Tensor, keep_ratio: float) -> Tensor:
+        """The LITTLE-block form's routed layer (after the E-block): SAM 3's attention and MLP
+        updates for each group's ``capacity(keep_ratio, group)`` tokens of highest router logit,
+        scaled by the router weight (1 in value, a gradient to the router); the other tokens keep
+        their stream. x: B x H x W x C -> B x H x W x C."""
+        B, H, W, C = x.shape
+        self._check_grid(H, W)
+        xn = self.layer_norm1(x)  # (B, H, W, C)
+        plan = self._selection(B, (H, W), keep_ratio, x.device)
+        logits = self._windows(self.router(xn))  # (B, H, W) -> (G, M)
+        G, M = logits.shape
+        indices, weights = select_tokens(logits, plan.kmax)  # (G, k), (G, k, 1) or None
+        flat_idx = (indices + torch.arange(G, device=x.device).unsqueeze(1) * M).flatten()
+        pos = plan.grid_index.index_select(0, flat_idx)  # (G * k,) group positions -> rows
+        xn_g = window_partition(xn, self.select_window)[0]  # (G, M, C)
+        flat = x.reshape(B * H * W, C)
+        rows = flat.index_select(0, pos)  # (B * H * W, C) -> (T, C)
+        scale = None if weights is None else weights.reshape(-1, 1)  # (G, k, 1) -> (T, 1)
+        update = self._attend(xn, xn_g, indices, pos)  # (T, C)
+        rows = rows + (update if scale is None else scale * update)
+        update = self.dropout(self.mlp(self.layer_norm2(rows)))  # (T, C)
+        rows = rows + (update if scale is None else scale * update)
+        return flat.index_copy(0, pos, rows).view(B, H, W, C)  # (T, C) -> (B * H * W, C)

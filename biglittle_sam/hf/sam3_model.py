@@ -17,12 +17,15 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, Sam3ViTModel
+from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.sam3.modeling_sam3 import Sam3PreTrainedModel, Sam3ViTEmbeddings
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from ..config import validate_keep_ratio
+from ..modeling.attention import Attention
+from ..modeling.little_block import LittleBlock
 from ..modeling.thread_ratio import thread_keep_ratio, thread_keep_ratio_context
 from .sam3_config import BigLittleSam3ViTConfig
 from .sam3_layer import BigLittleSam3ViTLayer
@@ -31,7 +34,8 @@ __all__ = ["BigLittleSam3ViTModel", "register_sam3"]
 
 
 class BigLittleSam3ViTModel(Sam3ViTModel):
-    """``Sam3ViTModel`` with training-free routing at :attr:`keep_ratio`.
+    """``Sam3ViTModel`` with big.LITTLE routing at :attr:`keep_ratio`: training-free, or with
+    E-blocks and routers (``layers.i.little.*``, ``layers.i.router.*``) in the LITTLE-block form.
 
     ``forward(pixel_values)`` (B x 3 x S x S) returns ``BaseModelOutput`` with
     ``last_hidden_state`` B x (S/p)^2 x C, as ``Sam3ViTModel``'s; ``hidden_states`` are recorded as
@@ -58,6 +62,18 @@ class BigLittleSam3ViTModel(Sam3ViTModel):
         )
         self._keep_ratio = float(config.biglittle["keep_ratio"])
         self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """SAM 3's initialization, plus the parameters of the LITTLE-block form that it does not
+        know: the E-block's ``gamma`` and relative-position tables start at zero (as SAM 1's), so
+        an E-block left out of a checkpoint changes nothing; its Linear layers and the router's
+        take transformers' normal(0, initializer_range) with zero biases."""
+        super()._init_weights(module)
+        if isinstance(module, LittleBlock):
+            init.zeros_(module.gamma)
+        elif isinstance(module, Attention) and module.use_rel_pos:
+            init.zeros_(module.rel_pos_h)
+            init.zeros_(module.rel_pos_w)
 
     @property
     def keep_ratio(self) -> float:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
@@ -54,14 +55,32 @@ def load_sam3(source: Source, **kwargs: Any) -> PreTrainedModel:
     return model
 
 
+# The parameters the LITTLE-block form adds beside SAM 3's layers: the only keys a SAM 3 backbone
+# may lack when it is swapped (they start at their zero-initialised values, exact at r = 1).
+_NEW_KEYS = re.compile(r"^layers\.\d+\.(little|router)\.")
+
+
 def _swapped_backbone(stock: Sam3ViTModel, settings: Dict[str, Any]) -> BigLittleSam3ViTModel:
-    """A big.LITTLE backbone holding ``stock``'s weights (its device, dtype and mode)."""
+    """A big.LITTLE backbone holding ``stock``'s weights (its device, dtype and mode); E-blocks
+    and routers ``stock`` does not have start fresh (zero-initialised)."""
     config = sam3_config_with(stock.config, **settings)
     if getattr(stock.config, "teacher_checkpoint", None):
         config.teacher_checkpoint = stock.config.teacher_checkpoint
     first = next(stock.parameters())
     new = BigLittleSam3ViTModel(config).to(device=first.device, dtype=first.dtype)
-    missing, unexpected = new.load_state_dict(stock.state_dict(), strict=False)
+    try:
+        missing, unexpected = new.load_state_dict(stock.state_dict(), strict=False)
+    except RuntimeError as error:  # an E-block of another shape (little_dim, little_heads...)
+        raise ValueError(
+            f"the SAM 3 backbone's E-blocks do not fit the new LITTLE settings ({error}); keep "
+            "little_dim, little_heads, little_mlp_ratio and little_window_size as they were"
+        ) from None
+    missing = [k for k in missing if not _NEW_KEYS.match(k)]
+    if any(_NEW_KEYS.match(k) for k in unexpected):
+        raise ValueError(
+            "the SAM 3 backbone has trained E-blocks and routers (the LITTLE-block form); swapping "
+            "it with training_free=True would drop them: pass training_free=False to keep them"
+        )
     if missing or unexpected:  # the same classes: only a modified stock model gets here
         raise ValueError(
             f"the SAM 3 backbone's weights do not fit its config: missing {sorted(missing)}, "
@@ -111,16 +130,20 @@ def to_biglittle_sam3(
         strictly (:func:`load_sam3`). A model already swapped is re-swapped with new settings.
       keep_ratio: the share of each window's tokens through SAM 3's layers, in (0, 1] (default
         0.5; at 1 the model computes exactly what it did).
-      training_free: must be True: the LITTLE-block form is not built for SAM 3 (docs/sam3.md).
-      settings: other training-free settings: ``token_score``, ``skip_rule``, ``dense_layers``,
-        ``dense_global`` (see :data:`~.sam3_config.SAM3_BIGLITTLE_DEFAULTS`).
+      training_free: True: SAM 3's layers alone, routed by a cheap score. False: the LITTLE-block
+        form, an E-block and a router beside each routed layer, zero-initialised where the input
+        has none (the result then equals the input at keep ratio 1), to be distilled.
+      settings: other settings (:data:`~.sam3_config.SAM3_BIGLITTLE_DEFAULTS`): ``dense_layers``,
+        ``dense_global``; training-free: ``token_score``, ``skip_rule``; LITTLE-block form:
+        ``little_dim``, ``little_heads``, ``little_mlp_ratio``, ``little_window_size``.
 
     Returns:
       The model, of the input's class, on its device, in its dtype and mode.
 
     Raises:
       TypeError: a model without a SAM 3 ViT backbone.
-      ValueError: a bad setting or a backbone config the routed layers cannot run (named).
+      ValueError: a bad setting or a backbone config the routed layers cannot run (named); a
+        backbone with E-blocks swapped with ``training_free=True`` (they would be dropped).
       CheckpointError: a folder whose weights do not fit its config.
     """
     if isinstance(model, (str, os.PathLike)):

@@ -69,19 +69,24 @@ def test_gradients_reach_little_blocks_and_routers(
     set_keep_ratio(task.sam, 0.5)
     batch = collate_items([task.dataset[(i, i)] for i in range(2)])
     trainable = {n: p for n, p in task.sam.named_parameters() if p.requires_grad}
-    assert trainable and all(".little." in n or ".router." in n for n in trainable)
+    assert trainable and all(
+        any(part in n for part in (".little.", ".router.", ".context.")) for n in trainable
+    )
+    assert any(".context." in n for n in trainable)  # bl_tiny's default "pooled" global context
     loss, _ = task.module(batch)
     loss.sum().backward()
-    # gamma starts at 0, so inside the E-blocks only gamma learns first; the routers learn
-    # through the straight-through weights of the top-k.
+    # gamma starts at 0, so inside the E-blocks only gamma learns first (and the context modules'
+    # zero output projection); the routers learn through the straight-through weights of the top-k.
     for name, p in trainable.items():
-        if name.endswith("little.gamma") or ".router." in name:
+        if name.endswith(("little.gamma", "context.proj.weight")) or ".router." in name:
             assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
     task.sam.zero_grad()
     with torch.no_grad():
         for name, p in trainable.items():
             if name.endswith("little.gamma"):
                 p.fill_(0.1)
+            elif name.endswith("context.proj.weight"):  # zero at first, as gamma
+                p.normal_(0.0, 0.1)
     loss, _ = task.module(batch)
     loss.sum().backward()
     for name, p in trainable.items():

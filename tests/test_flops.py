@@ -76,9 +76,10 @@ def test_fused_sam_baseline_matches_fvcore() -> None:
 
 def test_bl_b_lite_matches_fvcore_at_a_reduced_image_size() -> None:
     """bl_b_lite's own config (d = 96, MLP ratio 2, pooled) counted at a reduced image size, where
-    fvcore can trace it in a unit test: the same code paths as at 1024."""
+    fvcore can trace it in a unit test: the same code paths as at 1024. Its 28 x 28 grid pools
+    the global context to 7 x 7 blocks (the default 8 must divide the grid)."""
     encoder = sam_model_registry["bl_b_lite"](
-        keep_ratio=0.1, fused_attn=False, img_size=448
+        keep_ratio=0.1, fused_attn=False, img_size=448, global_context_pool=7
     ).image_encoder
     ours = encoder_macs(encoder)["total"]
     assert abs(ours - _fvcore(encoder, 448)) / ours < 0.03

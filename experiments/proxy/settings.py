@@ -267,14 +267,15 @@ class ProxyBenchmarkSettings:
 
     @property
     def student_overrides(self) -> Tuple[Tuple[str, Any], ...]:
-        """The bl_tiny student's E-block fields (and its global context, when not "none")."""
+        """The bl_tiny student's E-block fields and its global context (always given: this
+        benchmark's default, "none", is not the config's)."""
         little: Tuple[Tuple[str, Any], ...] = (
             ("little_dim", self.student_little_dim),
             ("little_heads", self.student_little_heads),
             ("little_mlp_ratio", self.student_little_mlp_ratio),
         )
         if self.student_global_context == "none":
-            return little
+            return little + (("global_context", "none"),)
         return little + (
             ("global_context", self.student_global_context),
             ("global_context_pool", self.student_global_context_pool),

@@ -50,8 +50,9 @@ HOMES: Dict[str, Tuple[str, ...]] = {
     "biglittle_sam/distill/": ("train",),
     "experiments/proxy/": ("train",),
     "experiments/stages.py": ("train",),
-    # The training-free mode on the proxy teacher: it draws proxy splits and evaluates them.
-    "experiments/training_free": ("eval",),
+    # The training-free mode on the proxy teacher: it draws proxy splits and evaluates them,
+    # through the proxy package (whose matching reaches the dense timm students).
+    "experiments/training_free": ("train",),
     "tools/distill.py": ("train",),
     "tools/finetune.py": ("train",),
     "tools/cache_teacher.py": ("train",),

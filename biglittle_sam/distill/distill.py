@@ -13,6 +13,10 @@ and mask decoder, are the targets of the student's masks (BCE + Dice). An option
 click, drawn from where student and teacher disagree, adds a second round. The embedding loss
 stays on with its weights (set them to 0 for the mask loss alone).
 
+**Dense students** (``student="dense"``, :mod:`.students`): a smaller plain encoder written by
+``write_dense_student`` is the ``init_checkpoint``; both phases train its whole encoder
+(``train_parts="encoder"``) as above, with no keep ratio and no router noise.
+
     from biglittle_sam.distill import DistillSettings, run_distillation
     from biglittle_sam.train import TrainSettings
     run_distillation(DistillSettings(
@@ -24,7 +28,7 @@ stays on with its weights (set them to 0 for the mask loss alone).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from segment_anything.modeling import Sam
@@ -36,12 +40,13 @@ from ..runtime.distributed import DistContext, init_distributed
 from ..train.data import TrainImages, build_image_source, image_key, source_file_names
 from ..train.loop import TrainResult, TrainTask, resolve_resume, run_training
 from ..train.models import build_student, file_sha256, load_sam
-from ..train.parts import select_trainable
+from ..train.parts import parse_parts, select_trainable
 from ..train.settings import fingerprint_settings, keep_ratio_for_step, settings_to_dict
 from .cache import CacheError, TeacherCache
 from .module import DistillModule, TeacherHeads, mask_distill_losses
 from .routing import RouterExploration
 from .settings import DEFAULT_KEEP_RATIOS, DISTILL_FREE_FIELDS, DistillSettings
+from .students import DENSE, DENSE_KEY, dense_record, load_student
 
 __all__ = [
     "DistillSettings",
@@ -82,7 +87,7 @@ def build_distill_task(
     """
     s = settings
     cache = TeacherCache.open(s.cache)
-    student, config, tag = _student(s, cache, ctx)
+    student, config, tag, dense = _student(s, cache, ctx)
     teacher_heads = _teacher_heads(s, config)
     dataset, info = _cached_dataset(s, cache, config)
     exploration: Optional[RouterExploration] = None
@@ -94,6 +99,7 @@ def build_distill_task(
         "settings": fingerprint_settings(s, DISTILL_FREE_FIELDS),
         "teacher_sha256": cache.teacher.sha256,
         "dataset_size": len(dataset),
+        **({DENSE_KEY: dense} if dense else {}),
     }
     return TrainTask(
         name="distill",
@@ -105,22 +111,32 @@ def build_distill_task(
         fingerprint=fingerprint,
         settings={**settings_to_dict(s), "data": info},
         recipe=settings_to_dict(s),
-        begin_step=_step_schedule(s, student, exploration),
-        extra={"teacher_sha256": cache.teacher.sha256, "distill_phase": s.phase},
+        begin_step=_step_schedule(s, student, exploration, dense is None),
+        extra={
+            "teacher_sha256": cache.teacher.sha256,
+            "distill_phase": s.phase,
+            **({DENSE_KEY: dense} if dense else {}),
+        },
         lr_scales=((".router.", s.router_lr_scale),) if s.router_lr_scale != 1.0 else (),
     )
 
 
 def _student(
     s: DistillSettings, cache: TeacherCache, ctx: DistContext
-) -> Tuple[Sam, SamViTConfig, str]:
-    """The student, its config and its teacher tag, checked against the cache, with the parts
-    ``train_parts`` names set to train: from ``init_checkpoint``, or built from its SAM."""
+) -> Tuple[Sam, SamViTConfig, str, Optional[Dict[str, Any]]]:
+    """The student, its config, its teacher tag and its ``dense_student`` record (None for
+    big.LITTLE), checked against the cache, with the parts ``train_parts`` names set to train:
+    from ``init_checkpoint``, or built from its SAM."""
+    if s.student == DENSE:
+        _check_dense_settings(s)
     teacher_path, teacher_sha = _teacher_identity(s, ctx)
     if teacher_path is not None and teacher_sha is not None:
         cache.check_teacher(teacher_sha, teacher_path)
+    dense: Optional[Dict[str, Any]] = None
     if s.init_checkpoint is not None:
-        student, config, tag = _student_from_checkpoint(s, s.init_checkpoint, cache, teacher_sha)
+        student, config, tag, dense = _student_from_checkpoint(
+            s, s.init_checkpoint, cache, teacher_sha
+        )
     else:
         if teacher_path is None:
             raise ValueError(
@@ -142,26 +158,49 @@ def _student(
                 "or 'all'"
             )
     select_trainable(student, s.train_parts)
-    return student, config, tag
+    return student, config, tag, dense
+
+
+def _check_dense_settings(s: DistillSettings) -> None:
+    """ValueError, before anything is read, for settings a dense student cannot train with."""
+    if s.init_checkpoint is None:
+        raise ValueError(
+            "student 'dense' starts from init_checkpoint: a dense student written by "
+            "biglittle_sam.distill.students.write_dense_student"
+        )
+    routed = [p for p in parse_parts(s.train_parts) if p in ("little", "router")]
+    if routed or s.router_noise > 0:
+        raise ValueError(
+            "a dense student has no E-blocks or routers: train_parts 'encoder' trains its "
+            f"whole encoder, and router_noise must be 0 (got train_parts '{s.train_parts}', "
+            f"router_noise {s.router_noise})"
+        )
 
 
 def _student_from_checkpoint(
     s: DistillSettings, path: str, cache: TeacherCache, teacher_sha: Optional[str]
-) -> Tuple[Sam, SamViTConfig, str]:
-    """The big.LITTLE student of ``path`` (``init_checkpoint``: phase 1 -> 2); without a teacher
-    checkpoint, the cache is checked against the teacher checksum the file records."""
+) -> Tuple[Sam, SamViTConfig, str, Optional[Dict[str, Any]]]:
+    """The big.LITTLE or dense student of ``path`` (``init_checkpoint``: phase 1 -> 2) and its
+    ``dense_student`` record; without a teacher checkpoint, the cache is checked against the
+    teacher checksum the file records."""
     if s.student_overrides:
         raise ValueError(
             "student_overrides cannot be combined with init_checkpoint: the checkpoint "
             "stores its own config"
         )
-    student, config, meta = load_sam(path)
-    if not isinstance(config, BigLittleConfig):
+    student, config, meta = load_student(path)
+    dense = dense_record(meta)
+    if dense is None and not isinstance(config, BigLittleConfig):
         raise CheckpointError(
             f"{path}: is a plain SAM ('{config.name}'); init_checkpoint takes a "
-            "big.LITTLE student (to start from a SAM, use sam_checkpoint)"
+            "big.LITTLE or dense student (to start from a SAM, use sam_checkpoint)"
         )
-    if config.name != s.student:
+    if (dense is not None) != (s.student == DENSE):
+        raise CheckpointError(
+            f"{path}: holds a {'dense' if dense else 'big.LITTLE'} student ('{config.name}'), "
+            f"but student is '{s.student}'; pass student '{DENSE if dense else config.name}'"
+        )
+    if dense is None and config.name != s.student:
         raise CheckpointError(f"{path}: holds a '{config.name}' student, not '{s.student}'")
     recorded = meta.get("teacher_sha256")
     if teacher_sha is None and isinstance(recorded, str):
@@ -171,7 +210,8 @@ def _student_from_checkpoint(
             f"{path} does not record its teacher's checksum; give "
             "teacher_checkpoint so that the cache can be checked against it"
         )
-    return student, config, str(meta.get("teacher") or config.teacher)
+    tag = meta.get("teacher") or getattr(config, "teacher", config.name)
+    return student, config, str(tag), dense
 
 
 def _teacher_heads(s: DistillSettings, config: SamViTConfig) -> Optional[TeacherHeads]:
@@ -238,11 +278,17 @@ def _cached_dataset(
 
 
 def _step_schedule(
-    s: DistillSettings, student: Sam, exploration: Optional[RouterExploration]
+    s: DistillSettings,
+    student: Sam,
+    exploration: Optional[RouterExploration],
+    routed: bool = True,
 ) -> Callable[[int], Dict[str, float]]:
-    """``begin_step``: sets the step's keep ratio (and router noise); returns them to log."""
+    """``begin_step``: sets the step's keep ratio (and router noise); returns them to log. A dense
+    student (not ``routed``) has no keep ratio: nothing is set or logged."""
 
     def begin_step(step: int) -> Dict[str, float]:
+        if not routed:
+            return {}
         ratio = keep_ratio_for_step(s.train.seed, step, s.keep_ratios)
         set_keep_ratio(student, ratio)
         logged = {"keep_ratio": ratio}

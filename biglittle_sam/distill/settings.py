@@ -51,7 +51,7 @@ class DistillSettings:
         None, "the images' format (default: from the files)", choices=SOURCE_KINDS
     )
     annotations: Optional[str] = None  # COCO / LVIS json (phase 2 needs masks)
-    student: str = "bl_b"  # bl_b, bl_l, bl_h or bl_tiny
+    student: str = "bl_b"  # bl_b, bl_l, bl_h, bl_tiny; dense: the dense init_checkpoint's student
     teacher_checkpoint: Optional[str] = None  # the cache's teacher (phase 2 uses its decoder)
     sam_checkpoint: Optional[str] = None  # the SAM the student inherits from (default: the teacher)
     init: str = flag(
@@ -59,7 +59,7 @@ class DistillSettings:
         "teacher: inherit SAM's blocks; none: a random encoder (ablation)",
         choices=STUDENT_INITS,
     )
-    init_checkpoint: Optional[str] = None  # start from a big.LITTLE checkpoint (phase 1 -> 2)
+    init_checkpoint: Optional[str] = None  # a big.LITTLE checkpoint (phase 1 -> 2) or dense student
     student_overrides: Tuple[Tuple[str, Any], ...] = flag(
         (),
         "student config field, e.g. little_dim=192 (repeatable)",

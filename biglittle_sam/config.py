@@ -265,11 +265,11 @@ class BigLittleConfig(SamViTConfig):
     # 50.2 mIoU at r = 0.5 with them dense, 47.3 with them routed, at 80% against 65% of the MACs).
     dense_global: bool = False
     # GLOBAL_CONTEXTS. With "none" a skipped token sees only its window in global layers too,
-    # where the layers diagnostic puts most of the proxy student's loss; "pooled" keeps the most
-    # of its teacher on the proxy's dev split at every ratio (1 click at r = 0.5 / 0.25 / 0.1:
-    # 46.8 / 45.5 / 44.7 against 43.5 / 40.1 / 37.7 with "none", docs/encoder.md) for +2.5% of
-    # bl_b's MACs at r = 0.25. Not "none": checkpoint version 2. A learned module, so the
-    # training-free mode (nothing to train) has none: there it always reads "none".
+    # where the layers diagnostic puts most of the proxy student's loss; "pooled" keeps more of
+    # its teacher on the proxy's dev split at every ratio and seed (1 click at r = 0.5 / 0.25 /
+    # 0.1, seed 0: 46.8 / 45.5 / 44.7 against 43.5 / 40.1 / 37.7; seed 1: 47.2 / 45.7 / 45.5
+    # against 46.0 / 43.3 / 40.9; docs/encoder.md) for +2.5% of bl_b's MACs at r = 0.25. Not
+    # "none": checkpoint version 2. Learned, so the training-free mode always reads "none".
     global_context: str = "pooled"
     global_context_pool: int = 8  # "pooled": P, the pooled grid's side (must divide the grid)
 

@@ -101,6 +101,7 @@ __all__ = [
     "read_sam_checkpoint",
     "resolve_checkpoint",
     "load_sam",
+    "sam_from_loaded",
     "is_official_sam_checkpoint",
     "build_model_from_spec",
     "build_default",
@@ -153,12 +154,19 @@ def load_sam(
             raise CheckpointError(f"{source}: names model {label!r}, but {name!r} was asked for")
         name = label
     config, state, meta = resolve_checkpoint(path, name)
+    return sam_from_loaded(config, state, meta, path), config, meta
+
+
+def sam_from_loaded(
+    config: SamViTConfig, state: Dict[str, Any], meta: Mapping[str, Any], path: PathLike
+) -> Sam:
+    """The ``Sam`` of a checkpoint already read and resolved (``resolve_checkpoint`` or
+    ``resolve_loaded``), strictly loaded, in eval mode."""
     sam = build_sam_from_config(config)
     load_state_dict_strict(sam, state, path, config.name)
     if isinstance(config, BigLittleConfig):
         sam.image_encoder.teacher = teacher_tag(meta) or config.teacher
-    sam.eval()
-    return sam, config, meta
+    return sam.eval()
 
 
 def build_model_from_spec(

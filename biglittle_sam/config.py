@@ -288,9 +288,9 @@ class BigLittleConfig(SamViTConfig):
         validate_routing(self.routing)
         validate_token_score(self.token_score)
         validate_skip_rule(self.skip_rule)
-        validate_global_context(self.global_context, self.grid_size, self.global_context_pool)
         if self.training_free:  # a learned module: the training-free mode has none
             object.__setattr__(self, "global_context", "none")
+        validate_global_context(self.global_context, self.grid_size, self.global_context_pool)
         bad = [i for i in self.dense_layers if not 0 <= i < self.depth]
         if bad:
             raise ValueError(f"dense_layers {bad} are outside 0..{self.depth - 1}")

@@ -242,6 +242,8 @@ def test_the_training_free_mode_has_no_context_module() -> None:
         sam = sam_model_registry["bl_tiny"](training_free=True, **fields)
         assert sam.image_encoder.config.global_context == "none"
         assert not [b for b in sam.image_encoder.blocks if getattr(b, "context", None)]
+    # ... so its pool size is not checked either: 5 does not divide bl_tiny's 16 x 16 grid
+    assert sam_model_registry["bl_tiny"](training_free=True, global_context_pool=5)
 
 
 def test_nearest_copies_the_most_similar_routed_update() -> None:

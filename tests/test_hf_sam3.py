@@ -66,8 +66,8 @@ def _widen(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
-def build_detector() -> Sam3Model:
-    """A tiny ``Sam3Model`` (the detector), weights drawn by :func:`_widen`."""
+@pytest.fixture(scope="module")
+def detector() -> Sam3Model:
     config = Sam3Config(
         vision_config=vision_config(),
         text_config=TEXT,
@@ -79,8 +79,8 @@ def build_detector() -> Sam3Model:
     return _widen(Sam3Model(config))
 
 
-def build_tracker() -> Sam3TrackerModel:
-    """A tiny ``Sam3TrackerModel`` (point and box prompts), weights drawn by :func:`_widen`."""
+@pytest.fixture(scope="module")
+def tracker() -> Sam3TrackerModel:
     config = Sam3TrackerConfig(
         vision_config=dict(model_type="sam3_vision_model", **vision_config()),
         prompt_encoder_config=dict(hidden_size=32, image_size=SIZE, patch_size=14),
@@ -91,23 +91,9 @@ def build_tracker() -> Sam3TrackerModel:
     return _widen(Sam3TrackerModel(config))
 
 
-def make_pixels() -> torch.Tensor:
-    return torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
-
-
-@pytest.fixture(scope="module")
-def detector() -> Sam3Model:
-    return build_detector()
-
-
-@pytest.fixture(scope="module")
-def tracker() -> Sam3TrackerModel:
-    return build_tracker()
-
-
 @pytest.fixture(scope="module")
 def pixels() -> torch.Tensor:
-    return make_pixels()
+    return torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
 
 
 def detect(model: Sam3Model, pixels: torch.Tensor) -> Dict[str, Any]:

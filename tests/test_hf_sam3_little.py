@@ -26,33 +26,14 @@ import biglittle_sam.hf as blhf  # noqa: E402
 from biglittle_sam.checkpoint import CheckpointError  # noqa: E402
 from biglittle_sam.flops import encoder_gmacs, encoder_macs  # noqa: E402
 
-from .test_hf_sam3 import (  # noqa: E402
-    BACKBONE,
-    _widen,
-    build_detector,
-    build_tracker,
-    close,
-    detect,
-    make_pixels,
-)
+from . import test_hf_sam3 as stock  # noqa: E402
+from .test_hf_sam3 import BACKBONE, _widen, close, detect  # noqa: E402
+
+# test_hf_sam3's module fixtures, shared (each module builds its own copy once)
+detector, tracker, pixels = stock.detector, stock.tracker, stock.pixels
 
 LITTLE: Dict[str, Any] = dict(training_free=False, little_dim=8, little_heads=2)
 NEW = re.compile(r"layers\.\d+\.(little|router)\.")
-
-
-@pytest.fixture(scope="module")
-def detector() -> Any:
-    return build_detector()
-
-
-@pytest.fixture(scope="module")
-def tracker() -> Any:
-    return build_tracker()
-
-
-@pytest.fixture(scope="module")
-def pixels() -> torch.Tensor:
-    return make_pixels()
 
 
 def little(model: Any, keep_ratio: float = 1.0, **settings: Any) -> Any:

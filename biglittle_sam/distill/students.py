@@ -40,7 +40,7 @@ from segment_anything.modeling.common import LayerNorm2d
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..build_sam import build_sam_from_config, load_sam, swap_image_encoder
+from ..build_sam import build_sam_from_config, sam_from_loaded, swap_image_encoder
 from ..checkpoint import (
     CheckpointError,
     check_version,
@@ -48,7 +48,7 @@ from ..checkpoint import (
     save_model_checkpoint,
 )
 from ..config import BigLittleConfig, SamViTConfig, config_from_dict
-from ..model_files import read_sam_checkpoint, resolve_checkpoint
+from ..model_files import read_sam_checkpoint, resolve_checkpoint, resolve_loaded
 from ..train.models import file_sha256
 
 __all__ = [
@@ -192,7 +192,7 @@ class TimmImageEncoder(nn.Module):
     def __init__(self, spec: TimmStudentSpec) -> None:
         super().__init__()
         try:
-            import timm  # the [bench] extra's dependency, needed only by timm students
+            import timm  # in the [train] and [bench] extras; needed only by timm students
         except ImportError:
             raise RuntimeError("a timm student needs timm: pip install 'timm>=1.0'") from None
         family = TIMM_FAMILIES[spec.family]
@@ -288,6 +288,17 @@ def dense_student(
       ValueError: a big.LITTLE config, or an encoder whose geometry differs from the teacher's.
     """
     teacher, state, _ = resolve_checkpoint(teacher_checkpoint)
+    return _dense_student(encoder, teacher_checkpoint, teacher, state, seed)
+
+
+def _dense_student(
+    encoder: Union[SamViTConfig, TimmStudentSpec],
+    teacher_checkpoint: PathLike,
+    teacher: SamViTConfig,
+    state: Dict[str, Any],
+    seed: int,
+) -> Tuple[Sam, SamViTConfig, Dict[str, Any]]:
+    """:func:`dense_student` of a teacher already read (its config and state dict)."""
     if isinstance(encoder, BigLittleConfig):
         raise ValueError(f"{encoder.name} is big.LITTLE; a dense student has a plain encoder")
     if isinstance(encoder, TimmStudentSpec):
@@ -319,8 +330,8 @@ def write_dense_student(
 ) -> Path:
     """Save :func:`dense_student` as the ``init_checkpoint`` of a ``student="dense"`` distillation
     (it records the teacher's tag and SHA-256, which the cache is checked against)."""
-    sam, config, record = dense_student(encoder, teacher_checkpoint, seed)
-    teacher, _, _ = resolve_checkpoint(teacher_checkpoint)
+    teacher, state, _ = resolve_checkpoint(teacher_checkpoint)
+    sam, config, record = _dense_student(encoder, teacher_checkpoint, teacher, state, seed)
     return save_model_checkpoint(
         path,
         sam,
@@ -363,7 +374,8 @@ def load_student(path: PathLike) -> Tuple[Sam, SamViTConfig, Dict[str, Any]]:
     state, meta = read_sam_checkpoint(path)
     record = dense_record(meta)
     if record is None or record.get("kind") != "timm":
-        return load_sam(Path(path))
+        config = resolve_loaded(state, meta, path)
+        return sam_from_loaded(config, state, meta, path), config, meta
     spec = TimmStudentSpec.from_record(record, path)
     config = _stored_geometry(meta, path)
     sam = _timm_sam(config, spec)

@@ -16,8 +16,8 @@ DEMO_ARGS ?=
 GPU_ARGS ?=
 PROXY_ARGS ?=
 
-.PHONY: venv venv-demo browser test test-slow benchmark proxy-benchmark gpu-check demo lint format \
-	clean
+.PHONY: venv venv-demo browser test test-slow benchmark proxy-benchmark proxy-benchmark-v2 gpu-check demo \
+	lint format clean
 
 venv: $(VENV)/.installed
 venv-demo: $(VENV)/.installed-demo
@@ -67,6 +67,12 @@ gpu-check: venv
 # the same command with --assets-dir biglittle_sam/assets. The experiments run from this clone.
 proxy-benchmark: venv
 	$(PY) -m experiments.proxy --out-dir outputs/proxy $(PROXY_ARGS)
+
+# The second proxy benchmark (docs/benchmarks/proxy_v2.md): a teacher shaped like SAM ViT-B and the
+# big.LITTLE student against dense students of the same encoder cost; <= 120 min on 2 cores, resumes
+# with PROXY_ARGS="--resume", the same on a GPU with PROXY_ARGS="--device cuda".
+proxy-benchmark-v2: venv
+	$(PY) -m experiments.proxy2 --out-dir outputs/proxy_v2 $(PROXY_ARGS)
 
 # The interactive demo on http://127.0.0.1:7860 (built-in proxy models and examples). More models:
 # make demo DEMO_ARGS="--sam-checkpoint sam_vit_b_01ec64.pth --checkpoint bl_b=bl_b.pth"

@@ -88,6 +88,7 @@ from .modeling.encoder_ops import (
     set_keep_ratio,
     swap_image_encoder,
 )
+from .timm_student import timm_record, timm_student_from_loaded
 
 __all__ = [
     "sam_model_registry",
@@ -264,7 +265,12 @@ def _build_custom_sam(
     path = _plain_sam_path(config.name, checkpoint, sam_checkpoint, keep_ratio)
     state: Optional[StateDict] = None
     if path is not None:
-        config, state, _ = resolve_checkpoint(path, config.name, custom_sizes=True)
+        state, meta = read_sam_checkpoint(path)
+        if timm_record(meta) is not None:  # a timm dense student (needs timm)
+            if overrides:
+                raise TypeError(f"{path}: a timm student is rebuilt as stored; no overrides")
+            return timm_student_from_loaded(state, meta, path)[0]
+        config = resolve_loaded(state, meta, path, config.name, custom_sizes=True)
     config = dataclasses.replace(config, **overrides)
     sam = build_sam_from_config(config)
     if state is not None:

@@ -49,6 +49,7 @@ HOMES: Dict[str, Tuple[str, ...]] = {
     "biglittle_sam/train/": ("train",),
     "biglittle_sam/distill/": ("train",),
     "experiments/proxy/": ("train",),
+    "experiments/proxy2/": ("train",),
     "experiments/stages.py": ("train",),
     # The training-free mode on the proxy teacher: it draws proxy splits and evaluates them,
     # through the proxy package (whose matching reaches the dense timm students).
@@ -81,6 +82,9 @@ HOMES: Dict[str, Tuple[str, ...]] = {
 GUARDED: Dict[str, FrozenSet[str]] = {
     "biglittle_sam/runtime/transformers_hook.py": frozenset({"biglittle_sam.hf"}),
     "biglittle_sam/flops.py": frozenset({"biglittle_sam.hf.sam3_flops"}),
+    # timm builds a timm dense student's encoder, which only a checkpoint that records one asks
+    # for (distill writes them, with [train]); without timm the error names the package to install.
+    "biglittle_sam/modeling/timm_encoder.py": frozenset({"timm"}),
 }
 
 # Import name -> the distributions that provide it, where the name does not say (any one will do).

@@ -1,0 +1,57 @@
+"""The second proxy benchmark (SAM's geometry, objects sized in tokens, dense students at matched
+cost). Run from a clone (``make proxy-benchmark-v2`` runs the first line)::
+
+    python -m experiments.proxy2 --out-dir outputs/proxy_v2                 # the table (test)
+    python -m experiments.proxy2 --split dev --out-dir outputs/proxy_v2_dev # choosing recipes
+    python -m experiments.proxy2 --device cuda                              # the same on a GPU
+
+Writes ``proxy_v2.json`` and, on the test split, ``proxy_v2.md`` and ``proxy_v2.png``. Every
+flag defaults to ``experiments.proxy2.ProxyV2Settings``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+from typing import Any, Dict, Optional, Sequence
+
+from biglittle_sam.runtime.cli import add_settings_flags, run_cli, settings_kwargs
+
+from .pipeline import run_proxy_v2
+from .settings import ProxyV2Settings
+
+PROG = "python -m experiments.proxy2"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Proxy benchmark v2: big.LITTLE against dense students of the same cost.",
+    )
+    flags = [f.name for f in dataclasses.fields(ProxyV2Settings)]
+    hidden = ("teacher_overrides", "command")
+    return add_settings_flags(parser, ProxyV2Settings, only=[f for f in flags if f not in hidden])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    changes = settings_kwargs(args, ProxyV2Settings)
+    words = list(sys.argv[1:] if argv is None else argv)
+    changes["command"] = " ".join([PROG, *map(shlex.quote, words)])
+    settings = ProxyV2Settings(**changes)
+    try:
+        settings.check()
+    except ValueError as error:
+        parser.error(str(error))  # exit 2, before any stage runs
+    result = run_cli(lambda: run_proxy_v2(settings))
+    if result["outputs"]["markdown"]:
+        with open(result["outputs"]["markdown"], encoding="utf-8") as f:
+            print(f.read())
+    return result
+
+
+if __name__ == "__main__":
+    main()

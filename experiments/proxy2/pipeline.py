@@ -1,0 +1,264 @@
+"""The second proxy benchmark's pipeline: a teacher shaped like SAM ViT-B, and every student a
+user could pick at the same encoder cost, distilled from it the same way.
+
+1. Check the settings and match every dense student to its big.LITTLE student's MACs.
+2. Write the train and evaluated splits: token-sized shapes (small 1-3 tokens across, medium
+   3-10, large above, in COCO's proportions), each split from its own seed.
+3. Train the teacher (``vit_tiny`` at the geometry) from scratch with ``finetune``.
+4. Cache its embeddings; distil every student with the same data, steps and recipe: phase 1 on
+   the embeddings, phase 2 on the teacher's masks through its frozen prompt encoder and decoder.
+   The big.LITTLE student (``bl_tiny``, pooled global context) trains at all its ratios at once;
+   each dense student (:func:`~.settings.dense_matches`) at its own size.
+5. The training-free rows: the teacher's own weights in the training-free mode (no training).
+6. Evaluate every row (box, 1 click, 3 clicks) on the chosen split; count each encoder's MACs and
+   measure its CPU latency in one process (:mod:`.latency`).
+7. Write ``proxy_v2.json`` always, ``proxy_v2.md`` and ``proxy_v2.png`` on the test split; with
+   ``assets_dir``, the fp16 teacher and big.LITTLE student as the demo's built-in models.
+
+Every training stage resumes (``resume``) and runs unchanged on CUDA (``device="cuda"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+from biglittle_sam.checkpoint import atomic_save
+from biglittle_sam.data.shapes import ShapesDataset, make_shapes_dataset, token_sized_shapes_config
+from biglittle_sam.distill.cache import cache_teacher_embeddings
+from biglittle_sam.distill.distill import DistillSettings, run_distillation
+from biglittle_sam.distill.students import DENSE, write_dense_student
+from biglittle_sam.eval.runner import EvalSettings
+from biglittle_sam.fileio import atomic_write_json
+from biglittle_sam.runtime.hardware import hardware_description
+from biglittle_sam.train.finetune import run_finetune
+from biglittle_sam.train.launch import launch
+from biglittle_sam.train.settings import TrainSettings, settings_to_dict
+
+from ..proxy.settings import geometry_summary, split_seeds
+from ..stages import (
+    cache_settings,
+    finished,
+    miou_row,
+    phase1_settings,
+    phase2_settings,
+    read_teacher,
+    seeded_evaluation,
+    stage_train,
+)
+from ..stages import teacher_settings as stage_teacher
+from ..stages import training_run
+from ..training_free import write_variants
+from .report import write_report
+from .rows import Row, describe_split, finish_rows
+from .settings import ProxyV2Settings, dense_label, dense_matches
+
+__all__ = ["run_proxy_v2"]
+
+BIG_LITTLE = "big.LITTLE"
+TRAINING_FREE = "training-free"
+
+
+def _log(s: ProxyV2Settings, message: str) -> None:
+    if s.progress:
+        stamp = datetime.datetime.now().strftime("%H:%M:%S")
+        print(f"[proxy-v2 {stamp}] {message}", flush=True)
+
+
+def _train(
+    s: ProxyV2Settings, out: Path, steps: int, lr: float, batch: int, keep: bool = False
+) -> TrainSettings:
+    """One stage's training settings (the run's seed, device, threads, resume)."""
+    return stage_train(
+        out,
+        steps,
+        lr,
+        batch,
+        seed=s.seed,
+        device=s.resolved_device,
+        num_workers=0,
+        threads=s.threads,
+        progress=s.progress,
+        resume=s.resume,
+        keep_checkpoints=keep,
+    )
+
+
+def make_split(
+    root: Path, s: ProxyV2Settings, img_size: int, count: int, seed: int
+) -> ShapesDataset:
+    """One token-sized split under ``root`` (the same images for the same seed and count)."""
+    patch = dict(s.teacher_fields)["patch_size"]
+    config = token_sized_shapes_config(img_size, patch, count, seed)
+    return make_shapes_dataset(root, config, True)
+
+
+def _distil(
+    s: ProxyV2Settings,
+    base: DistillSettings,
+    train: ShapesDataset,
+    out: Path,
+    ratios: Tuple[float, ...],
+) -> Path:
+    """Phase 1 then phase 2 of one student (``base``: its phase 1); the phase-2 model's path."""
+    student = finished(launch(run_distillation, base, s.nproc, s.threads), "proxy v2", str(out))
+    if s.phase2_steps == 0:
+        return student
+    phase2 = phase2_settings(
+        base,
+        train,
+        student,
+        _train(s, out / "phase2", s.phase2_steps, s.phase2_lr, s.batch_size),
+        keep_ratios=ratios,
+        mask_weight=10.0,
+        point_prob=0.75,
+    )
+    return finished(launch(run_distillation, phase2, s.nproc, s.threads), "proxy v2", str(out))
+
+
+def run_proxy_v2(settings: ProxyV2Settings) -> Dict[str, Any]:
+    """Run every stage (see the module docstring) and write the outputs.
+
+    Raises:
+      ValueError: a bad setting, or a dense student no size matches (before any stage runs).
+
+    Returns:
+      The result: ``rows`` (box / click1 / click3 mIoU, GMACs and latency per row), ``bins``,
+      ``capacity_share``, ``data``, ``stage_s``, ``wall_s`` and the paths written.
+    """
+    s = settings
+    teacher_config = s.check()
+    matches = dense_matches(s, teacher_config)
+    out = Path(s.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started, times = time.perf_counter(), {}  # type: float, Dict[str, float]
+
+    t = time.perf_counter()
+    seeds, size = split_seeds(s.seed), teacher_config.img_size
+    train = make_split(out / "data" / "train", s, size, s.train_images, seeds["train"])
+    evaluated = make_split(out / "data" / s.split, s, size, s.eval_images, seeds[s.split])
+    times["data"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    teacher = out / "teacher" / "model.pth"
+    if s.teacher_checkpoint:
+        if not (s.resume and teacher.is_file()):
+            atomic_save(read_teacher(Path(s.teacher_checkpoint), teacher_config), teacher)
+    else:
+        stage = _train(
+            s, out / "teacher", s.teacher_steps, s.teacher_lr, s.teacher_batch_size, True
+        )
+        fields, focal = s.teacher_fields, s.teacher_focal_weight
+        _log(s, f"teacher: {s.teacher_steps} steps on {s.nproc} process(es)")
+        job = stage_teacher(train, s.train_images, fields, focal, stage)
+        teacher = finished(launch(run_finetune, job, s.nproc, s.threads), "proxy v2", "teacher")
+    times["teacher"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    cache_dir = out / "cache"
+    job = cache_settings(train, cache_dir, teacher, s.resolved_device, s.progress, s.resume)
+    launch(cache_teacher_embeddings, job, s.nproc, s.threads)
+    times["cache"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    folder = out / "big_little"
+    base = phase1_settings(
+        train,
+        cache_dir,
+        teacher,
+        s.student_overrides,
+        s.ratios + (1.0,),
+        "encoder",
+        _train(s, folder, s.student_steps, s.student_lr, s.batch_size),
+    )
+    _log(s, f"big.LITTLE student: {s.student_steps} + {s.phase2_steps} steps")
+    student = _distil(s, base, train, folder, s.ratios)
+    times["big_little"] = time.perf_counter() - t
+
+    rows: List[Row] = [Row("teacher", None, f"vit_tiny={teacher}", str(teacher))]
+    rows += [Row(BIG_LITTLE, r, f"bl_tiny={student}@{r:g}", str(student)) for r in s.ratios]
+    for kind, ratio, spec, _ in matches:
+        t = time.perf_counter()
+        folder = out / "dense" / f"{kind}_r{ratio:g}"
+        init = folder / "init.pth"
+        if not (s.resume and init.is_file()):
+            write_dense_student(init, spec, teacher, seed=s.seed)
+        job = dataclasses.replace(
+            base,
+            student=DENSE,
+            init_checkpoint=str(init),
+            student_overrides=(),
+            keep_ratios=(1.0,),
+            train=_train(s, folder, s.student_steps, s.student_lr, s.batch_size),
+        )
+        _log(s, f"dense student {dense_label(kind, ratio, spec)}")
+        path = _distil(s, job, train, folder, (1.0,))
+        rows.append(
+            Row(kind, ratio, f"vit_tiny={path}", str(path), label=dense_label(kind, ratio, spec))
+        )
+        times[f"{kind}_r{ratio:g}"] = time.perf_counter() - t
+
+    free = write_variants(teacher, ["edge"], out / "training_free")["edge"]
+    rows += [Row(TRAINING_FREE, r, f"bl_tiny={free}@{r:g}", str(free)) for r in s.ratios]
+
+    t = time.perf_counter()
+    _log(s, f"evaluating {len(rows)} rows on {s.eval_images} {s.split} images")
+    evaluation = launch(
+        seeded_evaluation,
+        EvalSettings(
+            models=tuple(r.spec for r in rows),
+            images=str(evaluated.coco_images),
+            annotations=str(evaluated.coco_annotations),
+            clicks=(1, 3),
+            name=f"miou_proxy_v2_{s.split}",
+            seed=s.seed,
+            device=s.resolved_device,
+            out_dir=str(out / "eval"),
+            progress=s.progress,
+        ),
+        s.nproc,
+        s.threads,
+    )
+    times["eval"] = time.perf_counter() - t
+    measured = [
+        miou_row(r.variant, r.spec, r.ratio, model, evaluation["ious"])
+        for r, model in zip(rows, evaluation["models"])
+    ]
+    t = time.perf_counter()
+    table, extras = finish_rows(rows, measured, evaluation, evaluated, s, str(student))
+    times["latency"] = time.perf_counter() - t
+
+    result: Dict[str, Any] = {
+        "format": "biglittle-sam-proxy-v2",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": s.command,
+        "settings": settings_to_dict(s),
+        "split": s.split,
+        "geometry": geometry_summary(teacher_config),
+        "student": {"registry": "bl_tiny", **dict(s.student_overrides)},
+        "hardware": hardware_description(s.resolved_device, s.nproc, s.threads),
+        "data": {
+            "seeds": seeds,
+            "train": describe_split(train, teacher_config.patch_size),
+            s.split: describe_split(evaluated, teacher_config.patch_size),
+        },
+        "rows": table,
+        **extras,
+        "stage_s": times,
+        "wall_s": time.perf_counter() - started,
+        "trained_in": training_run(out / "proxy_v2.json", s.resume),
+    }
+    result["outputs"] = write_report(result, out)
+    if s.assets_dir:
+        from ..assets import write_assets
+        from .report import markdown
+
+        result["assets"] = write_assets(
+            result, teacher, student, Path(s.assets_dir), "proxy", markdown
+        )
+    atomic_write_json(out / "proxy_v2.json", result)
+    _log(s, f"done in {result['wall_s'] / 60:.1f} min on the {s.split} split")
+    return result

@@ -1,0 +1,244 @@
+"""What the second proxy benchmark runs: a teacher shaped like SAM ViT-B, students at matched cost.
+
+Geometry (``GEOMETRIES``): 4 px patches, so a token holds 48 pixel values for 64 channels (SAM
+ViT-B: 768 values for 768 channels) and the decoder's mask logits (4 x the grid) are the image's
+own pixels; 6 layers with layers 2 and 5 global (SAM's one in three); 7-token windows that tile the
+grid with partial windows at the right and bottom edge (SAM ViT-B: 64 = 4 x 14 + 8).
+
+- ``"32"``: 128 px, a 32 x 32 grid in 5 x 5 windows (edge windows 4 wide): the default. Objects
+  sized in tokens as SAM sees COCO (1-3 tokens small, 3-10 medium, above large) come out in COCO's
+  proportions at this grid.
+- ``"16"``: 64 px, a 16 x 16 grid in 3 x 3 windows (edge 2): a quarter of the cost, for trying
+  recipes; its images are too small for COCO's large bin (few objects reach 10 of 16 tokens).
+
+:meth:`ProxyV2Settings.check` validates every setting, and matches each dense student to its
+big.LITTLE student's MACs, before any stage runs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+from biglittle_sam.config import (
+    BigLittleConfig,
+    SamViTConfig,
+    biglittle_config_for,
+    validate_global_context,
+    validate_keep_ratio,
+)
+from biglittle_sam.distill.students import TIMM_FAMILIES, TimmStudentSpec
+from biglittle_sam.flops import encoder_macs
+from biglittle_sam.runtime.cli import flag
+
+from ..budgets import check_budgets
+from ..proxy.matching import matched_timm, matched_vit
+from ..proxy.settings import teacher_config
+
+__all__ = ["DENSE_KINDS", "GEOMETRIES", "ProxyV2Settings", "dense_matches"]
+
+_COMMON: Tuple[Tuple[str, Any], ...] = (
+    ("patch_size", 4),
+    ("embed_dim", 64),
+    ("depth", 6),
+    ("num_heads", 2),
+    ("window_size", 7),
+    ("global_attn_indexes", (2, 5)),
+    ("out_chans", 64),
+    ("decoder_mlp_dim", 128),
+    ("decoder_heads", 2),
+    ("iou_head_hidden_dim", 64),
+    ("mask_in_chans", 8),
+)
+GEOMETRIES: Dict[str, Tuple[Tuple[str, Any], ...]] = {
+    "16": (("img_size", 64),) + _COMMON,
+    "32": (("img_size", 128),) + _COMMON,
+}
+# Dense students: a narrower ViT (the teacher's depth and heads; MobileSAM distils the embeddings
+# of a small encoder), a shallower ViT, and the timm families of MobileSAM and EdgeSAM.
+DENSE_KINDS = ("vit_width", "vit_depth", *TIMM_FAMILIES)
+
+
+@dataclass(frozen=True)
+class ProxyV2Settings:
+    """Sizes and budgets of the second proxy benchmark (the full run: ``make proxy-benchmark-v2``,
+    at most 120 minutes on 2 cores)."""
+
+    out_dir: str = flag("outputs/proxy_v2", "output folder")
+    seed: int = flag(0, "run seed; data seeds 3*seed + 1 / 2 / 3 for train / dev / test")
+    geometry: str = flag("32", "token grid side", choices=sorted(GEOMETRIES))
+    teacher_overrides: Tuple[Tuple[str, Any], ...] = ()  # vit_tiny fields over the geometry's
+    split: str = flag(
+        "test",
+        "evaluated split: dev (choosing recipes) or test (the table)",
+        choices=("dev", "test"),
+    )
+    train_images: int = flag(3000, "training images (the teacher's and the students')")
+    eval_images: int = flag(200, "images of the evaluated split")
+    teacher_steps: int = flag(1500, "teacher training steps")
+    teacher_lr: float = flag(1e-3, "teacher learning rate")
+    teacher_batch_size: int = flag(8, "images per teacher step")
+    teacher_focal_weight: float = flag(0.5, "the teacher's focal loss weight (dice: 1)")
+    student_little_dim: int = flag(16, "the big.LITTLE student's E-block width")
+    student_little_heads: int = flag(2, "the big.LITTLE student's E-block heads")
+    # 8: blocks of 4 x 4 tokens on the 32 x 32 grid, the share of a 7-token window that bl_b's
+    # default (8 x 8 blocks of its 64 x 64 grid, windows of 14) pools.
+    student_global_context_pool: int = flag(8, "pooled grid side of the global context")
+    student_steps: int = flag(800, "distillation phase 1 steps (every student)")
+    student_lr: float = flag(2e-3, "phase 1 learning rate")
+    phase2_steps: int = flag(400, "distillation phase 2 steps, the teacher's masks (0: off)")
+    phase2_lr: float = flag(5e-4, "phase 2 learning rate")
+    batch_size: int = flag(8, "images per distillation step")
+    ratios: Tuple[float, ...] = flag((0.5, 0.25, 0.1), "the big.LITTLE student's keep ratios")
+    dense: Tuple[str, ...] = flag(
+        ("vit_width", "tiny_vit"), "dense students matched at every ratio", choices=DENSE_KINDS
+    )
+    latency_rounds: int = flag(7, "rounds of the one-process latency measurement (median)")
+    device: str = flag("auto", "auto (CUDA when available), cpu, cuda or cuda:N")
+    processes: Optional[int] = flag(
+        None, "processes per training stage (default: 1 on cuda, 2 on cpu)"
+    )
+    threads: int = flag(1, "torch threads per process")
+    progress: bool = flag(True, "progress lines")
+    resume: bool = flag(
+        False, "continue an interrupted run in the same out-dir (finished stages are reused)"
+    )
+    assets_dir: Optional[str] = flag(
+        None, "test split only: also write the fp16 teacher and student (the demo's models) here"
+    )
+    teacher_checkpoint: Optional[str] = flag(
+        None, "dev split only: use this trained teacher (same geometry) instead of training one"
+    )
+    command: str = ""  # the command line that ran this, recorded in the outputs
+
+    def __post_init__(self) -> None:
+        for name in ("ratios", "dense"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(
+            self, "teacher_overrides", tuple((str(k), v) for k, v in self.teacher_overrides)
+        )
+
+    @property
+    def distill_images(self) -> None:
+        """Students train on the teacher's images (``check_budgets`` reads this field)."""
+        return None
+
+    @property
+    def teacher_fields(self) -> Tuple[Tuple[str, Any], ...]:
+        """The teacher's vit_tiny fields: the geometry's, then ``teacher_overrides``."""
+        fields = dict(GEOMETRIES.get(self.geometry, ()))
+        fields.update(self.teacher_overrides)
+        return tuple(fields.items())
+
+    @property
+    def student_overrides(self) -> Tuple[Tuple[str, Any], ...]:
+        """The bl_tiny student's E-block fields and its pooled global context."""
+        return (
+            ("little_dim", self.student_little_dim),
+            ("little_heads", self.student_little_heads),
+            ("global_context", "pooled"),
+            ("global_context_pool", self.student_global_context_pool),
+        )
+
+    def student_config(self, teacher: SamViTConfig) -> BigLittleConfig:
+        """The big.LITTLE student's config (as ``bl_tiny`` with the overrides builds it)."""
+        return biglittle_config_for(teacher, "bl_tiny", **dict(self.student_overrides))
+
+    def check(self) -> SamViTConfig:
+        """Validate everything a stage would trip on later and match the dense students; returns
+        the teacher's config.
+
+        Raises:
+          ValueError: naming the setting and the expected form (a geometry that does not tile,
+            global layers out of range, keep ratios outside (0, 1], an unmatchable student...).
+        """
+        if self.geometry not in GEOMETRIES:
+            raise ValueError(f"geometry must be one of {sorted(GEOMETRIES)}, got {self.geometry!r}")
+        if self.split not in ("dev", "test"):
+            raise ValueError(f"split must be 'dev' or 'test', got {self.split!r}")
+        if self.assets_dir and self.split != "test":
+            raise ValueError(f"assets_dir: written from a test-split run only, got {self.split!r}")
+        if self.teacher_checkpoint and self.split != "dev":
+            raise ValueError(
+                "teacher_checkpoint: a given teacher is for choosing student recipes on the dev "
+                f"split; the table's run trains its own, got split {self.split!r}"
+            )
+        positive = ("train_images", "eval_images", "teacher_steps", "teacher_batch_size")
+        check_budgets(self, positive + ("student_steps", "batch_size", "latency_rounds"))
+        if not self.ratios:
+            raise ValueError("ratios must list at least one keep ratio in (0, 1]")
+        for r in self.ratios:
+            try:
+                validate_keep_ratio(r)
+            except ValueError as error:
+                raise ValueError(f"ratios: {error}") from None
+        unknown = [d for d in self.dense if d not in DENSE_KINDS]
+        if unknown:
+            raise ValueError(f"dense: unknown students {unknown}; expected some of {DENSE_KINDS}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        config = teacher_config(self.teacher_fields)
+        validate_global_context("pooled", config.grid_size, self.student_global_context_pool)
+        dense_matches(self, config)  # ValueError for a student no size matches
+        if self.teacher_checkpoint:
+            from ..stages import read_teacher
+
+            read_teacher(_path(self.teacher_checkpoint), config)
+        return config
+
+    @property
+    def resolved_device(self) -> str:
+        """``device`` with "auto" resolved."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    @property
+    def nproc(self) -> int:
+        """Processes per training stage."""
+        if self.processes is not None:
+            return max(1, self.processes)
+        if self.resolved_device.startswith("cuda"):
+            return 1
+        return max(1, min(2, os.cpu_count() or 1))
+
+
+def _path(text: str) -> Any:
+    from pathlib import Path
+
+    return Path(text)
+
+
+def dense_matches(
+    settings: ProxyV2Settings, teacher: SamViTConfig
+) -> List[Tuple[str, float, Any, int]]:
+    """Every dense student of the run: (kind, keep ratio, its config or timm spec, target MACs).
+
+    The target is the big.LITTLE student's encoder MACs at the ratio (``flops.encoder_macs``);
+    each student is within 5% of it.
+
+    Raises:
+      ValueError: a student no size matches (naming the closest and its MACs).
+    """
+    student = settings.student_config(teacher)
+    out: List[Tuple[str, float, Any, int]] = []
+    for ratio in settings.ratios:
+        target = encoder_macs(student, keep_ratio=ratio)["total"]
+        for kind in settings.dense:
+            spec: Any
+            if kind.startswith("vit_"):
+                spec = matched_vit(target, teacher, shrink=kind[len("vit_") :])
+            else:
+                spec = matched_timm(target, teacher, family=kind)
+            out.append((kind, ratio, spec, target))
+    return out
+
+
+def dense_label(kind: str, ratio: float, spec: Any) -> str:
+    """A row name: ``"ViT (width 40) @ 0.25"``-like, with the size that was matched."""
+    if isinstance(spec, TimmStudentSpec):
+        return f"{kind} {spec.name} (= r {ratio:g})"
+    return f"{kind} d{spec.depth} w{spec.embed_dim} (= r {ratio:g})"

@@ -1,0 +1,135 @@
+"""The second proxy benchmark (issue 31): settings refused before any stage, dense students matched
+within 5%, a timm student evaluated through the registry, and a miniature run end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from biglittle_sam.build_sam import build_model_from_spec, sam_model_registry
+from biglittle_sam.flops import encoder_macs
+from biglittle_sam.model_spec import parse_model_spec
+
+pytest.importorskip("timm")
+
+from experiments.proxy2 import ProxyV2Settings, cli, dense_matches  # noqa: E402
+from experiments.proxy2.report import markdown  # noqa: E402
+from experiments.proxy.settings import geometry_summary, teacher_config  # noqa: E402
+
+
+def test_default_geometry_is_sams_halved_twice() -> None:
+    settings = ProxyV2Settings()
+    summary = geometry_summary(teacher_config(settings.teacher_fields))
+    assert summary["grid"] == 32 and summary["windows"] == "5 x 5 of 7"
+    assert summary["edge_window"] == 4 and summary["depth"] == 6
+    assert dict(settings.teacher_fields)["global_attn_indexes"] == (2, 5)
+    assert summary["mask_logits"] == summary["img_size"]  # one logit per pixel
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--ratios", "0.5", "1.5"], "ratios: keep_ratio"),
+        (["--ratios", "0"], "ratios: keep_ratio"),
+        (["--teacher-steps", "0"], "teacher_steps must be >= 1"),
+        (["--split", "dev", "--assets-dir", "x"], "written from a test-split run only"),
+        (["--teacher-checkpoint", "x.pth"], "dev split"),
+        (["--student-global-context-pool", "5"], "global_context_pool"),
+        (["--ratios", "1.0", "--dense", "vit_width"], "no width-shrunk vit_tiny matches"),
+    ],
+)
+def test_bad_settings_fail_before_any_stage(tmp_path: Path, argv, words, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--out-dir", str(tmp_path / "run"), *argv])
+    assert exit_info.value.code == 2
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "fields, words",
+    [
+        ((("img_size", 66),), "does not tile"),
+        ((("global_attn_indexes", (2, 6)),), r"global_attn_indexes \[6\] are outside 0..5"),
+    ],
+)
+def test_bad_geometry_is_named(fields, words) -> None:
+    with pytest.raises(ValueError, match=words):
+        ProxyV2Settings(teacher_overrides=fields, dense=("vit_width",)).check()
+
+
+def test_dense_vits_match_the_big_little_students_macs_within_5_percent() -> None:
+    settings = ProxyV2Settings(dense=("vit_width", "vit_depth"))
+    teacher = teacher_config(settings.teacher_fields)
+    matches = dense_matches(settings, teacher)
+    assert [(k, r) for k, r, _, _ in matches] == [
+        (k, r) for r in (0.5, 0.25, 0.1) for k in ("vit_width", "vit_depth")
+    ]
+    for kind, ratio, config, target in matches:
+        student = settings.student_config(teacher)
+        assert target == encoder_macs(student, keep_ratio=ratio)["total"]
+        assert abs(encoder_macs(config)["total"] / target - 1) <= 0.05
+        assert config.depth == (6 if kind == "vit_width" else config.depth)
+        assert config.img_size == teacher.img_size and config.patch_size == teacher.patch_size
+
+
+def test_a_timm_student_loads_through_the_registry(tmp_path: Path, tiny_proxy_teacher) -> None:
+    from biglittle_sam.distill.students import TimmStudentSpec, write_dense_student
+
+    teacher_path, config = tiny_proxy_teacher
+    spec = TimmStudentSpec("repvit", 8, (1, 1, 1, 1), config.img_size, config.patch_size, 64)
+    path = write_dense_student(tmp_path / "repvit.pth", spec, teacher_path)
+    sam = build_model_from_spec(parse_model_spec(f"vit_tiny={path}"))
+    with torch.inference_mode():
+        out = sam.image_encoder(torch.zeros(1, 3, config.img_size, config.img_size))
+    assert out.shape == (1, 64, config.grid_size, config.grid_size)
+    with pytest.raises(TypeError, match="rebuilt as stored; no overrides"):
+        sam_model_registry["vit_tiny"](checkpoint=path, depth=2)
+
+
+@pytest.fixture
+def tiny_proxy_teacher(tmp_path: Path):
+    from biglittle_sam.build_sam import build_sam_from_config
+    from biglittle_sam.checkpoint import save_model_checkpoint
+
+    config = teacher_config(ProxyV2Settings(geometry="16").teacher_fields)
+    path = save_model_checkpoint(tmp_path / "teacher.pth", build_sam_from_config(config), config)
+    return path, config
+
+
+def test_proxy_v2_miniature(tmp_path: Path, one_thread, capsys) -> None:
+    out = tmp_path / "v2"
+    argv = [
+        "--out-dir", str(out), "--geometry", "16", "--train-images", "6", "--eval-images", "3",
+        "--teacher-steps", "2", "--teacher-batch-size", "2", "--student-steps", "1",
+        "--phase2-steps", "1", "--batch-size", "2", "--ratios", "0.5", "0.25",
+        "--dense", "vit_width", "--latency-rounds", "1", "--device", "cpu", "--processes", "1",
+        "--no-progress",
+    ]  # fmt: skip
+    result = cli.main(argv)
+    names = [r["model"] for r in result["rows"]]
+    assert names[0] == "teacher"
+    assert {"big.LITTLE r = 0.5", "big.LITTLE r = 0.25", "training-free r = 0.25"} <= set(names)
+    dense = [r for r in result["rows"] if r["variant"] == "vit_width"]
+    assert [r["keep_ratio"] for r in dense] == [0.5, 0.25]
+    by_name = {r["model"]: r for r in result["rows"]}
+    for r in dense:  # matched in MACs to the big.LITTLE student at its ratio, within 5%
+        twin = by_name[f"big.LITTLE r = {r['keep_ratio']:g}"]
+        assert abs(r["gmacs"] / twin["gmacs"] - 1) <= 0.05
+    for r in result["rows"]:
+        assert r["latency_ms"] > 0 and set(r["click1_bins"]) == {"small", "medium", "large"}
+    assert result["data"]["test"]["images"] == 3
+    assert set(result["capacity_share"]) == {"learned", "random", "gradient energy (training-free)"}
+    table = (out / "proxy_v2.md").read_text()
+    assert "| big.LITTLE r = 0.25 |" in table and "## Targets" in table
+    assert (out / "proxy_v2.png").stat().st_size > 0
+    assert "| teacher |" in capsys.readouterr().out
+    saved = json.loads((out / "proxy_v2.json").read_text())
+    with pytest.raises(ValueError, match="test split"):
+        markdown(dict(saved, split="dev"))
+    again = cli.main(argv + ["--resume"])  # every trained stage reused
+    assert again["trained_in"]["wall_s"] == saved["wall_s"]
+    assert [r["click1"] for r in again["rows"]] == [r["click1"] for r in result["rows"]]

@@ -36,7 +36,8 @@ def timm_sam(config: SamViTConfig, spec: TimmStudentSpec) -> Sam:
     stand_in = dataclasses.replace(
         config, embed_dim=config.num_heads, depth=1, global_attn_indexes=()
     )
-    return swap_image_encoder(build_sam_from_config(stand_in), TimmImageEncoder(spec))
+    encoder = TimmImageEncoder(spec, dataclasses.replace(config, name=spec.name))
+    return swap_image_encoder(build_sam_from_config(stand_in), encoder)
 
 
 def _stored_geometry(meta: Mapping[str, Any], path: PathLike) -> SamViTConfig:

@@ -12,6 +12,7 @@ import torch
 from biglittle_sam.build_sam import build_model_from_spec, sam_model_registry
 from biglittle_sam.flops import encoder_macs
 from biglittle_sam.model_spec import parse_model_spec
+from biglittle_sam.modeling.encoder_ops import model_config
 
 pytest.importorskip("timm")
 
@@ -20,11 +21,11 @@ from experiments.proxy2.report import markdown  # noqa: E402
 from experiments.proxy.settings import geometry_summary, teacher_config  # noqa: E402
 
 
-def test_default_geometry_is_sams_halved_twice() -> None:
+def test_default_geometry_tiles_like_sams() -> None:
     settings = ProxyV2Settings()
     summary = geometry_summary(teacher_config(settings.teacher_fields))
-    assert summary["grid"] == 32 and summary["windows"] == "5 x 5 of 7"
-    assert summary["edge_window"] == 4 and summary["depth"] == 6
+    assert summary["grid"] == 24 and summary["windows"] == "4 x 4 of 7"
+    assert summary["edge_window"] == 3 and summary["depth"] == 6
     assert dict(settings.teacher_fields)["global_attn_indexes"] == (2, 5)
     assert summary["mask_logits"] == summary["img_size"]  # one logit per pixel
 
@@ -86,6 +87,7 @@ def test_a_timm_student_loads_through_the_registry(tmp_path: Path, tiny_proxy_te
     with torch.inference_mode():
         out = sam.image_encoder(torch.zeros(1, 3, config.img_size, config.img_size))
     assert out.shape == (1, 64, config.grid_size, config.grid_size)
+    assert model_config(sam).name == spec.name  # what the evaluation labels it by
     with pytest.raises(TypeError, match="rebuilt as stored; no overrides"):
         sam_model_registry["vit_tiny"](checkpoint=path, depth=2)
 
@@ -107,7 +109,7 @@ def test_proxy_v2_miniature(tmp_path: Path, one_thread, capsys) -> None:
         "--teacher-steps", "2", "--teacher-batch-size", "2", "--student-steps", "1",
         "--phase2-steps", "1", "--batch-size", "2", "--ratios", "0.5", "0.25",
         "--dense", "vit_width", "--latency-rounds", "1", "--device", "cpu", "--processes", "1",
-        "--no-progress",
+        "--student-global-context-pool", "4", "--no-progress",
     ]  # fmt: skip
     result = cli.main(argv)
     names = [r["model"] for r in result["rows"]]
@@ -121,6 +123,7 @@ def test_proxy_v2_miniature(tmp_path: Path, one_thread, capsys) -> None:
         assert abs(r["gmacs"] / twin["gmacs"] - 1) <= 0.05
     for r in result["rows"]:
         assert r["latency_ms"] > 0 and set(r["click1_bins"]) == {"small", "medium", "large"}
+        assert all(v is None or 0 <= v <= 100 for v in r["click1_bins"].values())
     assert result["data"]["test"]["images"] == 3
     assert set(result["capacity_share"]) == {"learned", "random", "gradient energy (training-free)"}
     table = (out / "proxy_v2.md").read_text()

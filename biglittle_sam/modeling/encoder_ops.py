@@ -14,6 +14,7 @@ from torch import nn
 
 from ..config import SamViTConfig, validate_keep_ratio
 from .image_encoder import ImageEncoderBigLittle, ImageEncoderViTFused
+from .timm_encoder import TimmImageEncoder
 from .vit_config import vit_config
 
 __all__ = [
@@ -102,6 +103,8 @@ def model_config(model: Union[Sam, nn.Module]) -> SamViTConfig:
     """The config a model was built from, recovered from its encoder's sizes when not stored."""
     encoder = _encoder(model)
     if isinstance(encoder, (ImageEncoderBigLittle, ImageEncoderViTFused)):
+        return encoder.config
+    if isinstance(encoder, TimmImageEncoder) and isinstance(encoder.config, SamViTConfig):
         return encoder.config
     if not isinstance(encoder, ImageEncoderViT):
         raise TypeError(f"unsupported image encoder {type(encoder).__name__}")

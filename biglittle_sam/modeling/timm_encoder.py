@@ -136,8 +136,15 @@ class TimmImageEncoder(nn.Module):
     Returns B x out_chans x g x g, as SAM's encoder.
     """
 
-    def __init__(self, spec: TimmStudentSpec) -> None:
+    def __init__(self, spec: TimmStudentSpec, config: Optional[Any] = None) -> None:
+        """
+        Arguments:
+          spec: the trunk's family, width and depths, and the teacher's geometry.
+          config: the student's ``SamViTConfig`` (the teacher's geometry and decoder, named after
+            the spec), kept as ``self.config`` for ``model_config``; None when built alone.
+        """
         super().__init__()
+        self.config = config
         try:
             import timm  # in the [train] and [bench] extras; needed only by timm students
         except ImportError:

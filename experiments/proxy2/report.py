@@ -56,7 +56,7 @@ def check_targets(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
             out.append(
                 {
                     "target": f"big.LITTLE r = {row['keep_ratio']:g} above {dense['model']}",
-                    "measured": f"{gap:+.1f} +- {format_number(se and 100 * se)} (1 click)",
+                    "measured": f"{gap:+.1f} +- {format_number(se)} (1 click)",
                     "met": gap > 0,
                 }
             )

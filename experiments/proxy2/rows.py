@@ -72,11 +72,11 @@ def token_bins(annotations: Path, ann_ids: Sequence[int], patch_size: int) -> Li
 
 
 def _bin_means(ious: Sequence[float], bins: Sequence[str]) -> Dict[str, Optional[float]]:
-    """Mean IoU x 100 per bin (None for an empty bin)."""
+    """Mean IoU per bin, in percent as the evaluation stores it (None for an empty bin)."""
     out: Dict[str, Optional[float]] = {}
     for name in BINS:
         values = [v for v, b in zip(ious, bins) if b == name]
-        out[name] = 100.0 * float(np.mean(values)) if values else None
+        out[name] = float(np.mean(values)) if values else None
     return out
 
 

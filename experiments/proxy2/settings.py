@@ -5,11 +5,14 @@ ViT-B: 768 values for 768 channels) and the decoder's mask logits (4 x the grid)
 own pixels; 6 layers with layers 2 and 5 global (SAM's one in three); 7-token windows that tile the
 grid with partial windows at the right and bottom edge (SAM ViT-B: 64 = 4 x 14 + 8).
 
-- ``"32"``: 128 px, a 32 x 32 grid in 5 x 5 windows (edge windows 4 wide): the default. Objects
-  sized in tokens as SAM sees COCO (1-3 tokens small, 3-10 medium, above large) come out in COCO's
-  proportions at this grid.
-- ``"16"``: 64 px, a 16 x 16 grid in 3 x 3 windows (edge 2): a quarter of the cost, for trying
-  recipes; its images are too small for COCO's large bin (few objects reach 10 of 16 tokens).
+- ``"24"``: 96 px, a 24 x 24 grid in 4 x 4 windows (edge windows 3 wide): the default, the
+  largest grid whose full run (teacher and seven students) fits 120 minutes on 2 cores. Objects
+  sized in tokens as SAM sees COCO (small 1-3 tokens across, medium 3-10, large above) come out
+  close to COCO's proportions (about 41 / 38 / 21%) and cover about 30% of an image.
+- ``"32"``: 128 px, a 32 x 32 grid in 5 x 5 windows (edge 4): COCO's proportions exactly, at about
+  3x the training cost per step (its global attention over 1024 tokens), so for a GPU.
+- ``"16"``: 64 px, a 16 x 16 grid in 3 x 3 windows (edge 2): for trying recipes; its images are
+  too small for COCO's large bin (few objects reach 10 of 16 tokens).
 
 :meth:`ProxyV2Settings.check` validates every setting, and matches each dense student to its
 big.LITTLE student's MACs, before any stage runs.
@@ -53,6 +56,7 @@ _COMMON: Tuple[Tuple[str, Any], ...] = (
 )
 GEOMETRIES: Dict[str, Tuple[Tuple[str, Any], ...]] = {
     "16": (("img_size", 64),) + _COMMON,
+    "24": (("img_size", 96),) + _COMMON,
     "32": (("img_size", 128),) + _COMMON,
 }
 # Dense students: a narrower ViT (the teacher's depth and heads; MobileSAM distils the embeddings
@@ -67,7 +71,7 @@ class ProxyV2Settings:
 
     out_dir: str = flag("outputs/proxy_v2", "output folder")
     seed: int = flag(0, "run seed; data seeds 3*seed + 1 / 2 / 3 for train / dev / test")
-    geometry: str = flag("32", "token grid side", choices=sorted(GEOMETRIES))
+    geometry: str = flag("24", "token grid side", choices=sorted(GEOMETRIES))
     teacher_overrides: Tuple[Tuple[str, Any], ...] = ()  # vit_tiny fields over the geometry's
     split: str = flag(
         "test",
@@ -82,9 +86,9 @@ class ProxyV2Settings:
     teacher_focal_weight: float = flag(0.5, "the teacher's focal loss weight (dice: 1)")
     student_little_dim: int = flag(16, "the big.LITTLE student's E-block width")
     student_little_heads: int = flag(2, "the big.LITTLE student's E-block heads")
-    # 8: blocks of 4 x 4 tokens on the 32 x 32 grid, the share of a 7-token window that bl_b's
+    # 6: blocks of 4 x 4 tokens on the 24 x 24 grid, the share of a 7-token window that bl_b's
     # default (8 x 8 blocks of its 64 x 64 grid, windows of 14) pools.
-    student_global_context_pool: int = flag(8, "pooled grid side of the global context")
+    student_global_context_pool: int = flag(6, "pooled grid side of the global context")
     student_steps: int = flag(800, "distillation phase 1 steps (every student)")
     student_lr: float = flag(2e-3, "phase 1 learning rate")
     phase2_steps: int = flag(400, "distillation phase 2 steps, the teacher's masks (0: off)")

@@ -16,6 +16,7 @@ from biglittle_sam.modeling.encoder_ops import model_config
 
 pytest.importorskip("timm")
 
+from experiments.proxy import curve as proxy_curve  # noqa: E402
 from experiments.proxy2 import ProxyV2Settings, cli, dense_matches  # noqa: E402
 from experiments.proxy2.report import markdown  # noqa: E402
 from experiments.proxy.settings import geometry_summary, teacher_config  # noqa: E402
@@ -130,6 +131,10 @@ def test_proxy_v2_miniature(tmp_path: Path, one_thread, capsys) -> None:
     assert "| big.LITTLE r = 0.25 |" in table and "## Targets" in table
     assert (out / "proxy_v2.png").stat().st_size > 0
     assert "| teacher |" in capsys.readouterr().out
+    # the teacher's kept checkpoints give its mIoU against training minutes, binned in tokens
+    curve = proxy_curve.main([str(out), "--split", "test", "--token-patch", "4"])
+    assert [r["step"] for r in curve] == [1, 2]
+    assert set(curve[0]["box_by_bin"]) == {"small", "medium", "large"}
     saved = json.loads((out / "proxy_v2.json").read_text())
     with pytest.raises(ValueError, match="test split"):
         markdown(dict(saved, split="dev"))

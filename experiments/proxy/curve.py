@@ -7,6 +7,7 @@ EfficientViT-SAM protocol), with the training minutes at that step from the teac
 markdown::
 
     python -m experiments.proxy.curve outputs/proxy --split dev
+    python -m experiments.proxy.curve outputs/proxy_v2_dev --split dev --token-patch 4  # v2
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from biglittle_sam.checkpoint import read_checkpoint
 from biglittle_sam.eval.runner import EvalSettings
 
 from ..stages import seeded_evaluation
-from .data import bin_labels, image_areas
+from .data import bin_labels, image_areas, token_bins
 from .report import relative_bin_miou
 
 __all__ = ["curve_table", "main", "teacher_curve"]
@@ -45,12 +46,15 @@ def teacher_curve(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
+    token_patch: Optional[int] = None,
 ) -> List[Dict[str, Any]]:
     """One row per teacher checkpoint: step, minutes, box / click1 / click3 mIoU and box mIoU per
-    relative bin, evaluated on ``out_dir/data/<split>``.
+    size bin, evaluated on ``out_dir/data/<split>``.
 
     Arguments:
       checkpoints: the checkpoints to evaluate; none: ``out_dir/teacher/checkpoints/step_*.pth``.
+      token_patch: bin objects by their size in tokens of this many pixels (the second proxy
+        benchmark's bins) instead of relative to the image (the first's).
 
     Raises:
       FileNotFoundError: no checkpoint, or the split's COCO files are missing.
@@ -83,7 +87,10 @@ def teacher_curve(
     if evaluation is None:  # only other ranks get None; this runs in one process
         raise RuntimeError("the evaluation returned no result")
     table = evaluation["instances"]
-    bins = bin_labels(table["image_id"], table["area"], image_areas(annotations))
+    if token_patch is None:
+        bins = bin_labels(table["image_id"], table["area"], image_areas(annotations))
+    else:
+        bins = token_bins(annotations, table["ann_id"], token_patch)
     rows = []
     for path, model in zip(paths, evaluation["models"]):
         step = int(read_checkpoint(path)["train"]["step"])
@@ -133,8 +140,17 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         help="evaluate these instead of the kept teacher/checkpoints/step_*.pth",
     )
     parser.add_argument("--device", default="cpu", help="(default: cpu)")
+    parser.add_argument(
+        "--token-patch",
+        type=int,
+        default=None,
+        help="bin objects by size in tokens of this many px (proxy v2: 4) (default: relative to "
+        "the image, proxy v1)",
+    )
     args = parser.parse_args(argv)
-    rows = teacher_curve(args.out_dir, args.split, args.checkpoints, device=args.device)
+    rows = teacher_curve(
+        args.out_dir, args.split, args.checkpoints, device=args.device, token_patch=args.token_patch
+    )
     print(curve_table(rows), end="")
     return rows
 

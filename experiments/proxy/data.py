@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 from biglittle_sam.data.shapes import ShapesDataset, background_shapes_config, make_shapes_dataset
+from biglittle_sam.data.shapes_render import TOKEN_BINS
 
 __all__ = [
     "RELATIVE_BINS",
@@ -24,6 +25,7 @@ __all__ = [
     "image_areas",
     "object_share",
     "relative_bin",
+    "token_bins",
     "make_proxy_split",
 ]
 
@@ -87,3 +89,13 @@ def image_areas(annotations: Path) -> Dict[int, float]:
 def bin_labels(image_ids: List[int], areas: List[float], image_area: Dict[int, float]) -> List[str]:
     """The relative bin of each object (parallel lists of image ids and object areas)."""
     return [relative_bin(a, image_area[i]) for i, a in zip(image_ids, areas)]
+
+
+def token_bins(annotations: Path, ann_ids: Sequence[int], patch_size: int) -> List[str]:
+    """The token-size bin of each annotation id (its box's longer side in tokens)."""
+    data = json.loads(Path(annotations).read_text())
+    across = {a["id"]: max(a["bbox"][2], a["bbox"][3]) / patch_size for a in data["annotations"]}
+    out = []
+    for i in ann_ids:
+        out.append(next(n for n, _, _, hi in TOKEN_BINS if hi is None or across[int(i)] < hi))
+    return out

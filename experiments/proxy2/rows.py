@@ -15,22 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 
 from biglittle_sam.build_sam import build_model_from_spec, keep_ratio_context
 from biglittle_sam.data.shapes import ShapesDataset, describe_shapes
-from biglittle_sam.data.shapes_render import TOKEN_BINS
 from biglittle_sam.distill.students import TimmImageEncoder, counted_macs
 from biglittle_sam.flops import encoder_macs
 from biglittle_sam.model_spec import parse_model_spec
 
+from ..proxy.data import token_bins
 from ..proxy.heatmap import measure_capacity_share
+from ..proxy.report import relative_bin_miou
 from ..timing import time_interleaved
 
-__all__ = ["Row", "describe_split", "finish_rows", "measure_latency", "token_bins"]
-
-BINS = tuple(name for name, *_ in TOKEN_BINS)
+__all__ = ["Row", "describe_split", "finish_rows", "measure_latency"]
 
 
 @dataclass(frozen=True)
@@ -59,25 +57,6 @@ def describe_split(dataset: ShapesDataset, patch_size: int) -> Dict[str, Any]:
     described = describe_shapes(dataset.coco_annotations, patch_size)
     images = len(json.loads(Path(dataset.coco_annotations).read_text())["images"])
     return {"images": images, **described}
-
-
-def token_bins(annotations: Path, ann_ids: Sequence[int], patch_size: int) -> List[str]:
-    """The token-size bin of each annotation id (its box's longer side in tokens)."""
-    data = json.loads(Path(annotations).read_text())
-    across = {a["id"]: max(a["bbox"][2], a["bbox"][3]) / patch_size for a in data["annotations"]}
-    out = []
-    for i in ann_ids:
-        out.append(next(n for n, _, _, hi in TOKEN_BINS if hi is None or across[int(i)] < hi))
-    return out
-
-
-def _bin_means(ious: Sequence[float], bins: Sequence[str]) -> Dict[str, Optional[float]]:
-    """Mean IoU per bin, in percent as the evaluation stores it (None for an empty bin)."""
-    out: Dict[str, Optional[float]] = {}
-    for name in BINS:
-        values = [v for v, b in zip(ious, bins) if b == name]
-        out[name] = float(np.mean(values)) if values else None
-    return out
 
 
 def _model(row: Row) -> torch.nn.Module:
@@ -148,7 +127,7 @@ def finish_rows(
     out: List[Dict[str, Any]] = []
     ious = evaluation["ious"]
     for row, m, model in zip(rows, measured, evaluation["models"]):
-        per = ious[model["label"]]
+        by_bin = relative_bin_miou(ious[model["label"]], bins)  # token bins: same names
         out.append(
             {
                 **{k: v for k, v in m.items() if k != "spec"},
@@ -157,8 +136,8 @@ def finish_rows(
                 "spec": row.spec,
                 "gmacs": macs[row.name] / 1e9,
                 "latency_ms": 1e3 * latency[row.name],
-                "box_bins": _bin_means(per["box"], bins),
-                "click1_bins": _bin_means(per["click1"], bins),
+                "box_bins": by_bin["box"],
+                "click1_bins": by_bin["click1"],
             }
         )
     shares = measure_capacity_share(
@@ -170,7 +149,7 @@ def finish_rows(
         limit=settings.eval_images,
     )
     extras = {
-        "bin_counts": {name: bins.count(name) for name in BINS},
+        "bin_counts": {name: bins.count(name) for name in ("small", "medium", "large")},
         "capacity_share": {
             name: {
                 "capacity_on_objects": c.capacity_on_objects,

@@ -41,6 +41,9 @@ def test_default_geometry_tiles_like_sams() -> None:
         (["--teacher-checkpoint", "x.pth"], "dev split"),
         (["--student-global-context-pool", "5"], "global_context_pool"),
         (["--ratios", "1.0", "--dense", "vit_width"], "no width-shrunk vit_tiny matches"),
+        (["--teacher-override", "img_size=66"], "does not tile"),
+        (["--teacher-override", "global_attn_indexes=[2,6]"], "are outside 0..5"),
+        (["--teacher-override", "depth"], "--teacher-override 'depth': expected KEY=VALUE"),
     ],
 )
 def test_bad_settings_fail_before_any_stage(tmp_path: Path, argv, words, capsys) -> None:

@@ -18,6 +18,7 @@ import sys
 from typing import Any, Dict, Optional, Sequence
 
 from biglittle_sam.runtime.cli import add_settings_flags, run_cli, settings_kwargs
+from biglittle_sam.train.cli import parse_overrides
 
 from .pipeline import run_proxy_v2
 from .settings import ProxyV2Settings
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Proxy benchmark v2: big.LITTLE against dense students of the same cost.",
     )
     flags = [f.name for f in dataclasses.fields(ProxyV2Settings)]
-    hidden = ("teacher_overrides", "command")
+    hidden = ("command",)
     return add_settings_flags(parser, ProxyV2Settings, only=[f for f in flags if f not in hidden])
 
 
@@ -39,6 +40,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = build_parser()
     args = parser.parse_args(argv)
     changes = settings_kwargs(args, ProxyV2Settings)
+    try:
+        changes["teacher_overrides"] = parse_overrides(changes.get("teacher_overrides"))
+    except ValueError as error:
+        parser.error(str(error).replace("--override", "--teacher-override"))
     words = list(sys.argv[1:] if argv is None else argv)
     changes["command"] = " ".join([PROG, *map(shlex.quote, words)])
     settings = ProxyV2Settings(**changes)

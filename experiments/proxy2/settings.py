@@ -72,7 +72,13 @@ class ProxyV2Settings:
     out_dir: str = flag("outputs/proxy_v2", "output folder")
     seed: int = flag(0, "run seed; data seeds 3*seed + 1 / 2 / 3 for train / dev / test")
     geometry: str = flag("24", "token grid side", choices=sorted(GEOMETRIES))
-    teacher_overrides: Tuple[Tuple[str, Any], ...] = ()  # vit_tiny fields over the geometry's
+    teacher_overrides: Tuple[Tuple[str, Any], ...] = flag(
+        (),
+        "a teacher config field over the geometry's, e.g. out_chans=128 (repeatable)",
+        name="--teacher-override",
+        action="append",
+        metavar="KEY=VALUE",
+    )
     split: str = flag(
         "test",
         "evaluated split: dev (choosing recipes) or test (the table)",

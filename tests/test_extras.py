@@ -51,6 +51,7 @@ HOMES: Dict[str, Tuple[str, ...]] = {
     "experiments/proxy/": ("train",),
     "experiments/proxy2/": ("train",),
     "experiments/stages.py": ("train",),
+    "experiments/runs.py": ("train",),
     # The training-free mode on the proxy teacher: it draws proxy splits and evaluates them,
     # through the proxy package (whose matching reaches the dense timm students).
     "experiments/training_free": ("train",),

@@ -16,12 +16,11 @@ output folder. Every flag defaults to ``experiments.proxy.ProxyBenchmarkSettings
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from typing import Any, Dict, Optional, Sequence
 
-from biglittle_sam.runtime.cli import add_settings_flags, run_cli, settings_kwargs
+from biglittle_sam.runtime.cli import add_settings_flags
 
+from ..runs import run_benchmark_cli
 from .pipeline import run_proxy_benchmark
 from .settings import ProxyBenchmarkSettings
 
@@ -47,21 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    changes = settings_kwargs(args, ProxyBenchmarkSettings)
-    words = list(sys.argv[1:] if argv is None else argv)
-    changes["command"] = " ".join([PROG, *map(shlex.quote, words)])
-    settings = ProxyBenchmarkSettings(**changes)
-    try:
-        settings.check()
-    except ValueError as error:
-        parser.error(str(error))  # exit 2, before any stage runs
-    result = run_cli(lambda: run_proxy_benchmark(settings))
-    if result["outputs"]["markdown"]:
-        with open(result["outputs"]["markdown"], encoding="utf-8") as f:
-            print(f.read())
-    return result
+    return run_benchmark_cli(
+        build_parser(), ProxyBenchmarkSettings, run_proxy_benchmark, PROG, argv
+    )
 
 
 if __name__ == "__main__":

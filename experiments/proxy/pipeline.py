@@ -21,7 +21,6 @@ Training stages run as gloo processes (both cores of a 2-core machine) through
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -30,13 +29,12 @@ from biglittle_sam.checkpoint import atomic_save
 from biglittle_sam.distill.cache import cache_teacher_embeddings
 from biglittle_sam.distill.distill import run_distillation
 from biglittle_sam.eval.runner import EvalSettings
-from biglittle_sam.fileio import atomic_open, atomic_write_json
-from biglittle_sam.runtime.hardware import hardware_description
+from biglittle_sam.fileio import atomic_open
 from biglittle_sam.train.finetune import run_finetune
 from biglittle_sam.train.launch import launch
-from biglittle_sam.train.settings import TrainSettings, settings_to_dict
+from biglittle_sam.train.settings import TrainSettings
 
-from ..assets import write_assets
+from ..runs import finish_run, progress_line, result_header, run_stage_train
 from ..stages import (
     cache_settings,
     config_copy,
@@ -46,7 +44,6 @@ from ..stages import (
     phase2_settings,
     read_teacher,
     seeded_evaluation,
-    stage_train,
 )
 from ..stages import teacher_settings as stage_teacher
 from ..stages import training_run
@@ -61,10 +58,7 @@ ROUTERS = "routers only"
 
 
 def _log(settings: ProxyBenchmarkSettings, message: str) -> None:
-    """A time-stamped progress line (when ``settings.progress``)."""
-    if settings.progress:
-        stamp = datetime.datetime.now().strftime("%H:%M:%S")
-        print(f"[proxy {stamp}] {message}", flush=True)
+    progress_line(settings, "proxy", message)
 
 
 def _train(
@@ -75,21 +69,8 @@ def _train(
     batch: Optional[int] = None,
     keep_checkpoints: bool = False,
 ) -> TrainSettings:
-    """The training settings of one stage: its budget, the run's seed, device, threads, resume
-    (``keep_checkpoints`` for the teacher: its mIoU against training minutes, :mod:`.curve`)."""
-    return stage_train(
-        out,
-        steps,
-        lr,
-        batch or s.batch_size,
-        seed=s.seed,
-        device=s.resolved_device,
-        num_workers=s.num_workers,
-        threads=s.threads,
-        progress=s.progress,
-        resume=s.resume,
-        keep_checkpoints=keep_checkpoints,
-    )
+    """One stage's training settings (``batch``: the students' by default)."""
+    return run_stage_train(s, out, steps, lr, batch or s.batch_size, keep_checkpoints)
 
 
 def _finished(result: Any, stage: str) -> Path:
@@ -252,14 +233,7 @@ def run_proxy_benchmark(settings: ProxyBenchmarkSettings) -> Dict[str, Any]:
     wall = time.perf_counter() - started
 
     result: Dict[str, Any] = {
-        "format": "biglittle-sam-proxy-benchmark",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": s.command,
-        "settings": settings_to_dict(s),
-        "split": s.split,
-        "geometry": geometry_summary(teacher_config),
-        "student": {"registry": "bl_tiny", **dict(s.student_overrides)},
-        "hardware": hardware_description(device, nproc, s.threads),
+        **result_header(s, "biglittle-sam-proxy-benchmark", geometry_summary(teacher_config)),
         "data": {
             "seeds": seeds,
             "train_images": s.train_images,
@@ -290,10 +264,5 @@ def run_proxy_benchmark(settings: ProxyBenchmarkSettings) -> Dict[str, Any]:
             f.write(proxy_table(result))
         outputs["markdown"] = str(md)
     result["outputs"] = outputs
-    if s.assets_dir:
-        result["assets"] = write_assets(
-            result, teacher, student, Path(s.assets_dir), "proxy", proxy_table
-        )
-    atomic_write_json(out / "proxy_benchmark.json", result)
-    _log(s, f"done in {wall:.0f} s on the {s.split} split; results: {outputs}")
-    return result
+    json_path = out / "proxy_benchmark.json"
+    return finish_run(result, json_path, s, (teacher, student), proxy_table, "proxy")

@@ -7,7 +7,7 @@ on the dev split, on which recipes are chosen.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .data import RELATIVE_BINS
 
@@ -22,6 +22,7 @@ __all__ = [
     "relative_bin_miou",
     "stage_times",
     "target_lines",
+    "teacher_targets",
     "trained_in_lines",
 ]
 
@@ -148,6 +149,20 @@ def _beats(a: Dict[str, Any], b: Dict[str, Any], text: str, points: float) -> Di
     }
 
 
+def teacher_targets(
+    teacher: Dict[str, Any], floors: Sequence[Tuple[str, float]]
+) -> List[Dict[str, Any]]:
+    """One target per (metric, floor): the teacher's mIoU at least the floor."""
+    return [
+        {
+            "target": f"teacher {key} mIoU >= {floor:g}",
+            "measured": f"{teacher[key]:.1f}",
+            "met": teacher[key] >= floor,
+        }
+        for key, floor in floors
+    ]
+
+
 def check_proxy_targets(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Issue 14's targets, each with its measured value and whether it is met.
 
@@ -158,15 +173,7 @@ def check_proxy_targets(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     - (finding) the learned router against the training-free one.
     """
     teacher = find_row(rows, "teacher", None)
-    out: List[Dict[str, Any]] = []
-    for key, floor in TEACHER_TARGETS:
-        out.append(
-            {
-                "target": f"teacher {key} mIoU >= {floor:g}",
-                "measured": f"{teacher[key]:.1f}",
-                "met": teacher[key] >= floor,
-            }
-        )
+    out = teacher_targets(teacher, TEACHER_TARGETS)
     for ratio, share in RETENTION_TARGETS:
         try:
             value = find_row(rows, "student", ratio)["click1"]

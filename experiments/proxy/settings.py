@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -30,12 +29,14 @@ from biglittle_sam.config import (
 from biglittle_sam.runtime.cli import flag
 
 from ..budgets import check_budgets
+from ..runs import RunDevice, check_device
 from ..stages import read_teacher
 
 __all__ = [
     "GEOMETRIES",
     "ProxyBenchmarkSettings",
     "SPLITS",
+    "geometry_fields",
     "geometry_summary",
     "split_seeds",
     "teacher_config",
@@ -61,6 +62,18 @@ GEOMETRIES: Dict[str, Tuple[Tuple[str, Any], ...]] = {
     "16": (("img_size", 128),) + _COMMON,
     "32": (("img_size", 256),) + _COMMON,
 }
+
+
+def geometry_fields(
+    geometries: Dict[str, Tuple[Tuple[str, Any], ...]],
+    geometry: str,
+    overrides: Tuple[Tuple[str, Any], ...],
+) -> Tuple[Tuple[str, Any], ...]:
+    """A teacher's vit_tiny fields: ``geometries[geometry]``'s (none for an unknown name, which
+    ``check`` refuses), then ``overrides``."""
+    fields = dict(geometries.get(geometry, ()))
+    fields.update(overrides)
+    return tuple(fields.items())
 
 
 def split_seeds(seed: int) -> Dict[str, int]:
@@ -104,7 +117,7 @@ def geometry_summary(config: SamViTConfig) -> Dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class ProxyBenchmarkSettings:
+class ProxyBenchmarkSettings(RunDevice):
     """Sizes and budgets of the proxy benchmark.
 
     The defaults are the full run at the 16 x 16 geometry; ``docs/benchmarks/proxy.md`` has its
@@ -249,8 +262,7 @@ class ProxyBenchmarkSettings:
                     validate_keep_ratio(r)
                 except ValueError as error:
                     raise ValueError(f"{name}: {error}") from None
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        check_device(self.device)
         config = teacher_config(self.teacher_fields)
         pool = self.student_global_context_pool
         validate_global_context(self.student_global_context, config.grid_size, pool)
@@ -261,9 +273,7 @@ class ProxyBenchmarkSettings:
     @property
     def teacher_fields(self) -> Tuple[Tuple[str, Any], ...]:
         """The teacher's vit_tiny fields: the geometry's, then ``teacher_overrides``."""
-        fields = dict(GEOMETRIES.get(self.geometry, ()))
-        fields.update(self.teacher_overrides)
-        return tuple(fields.items())
+        return geometry_fields(GEOMETRIES, self.geometry, self.teacher_overrides)
 
     @property
     def student_overrides(self) -> Tuple[Tuple[str, Any], ...]:
@@ -285,21 +295,3 @@ class ProxyBenchmarkSettings:
     def distill_count(self) -> int:
         """Training images made: the teacher's first, then the students' others."""
         return max(self.train_images, self.distill_images or 0)
-
-    @property
-    def resolved_device(self) -> str:
-        """``device`` with "auto" resolved."""
-        if self.device != "auto":
-            return self.device
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-
-    @property
-    def nproc(self) -> int:
-        """Processes per training stage."""
-        if self.processes is not None:
-            return max(1, self.processes)
-        if self.resolved_device.startswith("cuda"):
-            return 1
-        return max(1, min(2, os.cpu_count() or 1))

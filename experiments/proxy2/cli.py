@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shlex
-import sys
 from typing import Any, Dict, Optional, Sequence
 
-from biglittle_sam.runtime.cli import add_settings_flags, run_cli, settings_kwargs
+from biglittle_sam.runtime.cli import add_settings_flags
 from biglittle_sam.train.cli import parse_overrides
 
+from ..runs import run_benchmark_cli
 from .pipeline import run_proxy_v2
 from .settings import ProxyV2Settings
 
@@ -36,26 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
     return add_settings_flags(parser, ProxyV2Settings, only=[f for f in flags if f not in hidden])
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    changes = settings_kwargs(args, ProxyV2Settings)
+def _overrides(changes: Dict[str, Any]) -> None:
+    """``--teacher-override KEY=VALUE`` flags as (key, value) pairs."""
     try:
         changes["teacher_overrides"] = parse_overrides(changes.get("teacher_overrides"))
     except ValueError as error:
-        parser.error(str(error).replace("--override", "--teacher-override"))
-    words = list(sys.argv[1:] if argv is None else argv)
-    changes["command"] = " ".join([PROG, *map(shlex.quote, words)])
-    settings = ProxyV2Settings(**changes)
-    try:
-        settings.check()
-    except ValueError as error:
-        parser.error(str(error))  # exit 2, before any stage runs
-    result = run_cli(lambda: run_proxy_v2(settings))
-    if result["outputs"]["markdown"]:
-        with open(result["outputs"]["markdown"], encoding="utf-8") as f:
-            print(f.read())
-    return result
+        raise ValueError(str(error).replace("--override", "--teacher-override")) from None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    return run_benchmark_cli(
+        build_parser(), ProxyV2Settings, run_proxy_v2, PROG, argv, prepare=_overrides
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ Every training stage resumes (``resume``) and runs unchanged on CUDA (``device="
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -32,13 +31,11 @@ from biglittle_sam.distill.cache import cache_teacher_embeddings
 from biglittle_sam.distill.distill import DistillSettings, run_distillation
 from biglittle_sam.distill.students import DENSE, write_dense_student
 from biglittle_sam.eval.runner import EvalSettings
-from biglittle_sam.fileio import atomic_write_json
-from biglittle_sam.runtime.hardware import hardware_description
 from biglittle_sam.train.finetune import run_finetune
 from biglittle_sam.train.launch import launch
-from biglittle_sam.train.settings import TrainSettings, settings_to_dict
 
 from ..proxy.settings import geometry_summary, split_seeds
+from ..runs import finish_run, progress_line, result_header, run_stage_train
 from ..stages import (
     cache_settings,
     finished,
@@ -47,12 +44,11 @@ from ..stages import (
     phase2_settings,
     read_teacher,
     seeded_evaluation,
-    stage_train,
 )
 from ..stages import teacher_settings as stage_teacher
 from ..stages import training_run
 from ..training_free import write_variants
-from .report import write_report
+from .report import markdown, write_report
 from .rows import Row, describe_split, finish_rows
 from .settings import ProxyV2Settings, dense_label, dense_matches
 
@@ -63,28 +59,7 @@ TRAINING_FREE = "training-free"
 
 
 def _log(s: ProxyV2Settings, message: str) -> None:
-    if s.progress:
-        stamp = datetime.datetime.now().strftime("%H:%M:%S")
-        print(f"[proxy-v2 {stamp}] {message}", flush=True)
-
-
-def _train(
-    s: ProxyV2Settings, out: Path, steps: int, lr: float, batch: int, keep: bool = False
-) -> TrainSettings:
-    """One stage's training settings (the run's seed, device, threads, resume)."""
-    return stage_train(
-        out,
-        steps,
-        lr,
-        batch,
-        seed=s.seed,
-        device=s.resolved_device,
-        num_workers=0,
-        threads=s.threads,
-        progress=s.progress,
-        resume=s.resume,
-        keep_checkpoints=keep,
-    )
+    progress_line(s, "proxy-v2", message)
 
 
 def make_split(
@@ -111,7 +86,7 @@ def _distil(
         base,
         train,
         student,
-        _train(s, out / "phase2", s.phase2_steps, s.phase2_lr, s.batch_size),
+        run_stage_train(s, out / "phase2", s.phase2_steps, s.phase2_lr, s.batch_size),
         keep_ratios=ratios,
         mask_weight=10.0,
         point_prob=0.75,
@@ -149,7 +124,7 @@ def run_proxy_v2(settings: ProxyV2Settings) -> Dict[str, Any]:
         if not (s.resume and teacher.is_file()):
             atomic_save(read_teacher(Path(s.teacher_checkpoint), teacher_config), teacher)
     else:
-        stage = _train(
+        stage = run_stage_train(
             s, out / "teacher", s.teacher_steps, s.teacher_lr, s.teacher_batch_size, True
         )
         fields, focal = s.teacher_fields, s.teacher_focal_weight
@@ -173,7 +148,7 @@ def run_proxy_v2(settings: ProxyV2Settings) -> Dict[str, Any]:
         s.student_overrides,
         s.ratios + (1.0,),
         "encoder",
-        _train(s, folder, s.student_steps, s.student_lr, s.batch_size),
+        run_stage_train(s, folder, s.student_steps, s.student_lr, s.batch_size),
     )
     _log(s, f"big.LITTLE student: {s.student_steps} + {s.phase2_steps} steps")
     student = _distil(s, base, train, folder, s.ratios)
@@ -193,7 +168,7 @@ def run_proxy_v2(settings: ProxyV2Settings) -> Dict[str, Any]:
             init_checkpoint=str(init),
             student_overrides=(),
             keep_ratios=(1.0,),
-            train=_train(s, folder, s.student_steps, s.student_lr, s.batch_size),
+            train=run_stage_train(s, folder, s.student_steps, s.student_lr, s.batch_size),
         )
         _log(s, f"dense student {dense_label(kind, ratio, spec)}")
         path = _distil(s, job, train, folder, (1.0,))
@@ -233,14 +208,7 @@ def run_proxy_v2(settings: ProxyV2Settings) -> Dict[str, Any]:
     times["latency"] = time.perf_counter() - t
 
     result: Dict[str, Any] = {
-        "format": "biglittle-sam-proxy-v2",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": s.command,
-        "settings": settings_to_dict(s),
-        "split": s.split,
-        "geometry": geometry_summary(teacher_config),
-        "student": {"registry": "bl_tiny", **dict(s.student_overrides)},
-        "hardware": hardware_description(s.resolved_device, s.nproc, s.threads),
+        **result_header(s, "biglittle-sam-proxy-v2", geometry_summary(teacher_config)),
         "data": {
             "seeds": seeds,
             "train": describe_split(train, teacher_config.patch_size),
@@ -253,13 +221,4 @@ def run_proxy_v2(settings: ProxyV2Settings) -> Dict[str, Any]:
         "trained_in": training_run(out / "proxy_v2.json", s.resume),
     }
     result["outputs"] = write_report(result, out)
-    if s.assets_dir:
-        from ..assets import write_assets
-        from .report import markdown
-
-        result["assets"] = write_assets(
-            result, teacher, student, Path(s.assets_dir), "proxy", markdown
-        )
-    atomic_write_json(out / "proxy_v2.json", result)
-    _log(s, f"done in {result['wall_s'] / 60:.1f} min on the {s.split} split")
-    return result
+    return finish_run(result, out / "proxy_v2.json", s, (teacher, student), markdown, "proxy-v2")

@@ -11,7 +11,14 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from biglittle_sam.fileio import atomic_open
 
-from ..proxy.report import format_number, paired_se, stage_times, target_lines, trained_in_lines
+from ..proxy.report import (
+    format_number,
+    paired_se,
+    stage_times,
+    target_lines,
+    teacher_targets,
+    trained_in_lines,
+)
 
 __all__ = ["RETENTION", "TEACHER_TARGETS", "check_targets", "markdown", "plot", "write_report"]
 
@@ -27,15 +34,7 @@ def _teacher(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
 def check_targets(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """The issue's targets, each with what was measured and whether it is met."""
     teacher = _teacher(rows)
-    out: List[Dict[str, Any]] = []
-    for key, goal in TEACHER_TARGETS:
-        out.append(
-            {
-                "target": f"teacher {key} mIoU >= {goal:g}",
-                "measured": f"{teacher[key]:.1f}",
-                "met": teacher[key] >= goal,
-            }
-        )
+    out = teacher_targets(teacher, TEACHER_TARGETS)
     for row in (r for r in rows if r["variant"] == BIG_LITTLE):
         goal = RETENTION.get(row["keep_ratio"])
         kept = row["click1"] / teacher["click1"]

@@ -20,7 +20,6 @@ big.LITTLE student's MACs, before any stage runs.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -37,22 +36,16 @@ from biglittle_sam.runtime.cli import flag
 
 from ..budgets import check_budgets
 from ..proxy.matching import matched_timm, matched_vit
-from ..proxy.settings import teacher_config
+from ..proxy.settings import GEOMETRIES as V1_GEOMETRIES
+from ..proxy.settings import geometry_fields, teacher_config
+from ..runs import RunDevice, check_device
 
 __all__ = ["DENSE_KINDS", "GEOMETRIES", "ProxyV2Settings", "dense_matches"]
 
-_COMMON: Tuple[Tuple[str, Any], ...] = (
-    ("patch_size", 4),
-    ("embed_dim", 64),
-    ("depth", 6),
-    ("num_heads", 2),
-    ("window_size", 7),
-    ("global_attn_indexes", (2, 5)),
-    ("out_chans", 64),
-    ("decoder_mlp_dim", 128),
-    ("decoder_heads", 2),
-    ("iou_head_hidden_dim", 64),
-    ("mask_in_chans", 8),
+# The first benchmark's teacher (64 wide, 2 heads, 7-token windows, its decoder) with 4 px patches,
+# 6 layers and SAM's one global layer in three.
+_COMMON = tuple(
+    dict(V1_GEOMETRIES["16"][1:], patch_size=4, depth=6, global_attn_indexes=(2, 5)).items()
 )
 GEOMETRIES: Dict[str, Tuple[Tuple[str, Any], ...]] = {
     "16": (("img_size", 64),) + _COMMON,
@@ -65,7 +58,7 @@ DENSE_KINDS = ("vit_width", "vit_depth", *TIMM_FAMILIES)
 
 
 @dataclass(frozen=True)
-class ProxyV2Settings:
+class ProxyV2Settings(RunDevice):
     """Sizes and budgets of the second proxy benchmark (the full run: ``make proxy-benchmark-v2``,
     at most 120 minutes on 2 cores)."""
 
@@ -137,9 +130,7 @@ class ProxyV2Settings:
     @property
     def teacher_fields(self) -> Tuple[Tuple[str, Any], ...]:
         """The teacher's vit_tiny fields: the geometry's, then ``teacher_overrides``."""
-        fields = dict(GEOMETRIES.get(self.geometry, ()))
-        fields.update(self.teacher_overrides)
-        return tuple(fields.items())
+        return geometry_fields(GEOMETRIES, self.geometry, self.teacher_overrides)
 
     @property
     def student_overrides(self) -> Tuple[Tuple[str, Any], ...]:
@@ -186,8 +177,7 @@ class ProxyV2Settings:
         unknown = [d for d in self.dense if d not in DENSE_KINDS]
         if unknown:
             raise ValueError(f"dense: unknown students {unknown}; expected some of {DENSE_KINDS}")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        check_device(self.device)
         config = teacher_config(self.teacher_fields)
         validate_global_context("pooled", config.grid_size, self.student_global_context_pool)
         dense_matches(self, config)  # ValueError for a student no size matches
@@ -196,24 +186,6 @@ class ProxyV2Settings:
 
             read_teacher(_path(self.teacher_checkpoint), config)
         return config
-
-    @property
-    def resolved_device(self) -> str:
-        """``device`` with "auto" resolved."""
-        if self.device != "auto":
-            return self.device
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-
-    @property
-    def nproc(self) -> int:
-        """Processes per training stage."""
-        if self.processes is not None:
-            return max(1, self.processes)
-        if self.resolved_device.startswith("cuda"):
-            return 1
-        return max(1, min(2, os.cpu_count() or 1))
 
 
 def _path(text: str) -> Any:

@@ -130,7 +130,7 @@ def run_benchmark_cli(
     except ValueError as error:
         parser.error(str(error))  # exit 2, before any stage runs
     result = run_cli(lambda: run(settings))
-    if result["outputs"]["markdown"]:
+    if result["outputs"].get("markdown"):
         with open(result["outputs"]["markdown"], encoding="utf-8") as f:
             print(f.read())
     return result

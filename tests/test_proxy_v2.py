@@ -42,6 +42,7 @@ def test_default_geometry_tiles_like_sams() -> None:
         (["--student-global-context-pool", "5"], "global_context_pool"),
         (["--ratios", "1.0", "--dense", "vit_width"], "no width-shrunk vit_tiny matches"),
         (["--teacher-override", "img_size=66"], "does not tile"),
+        (["--stop-after", "teacher"], "stop_after: for trying teacher recipes on the dev split"),
         (["--teacher-override", "global_attn_indexes=[2,6]"], "are outside 0..5"),
         (["--teacher-override", "depth"], "--teacher-override 'depth': expected KEY=VALUE"),
     ],
@@ -104,6 +105,23 @@ def tiny_proxy_teacher(tmp_path: Path):
     config = teacher_config(ProxyV2Settings(geometry="16").teacher_fields)
     path = save_model_checkpoint(tmp_path / "teacher.pth", build_sam_from_config(config), config)
     return path, config
+
+
+def test_a_teacher_recipe_alone_on_dev(tmp_path: Path, one_thread) -> None:
+    out = tmp_path / "teacher_only"
+    argv = [
+        "--out-dir", str(out), "--split", "dev", "--stop-after", "teacher", "--geometry", "16",
+        "--train-images", "4", "--eval-images", "2", "--teacher-steps", "2",
+        "--teacher-batch-size", "2", "--dense", "vit_width", "--student-global-context-pool", "4",
+        "--teacher-override", "out_chans=32", "--device", "cpu", "--processes", "1",
+        "--no-progress",
+    ]  # fmt: skip
+    result = cli.main(argv)
+    assert result["stage_s"].keys() == {"data", "teacher"}
+    teacher = torch.load(result["teacher"], map_location="cpu", weights_only=True)
+    assert teacher["config"]["out_chans"] == 32
+    assert (out / "data" / "dev").is_dir() and not (out / "cache").exists()
+    assert len(list((out / "teacher" / "checkpoints").glob("step_*.pth"))) == 2
 
 
 def test_proxy_v2_miniature(tmp_path: Path, one_thread, capsys) -> None:

@@ -132,6 +132,9 @@ def run_proxy_v2(settings: ProxyV2Settings) -> Dict[str, Any]:
         job = stage_teacher(train, s.train_images, fields, focal, stage)
         teacher = finished(launch(run_finetune, job, s.nproc, s.threads), "proxy v2", "teacher")
     times["teacher"] = time.perf_counter() - t
+    if s.stop_after == "teacher":
+        _log(s, f"stopped after the teacher: {teacher}")
+        return {"split": s.split, "teacher": str(teacher), "stage_s": times, "outputs": {}}
 
     t = time.perf_counter()
     cache_dir = out / "cache"

@@ -113,6 +113,12 @@ class ProxyV2Settings(RunDevice):
     teacher_checkpoint: Optional[str] = flag(
         None, "dev split only: use this trained teacher (same geometry) instead of training one"
     )
+    stop_after: Optional[str] = flag(
+        None,
+        "dev split only: stop after this stage (teacher: try teacher recipes, then "
+        "python -m experiments.proxy.curve OUT --token-patch 4) (default: run every stage)",
+        choices=("teacher",),
+    )
     command: str = ""  # the command line that ran this, recorded in the outputs
 
     def __post_init__(self) -> None:
@@ -160,6 +166,11 @@ class ProxyV2Settings(RunDevice):
             raise ValueError(f"split must be 'dev' or 'test', got {self.split!r}")
         if self.assets_dir and self.split != "test":
             raise ValueError(f"assets_dir: written from a test-split run only, got {self.split!r}")
+        if self.stop_after and (self.split != "dev" or self.teacher_checkpoint):
+            raise ValueError(
+                "stop_after: for trying teacher recipes on the dev split, with a teacher the run "
+                f"trains (got split {self.split!r}, teacher_checkpoint {self.teacher_checkpoint})"
+            )
         if self.teacher_checkpoint and self.split != "dev":
             raise ValueError(
                 "teacher_checkpoint: a given teacher is for choosing student recipes on the dev "

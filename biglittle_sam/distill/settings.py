@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
 from ..config import validate_keep_ratio
-from ..runtime.cli import flag
+from ..runtime.cli import flag, overrides_flag
 from ..train.data import SOURCE_KINDS
 from ..train.models import STUDENT_INITS
 from ..train.parts import PARTS
@@ -60,12 +60,8 @@ class DistillSettings:
         choices=STUDENT_INITS,
     )
     init_checkpoint: Optional[str] = None  # a big.LITTLE checkpoint (phase 1 -> 2) or dense student
-    student_overrides: Tuple[Tuple[str, Any], ...] = flag(
-        (),
-        "student config field, e.g. little_dim=192 (repeatable)",
-        name="--override",
-        action="append",
-        metavar="KEY=VALUE",
+    student_overrides: Tuple[Tuple[str, Any], ...] = overrides_flag(
+        "student config field, e.g. little_dim=192 (repeatable)"
     )
     phase: int = flag(1, choices=(1, 2))  # 1: embeddings; 2: embeddings + masks under prompts
     keep_ratios: Tuple[float, ...] = DEFAULT_KEEP_RATIOS  # one drawn per step

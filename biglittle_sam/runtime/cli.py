@@ -23,6 +23,7 @@ __all__ = [
     "add_settings_flags",
     "field_comments",
     "flag",
+    "overrides_flag",
     "settings_kwargs",
     "describe_defaults",
     "given",
@@ -151,6 +152,12 @@ def flag(default: Any = dataclasses.MISSING, help: Optional[str] = None, **spec:
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def overrides_flag(help: str, name: str = "--override") -> Any:
+    """A field of config overrides, ``((key, value), ...)``, given as repeatable ``NAME
+    KEY=VALUE`` flags (``biglittle_sam.train.cli.parse_overrides`` reads them)."""
+    return flag((), help, name=name, action="append", metavar="KEY=VALUE")
 
 
 def field_comments(cls: type) -> Dict[str, str]:

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..config import BigLittleConfig, config_to_dict, validate_keep_ratio
 from ..modeling import set_keep_ratio
-from ..runtime.cli import flag
+from ..runtime.cli import flag, overrides_flag
 from ..runtime.distributed import DistContext, init_distributed
 from .data import TrainImages, build_image_source
 from .loop import TrainResult, TrainTask, run_training
@@ -71,12 +71,8 @@ class FinetuneSettings:
         None  # the model's checkpoint; None: sam_checkpoint or fresh weights
     )
     sam_checkpoint: Optional[str] = None  # big.LITTLE only: an official SAM file to inherit from
-    overrides: Tuple[Tuple[str, Any], ...] = flag(
-        (),
-        "config field, e.g. embed_dim=128 (repeatable)",
-        name="--override",
-        action="append",
-        metavar="KEY=VALUE",
+    overrides: Tuple[Tuple[str, Any], ...] = overrides_flag(
+        "config field, e.g. embed_dim=128 (repeatable)"
     )
     train_parts: str = flag(
         "decoder", f"comma-separated subset of {', '.join(PARTS)}; decoder: the cheapest useful"

@@ -34,19 +34,9 @@ from biglittle_sam.eval.runner import EvalSettings
 from biglittle_sam.train.finetune import run_finetune
 from biglittle_sam.train.launch import launch
 
+from .. import stages
 from ..proxy.settings import geometry_summary, split_seeds
 from ..runs import finish_run, progress_line, result_header, run_stage_train
-from ..stages import (
-    cache_settings,
-    finished,
-    miou_row,
-    phase1_settings,
-    phase2_settings,
-    read_teacher,
-    seeded_evaluation,
-)
-from ..stages import teacher_settings as stage_teacher
-from ..stages import training_run
 from ..training_free import write_variants
 from .report import markdown, write_report
 from .rows import Row, describe_split, finish_rows
@@ -79,10 +69,12 @@ def _distil(
     ratios: Tuple[float, ...],
 ) -> Path:
     """Phase 1 then phase 2 of one student (``base``: its phase 1); the phase-2 model's path."""
-    student = finished(launch(run_distillation, base, s.nproc, s.threads), "proxy v2", str(out))
+    student = stages.finished(
+        launch(run_distillation, base, s.nproc, s.threads), "proxy v2", str(out)
+    )
     if s.phase2_steps == 0:
         return student
-    phase2 = phase2_settings(
+    phase2 = stages.phase2_settings(
         base,
         train,
         student,
@@ -92,7 +84,9 @@ def _distil(
         point_prob=0.75,
         router_lr_scale=5.0,  # the first benchmark's phase 2 (no effect on a dense student)
     )
-    return finished(launch(run_distillation, phase2, s.nproc, s.threads), "proxy v2", str(out))
+    return stages.finished(
+        launch(run_distillation, phase2, s.nproc, s.threads), "proxy v2", str(out)
+    )
 
 
 def run_proxy_v2(settings: ProxyV2Settings) -> Dict[str, Any]:
@@ -122,15 +116,17 @@ def run_proxy_v2(settings: ProxyV2Settings) -> Dict[str, Any]:
     teacher = out / "teacher" / "model.pth"
     if s.teacher_checkpoint:
         if not (s.resume and teacher.is_file()):
-            atomic_save(read_teacher(Path(s.teacher_checkpoint), teacher_config), teacher)
+            atomic_save(stages.read_teacher(Path(s.teacher_checkpoint), teacher_config), teacher)
     else:
         stage = run_stage_train(
             s, out / "teacher", s.teacher_steps, s.teacher_lr, s.teacher_batch_size, True
         )
         fields, focal = s.teacher_fields, s.teacher_focal_weight
         _log(s, f"teacher: {s.teacher_steps} steps on {s.nproc} process(es)")
-        job = stage_teacher(train, s.train_images, fields, focal, stage)
-        teacher = finished(launch(run_finetune, job, s.nproc, s.threads), "proxy v2", "teacher")
+        job = stages.teacher_settings(train, s.train_images, fields, focal, stage)
+        teacher = stages.finished(
+            launch(run_finetune, job, s.nproc, s.threads), "proxy v2", "teacher"
+        )
     times["teacher"] = time.perf_counter() - t
     if s.stop_after == "teacher":
         _log(s, f"stopped after the teacher: {teacher}")
@@ -138,13 +134,13 @@ def run_proxy_v2(settings: ProxyV2Settings) -> Dict[str, Any]:
 
     t = time.perf_counter()
     cache_dir = out / "cache"
-    job = cache_settings(train, cache_dir, teacher, s.resolved_device, s.progress, s.resume)
+    job = stages.cache_settings(train, cache_dir, teacher, s.resolved_device, s.progress, s.resume)
     launch(cache_teacher_embeddings, job, s.nproc, s.threads)
     times["cache"] = time.perf_counter() - t
 
     t = time.perf_counter()
     folder = out / "big_little"
-    base = phase1_settings(
+    base = stages.phase1_settings(
         train,
         cache_dir,
         teacher,
@@ -186,7 +182,7 @@ def run_proxy_v2(settings: ProxyV2Settings) -> Dict[str, Any]:
     t = time.perf_counter()
     _log(s, f"evaluating {len(rows)} rows on {s.eval_images} {s.split} images")
     evaluation = launch(
-        seeded_evaluation,
+        stages.seeded_evaluation,
         EvalSettings(
             models=tuple(r.spec for r in rows),
             images=str(evaluated.coco_images),
@@ -203,7 +199,7 @@ def run_proxy_v2(settings: ProxyV2Settings) -> Dict[str, Any]:
     )
     times["eval"] = time.perf_counter() - t
     measured = [
-        miou_row(r.variant, r.spec, r.ratio, model, evaluation["ious"])
+        stages.miou_row(r.variant, r.spec, r.ratio, model, evaluation["ious"])
         for r, model in zip(rows, evaluation["models"])
     ]
     t = time.perf_counter()
@@ -221,7 +217,7 @@ def run_proxy_v2(settings: ProxyV2Settings) -> Dict[str, Any]:
         **extras,
         "stage_s": times,
         "wall_s": time.perf_counter() - started,
-        "trained_in": training_run(out / "proxy_v2.json", s.resume),
+        "trained_in": stages.training_run(out / "proxy_v2.json", s.resume),
     }
     result["outputs"] = write_report(result, out)
     return finish_run(result, out / "proxy_v2.json", s, (teacher, student), markdown, "proxy-v2")

@@ -32,7 +32,7 @@ from biglittle_sam.config import (
 )
 from biglittle_sam.distill.students import TIMM_FAMILIES, TimmStudentSpec
 from biglittle_sam.flops import encoder_macs
-from biglittle_sam.runtime.cli import flag
+from biglittle_sam.runtime.cli import flag, overrides_flag
 
 from ..budgets import check_budgets
 from ..proxy.matching import matched_timm, matched_vit
@@ -65,12 +65,9 @@ class ProxyV2Settings(RunDevice):
     out_dir: str = flag("outputs/proxy_v2", "output folder")
     seed: int = flag(0, "run seed; data seeds 3*seed + 1 / 2 / 3 for train / dev / test")
     geometry: str = flag("24", "token grid side", choices=sorted(GEOMETRIES))
-    teacher_overrides: Tuple[Tuple[str, Any], ...] = flag(
-        (),
+    teacher_overrides: Tuple[Tuple[str, Any], ...] = overrides_flag(
         "a teacher config field over the geometry's, e.g. out_chans=128 (repeatable)",
         name="--teacher-override",
-        action="append",
-        metavar="KEY=VALUE",
     )
     split: str = flag(
         "test",

@@ -21,6 +21,7 @@ big.LITTLE student's MACs, before any stage runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from biglittle_sam.config import (
@@ -39,6 +40,7 @@ from ..proxy.matching import matched_timm, matched_vit
 from ..proxy.settings import GEOMETRIES as V1_GEOMETRIES
 from ..proxy.settings import geometry_fields, teacher_config
 from ..runs import RunDevice, check_device
+from ..stages import read_teacher
 
 __all__ = ["DENSE_KINDS", "GEOMETRIES", "ProxyV2Settings", "dense_matches"]
 
@@ -190,16 +192,8 @@ class ProxyV2Settings(RunDevice):
         validate_global_context("pooled", config.grid_size, self.student_global_context_pool)
         dense_matches(self, config)  # ValueError for a student no size matches
         if self.teacher_checkpoint:
-            from ..stages import read_teacher
-
-            read_teacher(_path(self.teacher_checkpoint), config)
+            read_teacher(Path(self.teacher_checkpoint), config)
         return config
-
-
-def _path(text: str) -> Any:
-    from pathlib import Path
-
-    return Path(text)
 
 
 def dense_matches(

@@ -17,7 +17,8 @@ def check_budgets(settings: Any, positive: Sequence[str]) -> None:
     for name in positive:
         if getattr(settings, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(settings, name)}")
-    if settings.distill_images is not None and settings.distill_images < 1:
-        raise ValueError(f"distill_images must be >= 1, got {settings.distill_images}")
+    distill = getattr(settings, "distill_images", None)  # a run without it trains on one set
+    if distill is not None and distill < 1:
+        raise ValueError(f"distill_images must be >= 1, got {distill}")
     if settings.phase2_steps < 0:
         raise ValueError(f"phase2_steps must be >= 0, got {settings.phase2_steps}")

@@ -78,7 +78,7 @@ def test_dense_vits_match_the_big_little_students_macs_within_5_percent() -> Non
         student = settings.student_config(teacher)
         assert target == encoder_macs(student, keep_ratio=ratio)["total"]
         assert abs(encoder_macs(config)["total"] / target - 1) <= 0.05
-        assert config.depth == (6 if kind == "vit_width" else config.depth)
+        assert (config.depth == 6) if kind == "vit_width" else (config.depth < 6)
         assert config.img_size == teacher.img_size and config.patch_size == teacher.patch_size
 
 

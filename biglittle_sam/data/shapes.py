@@ -350,8 +350,8 @@ def describe_shapes(annotations: PathLike, patch_size: int) -> Dict[str, Any]:
     image the objects cover, on average (visible masks do not overlap, so areas add up).
 
     Returns:
-      {"instances", "bins": {name: count}, "bin_shares": {name: share}, "object_share"}; crowd
-      regions are left out.
+      {"images", "instances", "bins": {name: count}, "bin_shares": {name: share},
+      "object_share"}; crowd regions are left out.
     """
     data = json.loads(Path(annotations).read_text())
     sizes = {im["id"]: im["width"] * im["height"] for im in data["images"]}
@@ -366,6 +366,7 @@ def describe_shapes(annotations: PathLike, patch_size: int) -> Dict[str, Any]:
         covered[ann["image_id"]] += ann["area"]
     total = sum(bins.values())
     return {
+        "images": len(sizes),
         "instances": total,
         "bins": bins,
         "bin_shares": {k: v / total if total else 0.0 for k, v in bins.items()},

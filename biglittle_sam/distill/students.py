@@ -48,7 +48,7 @@ from ..modeling.timm_encoder import (
     TimmImageEncoder,
     TimmStudentSpec,
 )
-from ..timm_student import timm_sam, timm_student_from_loaded
+from ..timm_student import timm_record, timm_sam, timm_student_from_loaded
 from ..train.models import file_sha256
 
 __all__ = [
@@ -196,8 +196,7 @@ def load_student(path: PathLike) -> Tuple[Sam, SamViTConfig, Dict[str, Any]]:
       CheckpointError: unreadable, a bad record, or weights that do not fit the record.
     """
     state, meta = read_sam_checkpoint(path)
-    record = dense_record(meta)
-    if record is None or record.get("kind") != "timm":
+    if timm_record(meta) is None:
         config = resolve_loaded(state, meta, path)
         return sam_from_loaded(config, state, meta, path), config, meta
     sam, config = timm_student_from_loaded(state, meta, path)

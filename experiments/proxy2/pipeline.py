@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 from biglittle_sam.checkpoint import atomic_save
+from biglittle_sam.config import SamViTConfig
 from biglittle_sam.data.shapes import ShapesDataset, make_shapes_dataset, token_sized_shapes_config
 from biglittle_sam.distill.cache import cache_teacher_embeddings
 from biglittle_sam.distill.distill import DistillSettings, run_distillation
@@ -39,7 +40,7 @@ from ..proxy.settings import geometry_summary, split_seeds
 from ..runs import finish_run, progress_line, result_header, run_stage_train
 from ..training_free import write_variants
 from .report import markdown, write_report
-from .rows import Row, describe_split, finish_rows
+from .rows import Row, capacity_shares, describe_split, finish_rows
 from .settings import ProxyV2Settings, dense_label, dense_matches
 
 __all__ = ["run_proxy_v2"]
@@ -89,6 +90,90 @@ def _distil(
     )
 
 
+def _teacher(s: ProxyV2Settings, out: Path, train: ShapesDataset, config: SamViTConfig) -> Path:
+    """The run's teacher: the given one (dev, written in fp32 into the run) or one trained."""
+    teacher = out / "teacher" / "model.pth"
+    if s.teacher_checkpoint:
+        if not (s.resume and teacher.is_file()):
+            atomic_save(stages.read_teacher(Path(s.teacher_checkpoint), config), teacher)
+        return teacher
+    stage = run_stage_train(
+        s, out / "teacher", s.teacher_steps, s.teacher_lr, s.teacher_batch_size, True
+    )
+    _log(s, f"teacher: {s.teacher_steps} steps on {s.nproc} process(es)")
+    job = stages.teacher_settings(
+        train, s.train_images, s.teacher_fields, s.teacher_focal_weight, stage
+    )
+    return stages.finished(launch(run_finetune, job, s.nproc, s.threads), "proxy v2", "teacher")
+
+
+def _phase1(
+    s: ProxyV2Settings, folder: Path, train: ShapesDataset, cache_dir: Path, teacher: Path
+) -> DistillSettings:
+    """Phase 1 of the big.LITTLE student (pooled global context, every ratio and 1 drawn per
+    step, the whole encoder), the recipe every dense student copies."""
+    return stages.phase1_settings(
+        train,
+        cache_dir,
+        teacher,
+        s.student_overrides,
+        s.ratios + (1.0,),
+        "encoder",
+        run_stage_train(s, folder, s.student_steps, s.student_lr, s.batch_size),
+    )
+
+
+def _dense_rows(
+    s: ProxyV2Settings,
+    base: DistillSettings,
+    train: ShapesDataset,
+    teacher: Path,
+    matches: List[Tuple[str, float, Any, int]],
+    out: Path,
+    times: Dict[str, float],
+) -> List[Row]:
+    """Each dense student written from the teacher and distilled as the big.LITTLE student was
+    (``base``: its phase 1), one row each; their stage times into ``times``."""
+    rows: List[Row] = []
+    for kind, ratio, spec, _ in matches:
+        t = time.perf_counter()
+        folder = out / "dense" / f"{kind}_r{ratio:g}"
+        init = folder / "init.pth"
+        if not (s.resume and init.is_file()):
+            write_dense_student(init, spec, teacher, seed=s.seed)
+        job = dataclasses.replace(
+            base,
+            student=DENSE,
+            init_checkpoint=str(init),
+            student_overrides=(),
+            keep_ratios=(1.0,),
+            train=run_stage_train(s, folder, s.student_steps, s.student_lr, s.batch_size),
+        )
+        label = dense_label(kind, ratio, spec)
+        _log(s, f"dense student {label}")
+        path = _distil(s, job, train, folder, (1.0,))
+        rows.append(Row(kind, ratio, f"vit_tiny={path}", label=label))
+        times[f"{kind}_r{ratio:g}"] = time.perf_counter() - t
+    return rows
+
+
+def _evaluate(s: ProxyV2Settings, rows: List[Row], evaluated: ShapesDataset, out: Path) -> Any:
+    """Box, 1-click and 3-click mIoU of every row on the evaluated split (one evaluation)."""
+    _log(s, f"evaluating {len(rows)} rows on {s.eval_images} {s.split} images")
+    settings = EvalSettings(
+        models=tuple(r.spec for r in rows),
+        images=str(evaluated.coco_images),
+        annotations=str(evaluated.coco_annotations),
+        clicks=(1, 3),
+        name=f"miou_proxy_v2_{s.split}",
+        seed=s.seed,
+        device=s.resolved_device,
+        out_dir=str(out / "eval"),
+        progress=s.progress,
+    )
+    return launch(stages.seeded_evaluation, settings, s.nproc, s.threads)
+
+
 def run_proxy_v2(settings: ProxyV2Settings) -> Dict[str, Any]:
     """Run every stage (see the module docstring) and write the outputs.
 
@@ -96,8 +181,8 @@ def run_proxy_v2(settings: ProxyV2Settings) -> Dict[str, Any]:
       ValueError: a bad setting, or a dense student no size matches (before any stage runs).
 
     Returns:
-      The result: ``rows`` (box / click1 / click3 mIoU, GMACs and latency per row), ``bins``,
-      ``capacity_share``, ``data``, ``stage_s``, ``wall_s`` and the paths written.
+      The result: ``rows`` (box / click1 / click3 mIoU, GMACs and latency per row),
+      ``bin_counts``, ``capacity_share``, ``data``, ``stage_s``, ``wall_s`` and the paths written.
     """
     s = settings
     teacher_config = s.check()
@@ -113,20 +198,7 @@ def run_proxy_v2(settings: ProxyV2Settings) -> Dict[str, Any]:
     times["data"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    teacher = out / "teacher" / "model.pth"
-    if s.teacher_checkpoint:
-        if not (s.resume and teacher.is_file()):
-            atomic_save(stages.read_teacher(Path(s.teacher_checkpoint), teacher_config), teacher)
-    else:
-        stage = run_stage_train(
-            s, out / "teacher", s.teacher_steps, s.teacher_lr, s.teacher_batch_size, True
-        )
-        fields, focal = s.teacher_fields, s.teacher_focal_weight
-        _log(s, f"teacher: {s.teacher_steps} steps on {s.nproc} process(es)")
-        job = stages.teacher_settings(train, s.train_images, fields, focal, stage)
-        teacher = stages.finished(
-            launch(run_finetune, job, s.nproc, s.threads), "proxy v2", "teacher"
-        )
+    teacher = _teacher(s, out, train, teacher_config)
     times["teacher"] = time.perf_counter() - t
     if s.stop_after == "teacher":
         _log(s, f"stopped after the teacher: {teacher}")
@@ -139,72 +211,26 @@ def run_proxy_v2(settings: ProxyV2Settings) -> Dict[str, Any]:
     times["cache"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    folder = out / "big_little"
-    base = stages.phase1_settings(
-        train,
-        cache_dir,
-        teacher,
-        s.student_overrides,
-        s.ratios + (1.0,),
-        "encoder",
-        run_stage_train(s, folder, s.student_steps, s.student_lr, s.batch_size),
-    )
+    base = _phase1(s, out / "big_little", train, cache_dir, teacher)
     _log(s, f"big.LITTLE student: {s.student_steps} + {s.phase2_steps} steps")
-    student = _distil(s, base, train, folder, s.ratios)
+    student = _distil(s, base, train, out / "big_little", s.ratios)
     times["big_little"] = time.perf_counter() - t
 
-    rows: List[Row] = [Row("teacher", None, f"vit_tiny={teacher}", str(teacher))]
-    rows += [Row(BIG_LITTLE, r, f"bl_tiny={student}@{r:g}", str(student)) for r in s.ratios]
-    for kind, ratio, spec, _ in matches:
-        t = time.perf_counter()
-        folder = out / "dense" / f"{kind}_r{ratio:g}"
-        init = folder / "init.pth"
-        if not (s.resume and init.is_file()):
-            write_dense_student(init, spec, teacher, seed=s.seed)
-        job = dataclasses.replace(
-            base,
-            student=DENSE,
-            init_checkpoint=str(init),
-            student_overrides=(),
-            keep_ratios=(1.0,),
-            train=run_stage_train(s, folder, s.student_steps, s.student_lr, s.batch_size),
-        )
-        _log(s, f"dense student {dense_label(kind, ratio, spec)}")
-        path = _distil(s, job, train, folder, (1.0,))
-        rows.append(
-            Row(kind, ratio, f"vit_tiny={path}", str(path), label=dense_label(kind, ratio, spec))
-        )
-        times[f"{kind}_r{ratio:g}"] = time.perf_counter() - t
-
+    rows = [Row("teacher", None, f"vit_tiny={teacher}")]
+    rows += [Row(BIG_LITTLE, r, f"bl_tiny={student}@{r:g}") for r in s.ratios]
+    rows += _dense_rows(s, base, train, teacher, matches, out, times)
     free = write_variants(teacher, ["edge"], out / "training_free")["edge"]
-    rows += [Row(TRAINING_FREE, r, f"bl_tiny={free}@{r:g}", str(free)) for r in s.ratios]
+    rows += [Row(TRAINING_FREE, r, f"bl_tiny={free}@{r:g}") for r in s.ratios]
 
     t = time.perf_counter()
-    _log(s, f"evaluating {len(rows)} rows on {s.eval_images} {s.split} images")
-    evaluation = launch(
-        stages.seeded_evaluation,
-        EvalSettings(
-            models=tuple(r.spec for r in rows),
-            images=str(evaluated.coco_images),
-            annotations=str(evaluated.coco_annotations),
-            clicks=(1, 3),
-            name=f"miou_proxy_v2_{s.split}",
-            seed=s.seed,
-            device=s.resolved_device,
-            out_dir=str(out / "eval"),
-            progress=s.progress,
-        ),
-        s.nproc,
-        s.threads,
-    )
+    evaluation = _evaluate(s, rows, evaluated, out)
     times["eval"] = time.perf_counter() - t
-    measured = [
-        stages.miou_row(r.variant, r.spec, r.ratio, model, evaluation["ious"])
-        for r, model in zip(rows, evaluation["models"])
-    ]
     t = time.perf_counter()
-    table, extras = finish_rows(rows, measured, evaluation, evaluated, s, str(student))
+    table, bin_counts = finish_rows(rows, evaluation, evaluated, s)
     times["latency"] = time.perf_counter() - t
+    t = time.perf_counter()
+    shares = capacity_shares(str(student), evaluated, s)
+    times["capacity"] = time.perf_counter() - t
 
     result: Dict[str, Any] = {
         **result_header(s, "biglittle-sam-proxy-v2", geometry_summary(teacher_config)),
@@ -214,7 +240,9 @@ def run_proxy_v2(settings: ProxyV2Settings) -> Dict[str, Any]:
             s.split: describe_split(evaluated, teacher_config.patch_size),
         },
         "rows": table,
-        **extras,
+        "bin_counts": bin_counts,
+        "capacity_share": shares,
+        "capacity_ratio": min(s.ratios),
         "stage_s": times,
         "wall_s": time.perf_counter() - started,
         "trained_in": stages.training_run(out / "proxy_v2.json", s.resume),

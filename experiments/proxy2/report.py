@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from biglittle_sam.fileio import atomic_open
 
 from ..proxy.report import (
+    find_row,
     format_number,
     paired_se,
     stage_times,
@@ -27,13 +28,9 @@ RETENTION = {0.5: 0.97, 0.25: 0.95, 0.1: 0.90}  # 1-click share of the teacher's
 BIG_LITTLE = "big.LITTLE"
 
 
-def _teacher(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
-    return next(r for r in rows if r["variant"] == "teacher")
-
-
 def check_targets(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """The issue's targets, each with what was measured and whether it is met."""
-    teacher = _teacher(rows)
+    teacher = find_row(rows, "teacher", None)
     out = teacher_targets(teacher, TEACHER_TARGETS)
     for row in (r for r in rows if r["variant"] == BIG_LITTLE):
         goal = RETENTION.get(row["keep_ratio"])
@@ -71,7 +68,7 @@ def markdown(result: Dict[str, Any]) -> str:
     if result["split"] != "test":
         raise ValueError(f"the table is written from the test split, not {result['split']!r}")
     rows = result["rows"]
-    teacher = _teacher(rows)
+    teacher = find_row(rows, "teacher", None)
     lines = [
         f"Split: **test** ({result['data']['test']['images']} images, "
         f"{result['data']['test']['instances']} objects). Command: `{result['command']}`. "

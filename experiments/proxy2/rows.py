@@ -1,15 +1,14 @@
 """The second proxy benchmark's rows: what each evaluated model costs and where its mIoU comes from.
 
 :func:`finish_rows` adds to every evaluated row its encoder MACs (counted for the model as built:
-``flops.encoder_macs`` for SAM and big.LITTLE encoders, ``FlopCounterMode`` for timm students) and
-its CPU latency, measured for every row in one process (:func:`measure_latency`); then mIoU per
-token-size bin, the big.LITTLE student's retention of the teacher, and the router's capacity
-share on objects against their area share.
+``flops.encoder_macs`` for SAM and big.LITTLE encoders, ``FlopCounterMode`` for timm students),
+its CPU latency, measured for every row in one process (:func:`measure_latency`), and its mIoU per
+token-size bin; :func:`capacity_shares` measures the router's capacity share on objects against
+their share of the tokens.
 """
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,21 +25,26 @@ from biglittle_sam.model_spec import parse_model_spec
 from ..proxy.data import token_bins
 from ..proxy.heatmap import measure_capacity_share
 from ..proxy.report import relative_bin_miou
+from ..stages import miou_row
 from ..timing import time_interleaved
 
-__all__ = ["Row", "describe_split", "finish_rows", "measure_latency"]
+__all__ = ["Row", "capacity_shares", "describe_split", "finish_rows", "measure_latency"]
 
 
 @dataclass(frozen=True)
 class Row:
     """One evaluated model: its variant, keep ratio (a dense student: the ratio it matches),
-    model spec and checkpoint, and a label for the table."""
+    model spec, and a label for the table."""
 
     variant: str
     ratio: Optional[float]
     spec: str
-    path: str
     label: str = ""
+
+    @property
+    def run_ratio(self) -> Optional[float]:
+        """The keep ratio the model runs at: a big.LITTLE spec's, None for a dense one."""
+        return self.ratio if parse_model_spec(self.spec).is_big_little else None
 
     @property
     def name(self) -> str:
@@ -54,9 +58,7 @@ def describe_split(dataset: ShapesDataset, patch_size: int) -> Dict[str, Any]:
     """Images, instances per token-size bin and the objects' mean share of an image."""
     if dataset.coco_annotations is None:
         raise ValueError(f"{dataset.root}: the split has no COCO annotations")
-    described = describe_shapes(dataset.coco_annotations, patch_size)
-    images = len(json.loads(Path(dataset.coco_annotations).read_text())["images"])
-    return {"images": images, **described}
+    return describe_shapes(dataset.coco_annotations, patch_size)
 
 
 def _model(row: Row) -> torch.nn.Module:
@@ -68,7 +70,7 @@ def _macs(sam: torch.nn.Module, row: Row, img_size: int) -> int:
     encoder = sam.image_encoder
     if isinstance(encoder, TimmImageEncoder):
         return counted_macs(encoder, img_size)
-    return int(encoder_macs(encoder, keep_ratio=row.ratio if "bl_" in row.spec else None)["total"])
+    return int(encoder_macs(encoder, keep_ratio=row.run_ratio)["total"])
 
 
 def measure_latency(
@@ -88,7 +90,7 @@ def measure_latency(
         for row in rows:
             sam = _model(row)
             macs[row.name] = _macs(sam, row, img_size)
-            encoder, ratio = sam.image_encoder, row.ratio if "bl_" in row.spec else None
+            encoder, ratio = sam.image_encoder, row.run_ratio
 
             def run(encoder: torch.nn.Module = encoder, ratio: Optional[float] = ratio) -> None:
                 for _ in range(repeats):
@@ -107,57 +109,56 @@ def measure_latency(
 
 def finish_rows(
     rows: Sequence[Row],
-    measured: Sequence[Dict[str, Any]],
     evaluation: Dict[str, Any],
     evaluated: ShapesDataset,
     settings: Any,
-    student: str,
-) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
-    """The table's rows (mIoU, GMACs, latency, mIoU per token bin) and the extras: the teacher's
-    retention per bin at each ratio and the router's capacity share.
+) -> Tuple[List[Dict[str, Any]], Dict[str, int]]:
+    """The table's rows (mIoU, GMACs, CPU latency, mIoU per token bin) and the evaluated objects
+    per token bin.
 
-    ``measured``: :func:`experiments.stages.miou_row` of each row, in order.
+    ``evaluation``: ``run_evaluation``'s result for the rows' specs, in order.
     """
-    img_size = int(dict(settings.teacher_fields)["img_size"])
-    latency, macs = measure_latency(rows, img_size, settings.latency_rounds)
-    table = evaluation["instances"]
-    patch = dict(settings.teacher_fields)["patch_size"]
+    fields = dict(settings.teacher_fields)
+    latency, macs = measure_latency(rows, int(fields["img_size"]), settings.latency_rounds)
     annotations = Path(str(evaluated.coco_annotations))
-    bins = token_bins(annotations, table["ann_id"], patch)
+    bins = token_bins(annotations, evaluation["instances"]["ann_id"], fields["patch_size"])
     out: List[Dict[str, Any]] = []
-    ious = evaluation["ious"]
-    for row, m, model in zip(rows, measured, evaluation["models"]):
-        by_bin = relative_bin_miou(ious[model["label"]], bins)  # token bins: same names
+    for row, model in zip(rows, evaluation["models"]):
+        m = miou_row(row.variant, row.spec, row.ratio, model, evaluation["ious"])
+        by_bin = relative_bin_miou(evaluation["ious"][model["label"]], bins)  # same bin names
         out.append(
             {
-                **{k: v for k, v in m.items() if k != "spec"},
+                **m,  # its "model" is the variant; the table names the row
                 "model": row.name,
                 "variant": row.variant,
-                "spec": row.spec,
                 "gmacs": macs[row.name] / 1e9,
                 "latency_ms": 1e3 * latency[row.name],
                 "box_bins": by_bin["box"],
                 "click1_bins": by_bin["click1"],
             }
         )
+    return out, {name: bins.count(name) for name in ("small", "medium", "large")}
+
+
+def capacity_shares(
+    student: str, evaluated: ShapesDataset, settings: Any
+) -> Dict[str, Dict[str, float]]:
+    """At the run's lowest keep ratio, the share of the big blocks' capacity the student's learned
+    router, random routing and the training-free gradient energy spend on object tokens, against
+    the objects' share of the tokens."""
     shares = measure_capacity_share(
         student,
         Path(str(evaluated.coco_images)),
-        annotations,
+        Path(str(evaluated.coco_annotations)),
         min(settings.ratios),
         device=settings.resolved_device,
         limit=settings.eval_images,
     )
-    extras = {
-        "bin_counts": {name: bins.count(name) for name in ("small", "medium", "large")},
-        "capacity_share": {
-            name: {
-                "capacity_on_objects": c.capacity_on_objects,
-                "object_share": c.object_share,
-                "enrichment": c.enrichment,
-            }
-            for name, c in shares.items()
-        },
-        "capacity_ratio": min(settings.ratios),
+    return {
+        name: {
+            "capacity_on_objects": c.capacity_on_objects,
+            "object_share": c.object_share,
+            "enrichment": c.enrichment,
+        }
+        for name, c in shares.items()
     }
-    return out, extras

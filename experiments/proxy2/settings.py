@@ -9,8 +9,9 @@ grid with partial windows at the right and bottom edge (SAM ViT-B: 64 = 4 x 14 +
   largest grid whose full run (teacher and seven students) fits 120 minutes on 2 cores. Objects
   sized in tokens as SAM sees COCO (small 1-3 tokens across, medium 3-10, large above) come out
   close to COCO's proportions (about 41 / 38 / 21%) and cover about 30% of an image.
-- ``"32"``: 128 px, a 32 x 32 grid in 5 x 5 windows (edge 4): COCO's proportions exactly, at about
-  3x the training cost per step (its global attention over 1024 tokens), so for a GPU.
+- ``"32"``: 128 px, a 32 x 32 grid in 5 x 5 windows (edge 4): closer to COCO's proportions
+  (about 39 / 35 / 25%), at about 2 to 2.5x the training cost per step (its global attention over
+  1024 tokens), so for a GPU.
 - ``"16"``: 64 px, a 16 x 16 grid in 3 x 3 windows (edge 2): for trying recipes; its images are
   too small for COCO's large bin (few objects reach 10 of 16 tokens).
 
@@ -128,11 +129,6 @@ class ProxyV2Settings(RunDevice):
         )
 
     @property
-    def distill_images(self) -> None:
-        """Students train on the teacher's images (``check_budgets`` reads this field)."""
-        return None
-
-    @property
     def teacher_fields(self) -> Tuple[Tuple[str, Any], ...]:
         """The teacher's vit_tiny fields: the geometry's, then ``teacher_overrides``."""
         return geometry_fields(GEOMETRIES, self.geometry, self.teacher_overrides)
@@ -222,7 +218,8 @@ def dense_matches(
 
 
 def dense_label(kind: str, ratio: float, spec: Any) -> str:
-    """A row name: ``"ViT (width 40) @ 0.25"``-like, with the size that was matched."""
+    """A row name with the size that was matched: ``"vit_width d6 w38 (= r 0.25)"``,
+    ``"tiny_vit_w27_d2242 (= r 0.25)"``."""
     if isinstance(spec, TimmStudentSpec):
-        return f"{kind} {spec.name} (= r {ratio:g})"
+        return f"{spec.name} (= r {ratio:g})"
     return f"{kind} d{spec.depth} w{spec.embed_dim} (= r {ratio:g})"

@@ -106,9 +106,12 @@ def teacher_settings(
     overrides: Sequence[Tuple[str, Any]],
     focal_weight: float,
     stage: TrainSettings,
+    max_instances: int = 8,
+    refine_clicks: int = 2,
 ) -> FinetuneSettings:
     """``finetune`` of a ``vit_tiny`` teacher from scratch on the first ``limit`` images (each
-    shapes image depends on its index alone), all parts, up to 8 objects per image."""
+    shapes image depends on its index alone), all parts, up to ``max_instances`` objects per image
+    and ``refine_clicks`` correcting clicks after each first prompt."""
     images, annotations = _coco(train)
     return FinetuneSettings(
         images=images,
@@ -117,7 +120,8 @@ def teacher_settings(
         limit=limit,
         overrides=tuple(overrides),
         train_parts="all",
-        max_instances=8,
+        max_instances=max_instances,
+        refine_clicks=refine_clicks,
         focal_weight=focal_weight,
         train=stage,
     )

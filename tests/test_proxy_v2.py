@@ -37,6 +37,9 @@ def test_default_geometry_tiles_like_sams() -> None:
         (["--ratios", "0.5", "1.5"], "ratios: keep_ratio"),
         (["--ratios", "0"], "ratios: keep_ratio"),
         (["--teacher-steps", "0"], "teacher_steps must be >= 1"),
+        (["--teacher-objects", "0"], "teacher_objects must be >= 1"),
+        (["--dense"], "none is for the dev split only"),
+        (["--teacher-refine-clicks", "-1"], "teacher_refine_clicks must be >= 0"),
         (["--split", "dev", "--assets-dir", "x"], "written from a test-split run only"),
         (["--teacher-checkpoint", "x.pth"], "dev split"),
         (["--student-global-context-pool", "5"], "global_context_pool"),
@@ -114,10 +117,12 @@ def test_a_teacher_recipe_alone_on_dev(tmp_path: Path, one_thread) -> None:
         "--train-images", "4", "--eval-images", "2", "--teacher-steps", "2",
         "--teacher-batch-size", "2", "--dense", "vit_width", "--student-global-context-pool", "4",
         "--teacher-override", "out_chans=32", "--device", "cpu", "--processes", "1",
-        "--no-progress",
+        "--teacher-objects", "2", "--teacher-refine-clicks", "0", "--no-progress",
     ]  # fmt: skip
     result = cli.main(argv)
     assert result["stage_s"].keys() == {"data", "teacher"}
+    recipe = json.loads((out / "teacher" / "settings.json").read_text())
+    assert (recipe["max_instances"], recipe["refine_clicks"]) == (2, 0)
     teacher = torch.load(result["teacher"], map_location="cpu", weights_only=True)
     assert teacher["config"]["out_chans"] == 32
     assert (out / "data" / "dev").is_dir() and not (out / "cache").exists()
@@ -155,6 +160,11 @@ def test_proxy_v2_miniature(tmp_path: Path, one_thread, capsys) -> None:
     # the teacher's kept checkpoints give its mIoU against training minutes, binned in tokens
     curve = proxy_curve.main([str(out), "--split", "test", "--token-patch", "4"])
     assert [r["step"] for r in curve] == [1, 2]
+    final = proxy_curve.main(  # a run's final model records its steps too
+        [str(out), "--split", "test", "--token-patch", "4", "--checkpoints"]
+        + [str(out / "teacher" / "model.pth")]
+    )
+    assert [r["step"] for r in final] == [2]
     assert set(curve[0]["box_by_bin"]) == {"small", "medium", "large"}
     saved = json.loads((out / "proxy_v2.json").read_text())
     with pytest.raises(ValueError, match="test split"):

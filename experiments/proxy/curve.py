@@ -39,6 +39,16 @@ def _minutes_at(metrics: Path, step: int) -> Optional[float]:
     return None if elapsed is None else elapsed / 60.0
 
 
+def _step_of(payload: Dict[str, Any]) -> int:
+    """The training step of a step checkpoint (``train.step``) or of a run's final model
+    (``training.steps``)."""
+    if "train" in payload:
+        return int(payload["train"]["step"])
+    if "training" in payload and "steps" in payload["training"]:
+        return int(payload["training"]["steps"])
+    raise ValueError("not a training checkpoint or final model: it records no training step")
+
+
 def teacher_curve(
     out_dir: Path,
     split: str = "dev",
@@ -93,7 +103,7 @@ def teacher_curve(
         bins = token_bins(annotations, table["ann_id"], token_patch)
     rows = []
     for path, model in zip(paths, evaluation["models"]):
-        step = int(read_checkpoint(path)["train"]["step"])
+        step = _step_of(read_checkpoint(path))
         miou = model["miou"]
         rows.append(
             {

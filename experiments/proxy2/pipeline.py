@@ -102,7 +102,13 @@ def _teacher(s: ProxyV2Settings, out: Path, train: ShapesDataset, config: SamViT
     )
     _log(s, f"teacher: {s.teacher_steps} steps on {s.nproc} process(es)")
     job = stages.teacher_settings(
-        train, s.train_images, s.teacher_fields, s.teacher_focal_weight, stage
+        train,
+        s.train_images,
+        s.teacher_fields,
+        s.teacher_focal_weight,
+        stage,
+        s.teacher_objects,
+        s.teacher_refine_clicks,
     )
     return stages.finished(launch(run_finetune, job, s.nproc, s.threads), "proxy v2", "teacher")
 
@@ -118,7 +124,7 @@ def _phase1(
         teacher,
         s.student_overrides,
         s.ratios + (1.0,),
-        "encoder",
+        s.student_parts,
         run_stage_train(s, folder, s.student_steps, s.student_lr, s.batch_size),
     )
 
@@ -147,6 +153,7 @@ def _dense_rows(
             init_checkpoint=str(init),
             student_overrides=(),
             keep_ratios=(1.0,),
+            train_parts="encoder",  # a dense student has no inherited blocks to keep
             train=run_stage_train(s, folder, s.student_steps, s.student_lr, s.batch_size),
         )
         label = dense_label(kind, ratio, spec)

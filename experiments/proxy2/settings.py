@@ -79,10 +79,12 @@ class ProxyV2Settings(RunDevice):
     )
     train_images: int = flag(3000, "training images (the teacher's and the students')")
     eval_images: int = flag(200, "images of the evaluated split")
-    teacher_steps: int = flag(3000, "teacher training steps")
+    teacher_steps: int = flag(2500, "teacher training steps")
     teacher_lr: float = flag(1e-3, "teacher learning rate")
     teacher_batch_size: int = flag(8, "images per teacher step")
     teacher_focal_weight: float = flag(0.5, "the teacher's focal loss weight (dice: 1)")
+    teacher_objects: int = flag(8, "objects per image per teacher step (a random subset)")
+    teacher_refine_clicks: int = flag(2, "the teacher's correcting clicks after each first prompt")
     student_little_dim: int = flag(16, "the big.LITTLE student's E-block width")
     student_little_heads: int = flag(2, "the big.LITTLE student's E-block heads")
     # 6: blocks of 4 x 4 tokens on the 24 x 24 grid, the share of a 7-token window that bl_b's
@@ -94,8 +96,17 @@ class ProxyV2Settings(RunDevice):
     phase2_lr: float = flag(5e-4, "phase 2 learning rate")
     batch_size: int = flag(8, "images per distillation step")
     ratios: Tuple[float, ...] = flag((0.5, 0.25, 0.1), "the big.LITTLE student's keep ratios")
+    student_parts: str = flag(
+        "encoder",
+        "what the big.LITTLE student trains: encoder (every encoder weight, as the dense "
+        "students) or little (E-blocks, routers and context; the teacher's blocks stay)",
+        choices=("encoder", "little"),
+    )
     dense: Tuple[str, ...] = flag(
-        ("vit_width", "tiny_vit"), "dense students matched at every ratio", choices=DENSE_KINDS
+        ("vit_width", "tiny_vit"),
+        "dense students matched at every ratio (none: --dense with no value, dev only)",
+        choices=DENSE_KINDS,
+        nargs="*",
     )
     latency_rounds: int = flag(7, "rounds of the one-process latency measurement (median)")
     device: str = flag("auto", "auto (CUDA when available), cpu, cuda or cuda:N")
@@ -172,7 +183,14 @@ class ProxyV2Settings(RunDevice):
                 f"split; the table's run trains its own, got split {self.split!r}"
             )
         positive = ("train_images", "eval_images", "teacher_steps", "teacher_batch_size")
-        check_budgets(self, positive + ("student_steps", "batch_size", "latency_rounds"))
+        check_budgets(
+            self, positive + ("teacher_objects", "student_steps", "batch_size", "latency_rounds")
+        )
+        if self.teacher_refine_clicks < 0:
+            raise ValueError(
+                f"teacher_refine_clicks must be >= 0 (0: no correcting clicks), got "
+                f"{self.teacher_refine_clicks}"
+            )
         if not self.ratios:
             raise ValueError("ratios must list at least one keep ratio in (0, 1]")
         for r in self.ratios:
@@ -180,6 +198,11 @@ class ProxyV2Settings(RunDevice):
                 validate_keep_ratio(r)
             except ValueError as error:
                 raise ValueError(f"ratios: {error}") from None
+        if not self.dense and self.split != "dev":
+            raise ValueError(
+                f"dense: the table compares dense students at every ratio; none is for the dev "
+                f"split only, got split {self.split!r}"
+            )
         unknown = [d for d in self.dense if d not in DENSE_KINDS]
         if unknown:
             raise ValueError(f"dense: unknown students {unknown}; expected some of {DENSE_KINDS}")

@@ -18,6 +18,7 @@ pytest.importorskip("timm")
 
 from experiments.proxy import curve as proxy_curve  # noqa: E402
 from experiments.proxy2 import ProxyV2Settings, cli, dense_matches  # noqa: E402
+from experiments.proxy2 import seeds as proxy_seeds  # noqa: E402
 from experiments.proxy2.report import markdown  # noqa: E402
 from experiments.proxy.settings import geometry_summary, teacher_config  # noqa: E402
 
@@ -169,6 +170,16 @@ def test_proxy_v2_miniature(tmp_path: Path, one_thread, capsys) -> None:
     saved = json.loads((out / "proxy_v2.json").read_text())
     with pytest.raises(ValueError, match="test split"):
         markdown(dict(saved, split="dev"))
+    # the same models on a set drawn with another seed; a second call reuses its evaluation
+    further = proxy_seeds.main([str(out), "--seeds", "77", "--images", "2", "--processes", "1"])
+    assert [r["model"] for r in further["rows"]][:2] == ["teacher", "big.LITTLE r = 0.5"]
+    assert further["rows"][0]["click1_kept"] == [1.0]
+    assert "seed 77" in (out / "seeds" / "seeds.md").read_text()
+    stamp = (out / "seeds" / "seed_77.json").stat().st_mtime_ns
+    proxy_seeds.main([str(out), "--seeds", "77", "--images", "2", "--processes", "1"])
+    assert (out / "seeds" / "seed_77.json").stat().st_mtime_ns == stamp
+    with pytest.raises(SystemExit):  # a seed of the run's own splits
+        proxy_seeds.main([str(out), "--seeds", str(saved["data"]["seeds"]["test"])])
     again = cli.main(argv + ["--resume"])  # every trained stage reused
     assert again["trained_in"]["wall_s"] == saved["wall_s"]
     assert [r["click1"] for r in again["rows"]] == [r["click1"] for r in result["rows"]]

@@ -79,7 +79,7 @@ class ProxyV2Settings(RunDevice):
     )
     train_images: int = flag(3000, "training images (the teacher's and the students')")
     eval_images: int = flag(200, "images of the evaluated split")
-    teacher_steps: int = flag(2500, "teacher training steps")
+    teacher_steps: int = flag(2000, "teacher training steps")
     teacher_lr: float = flag(1e-3, "teacher learning rate")
     teacher_batch_size: int = flag(8, "images per teacher step")
     teacher_focal_weight: float = flag(0.5, "the teacher's focal loss weight (dice: 1)")
@@ -90,9 +90,9 @@ class ProxyV2Settings(RunDevice):
     # 6: blocks of 4 x 4 tokens on the 24 x 24 grid, the share of a 7-token window that bl_b's
     # default (8 x 8 blocks of its 64 x 64 grid, windows of 14) pools.
     student_global_context_pool: int = flag(6, "pooled grid side of the global context")
-    student_steps: int = flag(600, "distillation phase 1 steps (every student)")
+    student_steps: int = flag(500, "distillation phase 1 steps (every student)")
     student_lr: float = flag(2e-3, "phase 1 learning rate")
-    phase2_steps: int = flag(250, "distillation phase 2 steps, the teacher's masks (0: off)")
+    phase2_steps: int = flag(200, "distillation phase 2 steps, the teacher's masks (0: off)")
     phase2_lr: float = flag(5e-4, "phase 2 learning rate")
     batch_size: int = flag(8, "images per distillation step")
     ratios: Tuple[float, ...] = flag((0.5, 0.25, 0.1), "the big.LITTLE student's keep ratios")

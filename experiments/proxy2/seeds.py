@@ -42,13 +42,15 @@ def _read_run(run: Path) -> Dict[str, Any]:
 
 def _score_set(
     run: Path, rows: List[Dict[str, Any]], geometry: Dict[str, Any], seed: int, images: int,
-    device: str, processes: int,
+    device: str, processes: int, stamp: str,
 ) -> Dict[str, Dict[str, float]]:  # fmt: skip
-    """Every row's box / 1-click / 3-click mIoU on the set of ``seed`` (kept in a json)."""
+    """Every row's box / 1-click / 3-click mIoU on the set of ``seed`` (kept in a json, reused
+    while the run's ``created`` stamp, the specs and the image count are the same)."""
     kept = run / "seeds" / f"seed_{seed}.json"
-    if kept.is_file():
+    specs = {r["model"]: r["spec"] for r in rows}
+    if kept.is_file():  # reused only for the same images and the same trained models
         saved = json.loads(kept.read_text(encoding="utf-8"))
-        if saved.get("images") == images and set(saved["rows"]) == {r["model"] for r in rows}:
+        if (saved.get("images"), saved.get("specs"), saved.get("run")) == (images, specs, stamp):
             return saved["rows"]
     config = token_sized_shapes_config(geometry["img_size"], geometry["patch_size"], images, seed)
     data = make_shapes_dataset(run / "seeds" / f"seed_{seed}", config, True)
@@ -69,7 +71,7 @@ def _score_set(
         for row, model in zip(rows, evaluation["models"])
     }
     with atomic_open(kept, "w") as f:
-        json.dump({"seed": seed, "images": images, "rows": scores}, f, indent=1)
+        json.dump({"seed": seed, "images": images, "specs": specs, "run": stamp, "rows": scores}, f)
     return scores
 
 
@@ -94,7 +96,9 @@ def score_seeds(
         raise ValueError(f"seeds {used} drew the run's own splits; choose others")
     rows = [r for r in result["rows"] if r["variant"] in set(variants) | {"teacher"}]
     per_seed = {
-        seed: _score_set(run, rows, result["geometry"], seed, images, device, processes)
+        seed: _score_set(
+            run, rows, result["geometry"], seed, images, device, processes, result["created"]
+        )
         for seed in seeds
     }
     table = []

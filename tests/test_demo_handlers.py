@@ -158,19 +158,19 @@ def test_box_from_two_corner_clicks_then_undo_and_clear(
 ) -> None:
     session, _ = _loaded(controller, settings)
     settings.mode = MODE_BOX
-    view = controller.click(session, settings, *_canvas_xy(session, 100, 75))
+    view = controller.click(session, settings, *_canvas_xy(session, 80, 60))
     assert "opposite corner" in view.message and session.prediction is None
-    assert session.prompts.pending_corner == pytest.approx((100, 75))
+    assert session.prompts.pending_corner == pytest.approx((80, 60))
     controller.click(session, settings, *_canvas_xy(session, 20, 10))
     box = session.prompts.box
-    assert (box.x0, box.y0, box.x1, box.y1) == pytest.approx((20, 10, 100, 75))
+    assert (box.x0, box.y0, box.x1, box.y1) == pytest.approx((20, 10, 80, 60))
     assert session.prediction is not None
     # A second box replaces the first; undo brings the first back.
     controller.click(session, settings, *_canvas_xy(session, 0, 0))
     controller.click(session, settings, *_canvas_xy(session, 25, 25))
     assert session.prompts.box.x1 == pytest.approx(25)
     controller.undo(session, settings)
-    assert session.prompts.box.x1 == pytest.approx(100)
+    assert session.prompts.box.x1 == pytest.approx(80)
     controller.click(session, settings, *_canvas_xy(session, 5, 5))  # a pending corner
     controller.undo(session, settings)  # removes the pending corner only
     assert session.prompts.pending_corner is None and session.prompts.box is not None

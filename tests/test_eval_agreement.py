@@ -174,3 +174,25 @@ def test_bad_folders_and_flags_are_usage_errors(
         assert stop.value.code == 2 and message in capsys.readouterr().err
     with pytest.raises(ValueError, match="needs --reference"):
         EvalSettings(models=(TEACHER,), images=images, task="agreement").resolved()
+
+
+def test_amg_scores_with_no_reference_mask() -> None:
+    """An image where the reference keeps no mask (the built-in models at some filters) scores
+    nothing for it instead of failing on an empty reshape."""
+    from biglittle_sam.eval.agreement import _amg_scores
+
+    class Fixed:
+        def __init__(self, count: int) -> None:
+            self.count = count
+
+        def generate(self, image: np.ndarray) -> list:
+            mask = np.zeros(image.shape[:2], dtype=bool)
+            mask[:4, :4] = True
+            return [{"segmentation": mask}] * self.count
+
+    image = np.zeros((8, 10, 3), dtype=np.uint8)
+    scores = _amg_scores(image, Fixed(0), {"a": Fixed(2)})  # type: ignore[arg-type]
+    assert scores["reference_masks"] == 0 and scores["areas"] == [] and scores["ious"]["a"] == []
+    assert scores["masks"] == {"a": 2}
+    scores = _amg_scores(image, Fixed(1), {"a": Fixed(0)})  # type: ignore[arg-type]
+    assert scores["areas"] == [16] and scores["ious"]["a"] == [0.0]

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from segment_anything import SamPredictor
 
 from biglittle_sam.build_sam import build_model_from_spec, sam_model_registry
 from biglittle_sam.flops import encoder_macs
@@ -183,3 +185,27 @@ def test_proxy_v2_miniature(tmp_path: Path, one_thread, capsys) -> None:
     again = cli.main(argv + ["--resume"])  # every trained stage reused
     assert again["trained_in"]["wall_s"] == saved["wall_s"]
     assert [r["click1"] for r in again["rows"]] == [r["click1"] for r in result["rows"]]
+
+
+ASSETS = Path(__file__).resolve().parents[1] / "biglittle_sam" / "assets"
+
+
+def test_committed_models_are_the_v2_runs_and_segment() -> None:
+    """The demo's built-in models: the v2 run's teacher and student, described by its table."""
+    described = json.loads((ASSETS / "proxy_models.json").read_text())
+    assert described["teacher"]["file"] == "proxy_teacher.pth"
+    assert described["command"].startswith("python -m experiments.proxy2 ")
+    assert "--assets-dir" in described["command"]
+    assert "| big.LITTLE r = 0.25 |" in (ASSETS / "proxy_models.md").read_text()
+    teacher = sam_model_registry["vit_tiny"](checkpoint=ASSETS / "proxy_teacher.pth")
+    student = sam_model_registry["bl_tiny"](checkpoint=ASSETS / "proxy_student.pth", keep_ratio=0.5)
+    assert student.image_encoder.teacher.startswith("vit_tiny:")
+    summary = geometry_summary(model_config(teacher))
+    assert (summary["grid"], summary["windows"], summary["depth"]) == (24, "4 x 4 of 7", 6)
+    image = np.zeros((72, 96, 3), dtype=np.uint8)
+    image[18:54, 24:72] = 200
+    for sam in (teacher, student):
+        predictor = SamPredictor(sam)
+        predictor.set_image(image)
+        masks, scores, _ = predictor.predict(box=np.array([24, 18, 72, 54]))
+        assert masks.shape == (3, 72, 96) and scores.shape == (3,)

@@ -1,9 +1,12 @@
 """The demo's bundled example pictures: shapes drawn like the built-in models' training images.
 
-The built-in models come from the proxy benchmark, trained on mostly-background shapes whose long
-side is 128 px and which were stored as JPEG (quality 95). The examples are drawn the same way
-from a seed no benchmark split uses, at the same size, and go through the same JPEG round trip
-before they are saved as PNG, so a first click sees what the models were trained on. They are
+The built-in models come from the proxy benchmark (version 2), trained on shapes whose long side
+is 96 px, on a textured background, with objects sized in 4 px tokens as SAM sees COCO's (small 1
+to 3 tokens across, medium 3 to 10, large above), stored as JPEG (quality 95). The examples are
+drawn at the same size on the same backgrounds from a seed no benchmark split uses, with the
+first benchmark's example recipe scaled to 96 px (mostly background, up to 5 shapes of at least
+12 px, 3 tokens, a side: what a first click goes for), and go through the same JPEG round trip
+before they are saved as PNG. They are
 committed under ``demo/examples/``; :func:`write_example_images` is how they were made
 (``python -m biglittle_sam.demo.examples demo/examples``).
 
@@ -39,15 +42,14 @@ __all__ = [
 ]
 
 EXAMPLE_SEED = 1000  # the benchmarks' splits use seeds 3 s + 1, 2, 3 for small run seeds s
-# Shapes at least 16 px (two 8 px patches) on a side: what a 16 x 16 token grid resolves, and what a
-# first click goes for. The training images also hold smaller ones (from 3 px); on those the
-# built-in models are weak (the proxy benchmark's "small" bin, docs/benchmarks/proxy.md).
+EXAMPLE_PATCH = 4  # the built-in models' patch: 96 px images are 24 x 24 tokens
 EXAMPLE_CONFIG: ShapesConfig = dataclasses.replace(
-    background_shapes_config(128, 16, EXAMPLE_SEED), min_extent=16.0, max_shapes=5
+    background_shapes_config(96, 3, EXAMPLE_SEED), min_extent=3.0 * EXAMPLE_PATCH, max_shapes=5
 )
 EXAMPLE_INDICES = (0, 1, 2)  # landscape, portrait and square; the first three, not picked
-# Shapes that get a click in click_quality: about one 8 x 8 patch or more.
-MIN_CLICK_AREA = 64
+# Shapes that get a click in click_quality: at least 3 x 3 tokens visible (the benchmark's medium
+# and large objects); smaller ones, partly hidden by others, are the benchmark's "small" bin.
+MIN_CLICK_AREA = (3 * EXAMPLE_PATCH) ** 2
 
 
 def _jpeg_round_trip(rgb: np.ndarray, quality: int) -> np.ndarray:

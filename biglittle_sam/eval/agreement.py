@@ -213,7 +213,7 @@ def _amg_scores(
 ) -> Dict[str, Any]:
     """One image's AMG scores: reference mask areas, best-match IoU and mask count per model."""
     ref_masks = _generated_masks(reference, image)  # R x H x W
-    ref_area = ref_masks.reshape(ref_masks.shape[0], -1).sum(axis=1)  # (R,)
+    ref_area = ref_masks.sum(axis=(1, 2))  # (R,); R may be 0 (reshape(0, -1) cannot infer)
     keep = ref_area > 0
     ref_masks = ref_masks[keep]  # R' x H x W
     ious: Dict[str, List[float]] = {}

@@ -132,7 +132,7 @@ def _workspaces(root: Path) -> List[Path]:
 
 def _load_and_export(client: Any, image: Path) -> None:
     client.predict(gradio_client.handle_file(str(image)), api_name="/load_image")
-    client.predict('{"points": [[100, 80, 1]]}', api_name="/prompts")
+    client.predict('{"points": [[60, 40, 1]]}', api_name="/prompts")
     client.predict(api_name="/export")
 
 

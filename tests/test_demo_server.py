@@ -118,7 +118,7 @@ def test_keep_ratio_and_everything_over_the_api(
     client.predict(
         gradio_client.handle_file(str(EXAMPLES / "shapes_3.png")), api_name="/load_image"
     )
-    client.predict('{"points": [[120, 90, 1]]}', api_name="/prompts")
+    client.predict('{"points": [[48, 48, 1]]}', api_name="/prompts")
     cost = client.predict(r=0.25, api_name="/keep_ratio")[-2]
     assert "0.25 of the tokens" in cost and "decoder time" in cost
     message = client.predict(8, api_name="/everything")[-1]

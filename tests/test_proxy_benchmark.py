@@ -258,9 +258,6 @@ def test_step_costs_are_measured_at_the_geometry() -> None:
 
 
 def test_prepare_image_pads_like_the_predictor() -> None:
-    import numpy as np
-    import torch
-
     from experiments.proxy.heatmap import prepare_image
 
     image = np.full((48, 64, 3), 100, dtype=np.uint8)  # H x W: resized to 96 x 128

@@ -120,23 +120,12 @@ def test_pooled_kv_encoder_matches_pytorch(image: torch.Tensor, tmp_path: Path) 
     assert compare_image_encoder(sam, path, image) < TOL
 
 
-@pytest.mark.parametrize(
-    "keep_ratio",
-    [
-        0.5,
-        pytest.param(
-            0.25,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="known: the proxy v2 student at r = 0.25 routes the zero-padded rows "
-                "differently in onnxruntime (0.43 there, 0.006 in the image; docs/export.md)",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("keep_ratio", [0.5, 0.25])
 def test_trained_encoder_on_padded_image(tmp_path: Path, keep_ratio: float) -> None:
     """The packaged toy student on a real, padded input: routing agrees in the padded region too
-    (a fresh model's zero position embedding makes ties there; docs/export.md)."""
+    (a fresh model's zero position embedding makes ties there; docs/export.md). At r = 0.25 some
+    windows hold fewer real tokens than they route, so padding tokens fill slots in their own
+    order: a fixed 1e4 penalty rounded their logits into ties, which onnxruntime broke otherwise."""
     sam = sam_model_registry["bl_tiny"](checkpoint=BUILTIN_STUDENT, keep_ratio=keep_ratio)
     size = sam.image_encoder.img_size
     pixels = torch.rand(3, size * 3 // 4, size, generator=torch.Generator().manual_seed(2)) * 255

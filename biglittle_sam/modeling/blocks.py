@@ -31,11 +31,32 @@ from .attention import Attention, window_partition, window_unpartition
 from .little_block import LittleBlock, NormLayer, default_norm
 from .router import Router, select_tokens
 
-# Subtracted from the router logits of padding tokens: far below any real logit, still finite in
-# fp16 (so a group of padding only keeps its order and every softmax stays defined).
-PADDING_PENALTY = 1e4
+# How far below the lowest real router logit a padding token's logit goes (see penalize_padding):
+# its softmax weight next to any real token is at most e^-30.
+PADDING_MARGIN = 30.0
 
-__all__ = ["BigBlock", "LittleBlock", "BigLittleBlock", "LayerRouting"]
+__all__ = ["BigBlock", "LittleBlock", "BigLittleBlock", "LayerRouting", "penalize_padding"]
+
+
+def penalize_padding(scores: Tensor, padding: Tensor) -> Tensor:
+    """Router logits with every padding token below every real one, in their own order.
+
+    A padding token's logit drops by the span of its row's logits plus :data:`PADDING_MARGIN`
+    (the span taken without gradient), so the drop stays about as large as the logits themselves.
+    A fixed large drop (the earlier 1e4) rounds nearby logits to the same float (fp32's spacing at
+    1e4 is 1e-3), and the tied padding tokens that fill a window with too few real ones were then
+    chosen differently by PyTorch and onnxruntime.
+
+    Arguments:
+      scores: N x ... router logits, one row per image (B x H x W) or per window (G x M).
+      padding: bool, the shape of ``scores``; True at padding tokens.
+
+    Returns:
+      The logits, the shape of ``scores``.
+    """
+    dims = tuple(range(1, scores.dim()))
+    span = scores.amax(dim=dims, keepdim=True) - scores.amin(dim=dims, keepdim=True)  # (N, 1...)
+    return scores - padding.to(scores.dtype) * (span.detach() + PADDING_MARGIN)
 
 
 @dataclass
@@ -255,8 +276,8 @@ class BigLittleBlock(BigBlock):
     def _scores(self, x: Tensor, xn: Tensor, padding: Optional[Tensor] = None) -> Tensor:
         """Router logits, B x H x W: uniform noise when ``routing`` is "random", the norms of
         :meth:`update_norm` when it is "update_norm". Tokens where ``padding`` (B x H x W
-        bool) is True lose PADDING_PENALTY, so they are routed only when a group has nothing else
-        (still in their own order, and with a gradient)."""
+        bool) is True go below every real token (:func:`penalize_padding`), so they are routed
+        only when a group has nothing else (still in their own order, and with a gradient)."""
         if self.routing == "random":
             scores = torch.rand(xn.shape[:-1], device=xn.device, dtype=xn.dtype)
         elif self.routing == "update_norm":
@@ -265,7 +286,7 @@ class BigLittleBlock(BigBlock):
             scores = self.router(xn)
         if padding is None:
             return scores
-        return scores - padding.to(scores.dtype) * PADDING_PENALTY
+        return penalize_padding(scores, padding)
 
     @torch.no_grad()
     def update_norm(self, x: Tensor, xn: Tensor) -> Tensor:

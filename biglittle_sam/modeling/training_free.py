@@ -41,7 +41,7 @@ from ..config import (
     window_capacities,
 )
 from .attention import window_partition, window_unpartition
-from .blocks import PADDING_PENALTY, BigBlock, BigLittleBlock, _Plan, _to_slots
+from .blocks import BigBlock, BigLittleBlock, _Plan, _to_slots, penalize_padding
 from .global_context import nearest_copy
 
 __all__ = [
@@ -172,7 +172,7 @@ class TrainingFreeBlock(BigLittleBlock):
         Arguments:
           xn: B x H x W x C norm1 features; xn_g: G x M x C, the same in windows (zero padded).
           plan: the selection plan (its ``grid_index`` marks window padding with -1).
-          padding: B x H x W bool image-padding tokens (they lose PADDING_PENALTY), or None.
+          padding: B x H x W bool image-padding tokens (routed last: penalize_padding), or None.
         """
         real = (plan.grid_index >= 0).view(xn_g.shape[:2])  # (G, M)
         if self.token_score == "window_mean":
@@ -186,7 +186,7 @@ class TrainingFreeBlock(BigLittleBlock):
         else:  # "random"
             scores = torch.rand(real.shape, device=xn.device, dtype=xn.dtype)
         if padding is not None:
-            scores = scores - self._windows(padding.to(scores.dtype)) * PADDING_PENALTY
+            scores = penalize_padding(scores, self._windows(padding.to(scores.dtype)) > 0)
         return scores.masked_fill(~real, float("-inf"))
 
     def _windows(self, t: Tensor) -> Tensor:

@@ -322,7 +322,7 @@ def test_padding_is_never_routed_while_the_image_has_tokens_left(routing: str) -
 def test_padding_penalty_keeps_padding_below_the_image_and_in_its_own_order() -> None:
     """Padding logits go below every image logit without rounding into ties: a fixed 1e4 drop
     made 130 of 144 distinct logits in fp32, and onnxruntime broke the ties otherwise."""
-    from biglittle_sam.modeling.blocks import penalize_padding
+    from biglittle_sam.modeling.router import penalize_padding
 
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(2, 12, 12, generator=g)  # (B, H, W)

@@ -29,34 +29,9 @@ from torch import Tensor, nn
 from ..config import capacity, window_capacities
 from .attention import Attention, window_partition, window_unpartition
 from .little_block import LittleBlock, NormLayer, default_norm
-from .router import Router, select_tokens
+from .router import Router, penalize_padding, select_tokens
 
-# How far below the lowest real router logit a padding token's logit goes (see penalize_padding):
-# its softmax weight next to any real token is at most e^-30.
-PADDING_MARGIN = 30.0
-
-__all__ = ["BigBlock", "LittleBlock", "BigLittleBlock", "LayerRouting", "penalize_padding"]
-
-
-def penalize_padding(scores: Tensor, padding: Tensor) -> Tensor:
-    """Router logits with every padding token below every real one, in their own order.
-
-    A padding token's logit drops by the span of its row's logits plus :data:`PADDING_MARGIN`
-    (the span taken without gradient), so the drop stays about as large as the logits themselves.
-    A fixed large drop (the earlier 1e4) rounds nearby logits to the same float (fp32's spacing at
-    1e4 is 1e-3), and the tied padding tokens that fill a window with too few real ones were then
-    chosen differently by PyTorch and onnxruntime.
-
-    Arguments:
-      scores: N x ... router logits, one row per image (B x H x W) or per window (G x M).
-      padding: bool, the shape of ``scores``; True at padding tokens.
-
-    Returns:
-      The logits, the shape of ``scores``.
-    """
-    dims = tuple(range(1, scores.dim()))
-    span = scores.amax(dim=dims, keepdim=True) - scores.amin(dim=dims, keepdim=True)  # (N, 1...)
-    return scores - padding.to(scores.dtype) * (span.detach() + PADDING_MARGIN)
+__all__ = ["BigBlock", "LittleBlock", "BigLittleBlock", "LayerRouting"]
 
 
 @dataclass

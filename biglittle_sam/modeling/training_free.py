@@ -41,8 +41,9 @@ from ..config import (
     window_capacities,
 )
 from .attention import window_partition, window_unpartition
-from .blocks import BigBlock, BigLittleBlock, _Plan, _to_slots, penalize_padding
+from .blocks import BigBlock, BigLittleBlock, _Plan, _to_slots
 from .global_context import nearest_copy
+from .router import penalize_padding
 
 __all__ = [
     "TrainingFreeBlock",

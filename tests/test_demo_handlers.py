@@ -110,8 +110,8 @@ def test_a_click_on_each_object_of_each_example_follows_its_shape(
     models_and_trained: Tuple[Dict[str, DemoModel], bool], capsys
 ) -> None:
     """What a first-time user does: open an example, click a shape, expect that shape. Every
-    shape of at least ``examples.MIN_CLICK_AREA`` pixels (about one 8 x 8 patch, what a 16 x 16
-    token grid resolves) gets a click at its centre (``examples.click_quality``)."""
+    shape of at least ``examples.MIN_CLICK_AREA`` pixels (about one 4 x 4 token of the built-in
+    models' 24 x 24 grid) gets a click at its centre (``examples.click_quality``)."""
     models, trained = models_and_trained
     if not trained:
         pytest.skip("the built-in trained models are not committed")
@@ -123,9 +123,9 @@ def test_a_click_on_each_object_of_each_example_follows_its_shape(
         for r in rows:
             n = r["example"]
             assert r["shapes"] > 0, f"example {n} has no object of {examples.MIN_CLICK_AREA} px"
-            # The built-in models are weak (docs/benchmarks/proxy.md): measured means per example
-            # are 0.53-0.70, single objects range from 0.20 to 0.89. This guards the committed
-            # models against a regression; it does not claim SAM-quality masks.
+            # The built-in models are weak (docs/demo.md): measured means per example are
+            # 0.56-0.71. This guards the committed models against a regression; it does not claim
+            # SAM-quality masks.
             ious = np.round(r["shown_ious"], 2)
             assert (
                 r["shown"] > MIN_MEAN_CLICK_IOU

@@ -336,7 +336,8 @@ def test_padding_penalty_keeps_padding_below_the_image_and_in_its_own_order() ->
         pad_in, pad_out = scores[b][padding[b]], out[b][padding[b]]
         assert pad_out.unique().numel() == pad_in.unique().numel() == pad_in.numel()
         assert torch.equal(pad_in.argsort(), pad_out.argsort())  # the same order
-    assert (scores[:, 9:, :6] - 1e4).flatten(1).unique(dim=1).shape[1] < 36  # the old drop tied
+    for b in range(2):  # the old fixed drop rounds the 18 close padding logits into ties
+        assert (scores[b, 9:, :6] - 1e4).unique().numel() < 18
     scores.requires_grad_(True)
     penalize_padding(scores, padding).sum().backward()  # the span takes no gradient
     assert torch.equal(scores.grad, torch.ones_like(scores))

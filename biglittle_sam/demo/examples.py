@@ -47,9 +47,9 @@ EXAMPLE_CONFIG: ShapesConfig = dataclasses.replace(
     background_shapes_config(96, 3, EXAMPLE_SEED), min_extent=3.0 * EXAMPLE_PATCH, max_shapes=5
 )
 EXAMPLE_INDICES = (0, 1, 2)  # landscape, portrait and square; the first three, not picked
-# Shapes that get a click in click_quality: at least 3 x 3 tokens visible (the benchmark's medium
-# and large objects); smaller ones, partly hidden by others, are the benchmark's "small" bin.
-MIN_CLICK_AREA = (3 * EXAMPLE_PATCH) ** 2
+# Shapes that get a click in click_quality: about one token (4 x 4 px) visible or more, the first
+# examples' rule (one 8 x 8 patch) at this patch size.
+MIN_CLICK_AREA = EXAMPLE_PATCH**2
 
 
 def _jpeg_round_trip(rgb: np.ndarray, quality: int) -> np.ndarray:

@@ -23,7 +23,7 @@ from biglittle_sam.eval.runner import EvalSettings
 from ..stages import seeded_evaluation
 from .data import bin_labels, image_areas, token_bins
 from .report import relative_bin_miou
-from .settings import SPLITS
+from .settings import split_seeds
 
 __all__ = ["curve_table", "main", "teacher_curve"]
 
@@ -80,12 +80,13 @@ def teacher_curve(
     coco = out / "data" / split / "coco"
     annotations = coco / "annotations" / "instances_shapes.json"
     if not annotations.is_file():
-        seed = 3 * 0 + 1 + SPLITS.index(split)  # split_seeds(0): the default run seed
+        config = read_checkpoint(paths[-1])["config"]  # the teacher's geometry
         raise FileNotFoundError(
             f"{annotations}: the {split} split is missing (a test run draws only train and test). "
-            f"Proxy v2 at its defaults (run seed 0): biglittle-sam-make-shapes --preset "
-            f"token-sized --img-size 96 --patch-size 4 --num-images 200 --seed {seed} --out-dir "
-            f"{out / 'data' / split}; proxy v1: run the benchmark with --split {split}"
+            f"Proxy v2 at run seed 0: biglittle-sam-make-shapes --preset token-sized --img-size "
+            f"{config['img_size']} --patch-size {config['patch_size']} --num-images 200 --seed "
+            f"{split_seeds(0)[split]} --out-dir {out / 'data' / split}; proxy v1: run the "
+            f"benchmark with --split {split}"
         )
     evaluation = seeded_evaluation(
         EvalSettings(

@@ -52,9 +52,11 @@ StateDict = Dict[str, Tensor]
 FORMAT_NAME = "biglittle-sam"
 # The newest checkpoint layout this code reads. 1: every model before ``global_context``; 2: a
 # model with a global-context module (``blocks.<i>.context.*`` keys, the config's global_context
-# fields). A file records the oldest version that describes it (layout_version), so a model without
-# the module stays readable by code from before it.
-FORMAT_VERSION = 2
+# fields); 3: a training-free model with a learned correction (``little_correction``: E-blocks and
+# copy gates, ``blocks.<i>.little.*`` and ``blocks.<i>.context.gate``). A file records the oldest
+# version that describes it (layout_version), so a model without the module stays readable by code
+# from before it.
+FORMAT_VERSION = 3
 
 # (embed_dim, depth) of the image encoders in the registry, to name what a state dict looks like.
 _KNOWN_ENCODERS = {
@@ -210,6 +212,8 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
 
 def layout_version(config: SamViTConfig) -> int:
     """The checkpoint layout version a model of ``config`` needs (see FORMAT_VERSION)."""
+    if getattr(config, "little_correction", False):
+        return 3
     return 2 if getattr(config, "global_context", "none") != "none" else 1
 
 

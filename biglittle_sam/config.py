@@ -47,9 +47,8 @@ DEFAULT_KEEP_RATIO = 0.5
 def validate_keep_ratio(keep_ratio: float, plain_sam: Optional[str] = None) -> float:
     """Return ``keep_ratio`` as a float, or raise ``ValueError`` unless it is a number in (0, 1].
 
-    The one check of a keep ratio: configs run it when built, the encoder when its ratio is set or
-    overridden for a call, settings when they name ratios for later, and the builders, model specs
-    and exporters when a user names one. Booleans and strings are refused rather than converted.
+    The one check of a keep ratio (configs, the encoder, settings, builders, specs, exporters).
+    Booleans and strings are refused rather than converted.
 
     Arguments:
       keep_ratio: the share of each group's tokens that take the big path.
@@ -71,8 +70,7 @@ def validate_keep_ratio(keep_ratio: float, plain_sam: Optional[str] = None) -> f
 
 # "learned": the routers; "random": uniform noise (the ablation a router must beat);
 # "update_norm": the tokens the big block would change most, ||Block(x) - x|| (runs the big block
-# on every token, so it costs more than r = 1; a heuristic to compare routers with: on the proxy
-# benchmark's student it beats random routing and is level with the learned routers).
+# on every token, so it costs more than r = 1; level with the learned routers on the proxy).
 ROUTING_MODES = ("learned", "random", "update_norm")
 
 
@@ -83,17 +81,14 @@ def validate_routing(routing: str) -> str:
     return routing
 
 
-# The training-free mode (official SAM weights, no E-blocks, no routers, no training), see
-# modeling/training_free.py. How a routed layer chooses its tokens without running the block:
-# "edge": gradient energy of the norm1 feature map (StructSAM's edge score; the best on the proxy
-# dev split at every keep ratio, docs/benchmarks/training_free.md); "window_mean": distance of
-# norm1 features from their window's mean (the first probe's pick; no better than random on dev
-# at r <= 0.25); "random": uniform noise (the floor; torch.manual_seed repeats it).
+# Token scores of the training-free mode (modeling/training_free.py, benchmarks/training_free.md):
+# "edge": gradient energy of the norm1 map (StructSAM's; best on the proxy dev split at every
+# ratio); "window_mean": distance from the window's mean (no better than random at r <= 0.25 on
+# dev); "random": uniform noise (the floor).
 TOKEN_SCORES = ("edge", "window_mean", "random")
-# What a skipped token gets: "copy": the full update of the most similar chosen token of its
-# window (cosine of norm1 features; ToMe-SD's unmerge, best in the probe); "identity": nothing
-# (loses a third of the quality in the probe); "mlp_skip": SparseSAM's rule, every token is a
-# query in attention and only the chosen ones run the MLP.
+# What a skipped token gets: "copy": the update of its window's most similar chosen token (ToMe-SD's
+# unmerge, best in the probe); "identity": nothing (loses a third of the quality); "mlp_skip":
+# SparseSAM's rule (every token a query in attention, the chosen ones alone run the MLP).
 SKIP_RULES = ("copy", "identity", "mlp_skip")
 
 
@@ -237,39 +232,36 @@ class BigLittleConfig(SamViTConfig):
     little_heads: int = 3  # head dim 64 at d = 192, like SAM's heads
     little_mlp_ratio: float = 4.0  # E-block MLP width = little_mlp_ratio * d
     little_window_size: int = 0  # E-block attention window side; 0: the P-blocks' window_size
-    # Share of each group's tokens that take the big path, as built (and recorded in checkpoints).
-    # At run time the encoder owns the ratio (ImageEncoderBigLittle.keep_ratio, set_keep_ratio,
-    # keep_ratio_context); this field is its starting value and is never updated.
+    # Share of each group's tokens that take the big path, as built (and in checkpoints); at run
+    # time the encoder owns the ratio (keep_ratio, keep_ratio_context), starting from this.
     keep_ratio: float = DEFAULT_KEEP_RATIO
     fused_attn: bool = True  # scaled_dot_product_attention; False runs the explicit reference path
     routing: str = "learned"  # see ROUTING_MODES: "random" and "update_norm" are ablations
-    # Semi-cross attention's keys/values: routed tokens at full resolution, unrouted ones averaged
-    # 2x2 (2 (rN + N/4) C^2 MACs for k/v instead of 2 N C^2). Exact at keep ratio 1. As built; at
-    # run time the encoder owns it (ImageEncoderBigLittle.pool_kv).
+    # Keys/values of unrouted tokens averaged 2x2 (2 (rN + N/4) C^2 MACs for k/v instead of
+    # 2 N C^2); exact at keep ratio 1. As built; at run time the encoder owns it (pool_kv).
     pool_kv: bool = False
-    # Tokens whose patch is all padding (Sam.preprocess pads with exact zeros, which a normalized
-    # pixel never is) score last, so routing spends the big blocks on the image (a 4:3 photo pads
-    # a quarter of the grid). False routes them like any other token (the paper's router).
+    # Tokens whose patch is all padding (exact zeros, which a normalized pixel never is) are routed
+    # last, so the big blocks go to the image. False routes them like any other (the paper's).
     skip_padding: bool = True
     # The training-free mode: SAM's blocks with their official weights route by a cheap score
     # (no E-blocks, no routers, nothing to train); the model then holds exactly SAM's weights.
     training_free: bool = False
-    # Training-free only: how tokens are chosen per window, see TOKEN_SCORES (edge: best on dev).
-    token_score: str = "edge"
-    # Training-free only: what a skipped token gets, see SKIP_RULES.
-    skip_rule: str = "copy"
+    token_score: str = "edge"  # training-free only: how tokens are chosen, see TOKEN_SCORES
+    skip_rule: str = "copy"  # training-free only: what a skipped token gets, see SKIP_RULES
     # Training-free only: layers that run SAM's block on every token. Default: the first, whose
     # input (patch plus position embedding) has no context yet for a score or a match to read.
     dense_layers: Tuple[int, ...] = (0,)
     # Training-free only: also run the global-attention layers densely (the probe keeps 48.7 of
     # 50.2 mIoU at r = 0.5 with them dense, 47.3 with them routed, at 80% against 65% of the MACs).
     dense_global: bool = False
-    # GLOBAL_CONTEXTS. With "none" a skipped token sees only its window in global layers too,
-    # where the layers diagnostic puts most of the proxy student's loss; "pooled" keeps more of
-    # its teacher on the proxy's dev split at every ratio and seed (1 click at r = 0.5 / 0.25 /
-    # 0.1, seed 0: 46.8 / 45.5 / 44.7 against 43.5 / 40.1 / 37.7; seed 1: 47.2 / 45.7 / 45.5
-    # against 46.0 / 43.3 / 40.9; docs/encoder.md) for +2.5% of bl_b's MACs at r = 0.25. Not
-    # "none": checkpoint version 2. Learned, so the training-free mode always reads "none".
+    # The training-free layout with a learned correction (modeling/copy_little.py): routed layers
+    # get an E-block (gamma 0 at the start) and a gate on the copied update (1 at the start), so a
+    # fresh model is the training-free mode. Needs skip_rule "copy"; checkpoint version 3.
+    little_correction: bool = False
+    # GLOBAL_CONTEXTS. With "none" a skipped token sees only its window in global layers too;
+    # "pooled" keeps more of the proxy teacher on dev at every ratio and seed, for +2.5% of bl_b's
+    # MACs at r = 0.25 (docs/encoder.md). Not "none": checkpoint version 2. Learned, so the
+    # training-free mode always reads "none".
     global_context: str = "pooled"
     global_context_pool: int = 8  # "pooled": P, the pooled grid's side (must divide the grid)
 
@@ -294,6 +286,11 @@ class BigLittleConfig(SamViTConfig):
         bad = [i for i in self.dense_layers if not 0 <= i < self.depth]
         if bad:
             raise ValueError(f"dense_layers {bad} are outside 0..{self.depth - 1}")
+        if self.little_correction and not (self.training_free and self.skip_rule == "copy"):
+            raise ValueError(
+                "little_correction corrects the training-free copy rule: it needs training_free="
+                f"True and skip_rule 'copy', got {self.training_free} and {self.skip_rule!r}"
+            )
         if self.training_free and self.routing != "learned":
             raise ValueError(
                 f"routing={self.routing!r} replaces the learned routers, which the training-free "
@@ -490,10 +487,13 @@ def config_from_dict(data: Mapping[str, Any]) -> AnyConfig:
 
 def config_to_dict(config: SamViTConfig) -> Dict[str, Any]:
     """``asdict(config)`` with tuples as lists: safe for ``weights_only`` loading and JSON
-    (``global_context`` "none" leaves its fields out: older code, refusing them, still reads it)."""
+    (``global_context`` "none" and ``little_correction`` False leave their fields out: older
+    code, refusing them, still reads it)."""
     out = dataclasses.asdict(config)
     if out.get("global_context") == "none":
         del out["global_context"], out["global_context_pool"]
+    if out.get("little_correction") is False:
+        del out["little_correction"]
     out["global_attn_indexes"] = list(out["global_attn_indexes"])
     if "dense_layers" in out:
         out["dense_layers"] = list(out["dense_layers"])

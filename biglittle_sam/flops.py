@@ -170,6 +170,9 @@ def _training_free_block(
     parts["router"] = _SCORE_MACS[cfg.token_score] * N * C
     if cfg.skip_rule == "copy":
         parts["match"] = (_padded(g, w) // w) ** 2 * w * w * kmax * C
+    if cfg.little_correction:  # the E-block and the gate (copy_little.py)
+        parts["little"] = _little_block(cfg)
+        parts["context"] = N * C
     return parts
 
 
@@ -227,7 +230,8 @@ def _encoder_parts(
     out["patch_embed"] = N * C * cfg.in_chans * cfg.patch_size**2
     for i in range(cfg.depth):
         windowed = i not in cfg.global_attn_indexes
-        if isinstance(cfg, BigLittleConfig) and cfg.training_free:  # no E-blocks, no routers
+        if isinstance(cfg, BigLittleConfig) and cfg.training_free:  # no routers; E-blocks only
+            # with little_correction
             ratio = r if layer_ratios is None else validate_keep_ratio(layer_ratios[i])
             parts = _training_free_block(cfg, i, ratio, pool_kv)
         elif isinstance(cfg, BigLittleConfig):

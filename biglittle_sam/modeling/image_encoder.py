@@ -20,9 +20,9 @@ from ..config import (
     validate_routing,
 )
 from .blocks import BigBlock, BigLittleBlock, LayerRouting
+from .copy_little import training_free_blocks
 from .global_context import attach_global_context
 from .thread_ratio import thread_keep_ratio, thread_keep_ratio_context
-from .training_free import training_free_blocks
 from .vit_config import vit_config
 
 __all__ = ["ImageEncoderBigLittle", "ImageEncoderViTFused", "BigLittleAux", "padding_tokens"]

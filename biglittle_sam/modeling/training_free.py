@@ -29,7 +29,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..config import (
     SKIP_RULES,
@@ -47,7 +47,6 @@ from .router import penalize_padding
 
 __all__ = [
     "TrainingFreeBlock",
-    "training_free_blocks",
     "routed_layers",
     "selection_plan",
     "TOKEN_SCORES",
@@ -264,6 +263,11 @@ class TrainingFreeBlock(BigLittleBlock):
         copied = nearest_copy(xn_g, indices, delta_g, plan.valid)  # (G, M, C)
         return self._unwindow(copied, hw)  # (B, H, W, C)
 
+    def _skip_update(self, copied: Tensor) -> Tensor:
+        """What a skipped token adds (B x H x W x C): the copied update itself here; a learned
+        gate on it in :class:`~biglittle_sam.modeling.copy_little.CopyLittleBlock`."""
+        return copied
+
     def _mlp_skip(self, x: Tensor, xn: Tensor, pos: Tensor) -> Tensor:
         """SparseSAM's rule: SAM's attention for every token, the MLP for the rows ``pos`` only.
 
@@ -323,31 +327,8 @@ class TrainingFreeBlock(BigLittleBlock):
             if self.skip_rule == "copy":
                 delta = rows.gather(0, gather_idx) - x.reshape(B * H * W, C).gather(0, gather_idx)
                 copied = self._copied(delta, xn_g, indices, plan, (H, W))  # (B, H, W, C)
-                out = torch.where(chosen.unsqueeze(-1), out, x + copied)
+                out = torch.where(chosen.unsqueeze(-1), out, x + self._skip_update(copied))
         if not return_routing:
             return out, None
         scores = self._unwindow(scores_g.unsqueeze(-1), (H, W)).squeeze(-1)  # (B, H, W)
         return out, (scores, chosen, plan.kmax, pos.shape[0] // B)
-
-
-def training_free_blocks(config: BigLittleConfig) -> nn.ModuleList:
-    """The encoder's blocks in the training-free mode: SAM's blocks, the schedule applied."""
-    grid = config.grid_size
-    schedule = routed_layers(config)
-    return nn.ModuleList(
-        TrainingFreeBlock(
-            config.embed_dim,
-            config.num_heads,
-            mlp_ratio=config.mlp_ratio,
-            qkv_bias=config.qkv_bias,
-            use_rel_pos=config.use_rel_pos,
-            window_size=0 if i in config.global_attn_indexes else config.window_size,
-            input_size=(grid, grid),
-            fused_attn=config.fused_attn,
-            select_window=config.window_size,
-            routed=schedule[i],
-            token_score=config.token_score,
-            skip_rule=config.skip_rule,
-        )
-        for i in range(config.depth)
-    )

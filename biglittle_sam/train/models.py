@@ -119,10 +119,11 @@ def build_student(
         raise ValueError(f"init must be one of {STUDENT_INITS}, got {init!r}")
     teacher_cfg, state, _ = resolve_checkpoint(sam_checkpoint)
     config = student_config(student, teacher_cfg, overrides)
-    if config.training_free:  # the learned mode, always: a student has E-blocks and routers
+    if config.training_free and not config.little_correction:  # nothing to train
         raise ValueError(
             f"student {student}: training_free=True has no E-blocks or routers to train; a "
-            "training-free model needs no training (sam_model_registry[...](sam_checkpoint=...))"
+            "training-free model needs no training (sam_model_registry[...](sam_checkpoint=...)); "
+            "little_correction=True adds a learned correction to it"
         )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

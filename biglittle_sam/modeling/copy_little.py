@@ -1,0 +1,138 @@
+"""The training-free layout with a learned correction (``little_correction``).
+
+The training-free mode (:mod:`.training_free`) gives a skipped token the update of its window's
+most similar chosen token. This block keeps that layout and learns a correction on top of it:
+
+    x = x + gamma * Up(Little(Down(LN(x))))     # E-block: every token, as in BigLittleBlock
+    s = edge(norm1(x))                           # the training-free score (no router)
+    idx = top_k(s, k) per window                 # as in the training-free mode
+    x[idx] = Block(x)[idx]                       # SAM's block rows (semi-cross attention)
+    x[rest] = x + gate * (Block(x) - x)[match]   # the copy rule, gated per channel
+
+``gamma`` starts at 0 and ``gate`` at 1, so a fresh block computes exactly the training-free
+block: distillation starts from the training-free model instead of from random routers and a
+copy-less skip path. At a ratio that routes every token (r = 1) the block is SAM's block alone:
+neither the E-block nor the gate runs. Its state-dict keys are SAM's block's, ``little.*`` (the
+E-block, as in :class:`~biglittle_sam.modeling.blocks.BigLittleBlock`) and ``context.gate``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..config import BigLittleConfig, capacity, little_window
+from .little_block import LittleBlock
+from .training_free import TrainingFreeBlock, routed_layers
+
+__all__ = ["CopyGate", "CopyLittleBlock", "little_fields", "training_free_blocks"]
+
+
+class CopyGate(nn.Module):
+    """A per-channel gate on the copied update of the skipped tokens (1 at the start)."""
+
+    def __init__(self, dim: int) -> None:
+        """
+        Arguments:
+          dim: residual width C.
+        """
+        super().__init__()
+        self.gate = nn.Parameter(torch.ones(dim))
+
+    def forward(self, copied: Tensor) -> Tensor:
+        """copied: B x H x W x C -> the gated update, B x H x W x C."""
+        return self.gate * copied
+
+
+def little_fields(config: BigLittleConfig) -> Dict[str, Any]:
+    """The E-block's keyword arguments of :class:`CopyLittleBlock` from ``config``."""
+    return {
+        "little_dim": config.little_dim,
+        "little_heads": config.little_heads,
+        "little_mlp_ratio": config.little_mlp_ratio,
+        "little_window_size": little_window(config),
+    }
+
+
+class CopyLittleBlock(TrainingFreeBlock):
+    """A routed layer of the training-free mode with an E-block and a gated copy rule."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        little_dim: int,
+        little_heads: int,
+        little_mlp_ratio: float,
+        little_window_size: int,
+        **block: Any,
+    ) -> None:
+        """
+        Arguments:
+          dim, num_heads, block: as :class:`TrainingFreeBlock` (``skip_rule`` must be "copy").
+          little_dim, little_heads, little_mlp_ratio, little_window_size: the E-block's width,
+            heads, MLP ratio and window side.
+        """
+        super().__init__(dim, num_heads, **block)
+        if self.skip_rule != "copy":
+            raise ValueError(
+                f"the gate corrects the copy rule (skip_rule 'copy'): {self.skip_rule!r}"
+            )
+        self.little = LittleBlock(
+            dim,
+            little_dim,
+            little_heads,
+            little_window_size,
+            mlp_ratio=little_mlp_ratio,
+            fused_attn=bool(block.get("fused_attn", True)),
+        )
+        self.context = CopyGate(dim)
+
+    def _skip_update(self, copied: Tensor) -> Tensor:
+        """The copied update, gated per channel (B x H x W x C)."""
+        return self.context(copied)
+
+    def forward(  # type: ignore[override]
+        self,
+        x: Tensor,
+        keep_ratio: float = 1.0,
+        return_routing: bool = False,
+        padding: Optional[Tensor] = None,
+        pool_kv: bool = False,
+    ) -> Tuple[Tensor, Optional[Tuple[Tensor, Tensor, int, int]]]:
+        """As :meth:`TrainingFreeBlock.forward`, with the E-block's update first when the layer
+        skips tokens at ``keep_ratio``. x: B x H x W x C."""
+        w = self.select_window
+        if self.routed and capacity(keep_ratio, w * w) < w * w:
+            x = x + self.little(x)  # (B, H, W, C)
+        return super().forward(x, keep_ratio, return_routing, padding, pool_kv)
+
+
+def training_free_blocks(config: BigLittleConfig) -> nn.ModuleList:
+    """The encoder's blocks in the training-free mode: SAM's blocks, the schedule applied; with
+    ``little_correction``, each routed layer a :class:`CopyLittleBlock` (SAM's block, an E-block
+    and a copy gate)."""
+    grid = config.grid_size
+    schedule = routed_layers(config)
+    corrected = config.little_correction
+    return nn.ModuleList(
+        (CopyLittleBlock if corrected and schedule[i] else TrainingFreeBlock)(
+            config.embed_dim,
+            config.num_heads,
+            mlp_ratio=config.mlp_ratio,
+            qkv_bias=config.qkv_bias,
+            use_rel_pos=config.use_rel_pos,
+            window_size=0 if i in config.global_attn_indexes else config.window_size,
+            input_size=(grid, grid),
+            fused_attn=config.fused_attn,
+            select_window=config.window_size,
+            routed=schedule[i],
+            token_score=config.token_score,
+            skip_rule=config.skip_rule,
+            **(little_fields(config) if corrected and schedule[i] else {}),
+        )
+        for i in range(config.depth)
+    )

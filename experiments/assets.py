@@ -47,7 +47,12 @@ def write_assets(
     st = export_fp16(student, assets / f"{prefix}_student.pth", note=f"{name} student (fp16)")
     description = {
         "teacher": {"file": t.name, "registry": "vit_tiny", "bytes": t.stat().st_size},
-        "student": {"file": st.name, "registry": "bl_tiny", "bytes": st.stat().st_size},
+        "student": {
+            "file": st.name,
+            "registry": "bl_tiny",
+            "bytes": st.stat().st_size,
+            "variant": result.get("demo_student", "big.LITTLE"),
+        },
         "command": result["command"],
         "hardware": result["hardware"],
         "wall_s": result["wall_s"],
@@ -63,7 +68,8 @@ def write_assets(
     text = (
         f"# The {name}'s teacher and student\n\n"
         f"`{t.name}` (`vit_tiny`, {size} px, trained from scratch on synthetic shapes) and "
-        f"`{st.name}` (`bl_tiny` distilled from it), fp16 weights. Load them with "
+        f"`{st.name}` (`bl_tiny` distilled from it: the table's "
+        f"{result.get('demo_student', 'big.LITTLE')} rows), fp16 weights. Load them with "
         "`sam_model_registry['vit_tiny'](checkpoint=...)` and "
         "`sam_model_registry['bl_tiny'](checkpoint=..., keep_ratio=0.25)`.\n\n"
         f"Made by `{result['command']}`.\n\n" + table(result)

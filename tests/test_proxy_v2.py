@@ -51,6 +51,7 @@ def test_default_geometry_tiles_like_sams() -> None:
         (["--stop-after", "teacher"], "stop_after: for trying teacher recipes on the dev split"),
         (["--teacher-override", "global_attn_indexes=[2,6]"], "are outside 0..5"),
         (["--teacher-override", "depth"], "--teacher-override 'depth': expected KEY=VALUE"),
+        (["--copy-dense-layers", "6"], "copy_dense_layers: dense_layers [6] are outside 0..5"),
     ],
 )
 def test_bad_settings_fail_before_any_stage(tmp_path: Path, argv, words, capsys) -> None:
@@ -145,12 +146,16 @@ def test_proxy_v2_miniature(tmp_path: Path, one_thread, capsys) -> None:
     names = [r["model"] for r in result["rows"]]
     assert names[0] == "teacher"
     assert {"big.LITTLE r = 0.5", "big.LITTLE r = 0.25", "training-free r = 0.25"} <= set(names)
+    copied = "big.LITTLE from training-free r = 0.25"  # the student that starts from it
+    assert copied in names
     dense = [r for r in result["rows"] if r["variant"] == "vit_width"]
     assert [r["keep_ratio"] for r in dense] == [0.5, 0.25]
     by_name = {r["model"]: r for r in result["rows"]}
     for r in dense:  # matched in MACs to the big.LITTLE student at its ratio, within 5%
         twin = by_name[f"big.LITTLE r = {r['keep_ratio']:g}"]
         assert abs(r["gmacs"] / twin["gmacs"] - 1) <= 0.05
+    assert by_name[copied]["gmacs"] > by_name["training-free r = 0.25"]["gmacs"]  # + E-blocks
+    assert "from_training_free" in result["stage_s"]
     for r in result["rows"]:
         assert r["latency_ms"] > 0 and set(r["click1_bins"]) == {"small", "medium", "large"}
         assert all(v is None or 0 <= v <= 100 for v in r["click1_bins"].values())
@@ -197,9 +202,12 @@ def test_committed_models_are_the_v2_runs_and_segment() -> None:
     assert described["command"].startswith("python -m experiments.proxy2 ")
     assert "--assets-dir" in described["command"]
     assert "| big.LITTLE r = 0.25 |" in (ASSETS / "proxy_models.md").read_text()
+    # the student that starts from the training-free model: it keeps the most of the teacher
+    assert described["student"]["variant"] == "big.LITTLE from training-free"
     teacher = sam_model_registry["vit_tiny"](checkpoint=ASSETS / "proxy_teacher.pth")
     student = sam_model_registry["bl_tiny"](checkpoint=ASSETS / "proxy_student.pth", keep_ratio=0.5)
     assert student.image_encoder.teacher.startswith("vit_tiny:")
+    assert student.image_encoder.config.little_correction
     summary = geometry_summary(model_config(teacher))
     assert (summary["grid"], summary["windows"], summary["depth"]) == (24, "4 x 4 of 7", 6)
     image = np.zeros((72, 96, 3), dtype=np.uint8)

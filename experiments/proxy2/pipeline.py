@@ -8,12 +8,15 @@ user could pick at the same encoder cost, distilled from it the same way.
 4. Cache its embeddings; distil every student with the same data, steps and recipe: phase 1 on
    the embeddings, phase 2 on the teacher's masks through its frozen prompt encoder and decoder.
    The big.LITTLE student (``bl_tiny``, pooled global context) trains at all its ratios at once;
-   each dense student (:func:`~.settings.dense_matches`) at its own size.
+   so does the student that starts from the training-free model (``copy_student``: its edge
+   score and copy rule, an E-block and a copy gate learned on top); each dense student
+   (:func:`~.settings.dense_matches`) at its own size.
 5. The training-free rows: the teacher's own weights in the training-free mode (no training).
 6. Evaluate every row (box, 1 click, 3 clicks) on the chosen split; count each encoder's MACs and
    measure its CPU latency in one process (:mod:`.latency`).
 7. Write ``proxy_v2.json`` always, ``proxy_v2.md`` and ``proxy_v2.png`` on the test split; with
-   ``assets_dir``, the fp16 teacher and big.LITTLE student as the demo's built-in models.
+   ``assets_dir``, the fp16 teacher and the student from the training-free model (the big.LITTLE
+   student without ``copy_student``) as the demo's built-in models.
 
 Every training stage resumes (``resume``) and runs unchanged on CUDA (``device="cuda"``).
 """
@@ -23,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from biglittle_sam.checkpoint import atomic_save
 from biglittle_sam.config import SamViTConfig
@@ -39,13 +42,12 @@ from .. import stages
 from ..proxy.settings import geometry_summary, split_seeds
 from ..runs import finish_run, progress_line, result_header, run_stage_train
 from ..training_free import write_variants
-from .report import markdown, write_report
+from .report import BIG_LITTLE, FROM_TRAINING_FREE, markdown, write_report
 from .rows import Row, capacity_shares, describe_split, finish_rows
 from .settings import ProxyV2Settings, dense_label, dense_matches
 
 __all__ = ["run_proxy_v2"]
 
-BIG_LITTLE = "big.LITTLE"
 TRAINING_FREE = "training-free"
 
 
@@ -164,6 +166,32 @@ def _dense_rows(
     return rows
 
 
+def _copy_rows(
+    s: ProxyV2Settings,
+    base: DistillSettings,
+    train: ShapesDataset,
+    out: Path,
+    times: Dict[str, float],
+) -> Tuple[List[Row], Optional[Path]]:
+    """The student that starts from the training-free model, distilled as the big.LITTLE student
+    was (``base``: its phase 1; same ratios, steps and recipe): one row per ratio, and its path
+    (None without ``copy_student``)."""
+    if not s.copy_student:
+        return [], None
+    t = time.perf_counter()
+    folder = out / "from_training_free"
+    job = dataclasses.replace(
+        base,
+        student_overrides=s.copy_student_overrides,
+        keep_ratios=s.ratios + ((1.0,) if s.copy_at_one else ()),
+        train=run_stage_train(s, folder, s.student_steps, s.student_lr, s.batch_size),
+    )
+    _log(s, f"student from the training-free model: {s.student_steps} + {s.phase2_steps} steps")
+    path = _distil(s, job, train, folder, s.ratios)
+    times["from_training_free"] = time.perf_counter() - t
+    return [Row(FROM_TRAINING_FREE, r, f"bl_tiny={path}@{r:g}") for r in s.ratios], path
+
+
 def _evaluate(s: ProxyV2Settings, rows: List[Row], evaluated: ShapesDataset, out: Path) -> Any:
     """Box, 1-click and 3-click mIoU of every row on the evaluated split (one evaluation)."""
     _log(s, f"evaluating {len(rows)} rows on {s.eval_images} {s.split} images")
@@ -225,6 +253,8 @@ def run_proxy_v2(settings: ProxyV2Settings) -> Dict[str, Any]:
 
     rows = [Row("teacher", None, f"vit_tiny={teacher}")]
     rows += [Row(BIG_LITTLE, r, f"bl_tiny={student}@{r:g}") for r in s.ratios]
+    copied, copy_student = _copy_rows(s, base, train, out, times)
+    rows += copied
     rows += _dense_rows(s, base, train, teacher, matches, out, times)
     free = write_variants(teacher, ["edge"], out / "training_free")["edge"]
     rows += [Row(TRAINING_FREE, r, f"bl_tiny={free}@{r:g}") for r in s.ratios]
@@ -255,4 +285,8 @@ def run_proxy_v2(settings: ProxyV2Settings) -> Dict[str, Any]:
         "trained_in": stages.training_run(out / "proxy_v2.json", s.resume),
     }
     result["outputs"] = write_report(result, out)
-    return finish_run(result, out / "proxy_v2.json", s, (teacher, student), markdown, "proxy-v2")
+    # The demo's student: the one that starts from the training-free model when it was trained
+    # (it keeps more of the teacher at every ratio), else the big.LITTLE student.
+    demo = copy_student or student
+    result["demo_student"] = FROM_TRAINING_FREE if copy_student else BIG_LITTLE
+    return finish_run(result, out / "proxy_v2.json", s, (teacher, demo), markdown, "proxy-v2")

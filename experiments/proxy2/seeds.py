@@ -24,10 +24,11 @@ from biglittle_sam.fileio import atomic_open
 from biglittle_sam.train.launch import launch
 
 from .. import stages
+from .report import BIG_LITTLE, FROM_TRAINING_FREE
 
 __all__ = ["DEFAULT_VARIANTS", "main", "score_seeds"]
 
-DEFAULT_VARIANTS = ("teacher", "big.LITTLE", "training-free")
+DEFAULT_VARIANTS = ("teacher", BIG_LITTLE, FROM_TRAINING_FREE, "training-free")
 
 
 def _read_run(run: Path) -> Dict[str, Any]:

@@ -102,6 +102,23 @@ class ProxyV2Settings(RunDevice):
         "students) or little (E-blocks, routers and context; the teacher's blocks stay)",
         choices=("encoder", "little"),
     )
+    copy_student: bool = flag(
+        True,
+        "also distil the student that starts from the training-free model (its copy rule, an "
+        "E-block and a gate learned on top: little_correction), with the same recipe",
+    )
+    copy_dense_layers: Tuple[int, ...] = flag(
+        (),
+        "layers the student from the training-free model runs densely (the training-free mode's "
+        "default is the first; its E-block gives that layer context, and routing it too matches "
+        "the big.LITTLE student's MACs)",
+        nargs="*",
+    )
+    copy_at_one: bool = flag(
+        True,
+        "the student from the training-free model also draws r = 1 in phase 1, as the big.LITTLE "
+        "student does (at r = 1 it runs the teacher's blocks alone, no E-block)",
+    )
     dense: Tuple[str, ...] = flag(
         ("vit_width", "tiny_vit"),
         "dense students matched at every ratio (none: --dense with no value, dev only)",
@@ -133,7 +150,7 @@ class ProxyV2Settings(RunDevice):
     command: str = ""  # the command line that ran this, recorded in the outputs
 
     def __post_init__(self) -> None:
-        for name in ("ratios", "dense"):
+        for name in ("ratios", "dense", "copy_dense_layers"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(
             self, "teacher_overrides", tuple((str(k), v) for k, v in self.teacher_overrides)
@@ -152,6 +169,18 @@ class ProxyV2Settings(RunDevice):
             ("little_heads", self.student_little_heads),
             ("global_context", "pooled"),
             ("global_context_pool", self.student_global_context_pool),
+        )
+
+    @property
+    def copy_student_overrides(self) -> Tuple[Tuple[str, Any], ...]:
+        """The student that starts from the training-free model: its layout (edge score, copy
+        rule), with E-blocks of the big.LITTLE student's width and a copy gate learned on top."""
+        return (
+            ("training_free", True),
+            ("little_correction", True),
+            ("dense_layers", self.copy_dense_layers),
+            ("little_dim", self.student_little_dim),
+            ("little_heads", self.student_little_heads),
         )
 
     def student_config(self, teacher: SamViTConfig) -> BigLittleConfig:
@@ -210,6 +239,11 @@ class ProxyV2Settings(RunDevice):
         config = teacher_config(self.teacher_fields)
         validate_global_context("pooled", config.grid_size, self.student_global_context_pool)
         dense_matches(self, config)  # ValueError for a student no size matches
+        if self.copy_student:
+            try:
+                biglittle_config_for(config, "bl_tiny", **dict(self.copy_student_overrides))
+            except ValueError as error:
+                raise ValueError(f"copy_dense_layers: {error}") from None
         if self.teacher_checkpoint:
             read_teacher(Path(self.teacher_checkpoint), config)
         return config

@@ -18,7 +18,7 @@ E-block, as in :class:`~biglittle_sam.modeling.blocks.BigLittleBlock`) and ``con
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from ..config import BigLittleConfig, capacity, little_window
 from .little_block import LittleBlock
 from .training_free import TrainingFreeBlock, routed_layers
+from .vit_config import sam_block_fields
 
 __all__ = ["CopyGate", "CopyLittleBlock", "little_fields", "training_free_blocks"]
 
@@ -47,34 +48,24 @@ class CopyGate(nn.Module):
 
 
 def little_fields(config: BigLittleConfig) -> Dict[str, Any]:
-    """The E-block's keyword arguments of :class:`CopyLittleBlock` from ``config``."""
+    """The E-block's sizes for :class:`CopyLittleBlock` (its ``little`` argument) from ``config``:
+    width ``dim``, ``heads``, ``mlp_ratio`` and ``window_size``."""
     return {
-        "little_dim": config.little_dim,
-        "little_heads": config.little_heads,
-        "little_mlp_ratio": config.little_mlp_ratio,
-        "little_window_size": little_window(config),
+        "dim": config.little_dim,
+        "heads": config.little_heads,
+        "mlp_ratio": config.little_mlp_ratio,
+        "window_size": little_window(config),
     }
 
 
 class CopyLittleBlock(TrainingFreeBlock):
     """A routed layer of the training-free mode with an E-block and a gated copy rule."""
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        *,
-        little_dim: int,
-        little_heads: int,
-        little_mlp_ratio: float,
-        little_window_size: int,
-        **block: Any,
-    ) -> None:
+    def __init__(self, dim: int, num_heads: int, little: Mapping[str, Any], **block: Any) -> None:
         """
         Arguments:
           dim, num_heads, block: as :class:`TrainingFreeBlock` (``skip_rule`` must be "copy").
-          little_dim, little_heads, little_mlp_ratio, little_window_size: the E-block's width,
-            heads, MLP ratio and window side.
+          little: the E-block's sizes, as :func:`little_fields` gives them.
         """
         super().__init__(dim, num_heads, **block)
         if self.skip_rule != "copy":
@@ -83,10 +74,10 @@ class CopyLittleBlock(TrainingFreeBlock):
             )
         self.little = LittleBlock(
             dim,
-            little_dim,
-            little_heads,
-            little_window_size,
-            mlp_ratio=little_mlp_ratio,
+            little["dim"],
+            little["heads"],
+            little["window_size"],
+            mlp_ratio=little["mlp_ratio"],
             fused_attn=bool(block.get("fused_attn", True)),
         )
         self.context = CopyGate(dim)
@@ -95,44 +86,32 @@ class CopyLittleBlock(TrainingFreeBlock):
         """The copied update, gated per channel (B x H x W x C)."""
         return self.context(copied)
 
-    def forward(  # type: ignore[override]
-        self,
-        x: Tensor,
-        keep_ratio: float = 1.0,
-        return_routing: bool = False,
-        padding: Optional[Tensor] = None,
-        pool_kv: bool = False,
-    ) -> Tuple[Tensor, Optional[Tuple[Tensor, Tensor, int, int]]]:
-        """As :meth:`TrainingFreeBlock.forward`, with the E-block's update first when the layer
-        skips tokens at ``keep_ratio``. x: B x H x W x C."""
+    def _before(self, x: Tensor, keep_ratio: float) -> Tensor:
+        """The E-block's update first, when the layer skips tokens at ``keep_ratio``.
+        x: B x H x W x C -> B x H x W x C."""
         w = self.select_window
         if self.routed and capacity(keep_ratio, w * w) < w * w:
             x = x + self.little(x)  # (B, H, W, C)
-        return super().forward(x, keep_ratio, return_routing, padding, pool_kv)
+        return x
 
 
 def training_free_blocks(config: BigLittleConfig) -> nn.ModuleList:
     """The encoder's blocks in the training-free mode: SAM's blocks, the schedule applied; with
     ``little_correction``, each routed layer a :class:`CopyLittleBlock` (SAM's block, an E-block
     and a copy gate)."""
-    grid = config.grid_size
     schedule = routed_layers(config)
     corrected = config.little_correction
     return nn.ModuleList(
         (CopyLittleBlock if corrected and schedule[i] else TrainingFreeBlock)(
             config.embed_dim,
             config.num_heads,
-            mlp_ratio=config.mlp_ratio,
-            qkv_bias=config.qkv_bias,
-            use_rel_pos=config.use_rel_pos,
-            window_size=0 if i in config.global_attn_indexes else config.window_size,
-            input_size=(grid, grid),
+            **sam_block_fields(config, i),
             fused_attn=config.fused_attn,
             select_window=config.window_size,
             routed=schedule[i],
             token_score=config.token_score,
             skip_rule=config.skip_rule,
-            **(little_fields(config) if corrected and schedule[i] else {}),
+            **({"little": little_fields(config)} if corrected and schedule[i] else {}),
         )
         for i in range(config.depth)
     )

@@ -23,7 +23,7 @@ from .blocks import BigBlock, BigLittleBlock, LayerRouting
 from .copy_little import training_free_blocks
 from .global_context import attach_global_context
 from .thread_ratio import thread_keep_ratio, thread_keep_ratio_context
-from .vit_config import vit_config
+from .vit_config import sam_block_fields, vit_config
 
 __all__ = ["ImageEncoderBigLittle", "ImageEncoderViTFused", "BigLittleAux", "padding_tokens"]
 
@@ -117,8 +117,7 @@ class ImageEncoderBigLittle(nn.Module):
         """
         super().__init__()
         _init_stem(self, config)
-        grid = config.grid_size
-        if config.training_free:  # SAM's blocks alone: no E-blocks, no routers
+        if config.training_free:  # SAM's blocks alone (E-blocks only with little_correction)
             self.blocks = training_free_blocks(config)
         else:
             self.blocks = nn.ModuleList(
@@ -127,14 +126,10 @@ class ImageEncoderBigLittle(nn.Module):
                     config.num_heads,
                     little_dim=config.little_dim,
                     little_heads=config.little_heads,
-                    mlp_ratio=config.mlp_ratio,
                     little_mlp_ratio=config.little_mlp_ratio,
-                    qkv_bias=config.qkv_bias,
-                    use_rel_pos=config.use_rel_pos,
-                    window_size=0 if i in config.global_attn_indexes else config.window_size,
                     little_window_size=little_window(config),
-                    input_size=(grid, grid),
                     fused_attn=config.fused_attn,
+                    **sam_block_fields(config, i),
                 )
                 for i in range(config.depth)
             )
@@ -280,17 +275,8 @@ class ImageEncoderViTFused(nn.Module):
         """
         super().__init__()
         _init_stem(self, config)
-        grid = config.grid_size
         self.blocks = nn.ModuleList(
-            BigBlock(
-                config.embed_dim,
-                config.num_heads,
-                mlp_ratio=config.mlp_ratio,
-                qkv_bias=config.qkv_bias,
-                use_rel_pos=config.use_rel_pos,
-                window_size=0 if i in config.global_attn_indexes else config.window_size,
-                input_size=(grid, grid),
-            )
+            BigBlock(config.embed_dim, config.num_heads, **sam_block_fields(config, i))
             for i in range(config.depth)
         )
         self.neck = _sam_neck(config)

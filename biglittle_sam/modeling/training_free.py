@@ -263,6 +263,11 @@ class TrainingFreeBlock(BigLittleBlock):
         copied = nearest_copy(xn_g, indices, delta_g, plan.valid)  # (G, M, C)
         return self._unwindow(copied, hw)  # (B, H, W, C)
 
+    def _before(self, x: Tensor, keep_ratio: float) -> Tensor:
+        """What runs before the choice (B x H x W x C): nothing here; the E-block in
+        :class:`~biglittle_sam.modeling.copy_little.CopyLittleBlock`."""
+        return x
+
     def _skip_update(self, copied: Tensor) -> Tensor:
         """What a skipped token adds (B x H x W x C): the copied update itself here; a learned
         gate on it in :class:`~biglittle_sam.modeling.copy_little.CopyLittleBlock`."""
@@ -304,6 +309,7 @@ class TrainingFreeBlock(BigLittleBlock):
           routing: (scores B x H x W, chosen B x H x W bool, kmax per window, chosen tokens per
             image) or None.
         """
+        x = self._before(x, keep_ratio)  # (B, H, W, C)
         B, H, W, C = x.shape
         xn = self.norm1(x)  # (B, H, W, C)
         w = self.select_window

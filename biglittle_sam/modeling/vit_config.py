@@ -1,15 +1,18 @@
-"""The config of an upstream ``segment_anything`` ``ImageEncoderViT``, read back from its sizes.
+"""The config of an upstream ``segment_anything`` ``ImageEncoderViT``, read back from its sizes, and
+the keyword arguments of a config's SAM block at one layer.
 
 Kept apart from ``encoder_ops`` so that ``image_encoder`` can use it without importing itself.
 """
 
 from __future__ import annotations
 
+from typing import Any, Dict
+
 from segment_anything.modeling import ImageEncoderViT
 
 from ..config import SAM_CONFIGS, SamViTConfig
 
-__all__ = ["vit_config"]
+__all__ = ["vit_config", "sam_block_fields"]
 
 
 def vit_config(encoder: ImageEncoderViT) -> SamViTConfig:
@@ -32,3 +35,16 @@ def vit_config(encoder: ImageEncoderViT) -> SamViTConfig:
         global_attn_indexes=globals_,
         out_chans=encoder.neck[0].out_channels,
     )
+
+
+def sam_block_fields(config: SamViTConfig, layer: int) -> Dict[str, Any]:
+    """Layer ``layer``'s SAM block arguments besides width and heads: MLP ratio, biases, relative
+    position, its window (0 in the global layers) and the token grid."""
+    grid = config.grid_size
+    return {
+        "mlp_ratio": config.mlp_ratio,
+        "qkv_bias": config.qkv_bias,
+        "use_rel_pos": config.use_rel_pos,
+        "window_size": 0 if layer in config.global_attn_indexes else config.window_size,
+        "input_size": (grid, grid),
+    }

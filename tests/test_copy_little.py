@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from biglittle_sam import sam_model_registry
 from biglittle_sam.build_sam import keep_ratio_context
@@ -93,6 +94,20 @@ def test_the_correction_needs_the_training_free_copy_rule(tiny_sam_checkpoint: P
         build_student("bl_tiny", tiny_sam_checkpoint, overrides={"training_free": True})
 
 
+def _counted(module: torch.nn.Module, ratio, shape=(1, 3, 256, 256)) -> float:
+    """MACs torch's FlopCounterMode counts for one input of ``shape`` (explicit attention)."""
+    for m in module.modules():
+        if hasattr(m, "fused"):
+            m.fused = False
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        if ratio is None:
+            module(torch.randn(shape))
+        else:
+            with keep_ratio_context(module, ratio):
+                module(torch.randn(shape))
+    return counter.get_total_flops() / 2
+
+
 def test_macs_count_the_e_blocks_and_gates_of_routing_layers_only() -> None:
     free = sam_model_registry["bl_tiny"](training_free=True).image_encoder.config
     sam = sam_model_registry["bl_tiny"](**CORRECTED)
@@ -106,6 +121,16 @@ def test_macs_count_the_e_blocks_and_gates_of_routing_layers_only() -> None:
         grid = corrected.grid_size**2
         assert b["context"] == routed * grid * corrected.embed_dim  # the gate
         assert b["total"] == a["total"] + b["little"] + b["context"]
+        # torch's counter (matrix products only): the E-blocks run in the routed layers, once
+        # each, and change nothing else; our count adds their LayerNorms on top.
+        counted = {
+            name: _counted(sam_model_registry["bl_tiny"](**fields).image_encoder, ratio)
+            for name, fields in (("free", {"training_free": True}), ("corrected", CORRECTED))
+        }
+        side = corrected.grid_size
+        one = _counted(sam.image_encoder.blocks[1].little, None, (1, side, side, 64))
+        assert counted["corrected"] - counted["free"] == routed * one > 0
+        assert routed * one < b["little"] < 1.25 * routed * one
 
 
 def test_the_little_part_trains_e_blocks_and_gates_only(tiny_sam_checkpoint: Path) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Dict, Mapping
 import torch
 from torch import Tensor, nn
 
-from ..config import BigLittleConfig, capacity, little_window
+from ..config import BigLittleConfig, little_window
 from .little_block import LittleBlock
 from .training_free import TrainingFreeBlock, routed_layers
 from .vit_config import sam_block_fields
@@ -86,13 +86,10 @@ class CopyLittleBlock(TrainingFreeBlock):
         """The copied update, gated per channel (B x H x W x C)."""
         return self.context(copied)
 
-    def _before(self, x: Tensor, keep_ratio: float) -> Tensor:
-        """The E-block's update first, when the layer skips tokens at ``keep_ratio``.
+    def _before(self, x: Tensor, dense: bool) -> Tensor:
+        """The E-block's update first, unless the layer runs every token (``dense``).
         x: B x H x W x C -> B x H x W x C."""
-        w = self.select_window
-        if self.routed and capacity(keep_ratio, w * w) < w * w:
-            x = x + self.little(x)  # (B, H, W, C)
-        return x
+        return x if dense else x + self.little(x)  # (B, H, W, C)
 
 
 def training_free_blocks(config: BigLittleConfig) -> nn.ModuleList:

@@ -263,9 +263,10 @@ class TrainingFreeBlock(BigLittleBlock):
         copied = nearest_copy(xn_g, indices, delta_g, plan.valid)  # (G, M, C)
         return self._unwindow(copied, hw)  # (B, H, W, C)
 
-    def _before(self, x: Tensor, keep_ratio: float) -> Tensor:
-        """What runs before the choice (B x H x W x C): nothing here; the E-block in
-        :class:`~biglittle_sam.modeling.copy_little.CopyLittleBlock`."""
+    def _before(self, x: Tensor, dense: bool) -> Tensor:
+        """What runs before the choice (B x H x W x C; ``dense``: the layer runs every token):
+        nothing here; the E-block in :class:`~biglittle_sam.modeling.copy_little.CopyLittleBlock`.
+        """
         return x
 
     def _skip_update(self, copied: Tensor) -> Tensor:
@@ -309,11 +310,11 @@ class TrainingFreeBlock(BigLittleBlock):
           routing: (scores B x H x W, chosen B x H x W bool, kmax per window, chosen tokens per
             image) or None.
         """
-        x = self._before(x, keep_ratio)  # (B, H, W, C)
-        B, H, W, C = x.shape
-        xn = self.norm1(x)  # (B, H, W, C)
         w = self.select_window
         dense = not self.routed or capacity(keep_ratio, w * w) >= w * w
+        x = self._before(x, dense)  # (B, H, W, C)
+        B, H, W, C = x.shape
+        xn = self.norm1(x)  # (B, H, W, C)
         if dense and not return_routing:
             return self.forward_dense(x, xn), None
         plan = self._selection(B, (H, W), keep_ratio, x.device)
